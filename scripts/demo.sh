@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs faramesh-sandbox and shows it deciding: checks the demo policy, then asks it about tool calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+"$PY" -m pip install -q --disable-pip-version-check -e .
+POLICY=examples/payment-bot.fpl
+echo "== faramesh-sandbox policy check $POLICY"
+faramesh-sandbox policy check "$POLICY"
+ask() {
+    echo "== $1 $2"
+    faramesh-sandbox policy eval "$POLICY" --tool "$1" --args "$2" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(f"   -> {d[\"effect\"]:<6} {d.get(\"rule_id\") or \"(default)\":<8} {d[\"reason_code\"]}: {d[\"reason\"]}")'
+}
+ask stripe/refund '{"amount": 120, "currency": "usd"}'
+ask stripe/refund '{"amount": 800, "currency": "usd"}'
+ask shell/exec '{"cmd": "rm -rf /", "path": "/bin/rm"}'
+ask fs/read '{"path": "/workspace/notes.txt"}'
+ask fs/read '{"path": "/etc/shadow"}'
+ask net/connect '{"host": "api.stripe.com", "port": 443}'
+ask net/connect '{"host": "evil.example", "port": 443}'
