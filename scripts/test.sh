@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-APT_PACKAGES="gcc libc6-dev libseccomp2 strace git tar bash coreutils util-linux iproute2 python3-venv python3-pip"
+APT_PACKAGES="gcc libc6-dev libseccomp2 strace git tar bash coreutils util-linux iproute2 procps"
 missing=""
 for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ]; then

@@ -1,0 +1,200 @@
+"""FPL text -> ``policy.ast.Document``; every syntax error as a located Diagnostic.
+
+``parse(text, path)`` returns a Document or raises ``PolicyError`` listing all
+the syntax errors it found. After a failed parse each top-level item, each
+agent statement and each rule is parsed on its own so that independent
+mistakes are all reported. Lark exceptions never escape.
+
+Grammar: ``policy/fpl.lark`` (LALR). Tokens: ``policy/_lexer.py``, which
+types each token by what the parser accepts next. Reductions build AST nodes
+directly: ``policy/_lower.py``.
+
+Clause keywords inside conditions. ``host``, ``port``, ``method``, ``path``,
+``query``, ``header(s)``, ``notify`` and ``reason`` start a clause exactly where
+a clause can start, that is when the condition before them is complete. Where
+an operand is expected they are variables: ``when path startsWith "/tmp"`` and
+``when x > 1 and host == "a"`` read ``path``/``host`` as variables, while
+``when x > 1 path: /v1`` (or ``... path /v1``) starts a ``path`` clause. ``if`` is
+a synonym of ``when``; ``$500`` in a condition is ``Literal(500, unit="$")``.
+
+A condition ends where the next token cannot continue it. An effect word on a
+later line than its ``when`` starts the next rule; on the same line it is an
+error (E117). Conditions are limited to 1024 characters, 32 function calls, 96
+operator tokens, 128 member accesses and 16 nested brackets; sources to 1 MiB.
+
+Diagnostic codes (stable):
+
+====  ===========================================================
+E100  unexpected token
+E101  unterminated string
+E102  block is missing its name (``agent { ... }``)
+E103  source is not valid UTF-8
+E104  unexpected character
+E105  malformed number, unknown unit or bad ``$`` amount
+E106  unknown statement, setting or manifest form
+E107  rule is missing its tool pattern
+E108  unexpected end of input / unclosed ``{``
+E109  unmatched ``}``
+E110  expected an expression
+E111  condition longer than 1024 characters
+E112  condition calls more than 32 functions
+E113  condition has more than 96 operators (or 128 member accesses)
+E114  brackets nested deeper than 16
+E115  source larger than 1 MiB
+E116  import pinned to ``@latest``
+E117  effect word after a condition on the same line
+E118  call of something that is not a function name
+E119  too many errors; the rest were not reported
+E121  duplicate clause in a rule
+E122  invalid value for a setting (number, duration, rate window)
+====  ===========================================================
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from lark import Lark, Token
+from lark.exceptions import UnexpectedInput, UnexpectedToken
+from lark.lexer import Lexer as _LarkLexer
+
+from policy import ast
+from policy._explain import explain
+from policy._lexer import SourceError, Lexer
+from policy._lower import Lower
+from policy._recover import pieces
+from policy.errors import Diagnostic, PolicyError, line_of
+
+MAX_SOURCE_BYTES = 1 << 20
+MAX_DIAGNOSTICS = 50
+GRAMMAR_PATH = Path(__file__).with_name("fpl.lark")
+START_SYMBOLS = ("document", "agent_item", "phase_item", "rule")
+
+
+class _TokensFromDriver(_LarkLexer):
+    """Placeholder: tokens are fed by ``_attempt``, never lexed by lark."""
+
+    __future_interface__ = 2
+
+    def __init__(self, lexer_conf):
+        pass
+
+    def lex(self, lexer_state, parser_state):  # pragma: no cover - never called
+        raise NotImplementedError
+
+
+_LOWER = Lower()
+_PARSER = Lark(GRAMMAR_PATH.read_text(encoding="utf-8"), parser="lalr",
+               lexer=_TokensFromDriver, start=list(START_SYMBOLS),
+               transformer=_LOWER, maybe_placeholders=True)
+# The reductions write into the shared transformer; parses take turns.
+_LOCK = threading.Lock()
+
+
+def parse(text: str | bytes, path: str = "<input>") -> ast.Document:
+    """Parse FPL source; raise PolicyError with every syntax error found."""
+    text = _decode(text, path)
+    value, found = _recover(text, 0, len(text), "document", path)
+    if found:
+        raise PolicyError(_finish(found, text, path))
+    return value
+
+
+def _decode(data: str | bytes, path: str) -> str:
+    size = len(data)
+    if size > MAX_SOURCE_BYTES:
+        raise PolicyError([Diagnostic(
+            "E115", f"source is {size} bytes, larger than the {MAX_SOURCE_BYTES}-byte limit",
+            path, ast.Span(1, 1, 1, 2),
+            help="split the policy into smaller files; FPL policies are small by design")])
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = bytes(data).decode("utf-8")
+        except UnicodeDecodeError as err:
+            line = data.count(b"\n", 0, err.start) + 1
+            line_start = data.rfind(b"\n", 0, err.start) + 1
+            col = err.start - line_start + 1
+            line_end = data.find(b"\n", err.start)
+            shown = data[line_start:line_end if line_end >= 0 else len(data)]
+            raise PolicyError([Diagnostic(
+                "E103", f"source is not valid UTF-8 (byte 0x{data[err.start]:02X})", path,
+                ast.Span(line, col, line, col + 1),
+                help="save the file as UTF-8; non-ASCII text belongs inside quotes",
+                source_line=shown.decode("utf-8", "replace"))]) from None
+    if data.startswith("\ufeff"):
+        data = " " + data[1:]  # a byte-order mark is not content; keep columns stable
+    return data
+
+
+def _recover(text: str, lo: int, hi: int, start: str, path: str):
+    """Parse ``text[lo:hi]`` as ``start``; on failure re-parse its pieces for more errors.
+
+    Returns (value or None, [(Diagnostic, offset)])."""
+    value, failure = _attempt(text, lo, hi, start, path)
+    if failure is None:
+        return value, []
+    found: list = []
+    parts = pieces(text, lo, hi, start)
+    for a, b, sub in parts:
+        found.extend(_recover(text, a, b, sub, path)[1])
+        if len(found) >= MAX_DIAGNOSTICS:
+            break
+    offset = failure[1]
+    if not any(a <= offset < b for a, b, _ in parts):
+        found.append(failure)
+    return None, found or [failure]
+
+
+def _attempt(text: str, lo: int, hi: int, start: str, path: str):
+    lexer = Lexer(text, lo, hi)
+    with _LOCK:
+        _LOWER.conditions = lexer.conditions
+        state = _PARSER.parse_interactive(start=start).parser_state
+        states = state.parse_conf.states
+        stack = state.state_stack
+        try:
+            while True:
+                tok = lexer.next_token(states[stack[-1]])
+                if tok is None:
+                    break
+                state.feed_token(tok)
+            col = lexer.pos - lexer.line_start + 1
+            end = Token("$END", "", lexer.pos, lexer.line, col, lexer.line, col, lexer.pos)
+            lexer.prev, lexer.last = lexer.last, end
+            return state.feed_token(end, True), None
+        except SourceError as err:
+            diag = Diagnostic(err.code, err.message, path, err.span, err.help)
+            return None, (diag, _offset(text, err.span))
+        except UnexpectedToken as err:
+            diag = explain(err.token, set(err.expected), lexer, path)
+            return None, (diag, err.token.start_pos or lexer.pos)
+        except UnexpectedInput as err:  # defensive: any other lark input error
+            span = ast.Span(lexer.line, lexer.pos - lexer.line_start + 1)
+            return None, (Diagnostic("E100", str(err).splitlines()[0], path, span,
+                                     help="check the syntax near this point"), lexer.pos)
+
+
+def _offset(text: str, span: ast.Span) -> int:
+    pos = 0
+    for _ in range(span.line - 1):
+        pos = text.find("\n", pos) + 1
+    return pos + span.col - 1
+
+
+def _finish(found: list, text: str, path: str) -> list[Diagnostic]:
+    seen, out = set(), []
+    for diag, _ in found:
+        key = (diag.code, diag.span.line, diag.span.col)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(Diagnostic(diag.code, diag.message, path, diag.span, diag.help,
+                              source_line=line_of(text, diag.span.line)))
+    out.sort(key=lambda d: d.sort_key)
+    if len(out) > MAX_DIAGNOSTICS:
+        last = out[MAX_DIAGNOSTICS - 1]
+        out = out[:MAX_DIAGNOSTICS] + [Diagnostic(
+            "E119", f"too many errors; stopped after {MAX_DIAGNOSTICS}", path, last.span,
+            help="fix the errors above and parse again")]
+    return out

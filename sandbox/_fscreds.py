@@ -1,0 +1,125 @@
+"""The agent's filesystem identity, and acting with it in the calling thread.
+
+``acting_as(identity)`` switches the *calling thread* to the agent's fsuid, fsgid,
+supplementary groups, effective capabilities (never more than ours) and umask,
+and restores ours afterwards. All of these are per-thread kernel state when set
+with raw syscalls (see ``sandbox._libc_fs``); the umask becomes per-thread once
+the thread has its own fs_struct (``unshare(CLONE_FS)``, done once per thread,
+which also makes its cwd and root private: nothing here relies on either).
+
+Limits, stated rather than hidden:
+- Capabilities are those of our user namespace. When the agent runs in a child
+  user namespace its capabilities cover only inodes mapped into it, ours do not
+  have that limit; the supervisor of a rootless sandbox runs as the mapped user
+  and has no capabilities to lend, so this matters only for a root supervisor
+  with a user namespace, which the launcher does not create.
+- Landlock domains and seccomp filters of the agent do not apply to us.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from sandbox import _libc_fs as lf
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """What /proc/<tid>/status says about one agent thread (ids in our namespaces)."""
+
+    tid: int
+    ns_tgid: int
+    ns_tid: int
+    fsuid: int
+    fsgid: int
+    groups: tuple[int, ...]
+    cap_effective: int
+    umask: int
+
+
+def _fields(status: bytes) -> dict[bytes, bytes]:
+    out = {}
+    for line in status.splitlines():
+        key, sep, value = line.partition(b":")
+        if sep:
+            out[key] = value.strip()
+    return out
+
+
+def read_identity(tid: int) -> AgentIdentity:
+    """Parse /proc/<tid>/status; a vanished task is ESRCH, anything malformed EACCES."""
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            fields = _fields(f.read())
+    except FileNotFoundError:
+        raise OSError(errno.ESRCH, f"agent task {tid} is gone") from None
+    try:
+        uids = fields[b"Uid"].split()
+        gids = fields[b"Gid"].split()
+        return AgentIdentity(
+            tid=tid,
+            ns_tgid=int(fields[b"NStgid"].split()[-1]),
+            ns_tid=int(fields[b"NSpid"].split()[-1]),
+            fsuid=int(uids[3]),
+            fsgid=int(gids[3]),
+            groups=tuple(sorted(int(g) for g in fields[b"Groups"].split())),
+            cap_effective=int(fields[b"CapEff"], 16),
+            umask=int(fields[b"Umask"], 8),
+        )
+    except (KeyError, IndexError, ValueError):
+        raise OSError(errno.EACCES, f"/proc/{tid}/status: unexpected format") from None
+
+
+_thread = threading.local()
+
+
+def _private_fs() -> None:
+    # Once per thread: the umask (and cwd/root) stop being shared with other threads.
+    if not getattr(_thread, "fs_private", False):
+        lf.unshare_fs()
+        _thread.fs_private = True
+
+
+def _switch(groups: tuple[int, ...], fsgid: int, fsuid: int, caps: int) -> None:
+    # Order matters: groups and fsgid need CAP_SETGID, fsuid needs CAP_SETUID, and
+    # lowering the effective set comes last because it may drop both.
+    if tuple(sorted(lf.get_thread_groups())) != groups:
+        lf.set_thread_groups(groups)
+    lf.setfsgid(fsgid)
+    lf.setfsuid(fsuid)
+    if lf.getfsgid() != fsgid or lf.getfsuid() != fsuid:
+        raise OSError(errno.EPERM, f"setfsuid({fsuid})/setfsgid({fsgid}) refused")
+    lf.set_effective_caps(caps)
+
+
+@contextmanager
+def acting_as(agent: AgentIdentity) -> Iterator[None]:
+    """Run the body with the agent's fs identity and umask in this thread; always restore."""
+    if getattr(_thread, "poisoned", False):
+        raise OSError(errno.EACCES, "this thread could not restore its credentials earlier")
+    _private_fs()
+    ours_groups = tuple(sorted(lf.get_thread_groups()))
+    ours_uid, ours_gid = lf.getfsuid(), lf.getfsgid()
+    ours_caps, _ = lf.get_effective_caps()
+    lent_caps = ours_caps & agent.cap_effective
+    same = (agent.fsuid, agent.fsgid, agent.groups, lent_caps) == (ours_uid, ours_gid, ours_groups, ours_caps)
+    old_umask = os.umask(agent.umask)
+    try:
+        if not same:
+            _switch(agent.groups, agent.fsgid, agent.fsuid, lent_caps)
+        yield
+    finally:
+        try:
+            if not same:
+                # Raise the effective set first: restoring groups needs CAP_SETGID.
+                lf.set_effective_caps(ours_caps)
+                _switch(ours_groups, ours_gid, ours_uid, ours_caps)
+            os.umask(old_umask)
+        except BaseException:
+            _thread.poisoned = True
+            raise

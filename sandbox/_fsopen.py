@@ -1,0 +1,109 @@
+"""The open family (open, openat, openat2, creat): resolve, then open on held fds.
+
+Existing objects are re-opened through ``/proc/self/fd/<held O_PATH fd>`` with the
+requested flags: the kernel checks permission on the inode again (with the
+agent's credentials), applies O_TRUNC/O_APPEND/O_DIRECTORY, and never looks a
+path up. Creation opens ``name`` in the held parent with O_NOFOLLOW added, so a
+symlink planted there after the decision fails with ELOOP instead of being
+followed. Our own opens always add O_NOCTTY (a supervisor must not gain a
+controlling terminal) and O_CLOEXEC (the agent's O_CLOEXEC is reported back for
+SECCOMP_IOCTL_NOTIF_ADDFD). A FIFO is opened with O_NONBLOCK so the supervisor
+never sleeps waiting for a peer; so a blocking write-open of a FIFO with no
+reader fails with ENXIO instead of waiting.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+
+from sandbox import _fsflags as ff
+from sandbox import _libc_fs as lf
+from sandbox._fslocate import Obj, Slot, creation_slot, file_type, locate, locate_slot
+from sandbox._resolve import AgentView, fail
+
+_ALWAYS = os.O_CLOEXEC | os.O_NOCTTY
+
+
+def _clear_nonblock(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+
+
+def _finish(fd: int, add_nonblock: bool) -> int:
+    try:
+        if add_nonblock:
+            _clear_nonblock(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def reopen(obj: Obj, flags: int) -> int:
+    """A new open file description for ``obj`` with ``flags`` (O_PATH: a duplicate)."""
+    if flags & os.O_PATH:
+        return os.dup(obj.fd)
+    own = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW) | _ALWAYS
+    add_nonblock = file_type(obj.fd) == stat.S_IFIFO and not flags & os.O_NONBLOCK
+    fd = os.open(b"/proc/self/fd/%d" % obj.fd, own | (os.O_NONBLOCK if add_nonblock else 0))
+    return _finish(fd, add_nonblock)
+
+
+def create(slot: Slot, flags: int, mode: int) -> int:
+    """openat(parent, name) with the agent's flags, never following a planted symlink."""
+    add_nonblock = not flags & os.O_NONBLOCK
+    own = flags | os.O_NOFOLLOW | _ALWAYS | os.O_NONBLOCK
+    fd = os.open(slot.name, own, mode, dir_fd=slot.parent_fd)
+    return _finish(fd, add_nonblock)
+
+
+def _decoded_open(decoded: dict) -> tuple[int, int, int]:
+    name = decoded["syscall"]
+    if name == "creat":
+        return os.O_CREAT | os.O_WRONLY | os.O_TRUNC, decoded.get("mode", 0) & 0o7777, 0
+    flags, mode, resolve = decoded.get("flags", 0), decoded.get("mode", 0) or 0, decoded.get("resolve", 0) or 0
+    if name == "openat2":
+        ff.check_openat2(flags, mode, resolve)
+        return flags, mode, resolve
+    flags, mode = ff.normalise_open(flags, mode)
+    return flags, mode, 0
+
+
+def build_open(view: AgentView, decoded: dict):
+    """(tool, args, action, cloexec) for one open-family call."""
+    flags, mode, resolve = _decoded_open(decoded)
+    writes = ff.open_writes(flags)
+    follow = not flags & os.O_NOFOLLOW
+    base = decoded.get("dirfd", lf.AT_FDCWD)
+    path = decoded.get("path") or b""
+    directory = flags & os.O_DIRECTORY
+    creating = flags & os.O_CREAT and not flags & os.O_PATH
+    if ff.is_tmpfile(flags) or not creating:
+        obj = locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
+        _check_existing(obj, flags, creating=False)
+        target, action = obj.path, (lambda: reopen(obj, flags))
+    elif flags & os.O_EXCL:
+        slot = locate_slot(view, base, path, "open", resolve=resolve)
+        target, action = slot.path, (lambda: create(slot, flags, mode))
+    else:
+        try:
+            obj = locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
+        except FileNotFoundError:
+            slot = creation_slot(view, base, path, follow=follow, resolve=resolve)
+            target, action = slot.path, (lambda: create(slot, flags, mode))
+        else:
+            _check_existing(obj, flags, creating=True)
+            target, action = obj.path, (lambda: reopen(obj, flags & ~os.O_CREAT))
+    args = {"path": os.fsdecode(target), "flags": ff.open_flag_names(flags),
+            "mode": mode if ff.creates(flags) else None}
+    return ("fs/write" if writes else "fs/read"), args, action, bool(flags & os.O_CLOEXEC)
+
+
+def _check_existing(obj: Obj, flags: int, *, creating: bool) -> None:
+    kind = file_type(obj.fd)
+    if kind == stat.S_IFLNK and not flags & os.O_PATH:
+        raise fail(errno.ELOOP, f"{obj.path!r} is a symlink and O_NOFOLLOW was given")
+    if creating and kind == stat.S_IFDIR:
+        raise fail(errno.EISDIR, f"O_CREAT on directory {obj.path!r}")

@@ -1,0 +1,230 @@
+"""Path resolution in an agent's view of the filesystem, to O_PATH fds.
+
+Every lookup goes through ``openat2`` under the agent's root (``/proc/<tid>/root``)
+with RESOLVE_NO_MAGICLINKS, so ``..`` at the agent's root stays there, absolute
+symlinks land in the agent's root and /proc magic links are refused (ELOOP).
+
+Relative paths need both a root (for ``..`` and absolute symlinks) and a start
+directory, which openat2 cannot take separately: RESOLVE_IN_ROOT makes the start
+the root, RESOLVE_BENEATH forbids leaving it. So a relative path is first walked
+from the start with RESOLVE_BENEATH (exact and race-free: the start is a held fd);
+only when that fails with EXDEV (it climbs above the start or meets an absolute
+symlink) is it walked again from the root as "<start's agent path>/<path>" with
+RESOLVE_IN_ROOT. Both walks stay inside the agent's root, and callers decide on
+the object the walk returned, never on the string; an agent renaming an ancestor
+of its own cwd during the second walk can only change which of its own files it
+gets. (A per-thread chroot into the agent's root would give exact kernel
+semantics but needs CAP_SYS_CHROOT, which a rootless supervisor lacks.)
+
+Names the kernel would resolve through the agent's own procfs are rewritten,
+because ``self`` there would mean the supervisor: ``/proc/self`` and
+``/proc/thread-self`` become the agent's pid (in its namespace), ``/dev/fd``,
+``/dev/std{in,out,err}`` its fd directory, and ``/proc/<agent>/fd/N[/rest]``
+re-opens the agent's fd N through our ``/proc/<tid>/fd/N`` (its documented
+meaning), continuing with ``rest`` as a dirfd-relative lookup. Objects that end
+up in a procfs must belong to the agent's own process, except a few read-only
+files (``ps`` works) — the supervisor's access to other processes' /proc files
+is broader than the agent's.
+
+Agent-visible paths come from the kernel's name for the fd
+(``readlink /proc/self/fd/N``) minus the name of the agent's root; an object
+outside the agent's root fails with EACCES.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass, field
+
+from sandbox import _libc_fs as lf
+from sandbox._fscreds import AgentIdentity
+
+PATH_FD = os.O_PATH | os.O_CLOEXEC
+_EAGAIN_RETRIES = 8
+MAX_SYMLINK_HOPS = 40
+# Files of another process's /proc directory that carry no ptrace-mode check.
+FOREIGN_PROC_READABLE = frozenset({b"", b"stat", b"status", b"cmdline", b"comm", b"statm"})
+_STD_STREAMS = {b"stdin": b"0", b"stdout": b"1", b"stderr": b"2"}
+
+
+def fail(err: int, what: str) -> OSError:
+    return OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def host_name(fd: int) -> bytes:
+    """The kernel's name for ``fd`` as seen from the supervisor."""
+    return os.readlink(b"/proc/self/fd/%d" % fd)
+
+
+@dataclass
+class Start:
+    """A start directory: a held fd and, computed on demand, its agent-visible path."""
+
+    fd: int
+    path: bytes | None = None
+
+
+@dataclass
+class AgentView:
+    """The agent's root and identity; owns every fd it opens until ``close()``."""
+
+    agent: AgentIdentity
+    root_fd: int = -1
+    root_host: bytes = b"/"
+    owned: list[int] = field(default_factory=list)
+
+    @classmethod
+    def open(cls, agent: AgentIdentity) -> "AgentView":
+        view = cls(agent)
+        try:
+            view.root_fd = view.keep(os.open(f"/proc/{agent.tid}/root", PATH_FD | os.O_DIRECTORY))
+            view.root_host = host_name(view.root_fd)
+        except FileNotFoundError:
+            view.close()
+            raise fail(errno.ESRCH, f"agent task {agent.tid}") from None
+        except BaseException:
+            view.close()
+            raise
+        return view
+
+    def keep(self, fd: int) -> int:
+        self.owned.append(fd)
+        return fd
+
+    def close(self) -> None:
+        while self.owned:
+            os.close(self.owned.pop())
+
+    # -- start directories (opened with the supervisor's credentials) --------------
+
+    def agent_fd(self, number: int) -> int:
+        """O_PATH fd to what the agent's fd ``number`` refers to (EBADF if none)."""
+        if number < 0:
+            raise fail(errno.EBADF, f"fd {number}")
+        try:
+            return self.keep(os.open(f"/proc/{self.agent.tid}/fd/{number}", PATH_FD))
+        except FileNotFoundError:
+            raise fail(errno.EBADF, f"agent fd {number}") from None
+
+    def start(self, dirfd: int) -> Start:
+        if dirfd == lf.AT_FDCWD:
+            return Start(self.keep(os.open(f"/proc/{self.agent.tid}/cwd", PATH_FD)))
+        return Start(self.agent_fd(dirfd))
+
+    # -- agent-visible names -------------------------------------------------------
+
+    def visible(self, fd: int, *, anonymous_ok: bool = False) -> bytes:
+        """The agent-visible absolute path of ``fd``; EACCES when outside the agent's root."""
+        name = host_name(fd)
+        if not name.startswith(b"/") or name.startswith(b"/memfd:"):
+            if anonymous_ok:
+                return name  # pipe:[..], socket:[..], anon_inode:[..], /memfd:..
+            raise fail(errno.EACCES, f"{name!r} is not a path")
+        if name.endswith(b" (deleted)") and os.fstat(fd).st_nlink == 0:
+            raise fail(errno.ENOENT, f"{name!r}")
+        root = self.root_host
+        if root == b"/":
+            return name
+        if name == root:
+            return b"/"
+        if name.startswith(root + b"/"):
+            return name[len(root):]
+        raise fail(errno.EACCES, f"{name!r} is outside the agent's root")
+
+    def start_path(self, start: Start) -> bytes:
+        if start.path is None:
+            start.path = self.visible(start.fd)
+        return start.path
+
+    # -- walks (run with the agent's credentials) ----------------------------------
+
+    def walk(self, start: Start | None, path: bytes, oflags: int, resolve: int) -> int:
+        """openat2 ``path`` as the agent would (``resolve`` = the agent's own RESOLVE_*)."""
+        base = resolve | lf.RESOLVE_NO_MAGICLINKS
+        absolute = path.startswith(b"/")
+        if resolve & (lf.RESOLVE_IN_ROOT | lf.RESOLVE_BENEATH):
+            if absolute and resolve & lf.RESOLVE_BENEATH:
+                raise fail(errno.EXDEV, "absolute path with RESOLVE_BENEATH")
+            return self._openat2(start.fd, path, oflags, base)
+        if absolute or start is None:
+            return self._openat2(self.root_fd, path, oflags, base | lf.RESOLVE_IN_ROOT)
+        try:
+            return self._openat2(start.fd, path, oflags, base | lf.RESOLVE_BENEATH)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+        joined = self.start_path(start).rstrip(b"/") + b"/" + path
+        return self._openat2(self.root_fd, joined, oflags, base | lf.RESOLVE_IN_ROOT)
+
+    def _openat2(self, dirfd: int, path: bytes, oflags: int, resolve: int) -> int:
+        for _ in range(_EAGAIN_RETRIES):
+            try:
+                return self.keep(lf.openat2(dirfd, path, oflags | PATH_FD, 0, resolve))
+            except OSError as exc:
+                if exc.errno != errno.EAGAIN or resolve & lf.RESOLVE_CACHED:
+                    raise
+        raise fail(errno.EAGAIN, "path kept changing during resolution")
+
+    # -- /proc rewriting and checks --------------------------------------------------
+
+    def rewrite(self, path: bytes, fd_links: bool = True) -> tuple[int | None, bytes]:
+        """Rewrite self-referring /proc and /dev names; (agent fd, rest) for fd links."""
+        if not path.startswith(b"/"):
+            return None, path
+        parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+        tgid, tid = b"%d" % self.agent.ns_tgid, b"%d" % self.agent.ns_tid
+        head = parts[:2]
+        if head == [b"dev", b"fd"]:
+            parts = [b"proc", tgid, b"fd"] + parts[2:]
+        elif len(parts) >= 2 and head[0] == b"dev" and head[1] in _STD_STREAMS:
+            parts = [b"proc", tgid, b"fd", _STD_STREAMS[head[1]]] + parts[2:]
+        elif head == [b"proc", b"self"]:
+            parts = [b"proc", tgid] + parts[2:]
+        elif head == [b"proc", b"thread-self"]:
+            parts = [b"proc", tgid, b"task", tid] + parts[2:]
+        elif head != [b"proc", tgid]:
+            return None, path
+        for prefix in ([b"proc", tgid, b"fd"], [b"proc", tgid, b"task", tid, b"fd"])[: 2 * fd_links]:
+            n = len(prefix)
+            if parts[:n] == prefix and len(parts) > n and parts[n].isdigit():
+                return int(parts[n]), b"/".join(parts[n + 1:])
+        trailing = b"/" if path.endswith(b"/") else b""
+        return None, b"/" + b"/".join(parts) + trailing
+
+    def check_proc(self, fd: int, visible: bytes, writes: bool) -> None:
+        """Refuse procfs objects of processes other than the agent (see module doc)."""
+        if lf.fstatfs_type(fd) != lf.PROC_SUPER_MAGIC:
+            return
+        parts = visible.split(b"/")[1:]
+        if not parts or parts[0] != b"proc":
+            raise fail(errno.EACCES, f"procfs outside /proc: {visible!r}")
+        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) == self.agent.ns_tgid:
+            return
+        rest = b"/".join(parts[2:])
+        if writes or rest not in FOREIGN_PROC_READABLE:
+            raise fail(errno.EACCES, f"{visible!r} belongs to another process")
+
+
+def split_last(path: bytes) -> tuple[bytes, bytes, bool]:
+    """(directory part, last component, had trailing slash); '' last for '/'."""
+    stripped = path.rstrip(b"/")
+    trailing = stripped != path
+    head, sep, name = stripped.rpartition(b"/")
+    if not sep:
+        return b".", stripped, trailing
+    return (head or b"/"), name, trailing
+
+
+def is_type(fd: int, test) -> bool:
+    return test(os.fstat(fd).st_mode)
+
+
+def may_follow(parent_fd: int, name: bytes, fsuid: int) -> bool:
+    """fs.protected_symlinks: no following another user's link in a sticky world-writable dir."""
+    dir_st = os.fstat(parent_fd)
+    if not (dir_st.st_mode & stat.S_ISVTX and dir_st.st_mode & stat.S_IWOTH):
+        return True
+    link_uid = os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_uid
+    return link_uid in (fsuid, dir_st.st_uid)

@@ -1,0 +1,56 @@
+"""SandboxError: a set-up stage failed; the sandbox never runs half-confined."""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """``stage`` names the set-up step, ``message`` the failing call and errno, ``hint`` a fix."""
+
+    def __init__(self, stage: str, message: str, hint: str = ""):
+        self.stage = stage
+        self.message = message
+        self.hint = hint
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        """One line for stderr: what failed, then the hint."""
+        line = f"cannot {stage_description(self.stage)}: {self.message}"
+        return f"{line} — hint: {self.hint}" if self.hint else line
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "message": self.message, "hint": self.hint}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SandboxError":
+        return cls(str(data.get("stage", "setup")), str(data.get("message", "")), str(data.get("hint", "")))
+
+
+# stage name -> what the user reads after "cannot"
+STAGE_DESCRIPTIONS = {
+    "filter": "build the seccomp filter",
+    "cgroup": "create the sandbox cgroup",
+    "fork_outer": "fork the sandbox",
+    "die_with_launcher": "tie the sandbox's life to the launcher",
+    "join_cgroup": "move the sandbox into its cgroup",
+    "user_namespace": "create user namespace",
+    "namespaces": "create namespaces",
+    "map_user": "map the caller's uid/gid into the user namespace",
+    "fork_init": "start the sandbox init",
+    "die_with_parent": "tie the sandbox init to its parent",
+    "mounts": "set up mounts",
+    "hostname": "set the sandbox hostname",
+    "loopback": "bring up the loopback interface",
+    "fork_agent": "start the agent process",
+    "restore_signals": "reset signal handling for the agent",
+    "close_fds": "close inherited file descriptors",
+    "chdir": "enter the working directory",
+    "no_new_privs": "set no_new_privs",
+    "seccomp": "install the seccomp filter",
+    "hand_over_listener": "hand the seccomp listener to the supervisor",
+    "startup": "start the sandbox",
+    "supervise": "supervise the sandbox",
+}
+
+
+def stage_description(stage: str) -> str:
+    return STAGE_DESCRIPTIONS.get(stage, stage.replace("_", " "))

@@ -1,0 +1,315 @@
+"""Filesystem syscalls performed by the supervisor on the agent's behalf, race-free.
+
+``prepare(pid, decoded)`` resolves what a trapped call names *in the agent's
+view* (its root, cwd and fds, symlinks followed inside its root, magic links
+refused; see ``sandbox._resolve``) to held O_PATH fds, and describes the real
+object as a tool call: ``FsOp.tool`` and ``FsOp.args``. The policy decides on
+that description. ``FsOp.perform()`` then acts on the held fds with the agent's
+fsuid, fsgid, groups, capabilities and umask (``sandbox._fscreds``) and never
+looks the agent's path string up again, so rewriting the path or swapping a
+symlink after the decision cannot change what is touched. ``FsOp.close()``
+releases the fds; both raise only OSError.
+
+Why perform instead of answering CONTINUE: CONTINUE makes the kernel re-read the
+path from agent memory, which another thread can rewrite after the decision.
+
+What a decision is about:
+- reads, writes, truncation, chmod/chown/utimes/xattrs: the object after the
+  syscall's own symlink rule (``/tmp/l -> /etc/shadow`` is ``/etc/shadow``);
+- create/delete/rename/mkdir/symlink/mknod: the name in its real parent
+  (``cd /etc; rm ../etc/./x`` is ``/etc/x``), O_CREAT through a dangling
+  symlink is the file it would create;
+- hard links: ``path`` is the object linked, ``dest`` the new name. A hard link
+  gives a second name to an inode, and later calls are decided on the name they
+  use, so policies must deny fs/link into and out of protected trees.
+
+Tool-call args: ``path`` (absolute, normalised, as the agent sees it), ``flags``
+(list of names), ``mode`` (int or None), ``dest`` (rename, link), ``target``
+(symlink content), ``uid``/``gid`` (chown, -1 = unchanged), ``length``
+(truncate), ``xattr`` (attribute name).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable
+
+from sandbox import _fsflags as ff
+from sandbox import _libc_fs as lf
+from sandbox._fscreds import acting_as, read_identity
+from sandbox._fslocate import agent_fd_flags, file_type, locate, locate_fd, locate_slot
+from sandbox._fsopen import build_open
+from sandbox._resolve import AgentView, fail
+
+CAP_DAC_READ_SEARCH = 1 << 2
+
+
+@dataclass(frozen=True, slots=True)
+class FsResult:
+    """``kind="fd"``: ``value`` is a new fd the caller owns; ``"value"``: the syscall's return."""
+
+    kind: str
+    value: int
+    cloexec: bool = False
+
+
+class FsOp:
+    """One resolved call: what the policy decides on, and how to carry it out."""
+
+    def __init__(self, view: AgentView, tool: str, args: dict, action: Callable[[], int | None],
+                 cloexec: bool = False, returns_fd: bool = False):
+        self.tool, self.args = tool, args
+        self._view, self._action = view, action
+        self._cloexec, self._returns_fd = cloexec, returns_fd
+
+    def perform(self) -> FsResult:
+        """Do the call with the agent's identity; raises OSError(errno) as the kernel would."""
+        if not self._view.owned:
+            raise OSError(errno.EBADF, "FsOp already closed")
+        with _only_oserror("perform"):
+            with acting_as(self._view.agent):
+                result = self._action()
+            if self._returns_fd:
+                return FsResult("fd", result, self._cloexec)
+            return FsResult("value", 0)
+
+    def close(self) -> None:
+        with _only_oserror("close"):
+            self._view.close()
+
+    def __enter__(self) -> "FsOp":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _only_oserror:
+    """Fail closed: anything that is not an OSError with an errno becomes EACCES."""
+
+    def __init__(self, what: str):
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None or (isinstance(exc, OSError) and exc.errno):
+            return False
+        if isinstance(exc, Exception):
+            raise OSError(errno.EACCES, f"{self.what}: {type(exc).__name__}: {exc}") from exc
+        return False
+
+
+def _at(decoded: dict, default: int | None, allowed: int) -> int:
+    """The call's AT_* flags: fixed for the legacy calls, checked for the *at ones."""
+    if default is not None:
+        return default
+    return ff.check_bits(decoded.get("at_flags", 0) or 0, allowed, decoded["syscall"])
+
+
+def _path(decoded: dict) -> bytes | None:
+    return decoded.get("path")
+
+
+def _dirfd(decoded: dict, key: str = "dirfd") -> int:
+    return decoded.get(key, lf.AT_FDCWD)
+
+
+def _str(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+# -- builders: (view, decoded) -> (tool, args, action) --------------------------------
+
+
+def _delete(at: int | None):
+    def build(view, d):
+        flags = _at(d, at, lf.AT_REMOVEDIR)
+        slot = locate_slot(view, _dirfd(d), _path(d), "rmdir" if flags & lf.AT_REMOVEDIR else "unlink")
+        args = {"path": _str(slot.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES)}
+        return "fs/delete", args, lambda: lf.unlinkat(slot.parent_fd, slot.name, flags)
+    return build
+
+
+def _rename(view, d):
+    flags = (d.get("at_flags", 0) or 0) if d["syscall"] == "renameat2" else 0
+    ff.check_bits(flags, lf.RENAME_NOREPLACE | lf.RENAME_EXCHANGE | lf.RENAME_WHITEOUT, "renameat2")
+    if flags & lf.RENAME_EXCHANGE and flags & (lf.RENAME_NOREPLACE | lf.RENAME_WHITEOUT):
+        raise fail(errno.EINVAL, "renameat2: RENAME_EXCHANGE with other flags")
+    src = locate_slot(view, _dirfd(d), _path(d), "rename")
+    dst = locate_slot(view, _dirfd(d, "newdirfd"), d.get("newpath"), "rename")
+    args = {"path": _str(src.path), "dest": _str(dst.path), "flags": ff.names(flags, ff.RENAME_FLAG_NAMES)}
+    return "fs/rename", args, lambda: lf.renameat2(src.parent_fd, src.name, dst.parent_fd, dst.name, flags)
+
+
+def _mkdir(view, d):
+    mode = d.get("mode", 0) & 0o7777
+    slot = locate_slot(view, _dirfd(d), _path(d), "mkdir")
+    args = {"path": _str(slot.path), "flags": [], "mode": mode}
+    return "fs/mkdir", args, lambda: lf.mkdirat(slot.parent_fd, slot.name, mode)
+
+
+def _link(at: int | None):
+    def build(view, d):
+        flags = _at(d, at, lf.AT_SYMLINK_FOLLOW | lf.AT_EMPTY_PATH)
+        if flags & lf.AT_EMPTY_PATH and not view.agent.cap_effective & CAP_DAC_READ_SEARCH:
+            raise fail(errno.ENOENT, "linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH")
+        old = locate(view, _dirfd(d), _path(d), follow=bool(flags & lf.AT_SYMLINK_FOLLOW), writes=True,
+                     empty=bool(flags & lf.AT_EMPTY_PATH))
+        new = locate_slot(view, _dirfd(d, "newdirfd"), d.get("newpath"), "create")
+        args = {"path": _str(old.path), "dest": _str(new.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES)}
+        # The magic link names the held inode itself, even when that inode is a symlink.
+        source = b"/proc/self/fd/%d" % old.fd
+        return "fs/link", args, lambda: lf.linkat(lf.AT_FDCWD, source, new.parent_fd, new.name,
+                                                  lf.AT_SYMLINK_FOLLOW)
+    return build
+
+
+def _symlink(view, d):
+    target = d["target"]
+    where = d["newpath"] if "newpath" in d else _path(d)
+    slot = locate_slot(view, d.get("newdirfd", _dirfd(d)), where, "create")
+    args = {"path": _str(slot.path), "flags": [], "target": _str(target)}
+    return "fs/link", args, lambda: lf.symlinkat(target, slot.parent_fd, slot.name)
+
+
+def _mknod(view, d):
+    mode, dev = d.get("mode", 0), d.get("dev", 0) or 0
+    kind = stat.S_IFMT(mode)
+    if kind == stat.S_IFDIR:
+        raise fail(errno.EPERM, "mknod of a directory")
+    if kind not in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+        raise fail(errno.EINVAL, f"mknod type {kind:#o}")
+    slot = locate_slot(view, _dirfd(d), _path(d), "create")
+    args = {"path": _str(slot.path), "flags": [], "mode": mode}
+    return "fs/write", args, lambda: lf.mknodat(slot.parent_fd, slot.name, mode, dev)
+
+
+def _target(view, d, at: int | None, allowed: int, by_fd: bool):
+    """The object an attribute call changes, plus its AT_* flags."""
+    if by_fd:
+        return locate_fd(view, d["fd"]), 0
+    flags = _at(d, at, allowed)
+    path = _path(d)
+    if path is None and d["syscall"] == "utimensat":
+        if _dirfd(d) == lf.AT_FDCWD:
+            raise fail(errno.EFAULT, "utimensat(AT_FDCWD, NULL)")
+        flags |= lf.AT_EMPTY_PATH  # utimensat(fd, NULL, ...) acts on fd itself
+    obj = locate(view, _dirfd(d), path, follow=not flags & lf.AT_SYMLINK_NOFOLLOW, writes=True,
+                 empty=bool(flags & lf.AT_EMPTY_PATH))
+    return obj, flags
+
+
+def _chmod(at: int | None, by_fd: bool = False):
+    def build(view, d):
+        obj, flags = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW | lf.AT_EMPTY_PATH, by_fd)
+        mode = d.get("mode", 0) & 0o7777
+        args = {"path": _str(obj.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES), "mode": mode}
+        return "fs/write", args, lambda: lf.fchmodat2(obj.fd, b"", mode, lf.AT_EMPTY_PATH)
+    return build
+
+
+def _id(value) -> int:
+    return -1 if value in (None, -1, 0xFFFFFFFF) else value
+
+
+def _chown(at: int | None, by_fd: bool = False):
+    def build(view, d):
+        obj, flags = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW | lf.AT_EMPTY_PATH, by_fd)
+        uid, gid = _id(d.get("uid")), _id(d.get("gid"))
+        args = {"path": _str(obj.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES), "uid": uid, "gid": gid}
+        return "fs/write", args, lambda: lf.fchownat(obj.fd, b"", uid, gid, lf.AT_EMPTY_PATH)
+    return build
+
+
+def _utimes(at: int | None):
+    def build(view, d):
+        obj, flags = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW | lf.AT_EMPTY_PATH, False)
+        times = d.get("times")
+        args = {"path": _str(obj.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES), "mode": None}
+        return "fs/write", args, lambda: lf.utimensat(obj.fd, b"", times, lf.AT_EMPTY_PATH)
+    return build
+
+
+def _truncate(by_fd: bool = False):
+    def build(view, d):
+        obj, _ = _target(view, d, 0, 0, by_fd)
+        length = d.get("length", 0)
+        if by_fd and not agent_fd_flags(view, d["fd"]) & os.O_ACCMODE:
+            raise fail(errno.EINVAL, "ftruncate on an fd not open for writing")
+        kind = file_type(obj.fd)
+        if kind == stat.S_IFDIR:
+            raise fail(errno.EISDIR, f"truncate {obj.path!r}")
+        if kind != stat.S_IFREG or length < 0:
+            raise fail(errno.EINVAL, f"truncate {obj.path!r} to {length}")
+
+        def action() -> None:
+            fd = os.open(b"/proc/self/fd/%d" % obj.fd, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+            try:
+                os.ftruncate(fd, length)
+            finally:
+                os.close(fd)
+        args = {"path": _str(obj.path), "flags": [], "mode": None, "length": length}
+        return "fs/write", args, action
+    return build
+
+
+def _xattr(remove: bool, at: int | None, by_fd: bool = False):
+    def build(view, d):
+        obj, _ = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW, by_fd)
+        name = d["xattr_name"]
+        xflags = 0 if remove else ff.check_bits(d.get("xattr_flags", 0) or 0, 3, d["syscall"])
+        # setxattr on the magic link acts on the held inode itself, symlink or not.
+        where = b"/proc/self/fd/%d" % obj.fd
+        args = {"path": _str(obj.path), "flags": ff.names(xflags, ff.XATTR_FLAG_NAMES), "mode": None,
+                "xattr": _str(name)}
+        if remove:
+            return "fs/write", args, lambda: os.removexattr(where, name)
+        value = d.get("xattr_value", b"")
+        return "fs/write", args, lambda: os.setxattr(where, name, value, xflags)
+    return build
+
+
+def _open(view, d):
+    return build_open(view, d)
+
+
+NOFOLLOW = lf.AT_SYMLINK_NOFOLLOW
+# syscall name -> builder. Legacy calls pin their AT_* flags; *at calls read at_flags.
+OPS: dict[str, Callable] = {
+    "open": _open, "openat": _open, "openat2": _open, "creat": _open,
+    "unlink": _delete(0), "rmdir": _delete(lf.AT_REMOVEDIR), "unlinkat": _delete(None),
+    "rename": _rename, "renameat": _rename, "renameat2": _rename,
+    "mkdir": _mkdir, "mkdirat": _mkdir,
+    "link": _link(0), "linkat": _link(None), "symlink": _symlink, "symlinkat": _symlink,
+    "mknod": _mknod, "mknodat": _mknod,
+    "truncate": _truncate(), "ftruncate": _truncate(by_fd=True),
+    "chmod": _chmod(0), "fchmodat": _chmod(0), "fchmodat2": _chmod(None), "fchmod": _chmod(0, by_fd=True),
+    "chown": _chown(0), "lchown": _chown(NOFOLLOW), "fchownat": _chown(None), "fchown": _chown(0, by_fd=True),
+    "utimensat": _utimes(None), "utime": _utimes(0), "utimes": _utimes(0), "futimesat": _utimes(0),
+    "setxattr": _xattr(False, 0), "lsetxattr": _xattr(False, NOFOLLOW), "fsetxattr": _xattr(False, 0, True),
+    "removexattr": _xattr(True, 0), "lremovexattr": _xattr(True, NOFOLLOW),
+    "fremovexattr": _xattr(True, 0, True),
+}
+_FD_RESULT = {"open", "openat", "openat2", "creat"}
+
+
+def prepare(pid: int, decoded: dict) -> FsOp:
+    """Resolve (never perform) one decoded fs syscall of task ``pid`` into an FsOp."""
+    with _only_oserror("prepare"):
+        build = OPS.get(decoded["syscall"])
+        if build is None:
+            raise fail(errno.ENOSYS, f"{decoded['syscall']} is not a filesystem call")
+        view = AgentView.open(read_identity(pid))
+        try:
+            result = build(view, decoded)
+            tool, args, action = result[:3]
+            cloexec = result[3] if len(result) > 3 else False
+            return FsOp(view, tool, args, action, cloexec, decoded["syscall"] in _FD_RESULT)
+        except BaseException:
+            view.close()
+            raise

@@ -1,0 +1,170 @@
+"""The seccomp filter: user notification for trapped syscalls over a static hardening layer.
+
+libseccomp (pyseccomp) only compiles the rules to classic BPF; the program is loaded
+with a raw seccomp(2) so the listener flags can be chosen (libseccomp 2.5 cannot set
+WAIT_KILLABLE_RECV). The filter allows by default: decisions the kernel cannot make
+go to the supervisor, and HARDENING_RULES deny what no agent needs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+import pyseccomp
+
+from sandbox import _libc
+from sandbox.bpf import errno_action
+
+ALLOW = 0  # a kernel_decided value: let the syscall through with no round trip
+
+
+@dataclass(frozen=True)
+class Eq:
+    arg: int
+    value: int
+
+    def compile(self) -> pyseccomp.Arg:
+        return pyseccomp.Arg(self.arg, pyseccomp.EQ, self.value)
+
+
+@dataclass(frozen=True)
+class Ne:
+    arg: int
+    value: int
+
+    def compile(self) -> pyseccomp.Arg:
+        return pyseccomp.Arg(self.arg, pyseccomp.NE, self.value)
+
+
+@dataclass(frozen=True)
+class MaskedEq:
+    """(arg & mask) == value over all 64 bits; a 32-bit mask ignores the high half,
+    which is right for arguments the kernel reads as ``unsigned int``."""
+
+    arg: int
+    mask: int
+    value: int
+
+    def compile(self) -> pyseccomp.Arg:
+        return pyseccomp.Arg(self.arg, pyseccomp.MASKED_EQ, self.mask, self.value)
+
+
+@dataclass(frozen=True)
+class Rule:
+    syscall: str
+    action: int
+    matchers: tuple = ()
+
+
+EPERM = errno_action(errno.EPERM)
+ENOSYS = errno_action(errno.ENOSYS)  # "not implemented": libc and runtimes fall back
+
+CLONE_NAMESPACE_FLAGS = {
+    "CLONE_NEWNS": 0x00020000, "CLONE_NEWCGROUP": 0x02000000, "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000, "CLONE_NEWUSER": 0x10000000, "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+PERSONALITY_QUERY = 0xFFFFFFFF
+SECCOMP_FILTER_FLAG_NEW_LISTENER = _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER
+
+
+def _deny_all(action: int, *names: str) -> list[Rule]:
+    return [Rule(name, action) for name in names]
+
+
+def _personality_rules() -> list[Rule]:
+    # Allowed: PER_LINUX (0) and the query 0xffffffff, i.e. low 32 bits all equal. libseccomp
+    # allows one comparison per argument per rule, so deny every value where bit 0 and some
+    # bit k differ: two masked compares per bit, all on the personality path only.
+    rules = []
+    for bit in range(1, 32):
+        pair = 1 | (1 << bit)
+        rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1 << bit),)))
+        rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1),)))
+    return rules
+
+
+HARDENING_RULES: tuple[Rule, ...] = tuple(
+    # io_uring and clone3 get ENOSYS so libraries fall back to plain syscalls (which are
+    # trapped or argument-checked); clone3's flags sit behind a pointer no filter can read.
+    _deny_all(ENOSYS, "io_uring_setup", "io_uring_enter", "io_uring_register", "clone3")
+    + _deny_all(EPERM, "ptrace", "process_vm_readv", "process_vm_writev", "bpf", "perf_event_open")
+    + _deny_all(EPERM, "mount", "umount2", "pivot_root", "move_mount", "open_tree", "open_tree_attr",
+                "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr")
+    + _deny_all(EPERM, "unshare", "setns")
+    + [Rule("clone", EPERM, (MaskedEq(0, flag, flag),)) for flag in CLONE_NAMESPACE_FLAGS.values()]
+    + _deny_all(EPERM, "keyctl", "add_key", "request_key", "userfaultfd")
+    + _personality_rules()
+    + _deny_all(EPERM, "open_by_handle_at", "name_to_handle_at")
+    + _deny_all(EPERM, "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module")
+    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),)) for cmd in (TIOCSTI, TIOCLINUX)]
+    # AIO and userfaultfd could write memory while its owner is frozen for an exec decision.
+    + _deny_all(EPERM, "io_setup", "io_submit")
+    # A nested listener would let the agent supervise (and answer for) its own children.
+    + [Rule("seccomp", EPERM, (MaskedEq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),))]
+    + _deny_all(EPERM, "acct", "swapon", "swapoff", "reboot", "quotactl", "quotactl_fd", "lookup_dcookie")
+    # Path-based attribute writes newer than the trapped table: refused until decoded.
+    + _deny_all(ENOSYS, "setxattrat", "removexattrat", "file_setattr")
+)
+
+
+def _syscall_id(name: str) -> int:
+    """libseccomp's number for ``name``, or the generated table's for syscalls it predates."""
+    number = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    if number == -1 or number is None:  # __NR_SCMP_ERROR: libseccomp does not know the name
+        try:
+            return _libc.syscall_number(name)
+        except KeyError:
+            raise ValueError(f"unknown syscall {name!r}: not in libseccomp nor sandbox/_syscalls_generated.py") from None
+    return number
+
+
+def _check_disjoint(trapped: set[str], kernel_decided: Mapping[str, int]) -> None:
+    hardened = {rule.syscall for rule in HARDENING_RULES}
+    for label, names in (("trapped", trapped), ("kernel_decided", set(kernel_decided))):
+        clash = sorted(names & hardened)
+        if clash:
+            raise ValueError(f"{label} syscalls {clash} are fixed by the hardening rules; remove them")
+    both = sorted(trapped & set(kernel_decided))
+    if both:
+        raise ValueError(f"syscalls {both} are both trapped and kernel_decided; choose one")
+
+
+def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | None = None) -> bytes:
+    """Compile the filter: USER_NOTIF for ``trapped``, ALLOW or ERRNO(errno) for
+    ``kernel_decided``, the hardening rules, and KILL_PROCESS for any other arch and x32."""
+    trapped = set(trapped)
+    kernel_decided = dict(kernel_decided or {})
+    _check_disjoint(trapped, kernel_decided)
+    program = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    # libseccomp's default bad-arch action kills only the thread; kill the whole process.
+    # Its x86_64 programs also send every x32 number (bit 30) to this action.
+    program.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    for rule in HARDENING_RULES:
+        program.add_rule(rule.action, _syscall_id(rule.syscall), *(m.compile() for m in rule.matchers))
+    for name in sorted(trapped):
+        program.add_rule(pyseccomp.NOTIFY, _syscall_id(name))
+    for name, err in sorted(kernel_decided.items()):
+        if err != ALLOW:
+            program.add_rule(errno_action(err), _syscall_id(name))
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    with open(fd, "w+b") as sink:
+        program.export_bpf(sink)
+        sink.seek(0)
+        return sink.read()
+
+
+def install(program: bytes) -> int:
+    """Load ``program`` on the calling thread and return the notification listener fd.
+
+    Must run in the child after PR_SET_NO_NEW_PRIVS (so no setuid exec can outrun the
+    filter). WAIT_KILLABLE_RECV keeps a received notification from being interrupted by
+    signals or the freezer, which exec decisions rely on."""
+    if not _libc.no_new_privs():
+        raise PermissionError("seccomp install: no_new_privs is not set; call _libc.set_no_new_privs() first")
+    flags = _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER | _libc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+    return _libc.seccomp_set_mode_filter(program, flags)

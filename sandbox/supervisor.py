@@ -1,0 +1,325 @@
+"""The notification supervisor: every trapped syscall becomes a policy decision.
+
+TOCTOU rule: a decision that depends on a pointer argument is never followed by
+CONTINUE while another task could rewrite that memory. Filesystem calls are decoded
+once, resolved and performed by sandbox.fsops on the agent's behalf, and the result
+is injected (ADDFD) or returned; the agent's memory is never read again. An exec
+cannot be performed for the agent, so it is decided with every agent task frozen
+(sandbox.freeze) and only then CONTINUEd. Everything fails closed: a decode error,
+an exception in decide(), a freezer problem or a timeout denies.
+
+Threads: leader/followers. One thread at a time waits in poll+RECV; once it has a
+notification it hands the listener to an idle follower (spawning one if none is
+idle) and handles its own notification, so a slow decision (a defer waiting for a
+human, a blocking open) never holds up unrelated syscalls.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import os
+import select
+import threading
+import time
+from typing import Callable
+
+from policy.calls import ToolCall
+from policy.decision import Decision, Effect, deny
+from sandbox import freeze, notify
+from sandbox.decode import UnknownSyscall, decode, row_for
+from sandbox.decode.exec import exec_arguments
+
+try:
+    from sandbox.fsops import prepare as fs_prepare
+except ImportError:  # fs calls are then denied, see _handle_fs
+    fs_prepare = None
+
+MAX_THREADS = 64
+APPROVAL_POLL = 0.5  # seconds between liveness checks while a defer waits
+
+
+class Supervisor:
+    def __init__(self, listener_fd: int, decide: Callable[[ToolCall], Decision], *, session_id: str = "",
+                 audit: Callable[[dict], None] | None = None,
+                 approve: Callable[[ToolCall, Decision, float], bool] | None = None,
+                 approve_timeout: float = 300.0, cgroup_dir: str | None = None):
+        self.listener = listener_fd
+        self.decide = decide
+        self.session_id = session_id
+        self.audit = audit
+        self.approve = approve
+        self.approve_timeout = approve_timeout
+        self.stats: collections.Counter = collections.Counter()
+        self.sync_wakeup = False
+        self.freezer, self.freeze_problem = _make_freezer(cgroup_dir)
+        self._receive_lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._exec_lock = threading.Lock()  # one exec decision (one freeze) at a time
+        self._gate = freeze.Gate()  # fs performs are shared, a frozen exec decision exclusive
+        self._done = threading.Event()
+        self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
+        self._threads = 0
+        self._idle = 0
+
+    # -- threads ---------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Answer notifications until the last filtered task exits (or stop())."""
+        self.sync_wakeup = notify.set_sync_wakeup(self.listener)
+        self._spawn()
+        self._done.wait()
+
+    def stop(self) -> None:
+        self._done.set()
+        os.write(self._stop_write, b"x")
+
+    def _spawn(self) -> None:
+        with self._count_lock:
+            self._threads += 1
+            self._idle += 1
+            self.stats["threads"] = self._threads
+        threading.Thread(target=self._worker, name=f"supervisor-{self._threads}", daemon=True).start()
+
+    def _worker(self) -> None:
+        poller = select.poll()
+        poller.register(self.listener, select.POLLIN)
+        poller.register(self._stop_read, select.POLLIN)
+        while True:
+            with self._receive_lock:
+                notification = None if self._done.is_set() else self._receive(poller)
+                if notification is None:
+                    self._done.set()
+                    return
+                with self._count_lock:
+                    self._idle -= 1
+                    spawn = self._idle == 0 and self._threads < MAX_THREADS
+                if spawn:
+                    self._spawn()
+            try:
+                self._handle(notification)
+            finally:
+                with self._count_lock:
+                    self._idle += 1
+
+    def _receive(self, poller: select.poll) -> notify.Notification | None:
+        """The next notification, or None once every filtered task is gone or on stop()."""
+        while True:
+            events = dict(poller.poll())
+            if self._stop_read in events:
+                return None
+            revents = events.get(self.listener, 0)
+            if revents & select.POLLIN:
+                try:
+                    return notify.recv(self.listener)
+                except OSError as err:
+                    if err.errno in (errno.ENOENT, errno.EINTR):
+                        continue  # cancelled before we took it (the task died or was signalled)
+                    raise
+            if revents & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return None
+
+    # -- handling ----------------------------------------------------------------
+
+    def _handle(self, notification: notify.Notification) -> None:
+        started = time.monotonic()
+        self.stats["received"] += 1
+        try:
+            row = row_for(notification)
+        except UnknownSyscall as err:
+            self._fail(notification, errno.ENOSYS, "", "unknown_syscall", str(err), started)
+            return
+        refusal = errno.EPERM if row.tool == "shell/exec" else errno.EACCES
+        try:
+            if row.tool == "shell/exec":
+                self._handle_exec(notification, started)
+            else:
+                self._handle_fs(notification, started)
+        except Exception as err:  # fail closed on anything unforeseen
+            self._fail(notification, refusal, row.tool, "supervisor_error", f"{type(err).__name__}: {err}", started)
+
+    def _handle_fs(self, notification: notify.Notification, started: float) -> None:
+        try:
+            decoded = decode(notification)
+        except OSError as err:
+            self._fail(notification, err.errno or errno.EFAULT, "fs", "decode_error", str(err), started)
+            return
+        if not notify.id_valid(self.listener, notification.id):
+            self.stats["gone"] += 1
+            return
+        if fs_prepare is None:
+            self._fail(notification, errno.EACCES, "fs", "fsops_missing", "sandbox.fsops is not installed", started)
+            return
+        try:
+            op = fs_prepare(notification.pid, decoded)
+        except OSError as err:  # the path does not resolve: the syscall fails as it would natively
+            self.stats["unresolved"] += 1
+            notify.send_error(self.listener, notification.id, err.errno or errno.EACCES)
+            return
+        try:
+            call = self._call(op.tool, op.args, notification.pid)
+            decision = self._settle(call, self._decide(call), notification)
+            if decision.permitted:
+                self._perform(notification, op, decoded)
+            else:
+                notify.send_error(self.listener, notification.id, errno.EACCES)
+            self._record(notification, decoded["syscall"], call, decision, started)
+        finally:
+            op.close()
+
+    def _perform(self, notification: notify.Notification, op, decoded: dict) -> None:
+        with self._gate.shared():
+            try:
+                result = op.perform()
+            except OSError as err:
+                notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
+                return
+        if result.kind != "fd":
+            notify.send_value(self.listener, notification.id, result.value)
+            return
+        try:
+            notify.addfd_send(self.listener, notification.id, result.value, bool(decoded.get("flags", 0) & os.O_CLOEXEC))
+        except OSError as err:
+            if err.errno != errno.ENOENT:  # e.g. EMFILE in the agent: it gets the error, not the file
+                notify.send_error(self.listener, notification.id, err.errno)
+        finally:
+            os.close(result.value)
+
+    def _handle_exec(self, notification: notify.Notification, started: float) -> None:
+        # A first look without freezing only answers execs that cannot succeed anyway
+        # (execvp walks PATH); it never leads to CONTINUE.
+        try:
+            exec_arguments(decode(notification))
+        except OSError as err:
+            self.stats["unresolved"] += 1
+            notify.send_error(self.listener, notification.id, err.errno or errno.ENOENT)
+            return
+        if self.freezer is None:
+            self._fail(notification, errno.EPERM, "shell/exec", "exec_freeze_unavailable",
+                       f"cannot freeze the agent for an exec decision: {self.freeze_problem}", started)
+            return
+        call, decision = self._decide_frozen(notification, started)
+        if decision is None or decision.effect is not Effect.DEFER:
+            return
+        approved = self._settle(call, decision, notification)
+        if not approved.permitted:
+            notify.send_error(self.listener, notification.id, errno.EPERM)
+            self._record(notification, "execve", call, approved, started)
+            return
+        self._decide_frozen(notification, started, approved_call=call, approval=approved)
+
+    def _decide_frozen(self, notification, started, approved_call=None, approval=None):
+        """Freeze, read, decide, answer. Returns (call, DEFER decision) when a human must
+        approve first (the agent is thawed meanwhile), else (call, None) when answered."""
+        with self._exec_lock, self._gate.exclusive():
+            try:
+                self.freezer.freeze(notification.pid)
+            except (OSError, freeze.FreezeError) as err:
+                self._fail(notification, errno.EPERM, "shell/exec", "freeze_timeout", str(err), started)
+                return None, None
+            answered = False
+            try:
+                decoded = decode(notification)
+                call = self._call("shell/exec", exec_arguments(decoded), notification.pid)
+                if not notify.id_valid(self.listener, notification.id):
+                    self.stats["gone"] += 1
+                    return call, None
+                if approved_call is None:
+                    decision = self._decide(call)
+                elif call.args == approved_call.args:
+                    decision = approval
+                else:
+                    decision = deny("changed_after_approval", "the command changed while it waited for approval")
+                if decision.effect is Effect.DEFER:
+                    return call, decision
+                if decision.permitted:
+                    answered = notify.send_continue(self.listener, notification.id)
+                    if answered:
+                        self.freezer.wait_exec_finished(notification.pid)  # kills on timeout
+                else:
+                    notify.send_error(self.listener, notification.id, errno.EPERM)
+                answered = True
+                self._record(notification, decoded["syscall"], call, decision, started)
+                return call, None
+            except OSError as err:
+                if not answered:
+                    self._fail(notification, err.errno or errno.EPERM, "shell/exec", "decode_error", str(err), started)
+                return None, None
+            finally:
+                self.freezer.thaw()
+
+    # -- decisions -----------------------------------------------------------------
+
+    def _call(self, tool: str, args: dict, pid: int) -> ToolCall:
+        full = dict(args, pid=pid, session=self.session_id)
+        return ToolCall(tool=tool, args=full, session_id=self.session_id, timestamp=time.time())
+
+    def _decide(self, call: ToolCall) -> Decision:
+        try:
+            decision = self.decide(call)
+        except Exception as err:
+            return deny("decide_error", f"policy evaluation failed: {type(err).__name__}: {err}")
+        if not isinstance(decision, Decision):
+            return deny("decide_error", f"decide() returned {type(decision).__name__}, not a Decision")
+        return decision
+
+    def _settle(self, call: ToolCall, decision: Decision, notification) -> Decision:
+        """Turn a DEFER into PERMIT or DENY: ask approve(), or wait out the timeout."""
+        if decision.effect is not Effect.DEFER:
+            return decision
+        self.stats["deferred"] += 1
+        if self.approve is None:
+            deadline = time.monotonic() + self.approve_timeout
+            while time.monotonic() < deadline and notify.id_valid(self.listener, notification.id):
+                time.sleep(min(APPROVAL_POLL, max(0.0, deadline - time.monotonic())))
+            return _replace(decision, Effect.DENY, "approval_timeout",
+                            f"not approved within {self.approve_timeout:g}s ({decision.reason})")
+        try:
+            approved = self.approve(call, decision, self.approve_timeout) is True
+        except Exception as err:
+            return _replace(decision, Effect.DENY, "approval_error", f"approval failed: {type(err).__name__}: {err}")
+        if approved:
+            return _replace(decision, Effect.PERMIT, "approved", f"approved ({decision.reason})")
+        return _replace(decision, Effect.DENY, "approval_denied", f"approval refused ({decision.reason})")
+
+    def _fail(self, notification, err: int, tool: str, reason_code: str, reason: str, started: float) -> None:
+        self.stats["errors"] += 1
+        notify.send_error(self.listener, notification.id, err)
+        try:
+            name = row_for(notification).name
+        except UnknownSyscall:
+            name = str(notification.nr)
+        call = ToolCall(tool=tool, args={"pid": notification.pid, "session": self.session_id})
+        self._record(notification, name, call, deny(reason_code, reason), started)
+
+    def _record(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> None:
+        self.stats["permitted" if decision.permitted else "denied"] += 1
+        if self.audit is None:
+            return
+        record = {
+            "time": time.time(), "session": self.session_id, "pid": notification.pid, "syscall": syscall,
+            "tool": call.tool, "args": call.args, "effect": decision.effect.value, "rule_id": decision.rule_id,
+            "reason_code": decision.reason_code, "reason": decision.reason,
+            "policy_version": decision.policy_version, "latency_us": round((time.monotonic() - started) * 1e6),
+        }
+        try:
+            self.audit(record)
+        except Exception:
+            self.stats["audit_errors"] += 1
+
+
+def _replace(decision: Decision, effect: Effect, reason_code: str, reason: str) -> Decision:
+    return Decision(effect, rule_id=decision.rule_id, reason_code=reason_code, reason=reason,
+                    policy_version=decision.policy_version, layer=decision.layer)
+
+
+def _make_freezer(cgroup_dir: str | None) -> tuple[freeze.CgroupFreezer | None, str]:
+    """The exec freezer after its self-test, or None and why (exec permits then fail closed)."""
+    if not cgroup_dir:
+        return None, "no cgroup v2 directory was given"
+    try:
+        freezer = freeze.CgroupFreezer(cgroup_dir)
+        freeze.self_test(os.path.dirname(os.path.abspath(cgroup_dir)))
+        return freezer, ""
+    except (OSError, freeze.FreezeError) as err:
+        return None, str(err)

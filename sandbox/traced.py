@@ -1,0 +1,153 @@
+"""THE table of trapped syscalls: syscall -> tool category -> argument roles.
+
+The notification filter traps exactly these names, the decoders read arguments by
+these roles, and docs/tool-calls.md is generated from this module:
+
+    python3 -m sandbox.traced > docs/tool-calls.md
+
+Adding a syscall is adding a row (and, for a new role, a reader in sandbox/decode).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+
+
+class Role(str, enum.Enum):
+    """What one syscall argument means; the value is the decoded key."""
+
+    DIRFD = "dirfd"  # int; AT_FDCWD is -100
+    PATH = "path"  # NUL-terminated string, at most PATH_MAX
+    PATH_OR_NULL = "path?"  # as PATH; NULL means the dirfd itself (path b"" + AT_EMPTY_PATH)
+    NEWDIRFD = "newdirfd"
+    NEWPATH = "newpath"  # rename/link destination; the link itself for symlink
+    TARGET = "target"  # symlink content
+    FLAGS = "flags"  # open flags
+    MODE = "mode"
+    OPEN_HOW = "open_how"  # struct open_how *: flags, mode, resolve
+    OPEN_HOW_SIZE = "open_how_size"
+    AT_FLAGS = "at_flags"  # AT_* flags, or RENAME_* for renameat2
+    UID = "uid"
+    GID = "gid"
+    LENGTH = "length"
+    TIMESPEC_PAIR = "times"  # struct timespec[2] * or NULL
+    TIMEVAL_PAIR = "times(timeval)"  # struct timeval[2] * or NULL
+    UTIMBUF = "times(utimbuf)"  # struct utimbuf * or NULL
+    XATTR_NAME = "xattr_name"
+    XATTR_VALUE = "xattr_value"
+    XATTR_SIZE = "xattr_size"
+    XATTR_FLAGS = "xattr_flags"
+    ARGV = "argv"  # char *const argv[]
+    ENVP = "envp"  # counted only: envp_count
+    FD = "fd"
+    DEV = "dev"  # mknod device number
+
+
+R = Role
+OPEN_TOOL = "fs/read|fs/write"  # write access, O_CREAT or O_TRUNC make it fs/write
+
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+
+
+@dataclass(frozen=True)
+class Traced:
+    name: str
+    tool: str
+    roles: tuple[Role, ...]
+    implied: dict = field(default_factory=dict)  # keys the syscall fixes, e.g. creat's flags
+
+
+_CREAT_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+
+TABLE: tuple[Traced, ...] = (
+    Traced("execve", "shell/exec", (R.PATH, R.ARGV, R.ENVP)),
+    Traced("execveat", "shell/exec", (R.DIRFD, R.PATH, R.ARGV, R.ENVP, R.AT_FLAGS)),
+    Traced("open", OPEN_TOOL, (R.PATH, R.FLAGS, R.MODE)),
+    Traced("openat", OPEN_TOOL, (R.DIRFD, R.PATH, R.FLAGS, R.MODE)),
+    Traced("openat2", OPEN_TOOL, (R.DIRFD, R.PATH, R.OPEN_HOW, R.OPEN_HOW_SIZE)),
+    Traced("creat", OPEN_TOOL, (R.PATH, R.MODE), {"flags": _CREAT_FLAGS}),
+    Traced("unlink", "fs/delete", (R.PATH,)),
+    Traced("unlinkat", "fs/delete", (R.DIRFD, R.PATH, R.AT_FLAGS)),
+    Traced("rmdir", "fs/delete", (R.PATH,), {"at_flags": AT_REMOVEDIR}),
+    Traced("rename", "fs/rename", (R.PATH, R.NEWPATH)),
+    Traced("renameat", "fs/rename", (R.DIRFD, R.PATH, R.NEWDIRFD, R.NEWPATH)),
+    Traced("renameat2", "fs/rename", (R.DIRFD, R.PATH, R.NEWDIRFD, R.NEWPATH, R.AT_FLAGS)),
+    Traced("mkdir", "fs/mkdir", (R.PATH, R.MODE)),
+    Traced("mkdirat", "fs/mkdir", (R.DIRFD, R.PATH, R.MODE)),
+    Traced("link", "fs/link", (R.PATH, R.NEWPATH)),
+    Traced("linkat", "fs/link", (R.DIRFD, R.PATH, R.NEWDIRFD, R.NEWPATH, R.AT_FLAGS)),
+    Traced("symlink", "fs/link", (R.TARGET, R.NEWPATH)),
+    Traced("symlinkat", "fs/link", (R.TARGET, R.NEWDIRFD, R.NEWPATH)),
+    Traced("truncate", "fs/write", (R.PATH, R.LENGTH)),
+    Traced("chmod", "fs/write", (R.PATH, R.MODE)),
+    Traced("fchmodat", "fs/write", (R.DIRFD, R.PATH, R.MODE)),
+    Traced("fchmodat2", "fs/write", (R.DIRFD, R.PATH, R.MODE, R.AT_FLAGS)),
+    Traced("chown", "fs/write", (R.PATH, R.UID, R.GID)),
+    Traced("lchown", "fs/write", (R.PATH, R.UID, R.GID), {"at_flags": AT_SYMLINK_NOFOLLOW}),
+    Traced("fchownat", "fs/write", (R.DIRFD, R.PATH, R.UID, R.GID, R.AT_FLAGS)),
+    Traced("utimensat", "fs/write", (R.DIRFD, R.PATH_OR_NULL, R.TIMESPEC_PAIR, R.AT_FLAGS)),
+    Traced("futimesat", "fs/write", (R.DIRFD, R.PATH_OR_NULL, R.TIMEVAL_PAIR)),
+    Traced("utimes", "fs/write", (R.PATH, R.TIMEVAL_PAIR)),
+    Traced("utime", "fs/write", (R.PATH, R.UTIMBUF)),
+    Traced("mknod", "fs/write", (R.PATH, R.MODE, R.DEV)),
+    Traced("mknodat", "fs/write", (R.DIRFD, R.PATH, R.MODE, R.DEV)),
+    Traced("setxattr", "fs/write", (R.PATH, R.XATTR_NAME, R.XATTR_VALUE, R.XATTR_SIZE, R.XATTR_FLAGS)),
+    Traced("lsetxattr", "fs/write", (R.PATH, R.XATTR_NAME, R.XATTR_VALUE, R.XATTR_SIZE, R.XATTR_FLAGS),
+           {"at_flags": AT_SYMLINK_NOFOLLOW}),
+    Traced("removexattr", "fs/write", (R.PATH, R.XATTR_NAME)),
+    Traced("lremovexattr", "fs/write", (R.PATH, R.XATTR_NAME), {"at_flags": AT_SYMLINK_NOFOLLOW}),
+)
+
+BY_NAME: dict[str, Traced] = {row.name: row for row in TABLE}
+
+WRITE_ACCESS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+
+
+def open_tool(flags: int) -> str:
+    """fs/write when the open can change the file (write access, O_CREAT, O_TRUNC)."""
+    return "fs/write" if flags & WRITE_ACCESS else "fs/read"
+
+
+def names_for_tools(tools: set[str]) -> list[str]:
+    """The trapped syscall names whose category is in ``tools`` (fs/read or fs/write both
+    select the open family)."""
+    return [row.name for row in TABLE if set(row.tool.split("|")) & tools]
+
+
+TOOL_ARGS = {
+    "shell/exec": "path (absolute executable, symlinks resolved inside the agent's root), "
+                  "requested (the path as given, made absolute), argv (list of strings), "
+                  "cmd (argv as one shell-quoted string), program (basename of path), cwd",
+    "fs/*": "path (absolute, normalised, as the agent sees it), flags (list of names), mode, "
+            "dest (rename and link destination)",
+}
+
+
+def render_markdown() -> str:
+    lines = [
+        "# Tool calls from trapped syscalls",
+        "",
+        "Generated by `python3 -m sandbox.traced > docs/tool-calls.md`; do not edit.",
+        "",
+        "Each trapped syscall becomes one tool call for the policy. Every call also carries",
+        "`pid` (the agent task, in the supervisor's pid namespace) and `session`.",
+        "",
+        "## Arguments per tool",
+        "",
+    ]
+    lines += [f"- `{tool}`: {text}" for tool, text in TOOL_ARGS.items()]
+    lines += ["", "## Syscalls", "", "| syscall | tool | argument roles | fixed by the syscall |", "|---|---|---|---|"]
+    for row in TABLE:
+        tool = " or ".join(f"`{t}`" for t in row.tool.split("|"))
+        roles = ", ".join(role.value for role in row.roles)
+        implied = ", ".join(f"{k}={v:#x}" for k, v in row.implied.items())
+        lines.append(f"| `{row.name}` | {tool} | {roles} | {implied} |")
+    lines += ["", "An open is `fs/write` when it asks for write access, `O_CREAT` or `O_TRUNC`; otherwise `fs/read`."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

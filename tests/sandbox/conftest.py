@@ -1,0 +1,167 @@
+"""Fixtures that run real programs under the seccomp filter and the supervisor.
+
+The child sets no_new_privs, installs the filter, hands the listener fd to the parent
+over SCM_RIGHTS and execs; no namespaces are needed for these tests.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from policy.decision import Decision, Effect
+from sandbox import _libc, seccomp, traced
+from sandbox.supervisor import Supervisor
+
+C_DIR = Path(__file__).parent / "c"
+ALL_TRAPPED = tuple(row.name for row in traced.TABLE)
+CGROUP2_ROOT = "/sys/fs/cgroup/unified" if os.path.exists("/sys/fs/cgroup/unified/cgroup.procs") else "/sys/fs/cgroup"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "race: long race harness against the real kernel (runs in CI, ~1 min)")
+
+
+@dataclass
+class Run:
+    status: int  # exit code, or -signal
+    stdout: bytes
+    stderr: bytes
+    audit: list = field(default_factory=list)
+    stats: collections.Counter = field(default_factory=collections.Counter)
+
+
+def permit_all(call):
+    return Decision(Effect.PERMIT, rule_id="test-permit")
+
+
+@pytest.fixture(scope="session")
+def cbin(tmp_path_factory):
+    """Compile tests/sandbox/c/NAME.c on first use; returns the binary path."""
+    out = tmp_path_factory.mktemp("cbin")
+    built: dict[str, str] = {}
+
+    def build(name: str, *flags: str) -> str:
+        if name not in built:
+            target = out / name
+            subprocess.run(["gcc", "-O2", "-pthread", "-o", str(target), str(C_DIR / f"{name}.c"), *flags],
+                           check=True, capture_output=True)
+            built[name] = str(target)
+        return built[name]
+
+    return build
+
+
+@pytest.fixture
+def cgroup_dir():
+    """A fresh cgroup v2 directory (inside a scratch parent for the freezer self-test)."""
+    parent = os.path.join(CGROUP2_ROOT, f"fstest-{uuid.uuid4().hex[:8]}")
+    agent = os.path.join(parent, "agent")
+    os.makedirs(agent)
+    yield agent
+    for directory in (agent, parent):
+        for _ in range(100):
+            try:
+                os.rmdir(directory)
+                break
+            except OSError:
+                _kill_cgroup(directory)
+                threading.Event().wait(0.02)
+
+
+def _kill_cgroup(directory: str) -> None:
+    try:
+        with open(os.path.join(directory, "cgroup.kill"), "w") as fh:
+            fh.write("1")
+    except OSError:
+        pass
+
+
+def spawn_filtered(argv, program: bytes, cgroup: str | None, stdout: int, stderr: int, env=None):
+    """Fork a child that installs ``program`` and execs ``argv``; returns (pid, listener fd)."""
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    path = argv[0] if "/" in argv[0] else shutil.which(argv[0])
+    environ = dict(os.environ if env is None else env)
+    pid = os.fork()
+    if pid == 0:  # child: no Python-level file opens after install (they would be trapped)
+        try:
+            parent_sock.close()
+            if cgroup:
+                with open(os.path.join(cgroup, "cgroup.procs"), "w") as fh:
+                    fh.write("0")
+            os.dup2(stdout, 1)
+            os.dup2(stderr, 2)
+            _libc.set_no_new_privs()
+            listener = seccomp.install(program)
+            socket.send_fds(child_sock, [b"L"], [listener])
+            os.close(listener)
+            child_sock.close()
+            os.execve(path, list(argv), environ)
+        except BaseException as err:  # noqa: BLE001 - report and leave the forked child
+            os.write(2, f"child setup failed: {err!r}\n".encode())
+        finally:
+            os._exit(127)
+    child_sock.close()
+    _msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 1, 1)
+    parent_sock.close()
+    if not fds:
+        os.waitpid(pid, 0)
+        raise RuntimeError("the child did not send its listener fd")
+    return pid, fds[0]
+
+
+def _status(raw: int) -> int:
+    return -os.WTERMSIG(raw) if os.WIFSIGNALED(raw) else os.WEXITSTATUS(raw)
+
+
+def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decided=None, cgroup=None,
+                  approve=None, approve_timeout=300.0, supervise=True, timeout=120.0, tmp=None, env=None) -> Run:
+    """Run ``argv`` under the filter; with ``supervise`` a Supervisor answers its notifications,
+    otherwise the listener is closed at once (as if the supervisor had died)."""
+    program = seccomp.build_filter(trapped, kernel_decided or {})
+    tmp = Path(tmp or "/tmp")
+    out_path, err_path = tmp / f"out-{uuid.uuid4().hex}", tmp / f"err-{uuid.uuid4().hex}"
+    out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    audit: list = []
+    try:
+        pid, listener = spawn_filtered(argv, program, cgroup, out_fd, err_fd, env)
+    finally:
+        os.close(out_fd)
+        os.close(err_fd)
+    supervisor = None
+    serving = None
+    if supervise:
+        supervisor = Supervisor(listener, decide, session_id="test", audit=audit.append, approve=approve,
+                                approve_timeout=approve_timeout, cgroup_dir=cgroup)
+        serving = threading.Thread(target=supervisor.serve, daemon=True)
+        serving.start()
+    else:
+        os.close(listener)
+    killer = threading.Timer(timeout, lambda: os.kill(pid, signal.SIGKILL))
+    killer.start()
+    try:
+        _, raw = os.waitpid(pid, 0)
+    finally:
+        killer.cancel()
+    if serving is not None:
+        if cgroup:  # orphaned grandchildren would keep the listener open
+            _kill_cgroup(cgroup)
+        serving.join(timeout=10)
+        supervisor.stop()
+        os.close(listener)
+    run = Run(_status(raw), out_path.read_bytes(), err_path.read_bytes(), audit,
+              supervisor.stats if supervisor else collections.Counter())
+    out_path.unlink()
+    err_path.unlink()
+    return run

@@ -1,0 +1,178 @@
+"""The supervisor against real programs: decisions, audit, defer, fail-closed paths."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import threading
+
+from policy.decision import Decision, Effect, deny
+from tests.sandbox.conftest import run_sandboxed
+
+FS_AND_EXEC = ("execve", "execveat", "open", "openat", "openat2", "creat")
+
+
+def policy(denied_paths=(), deferred_paths=(), denied_programs=()):
+    """A decide() that denies or defers by path and program name, permitting the rest."""
+    def decide(call):
+        path = call.args.get("path")
+        if call.tool == "shell/exec" and call.args["program"] in denied_programs:
+            return deny("exec-denied", f"{call.args['program']} is not allowed", rule_id="no-exec")
+        if path in denied_paths:
+            return deny("path-denied", f"{path} is protected", rule_id="protect")
+        if path in deferred_paths:
+            return Decision(Effect.DEFER, rule_id="ask", reason_code="needs-approval", reason="ask a human")
+        return Decision(Effect.PERMIT, rule_id="allow-rest")
+    return decide
+
+
+def records(run, tool=None, path=None):
+    return [r for r in run.audit if (tool is None or r["tool"] == tool) and (path is None or r["args"].get("path") == path)]
+
+
+def test_permitted_program_runs_like_native(cgroup_dir):
+    """cat under a permissive policy prints what it prints natively, and each call is audited."""
+    native = subprocess.run(["/bin/cat", "/etc/hostname"], capture_output=True).stdout
+    run = run_sandboxed(["/bin/cat", "/etc/hostname"], policy(), cgroup=cgroup_dir)
+    assert (run.status, run.stdout) == (0, native)
+    exec_record = records(run, "shell/exec")[0]
+    assert exec_record["args"]["path"] == os.path.realpath("/bin/cat")
+    assert exec_record["args"]["argv"] == ["/bin/cat", "/etc/hostname"]
+    assert exec_record["args"]["cmd"] == "/bin/cat /etc/hostname"
+    assert (exec_record["effect"], exec_record["rule_id"], exec_record["session"]) == ("PERMIT", "allow-rest", "test")
+    read = records(run, "fs/read", "/etc/hostname")[0]
+    assert (read["syscall"], read["effect"]) == ("openat", "PERMIT")
+    assert set(read) == {"time", "session", "pid", "syscall", "tool", "args", "effect", "rule_id", "reason_code",
+                         "reason", "policy_version", "latency_us"}
+
+
+def test_denied_read_fails_with_eacces(cgroup_dir, cbin):
+    """A denied fs/read fails with EACCES, the program keeps running, and the audit names the rule."""
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(denied_paths={"/etc/hostname"}),
+                        cgroup=cgroup_dir)
+    assert (run.status, run.stdout) == (1, f"errno={errno.EACCES}\n".encode())
+    denied = records(run, "fs/read", "/etc/hostname")[0]
+    assert (denied["effect"], denied["rule_id"], denied["reason_code"]) == ("DENY", "protect", "path-denied")
+
+
+def test_legacy_open_is_trapped_too(cgroup_dir, cbin):
+    """The raw open(2) syscall is decided like openat (no bypass through the old call)."""
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname", "legacy"], policy(denied_paths={"/etc/hostname"}),
+                        cgroup=cgroup_dir)
+    assert run.stdout == f"errno={errno.EACCES}\n".encode()
+    assert records(run, "fs/read", "/etc/hostname")[0]["syscall"] == "open"
+
+
+def test_injected_fd_honours_cloexec(cgroup_dir, cbin):
+    """An fd injected for open(O_CLOEXEC) has FD_CLOEXEC; one without it does not."""
+    with_flag = run_sandboxed([cbin("open_read"), "/etc/hostname", "cloexec"], cgroup=cgroup_dir)
+    without = run_sandboxed([cbin("open_read"), "/etc/hostname"], cgroup=cgroup_dir)
+    hostname = open("/etc/hostname").read().strip()
+    assert with_flag.stdout == f"cloexec=1 content={hostname}\n".encode()
+    assert without.stdout == f"cloexec=0 content={hostname}\n".encode()
+
+
+def test_denied_exec_fails_with_eperm(cgroup_dir):
+    """A denied shell/exec fails with EPERM; bash reports it and exits 126."""
+    run = run_sandboxed(["/bin/bash", "-c", "/bin/true; echo after=$?"], policy(denied_programs={"true"}),
+                        cgroup=cgroup_dir)
+    assert run.stdout == b"after=126\n"
+    assert b"Operation not permitted" in run.stderr
+    denied = [r for r in records(run, "shell/exec") if r["effect"] == "DENY"]
+    assert [(r["args"]["program"], r["rule_id"]) for r in denied] == [("true", "no-exec")]
+
+
+def test_decide_raising_denies(cgroup_dir, cbin):
+    """An exception in decide() denies the call (fail closed) and the audit says why."""
+    def broken(call):
+        if call.tool == "fs/read" and call.args["path"] == "/etc/hostname":
+            raise RuntimeError("policy bug")
+        return Decision(Effect.PERMIT)
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname"], broken, cgroup=cgroup_dir)
+    assert run.stdout == f"errno={errno.EACCES}\n".encode()
+    record = records(run, "fs/read", "/etc/hostname")[0]
+    assert (record["effect"], record["reason_code"]) == ("DENY", "decide_error")
+    assert record["reason"] == "policy evaluation failed: RuntimeError: policy bug"
+
+
+def test_defer_approved_and_refused(cgroup_dir, cbin):
+    """A deferred call proceeds when approve() says yes and fails with EACCES when it says no."""
+    hostname = open("/etc/hostname").read().strip()
+    asked = []
+
+    def approve(call, decision, timeout):
+        asked.append((call.args["path"], decision.reason_code, timeout))
+        return True
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
+                        cgroup=cgroup_dir, approve=approve, approve_timeout=7.0)
+    assert run.stdout == f"cloexec=0 content={hostname}\n".encode()
+    assert asked == [("/etc/hostname", "needs-approval", 7.0)]
+    assert records(run, "fs/read", "/etc/hostname")[0]["reason_code"] == "approved"
+    refused = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
+                            cgroup=cgroup_dir, approve=lambda *a: False)
+    assert refused.stdout == f"errno={errno.EACCES}\n".encode()
+    assert records(refused, "fs/read", "/etc/hostname")[0]["reason_code"] == "approval_denied"
+
+
+def test_unanswered_defer_times_out_as_deny(cgroup_dir, cbin):
+    """Without an approver a defer is denied after approve_timeout, and the audit says so."""
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
+                        cgroup=cgroup_dir, approve_timeout=0.3)
+    assert run.stdout == f"errno={errno.EACCES}\n".encode()
+    record = records(run, "fs/read", "/etc/hostname")[0]
+    assert (record["effect"], record["reason_code"]) == ("DENY", "approval_timeout")
+    assert record["latency_us"] >= 300_000
+
+
+def test_slow_decision_does_not_block_other_calls(cgroup_dir, cbin, tmp_path):
+    """While one open waits for approval, another process's open is decided and finishes."""
+    (tmp_path / "slow").write_text("slow\n")
+    (tmp_path / "fast").write_text("fast\n")
+    fast_done = threading.Event()
+
+    def audit_watch(call):
+        return Decision(Effect.DEFER, reason_code="ask") if call.args.get("path") == str(tmp_path / "slow") \
+            else Decision(Effect.PERMIT)
+
+    def approve(call, decision, timeout):
+        return fast_done.wait(10)  # only approves once the fast open has completed
+
+    reader = cbin("open_read")
+    script = f"{reader} {tmp_path}/slow & {reader} {tmp_path}/fast; touch {tmp_path}/fast-finished; wait"
+
+    def watcher():
+        while not (tmp_path / "fast-finished").exists():
+            threading.Event().wait(0.01)
+        fast_done.set()
+    threading.Thread(target=watcher, daemon=True).start()
+    run = run_sandboxed(["/bin/sh", "-c", script], audit_watch, cgroup=cgroup_dir, approve=approve)
+    assert sorted(run.stdout.decode().splitlines()) == ["cloexec=0 content=fast", "cloexec=0 content=slow"]
+    assert records(run, "fs/read", str(tmp_path / "slow"))[0]["reason_code"] == "approved"
+
+
+def test_filesystem_changes_are_performed_for_the_agent(cgroup_dir, tmp_path):
+    """mkdir, create, rename, symlink, chmod and unlink go through the policy and take effect."""
+    script = ("mkdir d && echo hi > d/f && mv d/f d/g && ln -s g d/l && chmod 600 d/g && rm d/l && "
+              "cat d/g")
+    run = run_sandboxed(["/bin/sh", "-c", f"cd {tmp_path} && {script}"], policy(), cgroup=cgroup_dir)
+    assert (run.status, run.stdout) == (0, b"hi\n"), run.stderr
+    assert sorted(os.listdir(tmp_path / "d")) == ["g"]
+    assert oct((tmp_path / "d" / "g").stat().st_mode & 0o777) == "0o600"
+    tools = {r["tool"] for r in run.audit}
+    assert {"fs/mkdir", "fs/write", "fs/rename", "fs/link", "fs/delete", "fs/read", "shell/exec"} <= tools
+
+
+def test_supervisor_death_fails_closed(cbin):
+    """With the listener gone every trapped call fails with ENOSYS: the agent never gets the file."""
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname", "legacy"], trapped=("open",), supervise=False)
+    assert (run.status, run.stdout) == (1, f"errno={errno.ENOSYS}\n".encode())
+
+
+def test_exec_without_freezer_is_denied(cbin):
+    """With no cgroup to freeze, exec permits fail closed with EPERM and say why."""
+    run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(), trapped=FS_AND_EXEC)
+    assert run.status == 127
+    assert b"PermissionError" in run.stderr
+    record = records(run, "shell/exec")[0]
+    assert (record["effect"], record["reason_code"]) == ("DENY", "exec_freeze_unavailable")
