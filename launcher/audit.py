@@ -58,7 +58,8 @@ def encode(record: dict) -> bytes:
     effect = out.get("effect")
     if effect is not None and not isinstance(effect, str):
         out["effect"] = getattr(effect, "value", str(effect))
-    return (json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=_jsonable) + "\n").encode()
+    text = json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=_jsonable) + "\n"
+    return text.encode("utf-8", "backslashreplace")  # a lone surrogate (undecodable path) stays visible
 
 
 def iso(epoch: float) -> str:
@@ -71,7 +72,7 @@ def now_iso() -> str:
 
 def _jsonable(value):
     if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode()
+        return value.decode("utf-8", "backslashreplace")
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     return getattr(value, "value", str(value))

@@ -9,24 +9,15 @@ Typical use::
 
 from __future__ import annotations
 
+from policy._checks import check_layer_conflicts
 from policy.calls import ToolCall
 from policy.compiler import CompiledPolicy, check, compile_policy
 from policy.decision import Decision, Effect
 from policy.errors import Diagnostic, PolicyError
 from policy.evaluator import Engine
+from policy.parser import parse
+from policy.printer import format_document
 from policy.session import SessionStore
-
-try:  # the parser and printer live in their own modules and may be absent in a partial checkout
-    from policy.parser import parse
-except ImportError:  # pragma: no cover - only without policy/parser.py
-    def parse(text: str, path: str = "<input>"):
-        raise PolicyError([Diagnostic("E000", "the FPL parser (policy/parser.py) is not installed", path)])
-
-try:
-    from policy.printer import format_document
-except ImportError:  # pragma: no cover - only without policy/printer.py
-    def format_document(doc) -> str:
-        raise PolicyError([Diagnostic("E000", "the FPL printer (policy/printer.py) is not installed")])
 
 __all__ = [
     "CompiledPolicy",
@@ -45,14 +36,17 @@ __all__ = [
 ]
 
 
-def load_policy(text: str, path: str = "<input>") -> CompiledPolicy:
+def load_policy(text: str | bytes, path: str = "<input>") -> CompiledPolicy:
     """Parse and compile one policy file. Raises PolicyError with every error."""
     return compile_policy(parse(text, path), text, path)
 
 
-def check_sources(sources: list[tuple[str, str]]) -> list[Diagnostic]:
-    """Errors and warnings of every ``(path, text)`` file, sorted by location."""
+def check_sources(sources: list[tuple[str, str | bytes]]) -> list[Diagnostic]:
+    """Errors and warnings of every ``(path, text)`` file, sorted by location.
+
+    The files are also checked as one stack of layers (W305)."""
     found: list[Diagnostic] = []
+    parsed = []
     for path, text in sources:
         try:
             doc = parse(text, path)
@@ -60,4 +54,6 @@ def check_sources(sources: list[tuple[str, str]]) -> list[Diagnostic]:
             found.extend(exc.diagnostics)
             continue
         found.extend(check(doc, text, path))
+        parsed.append((path, text.decode("utf-8", "replace") if isinstance(text, bytes) else text, doc))
+    found.extend(check_layer_conflicts(parsed))
     return sorted(found, key=lambda d: d.sort_key)

@@ -6,6 +6,8 @@ E320/E321 ``deny!`` guarantee, E330-E334 document shape; W300-W303 warnings.
 
 from __future__ import annotations
 
+import dataclasses
+
 from policy import ast
 from policy.errors import Diagnostic, line_of
 from policy.glob import compile_glob, has_meta, is_valid_glob
@@ -98,23 +100,61 @@ def _unconditional(rule: ast.Rule) -> bool:
 
 
 def check_strict_conflicts(rules: list[ast.Rule], report: Reporter) -> None:
-    """Reject permits/defers that a ``deny!`` makes unreachable (E320 same pattern, E321 covered)."""
+    """Reject permits/defers that an unconditional ``deny!`` makes unreachable.
+
+    E320: same pattern as an unconditional deny!. E321: pattern covered by an
+    unconditional deny! (see ``pattern_covers``). W304: same pattern as a
+    conditional deny!; faramesh-core's ``check`` rejects this, but here the
+    deny! runs first, so the rule still applies whenever the deny! does not."""
     stricts = [r for r in rules if r.strict]
     for rule in rules:
         if rule.strict or rule.effect not in ("permit", "defer"):
             continue
         for strict in stricts:
             where = report.make("E320", f"`deny! {strict.tool}` is here", strict.span, severity="note")
+            if not _unconditional(strict):
+                if strict.tool == rule.tool:
+                    report.warning("W304", f"`{rule.effect} {rule.tool}` has the same pattern as a conditional "
+                                   "`deny!`: it applies only when the deny! condition is false (faramesh-core's "
+                                   "`check` rejects this)", rule.span, "narrow one of the two patterns if the "
+                                   "policy must also pass faramesh check")
+                continue
             if strict.tool == rule.tool:
                 report.error("E320", f"`{rule.effect} {rule.tool}` conflicts with `deny! {strict.tool}`: "
                              "deny! always wins, so this rule can never take effect", rule.span,
-                             "remove this rule, or narrow the deny! pattern", (where,))
+                             "remove this rule, or add a condition to the deny!", (where,))
                 break
-            if _unconditional(strict) and pattern_covers(strict.tool, rule.tool):
+            if pattern_covers(strict.tool, rule.tool):
                 report.error("E321", f"`{rule.effect} {rule.tool}` is unreachable: unconditional "
                              f"`deny! {strict.tool}` covers every tool it matches", rule.span,
                              "remove this rule, or narrow the deny! pattern", (where,))
                 break
+
+
+def check_layer_conflicts(files: list[tuple[str, str, ast.Document]]) -> list[Diagnostic]:
+    """W305: a permit/defer in one file covered by an unconditional ``deny!`` in another.
+
+    Stacked as layers, the deny! wins, so the rule never takes effect. It is a
+    warning, not an error: each file is valid on its own."""
+    stricts = []
+    for path, text, doc in files:
+        where = Reporter(path, text)
+        stricts += [(path, where.make("W305", f"`deny! {r.tool}` is here", r.span, severity="note"), r)
+                    for r in ordered_rules(doc) if r.strict and _unconditional(r)]
+    found: list[Diagnostic] = []
+    for path, text, doc in files:
+        report = Reporter(path, text)
+        for rule in ordered_rules(doc):
+            if rule.strict or rule.effect not in ("permit", "defer"):
+                continue
+            for strict_path, note, strict in stricts:
+                if strict_path != path and pattern_covers(strict.tool, rule.tool):
+                    report.warning("W305", f"`{rule.effect} {rule.tool}` never takes effect when stacked with "
+                                   f"{strict_path}: its `deny! {strict.tool}` covers it", rule.span,
+                                   "remove this rule, or narrow the deny! in the other file")
+                    found.append(dataclasses.replace(report.warnings.pop(), related=(note,)))
+                    break
+    return found
 
 
 # ---------------------------------------------------------------- blocks

@@ -14,13 +14,15 @@ from typing import Callable
 
 import re2
 
+from policy import _context as context
 from policy import _exprlib as lib
+from policy import _functions as functions
 from policy import ast
 from policy.glob import compile_glob, glob_match
 
 MAX_CALLS = 32
 MAX_OPERATORS = 96
-MAX_DEPTH = 16
+MAX_DEPTH = 48  # syntax-tree depth, and/or chains counting once; the parser limits brackets to 16
 MAX_TEXT = 1024
 
 _RE2_OPTIONS = re2.Options()
@@ -62,8 +64,8 @@ HELPERS = {
     "_endswith": lib.ends_with, "_matches": lib.matches, "_add": lib.add, "_sub": lib.sub, "_mul": lib.mul,
     "_div": lib.div, "_mod": lib.mod, "_pow": lib.power, "_truth": lib.truth, "_neg": lib.negate,
     "_member": lib.member, "_index": lib.index, "_slice": lib.slice_of, "_result": lib.expect_bool,
-    "_amount": lib.amount_of, "_strarg": lib.string_arg, "_recipients": lib.recipients_of,
-    "_EMPTY": {}, "_sum": lib.fn_session_sum,
+    "_amount": context.amount_of, "_strarg": context.string_arg, "_recipients": context.recipients_of,
+    "_EMPTY": {}, "_sum": functions.fn_session_sum,
 }
 
 
@@ -77,8 +79,11 @@ class ConditionError(Exception):
 
 def compile_regex(pattern: str) -> Callable[[str], bool]:
     """Unanchored RE2 search; plain literals use ``str.find``. Raises ValueError."""
-    if not any(ch in _REGEX_META for ch in pattern):
-        return lambda text: pattern in text
+    alternatives = pattern.split("|")
+    if not any(ch in _REGEX_META for ch in pattern.replace("|", "")) and all(alternatives):
+        if len(alternatives) == 1:
+            return lambda text: pattern in text
+        return lambda text: any(alt in text for alt in alternatives)  # a|b|c of plain literals
     compiled = re2._re2.RE2(pattern.encode("utf-8"), _RE2_OPTIONS)
     if not compiled.ok():
         raise ValueError(compiled.error())
@@ -143,6 +148,7 @@ class _Codegen:
         self.operators = 0
         self.temps = 0
         self.span = span
+        self.sum_fields: set[str] = set()
 
     def const(self, value: object) -> str:
         name = f"K{len(self.consts)}"
@@ -220,9 +226,9 @@ class _Codegen:
         op = node.op
         if op in ("and", "or", "&&", "||"):
             word = "and" if op in ("and", "&&") else "or"
-            left = self._as_bool(node.left, self.emit(node.left, depth))
-            right = self._as_bool(node.right, self.emit(node.right, depth))
-            return f"({left} {word} {right})"
+            operands = self._chain(node, word)
+            self.operators += len(operands) - 2
+            return "(" + f" {word} ".join(self._as_bool(o, self.emit(o, depth)) for o in operands) + ")"
         if op == "??":
             self.temps += 1
             temp = f"_t{self.temps}"
@@ -241,6 +247,17 @@ class _Codegen:
             self.problem("E306", f"unknown operator `{op}`", node, "see docs/fpl.md for the operators")
             return "None"
         return template.format(self.emit(node.left, depth), self.emit(node.right, depth))
+
+    @staticmethod
+    def _chain(node: ast.Binary, word: str) -> list:
+        """Operands of a left-nested ``a or b or c`` chain, flattened (keeps Python's nesting shallow)."""
+        spellings = ("and", "&&") if word == "and" else ("or", "||")
+        operands = []
+        while isinstance(node, ast.Binary) and node.op in spellings:
+            operands.append(node.right)
+            node = node.left
+        operands.append(node)
+        return operands[::-1]
 
     def _matches(self, node: ast.Binary, depth: int) -> str:
         left = self.emit(node.left, depth)
@@ -271,7 +288,7 @@ class _Codegen:
         self.calls += 1
         if node.func == "session.sum":
             return self._session_sum(node, depth)
-        spec = lib.FUNCTIONS.get(node.func)
+        spec = functions.FUNCTIONS.get(node.func)
         if spec is None:
             self.problem("E302", f"unknown function `{node.func}`", node,
                          "see docs/fpl.md for the functions conditions may call")
@@ -289,17 +306,20 @@ class _Codegen:
         return f"{self.const(impl)}(c, {', '.join(parts)})"
 
     def _session_sum(self, node: ast.Call, depth: int) -> str:
-        target = dotted_text(node.args[0]) if len(node.args) == 1 else None
+        """``session.sum(tool.field, window=1h)``; the parser may also split it as (tool, field)."""
+        tool = field = None
+        texts = [dotted_text(a) for a in node.args]
+        if len(texts) == 1 and texts[0] and "." in texts[0]:
+            tool, field = texts[0].rsplit(".", 1)
+        elif len(texts) == 2 and all(texts):
+            tool, field = texts
         kwargs = dict(node.kwargs)
-        if target is None or "." not in target or set(kwargs) - {"window"}:
+        if tool is None or not field or set(kwargs) - {"window"}:
             self.problem("E303", "session.sum takes one `tool.field` argument and an optional window=", node,
                          "write session.sum(stripe/refund.amount, window=1h)")
             return "None"
-        tool, field = target.rsplit(".", 1)
-        window = "None"
-        if "window" in kwargs:
-            window = self.emit(kwargs["window"], depth)
-        self.sum_fields = getattr(self, "sum_fields", set()) | {field}
+        window = self.emit(kwargs["window"], depth) if "window" in kwargs else "None"
+        self.sum_fields.add(field)
         return f"_sum(c, {self.const(compile_glob(tool))}, {field!r}, {window})"
 
 
@@ -332,5 +352,10 @@ def compile_condition(expr: ast.Expr, text: str, span: ast.Span, label: str) -> 
     source = f"def condition(c):\n    return {body}\n"
     namespace = dict(HELPERS)
     namespace.update(gen.consts)
-    exec(compile(source, label, "exec"), namespace)  # source is generated from the AST, never user text
-    return CompiledCondition(namespace["condition"], source, frozenset(getattr(gen, "sum_fields", ())))
+    try:
+        code = compile(source, label, "exec")
+    except (SyntaxError, RecursionError, MemoryError):
+        raise ConditionError([("E305", "condition is too deeply nested to compile", span,
+                               "split the condition into several rules")]) from None
+    exec(code, namespace)  # source is generated from the AST, never from user text
+    return CompiledCondition(namespace["condition"], source, frozenset(gen.sum_fields))

@@ -7,7 +7,8 @@ visibility, delegation and manifest, then budget accounting.
 
 from __future__ import annotations
 
-from policy._exprlib import amount_of, is_number
+from policy._context import amount_of
+from policy._exprlib import is_number
 from policy.compiler import CompiledPolicy
 from policy.decision import Decision, Effect
 from policy.glob import glob_match

@@ -24,113 +24,20 @@ acceptable. Rules that need more than the parser state live here:
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from lark import Token
 
+from policy._lexer_accept import Acceptor
+from policy._lexer_tables import (
+    BANG_AFTER_DENY_RE, DIGITS, EXPR_MARKERS, EXPR_TYPES, KEYWORDS, KNOWN_KEYS,
+    MAX_CONDITION_CALLS, MAX_CONDITION_CHARS, MAX_CONDITION_MEMBERS,
+    MAX_CONDITION_OPERATORS, MAX_NESTING, MONEY_RE, MULTI_VALUED, NAME_RE, NAME_START,
+    NETVAL_RE, NUMBER_RE, OPENERS, OPERATOR_TYPES, PUNCT, SPACE_RE, STRING_RES, SYMBOLS,
+    SourceError, TOOLREF_RE, UNITS, WORD_RE, unescape,
+)
 from policy.ast import Span
-
-MAX_CONDITION_CHARS = 1024
-MAX_CONDITION_CALLS = 32
-MAX_CONDITION_OPERATORS = 96
-MAX_CONDITION_MEMBERS = 128
-MAX_NESTING = 16
-
-KEYWORDS = {
-    "import": "IMPORT", "as": "AS", "agent": "AGENT", "system": "SYSTEM",
-    "manifest": "MANIFEST", "trust": "TRUST",
-    "default": "DEFAULT", "model": "META", "framework": "META", "version": "META",
-    "var": "VAR", "rules": "RULES", "budget": "BUDGET", "phase": "PHASE",
-    "delegate": "DELEGATE", "rate_limit": "RATE_LIMIT", "per": "PER",
-    "redact": "REDACT", "args": "ARGS",
-    "when": "WHEN", "if": "WHEN", "notify": "TEXT_KW", "reason": "TEXT_KW",
-    "host": "NETKW", "port": "NETKW", "method": "NETKW", "path": "NETKW",
-    "query": "KVKW", "header": "KVKW", "headers": "KVKW",
-    "and": "AND", "or": "OR", "not": "NOT", "in": "IN", "matches": "MATCHES",
-    "contains": "CONTAINS", "startsWith": "STARTSWITH", "endsWith": "ENDSWITH",
-    "true": "TRUE", "false": "FALSE", "nil": "NIL", "deny!": "STRICT_DENY",
-}
-BLOCK_KEYWORDS = (
-    "runtime", "provider", "identity", "egress", "model_policy", "session", "spawn",
-    "completion_gate", "enforcement", "alert", "ambient", "selector", "credential",
-)
-EFFECT_WORDS = ("permit", "allow", "approve", "deny", "block", "reject", "defer")
-KEYWORDS.update({w: "BLOCK_KW" for w in BLOCK_KEYWORDS})
-KEYWORDS.update({w: "EFFECT" for w in EFFECT_WORDS})
-
-# Settings keys that take several values, and the keys each such block knows.
-MULTI_VALUED = {("credential", "scope"), ("completion_gate", "require")}
-KNOWN_KEYS = {
-    "credential": frozenset({"scope", "max_scope", "backend", "path", "ttl"}),
-    "completion_gate": frozenset({"require"}),
-}
-# Keywords whose `{` opens a block the lexer must know about.
-_OPENERS = frozenset({"AGENT", "SYSTEM", "TRUST", "BLOCK_KW", "RULES", "BUDGET",
-                      "PHASE", "DELEGATE"})
-
-# Units glued to numbers: unit -> (kind, factor to the base quantity).
-UNITS = {
-    "ms": ("duration", 0.001), "s": ("duration", 1), "m": ("duration", 60),
-    "h": ("duration", 3600), "d": ("duration", 86400), "w": ("duration", 604800),
-    "b": ("size", 1), "kb": ("size", 1024), "mb": ("size", 1024 ** 2),
-    "gb": ("size", 1024 ** 3), "tb": ("size", 1024 ** 4),
-    "usd": ("money", 1), "eur": ("money", 1), "gbp": ("money", 1),
-}
-
-_OPERATOR_TYPES = frozenset({"OR", "AND", "NOT", "BANG", "CMP", "IN", "MATCHES",
-                             "CONTAINS", "STARTSWITH", "ENDSWITH", "PLUS", "MINUS",
-                             "STAR", "SLASH", "PERCENT", "POW", "QMARK", "COALESCE"})
-EXPR_TYPES = _OPERATOR_TYPES | {"NAME", "NUMBER", "QUANTITY", "MONEY", "STRING", "TRUE",
-                                "FALSE", "NIL", "TOOLREF", "DOT", "_LPAR", "_RPAR",
-                                "_LSQB", "_RSQB", "_COMMA", "_COLON", "_EQUAL"}
-# Terminals whose presence in the accept set means "we are inside an expression".
-_EXPR_MARKERS = frozenset({"NAME", "DOT", "CMP", "AND", "OR", "PLUS", "STAR", "QMARK",
-                           "COALESCE", "MATCHES"})
-
-_SYMBOLS = (
-    ("**", "POW"), ("==", "CMP"), ("!=", "CMP"), ("<=", "CMP"), (">=", "CMP"),
-    ("&&", "AND"), ("||", "OR"), ("??", "COALESCE"),
-    ("<", "CMP"), (">", "CMP"), ("!", "BANG"), ("?", "QMARK"), (".", "DOT"),
-    ("+", "PLUS"), ("-", "MINUS"), ("*", "STAR"), ("/", "SLASH"), ("%", "PERCENT"),
-)
-PUNCT = {"{": "_LBRACE", "}": "RBRACE", "[": "_LSQB", "]": "_RSQB", "(": "_LPAR",
-         ")": "_RPAR", ",": "_COMMA", ":": "_COLON", "=": "_EQUAL"}
-
-_SPACE = re.compile(r"(?:[ \t\r\n]+|#[^\n]*)+")
-_WORD = re.compile(r"[A-Za-z_/*+&|][A-Za-z0-9_/*+&|.\-!@%^]*")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER = re.compile(r"(-?\d+(?:\.\d+)?)([A-Za-z_][A-Za-z0-9_]*)?")
-_MONEY = re.compile(r"\$(\d+(?:\.\d+)?)([A-Za-z_][A-Za-z0-9_]*)?")
-_NETVAL = re.compile(r"[^\s\"'{}#=:][^\s\"'{}#=]*")
-_TOOLREF = re.compile(
-    r"[A-Za-z_*][A-Za-z0-9_*\-]*(?:/[A-Za-z0-9_*\-]+)+(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?=[ \t]*[,)])")
-_STRING = {'"': re.compile(r'"(?:[^"\\\n]|\\.)*"'), "'": re.compile(r"'(?:[^'\\\n]|\\.)*'")}
-_BANG_AFTER_DENY = re.compile(r"[ \t]+!(?=\s|$)")
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'",
-            "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)")
-
-
-class SourceError(Exception):
-    """A syntax problem that stops the current item: ``code``, ``message``, ``help`` at ``span``."""
-
-    def __init__(self, code: str, message: str, span: Span, help: str):
-        super().__init__(message)
-        self.code, self.message, self.span, self.help = code, message, span, help
-
-
-def unescape(body: str) -> str:
-    """Decode backslash escapes; an unknown escape keeps its backslash (``"\\d"``)."""
-    if "\\" not in body:
-        return body
-
-    def one(m: re.Match) -> str:
-        esc = m.group(1)
-        if len(esc) > 1:
-            return chr(int(esc[1:], 16))
-        return _ESCAPES.get(esc, "\\" + esc)
-
-    return _ESCAPE.sub(one, body)
 
 
 @dataclass(slots=True)
@@ -148,10 +55,10 @@ class _Condition:
 class Lexer:
     """Scans ``text[lo:hi]``; ``conditions`` maps a ``when`` token's offset to its text."""
 
-    def __init__(self, text: str, lo: int, hi: int):
+    def __init__(self, text: str, lo: int, hi: int, line_starts: list[int]):
         self.text, self.pos, self.hi = text, lo, hi
-        self.line = text.count("\n", 0, lo) + 1
-        self.line_start = text.rfind("\n", 0, lo) + 1
+        self.line = bisect_right(line_starts, lo)
+        self.line_start = line_starts[self.line - 1]
         self.last: Token | None = None
         self.prev: Token | None = None
         self.unmatched_close = False
@@ -179,13 +86,14 @@ class Lexer:
         self.pos = end
         return tok
 
-    def _mode(self, accepts: dict) -> str:
-        key = id(accepts)
+    def _mode(self, accepts: Acceptor) -> str:
+        raw = accepts.raw
+        key = id(raw)
         mode = self._modes.get(key)
         if mode is None:
-            if "NETVAL" in accepts:
+            if "NETVAL" in raw:
                 mode = "net"
-            elif not _EXPR_MARKERS.isdisjoint(accepts):
+            elif not EXPR_MARKERS.isdisjoint(raw):
                 mode = "expr"
             else:
                 mode = "word"
@@ -193,7 +101,7 @@ class Lexer:
         return mode
 
     def _skip_space(self) -> None:
-        m = _SPACE.match(self.text, self.pos, self.hi)
+        m = SPACE_RE.match(self.text, self.pos, self.hi)
         if m:
             chunk_start, end = m.start(), m.end()
             newlines = self.text.count("\n", chunk_start, end)
@@ -203,7 +111,7 @@ class Lexer:
             self.pos = end
 
     # ------------------------------------------------------------ main entry
-    def next_token(self, accepts: dict) -> Token | None:
+    def next_token(self, accepts: Acceptor) -> Token | None:
         self._skip_space()
         if self.pos >= self.hi:
             self.finish()
@@ -218,7 +126,7 @@ class Lexer:
         if self.cond is not None:
             self._close_condition()
 
-    def _scan(self, accepts: dict) -> Token:
+    def _scan(self, accepts: Acceptor) -> Token:
         text, pos = self.text, self.pos
         same_line = self.last is not None and self.last.line == self.line
         if "RAWLINE" in accepts and same_line:
@@ -228,22 +136,22 @@ class Lexer:
         if "MWORD" in accepts and self.line == self.manifest_line:
             return self._manifest_word()
         ch = text[pos]
-        if ch in _STRING:
+        if ch in STRING_RES:
             return self._string(ch)
         mode = self._mode(accepts)
-        if mode == "net" and ch not in PUNCT:
-            m = _NETVAL.match(text, pos, self.hi)
+        if mode == "net" and ch not in ":={}":
+            m = NETVAL_RE.match(text, pos, self.hi)
             if m:
                 return self._token("NETVAL", m.group(), pos, m.end())
         if mode == "expr":
             return self._expr_token(accepts)
         if ch == "$":
             return self._money()
-        if ch.isdigit() or (ch == "-" and text[pos + 1:pos + 2].isdigit()):
-            return self._number(_NUMBER.match(text, pos, self.hi))
+        if ch in DIGITS or (ch == "-" and text[pos + 1:pos + 2] in DIGITS):
+            return self._number(NUMBER_RE.match(text, pos, self.hi))
         if ch in PUNCT:
             return self._token(PUNCT[ch], ch, pos, pos + 1)
-        m = _WORD.match(text, pos, self.hi)
+        m = WORD_RE.match(text, pos, self.hi)
         if m:
             return self._word(m.group(), m.end(), accepts)
         raise self._unexpected_char()
@@ -251,13 +159,16 @@ class Lexer:
     def _unexpected_char(self) -> SourceError:
         ch = self.text[self.pos]
         shown = repr(ch) if ch.isprintable() else f"U+{ord(ch):04X}"
+        if ch.isascii():
+            help = "this character cannot start a token here; quote the value (\"...\")"
+        else:
+            help = "FPL source outside strings is ASCII; quote the value (\"...\")"
         return self.error("E104", f"unexpected character {shown}", self.pos, self.pos + 1,
-                          "FPL source outside strings is ASCII; quote the value "
-                          "(\"...\") or remove the character")
+                          help + " or remove the character")
 
     # ------------------------------------------------------------ scanners
     def _string(self, quote: str) -> Token:
-        m = _STRING[quote].match(self.text, self.pos, self.hi)
+        m = STRING_RES[quote].match(self.text, self.pos, self.hi)
         if m is None:
             eol = self.text.find("\n", self.pos, self.hi)
             raise self.error("E101", "unterminated string", self.pos,
@@ -277,7 +188,7 @@ class Lexer:
         return self._token("QUANTITY", m.group(), m.start(), m.end())
 
     def _money(self) -> Token:
-        m = _MONEY.match(self.text, self.pos, self.hi)
+        m = MONEY_RE.match(self.text, self.pos, self.hi)
         if m is None or m.group(2):
             end = m.end() if m else self.pos + 1
             raise self.error("E105", "`$` must be followed by an amount", self.pos, end,
@@ -308,51 +219,53 @@ class Lexer:
 
     def _manifest_word(self) -> Token:
         text, pos = self.text, self.pos
-        if text[pos] in _STRING:
+        if text[pos] in STRING_RES:
             tok = self._string(text[pos])
             return Token.new_borrow_pos("MWORD", tok.value, tok)
-        m = _WORD.match(text, pos, self.hi) or _NUMBER.match(text, pos, self.hi)
+        m = WORD_RE.match(text, pos, self.hi) or NUMBER_RE.match(text, pos, self.hi)
         if m is None:
             raise self._unexpected_char()
         return self._token("MWORD", m.group(), pos, m.end())
 
-    def _expr_token(self, accepts: dict) -> Token:
+    def _expr_token(self, accepts: Acceptor) -> Token:
         text, pos = self.text, self.pos
         ch = text[pos]
         if "TOOLREF" in accepts:
-            m = _TOOLREF.match(text, pos, self.hi)
+            m = TOOLREF_RE.match(text, pos, self.hi)
             if m and "/" in m.group():
                 return self._token("TOOLREF", m.group(), pos, m.end())
-        if ch.isdigit():
-            return self._number(_NUMBER.match(text, pos, self.hi))
+        if ch in DIGITS:
+            return self._number(NUMBER_RE.match(text, pos, self.hi))
         if ch == "$":
             return self._money()
-        if ch.isalpha() or ch == "_":
-            m = _NAME.match(text, pos, self.hi)
+        if ch in NAME_START:
+            m = NAME_RE.match(text, pos, self.hi)
             word, end = m.group(), m.end()
             if word == "deny" and text[end:end + 1] == "!" and text[end + 1:end + 2] != "=":
                 word, end = "deny!", end + 1
             return self._word(word, end, accepts)
-        for symbol, type_ in _SYMBOLS:
+        for symbol, type_ in SYMBOLS:
             if text.startswith(symbol, pos):
                 return self._token(type_, symbol, pos, pos + len(symbol))
         if ch in PUNCT:
             return self._token(PUNCT[ch], ch, pos, pos + 1)
         raise self._unexpected_char()
 
-    def _word(self, word: str, end: int, accepts: dict) -> Token:
+    def _word(self, word: str, end: int, accepts: Acceptor) -> Token:
         start = self.pos
         type_ = self._classify(word, accepts)
         if type_ == "EFFECT" and word == "deny":
-            m = _BANG_AFTER_DENY.match(self.text, end, self.hi)
+            m = BANG_AFTER_DENY_RE.match(self.text, end, self.hi)
             if m:
                 type_, word, end = "STRICT_DENY", "deny!", m.end()
         return self._token(type_, word, start, end)
 
-    def _classify(self, word: str, accepts: dict) -> str:
+    def _classify(self, word: str, accepts: Acceptor) -> str:
         keyword = KEYWORDS.get(word)
         effect = keyword in ("EFFECT", "STRICT_DENY")
         in_condition = self.cond is not None and self.text[self.pos - 1:self.pos] != "."
+        if keyword in ("TRUE", "FALSE") and "KEY" in accepts and self._starts_key(word):
+            return "KEY"  # `true` at the start of a settings line names a key
         if keyword is not None and keyword in accepts:
             if effect and in_condition and self.line == self.cond.line:
                 return "NAME"  # same line as `when`: not a new rule
@@ -393,7 +306,7 @@ class Lexer:
             self.setting_key = tok.value
         elif type_ == "MANIFEST":
             self.manifest_line = tok.line
-        elif type_ in _OPENERS:
+        elif type_ in OPENERS:
             self.opener = tok.value
         elif type_ == "_LBRACE":
             self.blocks.append(self.opener)
@@ -424,7 +337,7 @@ class Lexer:
                              tok.start_pos, tok.end_pos,
                              "split the rule into several rules or move logic into "
                              "simpler checks")
-        if type_ in _OPERATOR_TYPES:
+        if type_ in OPERATOR_TYPES:
             cond.operators += 1
             if cond.operators > MAX_CONDITION_OPERATORS:
                 raise self.error("E113", f"condition has more than {MAX_CONDITION_OPERATORS} "

@@ -21,7 +21,7 @@ from decimal import Decimal
 from lark import Token, Transformer
 
 from policy import ast
-from policy._lexer import MULTI_VALUED, UNITS, SourceError
+from policy._lexer_tables import MULTI_VALUED, UNITS, SourceError
 
 _BINARY = {"&&": "and", "||": "or", "and": "and", "or": "or"}
 _RATE_WINDOWS = ("second", "minute", "hour", "day")
@@ -45,8 +45,11 @@ def _span_of(item) -> ast.Span:
 
 
 def fail(code: str, message: str, where, help: str) -> SourceError:
-    return SourceError(code, message, _span_of(where) if not isinstance(where, ast.Span)
-                       else where, help)
+    """An error found while building a node: the syntax up to here was fine."""
+    span = where if isinstance(where, ast.Span) else _span_of(where)
+    err = SourceError(code, message, span, help)
+    err.after_valid_syntax = True
+    return err
 
 
 def number(text: str) -> int | float:
@@ -100,6 +103,11 @@ class Lower(Transformer):
     def document(self, c):
         span = join(c[0], c[-1]) if c else ast.NO_SPAN
         return ast.Document(tuple(c), span)
+
+    def agent_body(self, c):
+        return tuple(c)
+
+    rules_body = phase_body = agent_body
 
     def ident(self, c):
         return c[0]

@@ -103,28 +103,43 @@ def _canonical_value(value: object) -> object:
     return canonical_text(str(value))
 
 
-def _plain_args(args: dict) -> bool:
-    """True when ``args`` is already canonical (flat, plain strings, ints, bools)."""
+def canonical_args(args: dict) -> dict:
+    """Canonical copy of ``args`` (or ``args`` itself when already canonical). Raises NulByte.
+
+    Flat maps of plain ASCII strings, ints and bools are returned as they are."""
     for key, value in args.items():
         if type(key) is not str or not (key.isascii() and key.isidentifier()):
-            return False
+            break
         kind = type(value)
         if kind is str:
             if value and not (value.isascii() and value.isprintable() and value[0] > " " and value[-1] > " "):
-                return False
+                break
         elif kind is not int and kind is not bool:
-            return False
-    return True
-
-
-def canonical_args(args: dict) -> dict:
-    """Canonical copy of ``args`` (or ``args`` itself when already canonical). Raises NulByte."""
-    if _plain_args(args):
+            break
+    else:
         return args
     out: dict = {}
     for key, value in args.items():
-        if value is None:
-            continue
-        name = canonical_text(key) if type(key) is str else canonical_text(str(key))
-        out[name] = _canonical_value(value)
+        name = canonical_text(key) if type(key) is str else canonical_text(str(key))  # NUL check first
+        if value is not None:
+            out[name] = _canonical_value(value)
     return out
+
+
+def literal_args(args: dict) -> dict:
+    """``args`` with the structure of ``canonical_args`` (nil dropped, bytes decoded, tuples
+    as lists) but text and numbers exactly as written. Call only after ``canonical_args``
+    accepted ``args`` (no NUL bytes)."""
+    return {str(key): _literal_value(value) for key, value in args.items() if value is not None}
+
+
+def _literal_value(value: object) -> object:
+    if isinstance(value, dict):
+        return literal_args(value)
+    if isinstance(value, (list, tuple)):
+        return [_literal_value(item) for item in value if item is not None]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    if type(value) in (str, int, float, bool):
+        return value
+    return str(value)

@@ -98,9 +98,10 @@ class CompiledPolicy:
         return found
 
 
-def policy_version(source_text: str) -> str:
+def policy_version(source: str | bytes) -> str:
     """First 16 hex digits of sha256 over the policy bytes."""
-    return hashlib.sha256(source_text.encode("utf-8")).hexdigest()[:16]
+    data = source if isinstance(source, bytes) else source.encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def _compile_rule(rule: ast.Rule, position: int, version: str, path: str, report: Reporter,
@@ -122,12 +123,13 @@ def _compile_rule(rule: ast.Rule, position: int, version: str, path: str, report
     else:
         reason_code = "RULE_" + effect.value
         reason = rule.reason or DEFAULT_REASONS[effect].format(id=rule_id)
+    notify = (rule.notify or "") if effect is Effect.DEFER else ""  # Decision.notify is for DEFER only
     decision = Decision(effect, rule_id=rule_id, reason_code=reason_code, reason=reason,
-                        policy_version=version, notify=rule.notify or "")
+                        policy_version=version, notify=notify)
     return CompiledRule(
         id=rule_id, position=position, effect=effect, strict=rule.strict, tool=rule.tool,
         matches_tool=compile_glob(rule.tool), condition=condition, net=compile_net_clauses(rule.net),
-        reason=reason, reason_code=reason_code, notify=rule.notify or "", span=rule.span, decision=decision,
+        reason=reason, reason_code=reason_code, notify=notify, span=rule.span, decision=decision,
     )
 
 
@@ -162,11 +164,16 @@ def _phases(agent: ast.Agent | None) -> tuple[dict[str, CompiledPhase], str | No
 _PER_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
-def compile_policy(doc: ast.Document, source_text: str, path: str) -> CompiledPolicy:
-    """Check and compile one document. Raises PolicyError listing every error."""
+def compile_policy(doc: ast.Document, source_text: str | bytes, path: str) -> CompiledPolicy:
+    """Check and compile one document. Raises PolicyError listing every error.
+
+    ``source_text`` is the text (or the raw bytes) ``doc`` was parsed from: the
+    version hashes its bytes and diagnostics quote its lines."""
+    version = policy_version(source_text)
+    if isinstance(source_text, bytes):
+        source_text = source_text.decode("utf-8", "replace")
     report = Reporter(path, source_text)
     check_document(doc, report)
-    version = policy_version(source_text)
     sum_fields: set[str] = set()
     compiled = [_compile_rule(rule, n, version, path, report, sum_fields) for n, rule in enumerate(ordered_rules(doc))]
     if report.errors:
@@ -197,7 +204,7 @@ def compile_policy(doc: ast.Document, source_text: str, path: str) -> CompiledPo
     )
 
 
-def check(doc: ast.Document, source_text: str, path: str) -> list[Diagnostic]:
+def check(doc: ast.Document, source_text: str | bytes, path: str) -> list[Diagnostic]:
     """All diagnostics (errors and warnings) of one document, sorted by location."""
     try:
         policy = compile_policy(doc, source_text, path)

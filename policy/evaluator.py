@@ -14,7 +14,9 @@ Pipeline of one decision (every step may decide; the first that does wins):
 6. layers combine: the first layer always counts (rule, guard or default); a
    later layer counts only when one of its guards or rules decided. The most
    restrictive effect wins (DENY > DEFER > PERMIT); ties go to the earlier layer.
-   So a later layer can add and tighten but never loosen.
+   So a later layer can add and tighten but never loosen;
+7. when canonicalisation changed an argument and the result is not DENY, the
+   rules run again on the arguments as written and the stricter result stands.
 
 A condition error or a non-bool result denies with EXPR_RUNTIME_ERROR and the
 rule's id; running over the time limits denies with POLICY_EVAL_TIMEOUT; any
@@ -28,16 +30,20 @@ import hashlib
 import time
 
 from policy import _guards as guards
-from policy._exprlib import EvalContext, amount_of, is_number
-from policy.canonical import NulByte, canonical_args, canonical_tool
+from policy._context import EvalContext, amount_of
+from policy._exprlib import is_number
+from policy.canonical import NulByte, canonical_args, canonical_tool, literal_args
 from policy.compiler import CompiledPolicy, CompiledRule
 from policy.decision import Decision, Effect, deny
-from policy.session import SessionState, SessionStore
+from policy.session import SessionStore
 
 DEFER_TTL_SECONDS = 300.0
 RULE_TIMEOUT_SECONDS = 0.05
 TOTAL_TIMEOUT_SECONDS = 0.5
+PLAN_CACHE_LIMIT = 4096
 _RANK = {Effect.PERMIT: 0, Effect.DEFER: 1, Effect.DENY: 2}
+_PERMIT, _DEFER, _DENY = Effect.PERMIT, Effect.DEFER, Effect.DENY  # enum attribute access is slow
+_EFFECT_NAME = {effect: effect.value for effect in Effect}
 
 
 class _Verdict:
@@ -64,6 +70,11 @@ class Engine:
         self._rule_timeout = rule_timeout
         self._total_timeout = total_timeout
         self._version = self.layers[0].version
+        self._vars0 = self.layers[0].vars
+        self._single = len(self.layers) == 1
+        self._plans: dict[str, tuple] = {}
+        self._tools: dict[str, str] = {}  # raw tool id -> canonical
+        self._has_strict = any(layer.strict_rules for layer in self.layers)
         self._decisions = [tuple(dataclasses.replace(r.decision, layer=i) for r in layer.rules)
                            for i, layer in enumerate(self.layers)]
         self._defaults = [self._default_decision(i, layer) for i, layer in enumerate(self.layers)]
@@ -94,20 +105,47 @@ class Engine:
         if type(tool) is not str or not isinstance(args, dict):
             return deny("INVALID_CALL", "tool must be a string and args a map", policy_version=self._version)
         try:
-            tool = canonical_tool(tool)
-            args = canonical_args(args)
+            canonical = self._tools.get(tool)
+            if canonical is None:
+                canonical = self._canonical_tool(tool)
+            tool = canonical
+            written, args = args, canonical_args(args)
         except NulByte:
             return deny("NUL_BYTE", "NUL byte in tool id or arguments", policy_version=self._version)
         state = self.store.get(call.session_id or call.agent_id)
         with state.lock:
             state.call_count += 1
-            ctx = EvalContext(tool, args, call, state, self.layers[0].vars)
+            ctx = EvalContext(tool, args, call, state, self._vars0)
             start = self._clock()
-            decision = self._strict(ctx, start) or self._chain(call, tool) or self._combine(ctx, start)
-            if decision.effect is Effect.DEFER:
+            if self._single:
+                decision = self._single_layer(ctx, start)
+            else:
+                decision = self._strict(ctx, start) if self._has_strict else None
+                if decision is None and call.delegation:
+                    decision = self._chain(call, tool)
+                if decision is None:
+                    decision = self._combine(ctx, start)
+            if written is not args and decision.effect is not _DENY:
+                decision = self._as_written(ctx, written, decision, start)
+            effect = decision.effect
+            numbers: tuple = ()
+            if effect is _PERMIT:
+                if self._sum_fields:
+                    numbers = tuple((k, float(args[k])) for k in self._sum_fields if is_number(args.get(k)))
+                if self._tracks_cost:
+                    state.add_cost(max(float(amount_of(args)), 0.0), int(call.timestamp // 86400))
+            elif effect is _DEFER:
                 decision = self._with_defer(decision, call, tool)
-            self._record(state, tool, args, decision, call.timestamp)
+            state.record(tool, _EFFECT_NAME[effect], call.timestamp, numbers)
         return decision
+
+    def _canonical_tool(self, tool: str) -> str:
+        """canonical_tool with a bounded cache: agents call few distinct tools."""
+        canonical = canonical_tool(tool)  # raises NulByte; such ids are never cached
+        if len(self._tools) >= PLAN_CACHE_LIMIT:
+            self._tools.clear()
+        self._tools[tool] = canonical
+        return canonical
 
     # ------------------------------------------------------------ stages
 
@@ -165,11 +203,11 @@ class Engine:
                 or guards.invoke_agent(layer, index, ctx.call, ctx.args, ctx.tool, state)
                 or guards.budget(layer, index, ctx.args, state, now))
 
-    def _layer(self, index: int, ctx: EvalContext, start: float) -> tuple[Decision, bool]:
+    def _layer(self, index: int, ctx: EvalContext, start: float, guarded: bool = True) -> tuple[Decision, bool]:
         """This layer's decision and whether a guard or rule (not the default) made it."""
         layer = self.layers[index]
         ctx.vars = layer.vars
-        if self._guarded[index]:
+        if guarded and self._guarded[index]:
             guarded = self._guards(index, layer, ctx)
             if guarded is not None:
                 return guarded, True
@@ -184,27 +222,74 @@ class Engine:
                 return outcome.decision, True
         return self._defaults[index], False
 
-    def _combine(self, ctx: EvalContext, start: float) -> Decision:
-        best, _ = self._layer(0, ctx, start)
+    def _single_layer(self, ctx: EvalContext, start: float) -> Decision:
+        """The whole pipeline after counting, for the common one-layer engine (same order as layers)."""
+        plan = self._plans.get(ctx.tool)
+        if plan is None:
+            plan = self._plan(ctx.tool)
+        stricts, ordinary = plan
+        decisions = self._decisions[0]
+        for rule in stricts:
+            outcome = self._check_rule(rule, ctx, 0, start)
+            if outcome is True:
+                return decisions[rule.position]
+            if outcome is not False:
+                return outcome.decision
+        if ctx.call.delegation:
+            chained = self._chain(ctx.call, ctx.tool)
+            if chained is not None:
+                return chained
+        if self._guarded[0]:
+            guarded = self._guards(0, self.layers[0], ctx)
+            if guarded is not None:
+                return guarded
+        for rule in ordinary:
+            if rule.condition is None and rule.net is None:
+                return decisions[rule.position]
+            outcome = self._check_rule(rule, ctx, 0, start)
+            if outcome is True:
+                return decisions[rule.position]
+            if outcome is not False:
+                return outcome.decision
+        return self._defaults[0]
+
+    def _plan(self, tool: str) -> tuple[tuple[CompiledRule, ...], tuple[CompiledRule, ...]]:
+        """The first layer's deny! and other candidate rules for ``tool`` (cached)."""
+        candidates = self.layers[0].candidates(tool)
+        plan = (tuple(r for r in candidates if r.strict), tuple(r for r in candidates if not r.strict))
+        if len(self._plans) >= PLAN_CACHE_LIMIT:
+            self._plans.clear()
+        self._plans[tool] = plan
+        return plan
+
+    def _combine(self, ctx: EvalContext, start: float, guarded: bool = True) -> Decision:
+        best, _ = self._layer(0, ctx, start, guarded)
         for index in range(1, len(self.layers)):
             if _RANK[best.effect] == 2:
                 break
-            decision, decided = self._layer(index, ctx, start)
+            decision, decided = self._layer(index, ctx, start, guarded)
             if decided and _RANK[decision.effect] > _RANK[best.effect]:
                 best = decision
         return best
+
+    def _as_written(self, ctx: EvalContext, written: dict, decision: Decision, start: float) -> Decision:
+        """Re-check the rules on the arguments as written when canonicalisation changed them.
+
+        Canonical forms catch look-alike evasions of deny rules; but a permit must
+        also hold for the text the sandbox will act on (``/tmр`` with a Cyrillic
+        ``р`` is not ``/tmp``). The more restrictive of the two decisions stands.
+        Guards are not re-run: they already counted this call."""
+        ctx.args = literal_args(written)
+        ctx.vars = self._vars0
+        second = self._strict(ctx, start) if self._has_strict else None
+        if second is None:
+            second = self._combine(ctx, start, guarded=False)
+        if _RANK[second.effect] <= _RANK[decision.effect]:
+            return decision
+        return dataclasses.replace(second, reason=f"{second.reason} (arguments as written, before canonicalisation)")
 
     # ------------------------------------------------------------ results
 
     def _with_defer(self, decision: Decision, call, tool: str) -> Decision:
         token = "dfr_" + hashlib.sha256(f"{call.call_id}{tool}".encode("utf-8")).hexdigest()[:16]
         return dataclasses.replace(decision, defer_token=token, defer_expires_at=call.timestamp + self._defer_ttl)
-
-    def _record(self, state: SessionState, tool: str, args: dict, decision: Decision, now: float) -> None:
-        numbers: tuple = ()
-        permitted = decision.effect is Effect.PERMIT
-        if permitted and self._sum_fields:
-            numbers = tuple((k, float(args[k])) for k in self._sum_fields if is_number(args.get(k)))
-        state.record(tool, decision.effect.value, now, numbers)
-        if permitted and self._tracks_cost:
-            state.add_cost(max(float(amount_of(args)), 0.0), int(now // 86400))

@@ -21,6 +21,10 @@ A condition ends where the next token cannot continue it. An effect word on a
 later line than its ``when`` starts the next rule; on the same line it is an
 error (E117). Conditions are limited to 1024 characters, 32 function calls, 96
 operator tokens, 128 member accesses and 16 nested brackets; sources to 1 MiB.
+An unquoted ``ns/tool.field`` call argument (``session.sum(stripe/refund.amount,
+window=1h)``) becomes two string literals, tool then field; see
+``policy/_lower.py``. Strings decode the usual backslash escapes; an unknown
+escape such as ``\\d`` keeps its backslash, so regexes read naturally.
 
 Diagnostic codes (stable):
 
@@ -47,11 +51,13 @@ E118  call of something that is not a function name
 E119  too many errors; the rest were not reported
 E121  duplicate clause in a rule
 E122  invalid value for a setting (number, duration, rate window)
+E199  internal parser error (the policy is rejected; the input is a bug report)
 ====  ===========================================================
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -60,16 +66,19 @@ from lark.exceptions import UnexpectedInput, UnexpectedToken
 from lark.lexer import Lexer as _LarkLexer
 
 from policy import ast
-from policy._explain import explain
-from policy._lexer import SourceError, Lexer
+from policy._lexer import Lexer
+from policy._lexer_accept import Acceptor
+from policy._lexer_tables import SourceError
 from policy._lower import Lower
-from policy._recover import pieces
-from policy.errors import Diagnostic, PolicyError, line_of
+from policy._lower_errors import explain
+from policy._lexer_recovery import pieces
+from policy.errors import Diagnostic, PolicyError
 
 MAX_SOURCE_BYTES = 1 << 20
+_NEWLINE = re.compile("\n")
 MAX_DIAGNOSTICS = 50
 GRAMMAR_PATH = Path(__file__).with_name("fpl.lark")
-START_SYMBOLS = ("document", "agent_item", "phase_item", "rule")
+START_SYMBOLS = ("document", "agent_body", "rules_body", "phase_body")
 
 
 class _TokensFromDriver(_LarkLexer):
@@ -94,11 +103,30 @@ _LOCK = threading.Lock()
 
 def parse(text: str | bytes, path: str = "<input>") -> ast.Document:
     """Parse FPL source; raise PolicyError with every syntax error found."""
-    text = _decode(text, path)
-    value, found = _recover(text, 0, len(text), "document", path)
+    src = _Source(_decode(text, path), path)
+    value, found = _recover(src, 0, len(src.text), "document")
     if found:
-        raise PolicyError(_finish(found, text, path))
+        raise PolicyError(_finish(found, src))
     return value
+
+
+class _Source:
+    """The text being parsed, its path, and where each line starts."""
+
+    def __init__(self, text: str, path: str):
+        self.text, self.path = text, path
+        self.line_starts = [0] + [m.end() for m in _NEWLINE.finditer(text)]
+
+    def offset(self, span: ast.Span) -> int:
+        return self.line_starts[span.line - 1] + span.col - 1
+
+    def line(self, number: int) -> str:
+        """Line ``number`` as the lexer counts lines (LF only; a trailing CR dropped)."""
+        if not 0 < number <= len(self.line_starts):
+            return ""
+        start = self.line_starts[number - 1]
+        end = self.text.find("\n", start)
+        return self.text[start:end if end >= 0 else len(self.text)].rstrip("\r")
 
 
 def _decode(data: str | bytes, path: str) -> str:
@@ -127,35 +155,53 @@ def _decode(data: str | bytes, path: str) -> str:
     return data
 
 
-def _recover(text: str, lo: int, hi: int, start: str, path: str):
-    """Parse ``text[lo:hi]`` as ``start``; on failure re-parse its pieces for more errors.
+def _recover(src: _Source, lo: int, hi: int, start: str):
+    """Parse ``src.text[lo:hi]`` as ``start``; on failure narrow down and read on.
 
-    Returns (value or None, [(Diagnostic, offset)])."""
-    value, failure = _attempt(text, lo, hi, start, path)
+    Returns (value or None, [(Diagnostic, offset)]). LALR stops at the first
+    token that cannot continue a valid prefix, so the pieces before the failing
+    one are fine; the failing piece is examined on its own (unless the error
+    was raised while building a node, which is already exact) and the pieces
+    after it are parsed again, run by run, for further errors. Each stretch of
+    text is thus read a bounded number of times.
+    """
+    value, failure = _attempt(src, lo, hi, start)
     if failure is None:
         return value, []
-    found: list = []
-    parts = pieces(text, lo, hi, start)
-    for a, b, sub in parts:
-        found.extend(_recover(text, a, b, sub, path)[1])
-        if len(found) >= MAX_DIAGNOSTICS:
+    diag, offset, exact = failure
+    parts = pieces(src.text, lo, hi, start)
+    hit = next((p for p in parts if p[0] <= offset < p[1]), None)
+    if hit is None:
+        return None, [(diag, offset)]
+    found = [(diag, offset)] if exact else (_recover(src, *hit)[1] or [(diag, offset)])
+    for run in _runs([p for p in parts if p[0] >= hit[1]]):
+        if len(found) > MAX_DIAGNOSTICS:
             break
-    offset = failure[1]
-    if not any(a <= offset < b for a, b, _ in parts):
-        found.append(failure)
-    return None, found or [failure]
+        found.extend(_recover(src, *run)[1])
+    return None, found
 
 
-def _attempt(text: str, lo: int, hi: int, start: str, path: str):
-    lexer = Lexer(text, lo, hi)
+def _runs(parts: list) -> list:
+    """Merge consecutive pieces with the same start symbol into one range each."""
+    runs: list = []
+    for a, b, symbol in parts:
+        if runs and runs[-1][2] == symbol:
+            runs[-1] = (runs[-1][0], b, symbol)
+        else:
+            runs.append((a, b, symbol))
+    return runs
+
+
+def _attempt(src: _Source, lo: int, hi: int, start: str):
+    lexer = Lexer(src.text, lo, hi, src.line_starts)
+    path = src.path
     with _LOCK:
         _LOWER.conditions = lexer.conditions
         state = _PARSER.parse_interactive(start=start).parser_state
-        states = state.parse_conf.states
-        stack = state.state_stack
+        accepts = Acceptor(state.parse_conf.states, state.state_stack)
         try:
             while True:
-                tok = lexer.next_token(states[stack[-1]])
+                tok = lexer.next_token(accepts.reset())
                 if tok is None:
                     break
                 state.feed_token(tok)
@@ -165,24 +211,25 @@ def _attempt(text: str, lo: int, hi: int, start: str, path: str):
             return state.feed_token(end, True), None
         except SourceError as err:
             diag = Diagnostic(err.code, err.message, path, err.span, err.help)
-            return None, (diag, _offset(text, err.span))
+            return None, (diag, src.offset(err.span), err.after_valid_syntax)
         except UnexpectedToken as err:
-            diag = explain(err.token, set(err.expected), lexer, path)
-            return None, (diag, err.token.start_pos or lexer.pos)
+            # the table's expected set over-approximates; keep what can really follow
+            expected = {t for t in err.expected if t == "$END" or t in accepts.reset()}
+            diag = explain(err.token, expected or set(err.expected), lexer, path)
+            return None, (diag, err.token.start_pos or lexer.pos, False)
         except UnexpectedInput as err:  # defensive: any other lark input error
             span = ast.Span(lexer.line, lexer.pos - lexer.line_start + 1)
             return None, (Diagnostic("E100", str(err).splitlines()[0], path, span,
-                                     help="check the syntax near this point"), lexer.pos)
+                                     help="check the syntax near this point"), lexer.pos, False)
+        except Exception as err:  # fail closed: a parser defect rejects the policy, no traceback
+            span = ast.Span(lexer.line, lexer.pos - lexer.line_start + 1)
+            return None, (Diagnostic("E199", f"internal parser error ({type(err).__name__})", path,
+                                     span, help="simplify the statement at this point and report "
+                                     "the input to the maintainers"), lexer.pos, False)
 
 
-def _offset(text: str, span: ast.Span) -> int:
-    pos = 0
-    for _ in range(span.line - 1):
-        pos = text.find("\n", pos) + 1
-    return pos + span.col - 1
-
-
-def _finish(found: list, text: str, path: str) -> list[Diagnostic]:
+def _finish(found: list, src: _Source) -> list[Diagnostic]:
+    path = src.path
     seen, out = set(), []
     for diag, _ in found:
         key = (diag.code, diag.span.line, diag.span.col)
@@ -190,7 +237,7 @@ def _finish(found: list, text: str, path: str) -> list[Diagnostic]:
             continue
         seen.add(key)
         out.append(Diagnostic(diag.code, diag.message, path, diag.span, diag.help,
-                              source_line=line_of(text, diag.span.line)))
+                              source_line=src.line(diag.span.line)))
     out.sort(key=lambda d: d.sort_key)
     if len(out) > MAX_DIAGNOSTICS:
         last = out[MAX_DIAGNOSTICS - 1]

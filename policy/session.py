@@ -59,8 +59,9 @@ class SessionState:
             self.evicted_at = history.popleft()[TIMESTAMP]
         history.append((tool, effect, timestamp, numbers))
         counts = self.tool_counts
-        if tool in counts:
-            counts[tool] += 1
+        seen = counts.get(tool)
+        if seen is not None:
+            counts[tool] = seen + 1
         elif len(counts) < TOOL_COUNT_LIMIT:
             counts[tool] = 1
         else:

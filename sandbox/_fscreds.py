@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,13 +43,11 @@ class AgentIdentity:
     umask: int
 
 
+_STATUS_FIELDS = re.compile(rb"^(Uid|Gid|Groups|CapEff|Umask|NStgid|NSpid):[ \t]*(.*)$", re.M)
+
+
 def _fields(status: bytes) -> dict[bytes, bytes]:
-    out = {}
-    for line in status.splitlines():
-        key, sep, value = line.partition(b":")
-        if sep:
-            out[key] = value.strip()
-    return out
+    return dict(_STATUS_FIELDS.findall(status))
 
 
 def read_identity(tid: int) -> AgentIdentity:
@@ -97,18 +96,28 @@ def _switch(groups: tuple[int, ...], fsgid: int, fsuid: int, caps: int) -> None:
     lf.set_effective_caps(caps)
 
 
+def _ours() -> tuple[int, int, tuple[int, ...], int]:
+    """This thread's own (fsuid, fsgid, groups, effective caps), read once per thread.
+
+    The supervisor's identity is fixed before it serves; were it changed later, the
+    restore in acting_as would fail and poison the thread (fail closed)."""
+    ours = getattr(_thread, "ours", None)
+    if ours is None:
+        ours = (lf.getfsuid(), lf.getfsgid(), tuple(sorted(lf.get_thread_groups())), lf.get_effective_caps()[0])
+        _thread.ours = ours
+    return ours
+
+
 @contextmanager
-def acting_as(agent: AgentIdentity) -> Iterator[None]:
-    """Run the body with the agent's fs identity and umask in this thread; always restore."""
+def acting_as(agent: AgentIdentity, *, umask: bool = True) -> Iterator[None]:
+    """Run the body with the agent's fs identity (and umask) in this thread; always restore."""
     if getattr(_thread, "poisoned", False):
         raise OSError(errno.EACCES, "this thread could not restore its credentials earlier")
     _private_fs()
-    ours_groups = tuple(sorted(lf.get_thread_groups()))
-    ours_uid, ours_gid = lf.getfsuid(), lf.getfsgid()
-    ours_caps, _ = lf.get_effective_caps()
+    ours_uid, ours_gid, ours_groups, ours_caps = _ours()
     lent_caps = ours_caps & agent.cap_effective
     same = (agent.fsuid, agent.fsgid, agent.groups, lent_caps) == (ours_uid, ours_gid, ours_groups, ours_caps)
-    old_umask = os.umask(agent.umask)
+    old_umask = os.umask(agent.umask) if umask else None
     try:
         if not same:
             _switch(agent.groups, agent.fsgid, agent.fsuid, lent_caps)
@@ -119,7 +128,8 @@ def acting_as(agent: AgentIdentity) -> Iterator[None]:
                 # Raise the effective set first: restoring groups needs CAP_SETGID.
                 lf.set_effective_caps(ours_caps)
                 _switch(ours_groups, ours_gid, ours_uid, ours_caps)
-            os.umask(old_umask)
+            if old_umask is not None:
+                os.umask(old_umask)
         except BaseException:
             _thread.poisoned = True
             raise

@@ -78,7 +78,7 @@ def locate(view: AgentView, base: int | Start, path: bytes | None, *, follow: bo
             fd = view.agent_fd(agent_fd)
             if rest:
                 start = Start(fd)
-                with acting_as(view.agent):
+                with acting_as(view.agent, umask=False):
                     fd = view.walk(start, rest, oflags | nofollow, resolve)
                     obj = Obj(fd, view.visible(fd))
             elif not follow:
@@ -87,7 +87,7 @@ def locate(view: AgentView, base: int | Start, path: bytes | None, *, follow: bo
                 obj = Obj(fd, view.visible(fd, anonymous_ok=True))
         else:
             start = _start(view, base, not rest.startswith(b"/") or bool(resolve & _NO_REWRITE))
-            with acting_as(view.agent):
+            with acting_as(view.agent, umask=False):
                 fd = view.walk(start, rest, oflags | nofollow, resolve)
                 obj = Obj(fd, view.visible(fd))
     view.check_proc(obj.fd, obj.path, writes)
@@ -105,7 +105,7 @@ def locate_slot(view: AgentView, base: int | Start, path: bytes | None, kind: st
         err = errno.ENOTEMPTY if kind == "rmdir" and name == b".." else _DOT_ERRNO[kind]
         raise fail(err, f"{kind} of {path!r}")
     start = _start(view, base, not head.startswith(b"/") or bool(resolve & _NO_REWRITE))
-    with acting_as(view.agent):
+    with acting_as(view.agent, umask=False):
         parent = view.walk(start, head, os.O_DIRECTORY, resolve)
         parent_path = view.visible(parent)
     view.check_proc(parent, parent_path, True)
@@ -118,7 +118,7 @@ def creation_slot(view: AgentView, base: int | Start, path: bytes, *, follow: bo
     for _ in range(MAX_SYMLINK_HOPS):
         if slot.name.endswith(b"/"):
             raise fail(errno.EISDIR, f"create {slot.path!r}")
-        with acting_as(view.agent):
+        with acting_as(view.agent, umask=False):
             try:
                 target = os.readlink(slot.name, dir_fd=slot.parent_fd)
             except OSError as exc:

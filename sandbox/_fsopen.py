@@ -10,6 +10,16 @@ controlling terminal) and O_CLOEXEC (the agent's O_CLOEXEC is reported back for
 SECCOMP_IOCTL_NOTIF_ADDFD). A FIFO is opened with O_NONBLOCK so the supervisor
 never sleeps waiting for a peer; so a blocking write-open of a FIFO with no
 reader fails with ENXIO instead of waiting.
+
+O_PATH: SECCOMP_IOCTL_NOTIF_ADDFD refuses O_PATH files (the kernel takes the
+source with fget(), which skips them: EBADF), and answering CONTINUE would let the
+kernel look the path up again. So an O_PATH open of a regular file or directory
+is answered with a read-only fd of the same object (what glibc's fchmodat(...,
+AT_SYMLINK_NOFOLLOW) and tar need: fstat, fchdir, *at calls, /proc/self/fd/N);
+it needs read permission where O_PATH would not, and can read where O_PATH could
+not, which is within the fs/read decision. Other types (symlinks, devices,
+FIFOs, sockets) fail with EOPNOTSUPP, which glibc's fchmodat also returns for a
+symlink.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from sandbox._fslocate import Obj, Slot, creation_slot, file_type, locate, locat
 from sandbox._resolve import AgentView, fail
 
 _ALWAYS = os.O_CLOEXEC | os.O_NOCTTY
+_DEV_TTY = os.makedev(5, 0)
 
 
 def _clear_nonblock(fd: int) -> None:
@@ -41,10 +52,20 @@ def _finish(fd: int, add_nonblock: bool) -> int:
     return fd
 
 
+def _instead_of_o_path(obj: Obj) -> int:
+    """Flags for an injectable fd standing in for O_PATH (see the module docstring)."""
+    kind = file_type(obj.fd)
+    if kind == stat.S_IFREG:
+        return os.O_RDONLY
+    if kind == stat.S_IFDIR:
+        return os.O_RDONLY | os.O_DIRECTORY
+    raise fail(errno.EOPNOTSUPP, f"O_PATH of {obj.path!r} (type {kind:#o}) cannot be handed to the agent")
+
+
 def reopen(obj: Obj, flags: int) -> int:
-    """A new open file description for ``obj`` with ``flags`` (O_PATH: a duplicate)."""
+    """A new open file description for ``obj`` with ``flags``."""
     if flags & os.O_PATH:
-        return os.dup(obj.fd)
+        return os.open(b"/proc/self/fd/%d" % obj.fd, _instead_of_o_path(obj) | _ALWAYS)
     own = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW) | _ALWAYS
     add_nonblock = file_type(obj.fd) == stat.S_IFIFO and not flags & os.O_NONBLOCK
     fd = os.open(b"/proc/self/fd/%d" % obj.fd, own | (os.O_NONBLOCK if add_nonblock else 0))
@@ -102,7 +123,11 @@ def build_open(view: AgentView, decoded: dict):
 
 
 def _check_existing(obj: Obj, flags: int, *, creating: bool) -> None:
-    kind = file_type(obj.fd)
+    st = os.fstat(obj.fd)
+    kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFCHR and st.st_rdev == _DEV_TTY:
+        # /dev/tty means the opener's controlling terminal: ours, not the agent's.
+        raise fail(errno.ENXIO, "/dev/tty cannot be opened on the agent's behalf")
     if kind == stat.S_IFLNK and not flags & os.O_PATH:
         raise fail(errno.ELOOP, f"{obj.path!r} is a symlink and O_NOFOLLOW was given")
     if creating and kind == stat.S_IFDIR:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import threading
 
 from sandbox._syscalls_generated import SYSCALLS
 
@@ -63,17 +64,33 @@ _libc.process_vm_readv.argtypes = [
 ]
 
 
-def process_vm_readv(pid: int, address: int, length: int) -> bytes:
-    """Copy ``length`` bytes at ``address`` in ``pid``; may return fewer at a mapping end.
+class _ReadBuffers(threading.local):
+    """Per-thread iovecs and a page buffer, so a read allocates no ctypes objects."""
 
-    The kernel never splits one remote iovec, so callers keep each read inside one page."""
-    buf = ctypes.create_string_buffer(length)
-    local = _IoVec(ctypes.cast(buf, ctypes.c_void_p), length)
-    remote = _IoVec(ctypes.c_void_p(address), length)
-    got = _libc.process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    def __init__(self):
+        self.buffer = ctypes.create_string_buffer(READ_CHUNK)
+        self.local = _IoVec(ctypes.cast(self.buffer, ctypes.c_void_p), 0)
+        self.remote = _IoVec(None, 0)
+        self.local_ref, self.remote_ref = ctypes.byref(self.local), ctypes.byref(self.remote)
+
+
+READ_CHUNK = 1 << 16
+_read_buffers = _ReadBuffers()
+
+
+def process_vm_readv(pid: int, address: int, length: int) -> bytes:
+    """Copy ``length`` (<= 64 KiB) bytes at ``address`` in ``pid``; may return fewer at a
+    mapping end. The kernel never splits one remote iovec, so callers keep each read
+    inside one page."""
+    if length > READ_CHUNK:
+        raise ValueError(f"process_vm_readv: {length} bytes exceeds the {READ_CHUNK}-byte chunk")
+    bufs = _read_buffers
+    bufs.local.len = bufs.remote.len = length
+    bufs.remote.base = address
+    got = _libc.process_vm_readv(pid, bufs.local_ref, 1, bufs.remote_ref, 1, 0)
     if got < 0:
         _raise(f"process_vm_readv(pid={pid}, addr={address:#x}, len={length})")
-    return buf.raw[:got]
+    return ctypes.string_at(bufs.buffer, got)
 
 
 class _SockFilter(ctypes.Structure):

@@ -122,15 +122,18 @@ class AgentView:
             if anonymous_ok:
                 return name  # pipe:[..], socket:[..], anon_inode:[..], /memfd:..
             raise fail(errno.EACCES, f"{name!r} is not a path")
+        suffix = b""
         if name.endswith(b" (deleted)") and os.fstat(fd).st_nlink == 0:
-            raise fail(errno.ENOENT, f"{name!r}")
+            if not anonymous_ok:  # only an fd the agent holds can still reach it
+                raise fail(errno.ENOENT, f"{name!r}")
+            name, suffix = name[: -len(b" (deleted)")], b" (deleted)"
         root = self.root_host
         if root == b"/":
-            return name
+            return name + suffix
         if name == root:
-            return b"/"
+            return b"/" + suffix
         if name.startswith(root + b"/"):
-            return name[len(root):]
+            return name[len(root):] + suffix
         raise fail(errno.EACCES, f"{name!r} is outside the agent's root")
 
     def start_path(self, start: Start) -> bytes:
@@ -186,9 +189,11 @@ class AgentView:
             parts = [b"proc", tgid, b"task", tid] + parts[2:]
         elif head != [b"proc", tgid]:
             return None, path
-        for prefix in ([b"proc", tgid, b"fd"], [b"proc", tgid, b"task", tid, b"fd"])[: 2 * fd_links]:
+        prefixes = ([b"proc", tgid, b"fd"], [b"proc", tgid, b"task", tid, b"fd"]) if fd_links else ()
+        for prefix in prefixes:
             n = len(prefix)
-            if parts[:n] == prefix and len(parts) > n and parts[n].isdigit():
+            # procfs spells fd numbers without leading zeros; anything else is not an fd link.
+            if parts[:n] == prefix and len(parts) > n and parts[n].isdigit() and parts[n] == b"%d" % int(parts[n]):
                 return int(parts[n]), b"/".join(parts[n + 1:])
         trailing = b"/" if path.endswith(b"/") else b""
         return None, b"/" + b"/".join(parts) + trailing
@@ -200,11 +205,37 @@ class AgentView:
         parts = visible.split(b"/")[1:]
         if not parts or parts[0] != b"proc":
             raise fail(errno.EACCES, f"procfs outside /proc: {visible!r}")
-        if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) == self.agent.ns_tgid:
+        if len(parts) < 2 or not parts[1].isdigit():
+            return
+        if int(parts[1]) == self.agent.ns_tgid and self._is_agent(parts[1]):
             return
         rest = b"/".join(parts[2:])
         if writes or rest not in FOREIGN_PROC_READABLE:
             raise fail(errno.EACCES, f"{visible!r} belongs to another process")
+
+    def _is_agent(self, number: bytes) -> bool:
+        """Whether /proc/<number> in the agent's view is the agent's own process.
+
+        The number matches the agent's pid in its namespace; that proves nothing when the
+        procfs belongs to another pid namespace, so compare the task's pid namespace and
+        innermost tgid as well."""
+        try:
+            piddir = lf.openat2(self.root_fd, b"/proc/" + number, PATH_FD | os.O_DIRECTORY, 0,
+                                lf.RESOLVE_IN_ROOT | lf.RESOLVE_NO_SYMLINKS)
+            try:
+                theirs_ns = os.stat(b"ns/pid", dir_fd=piddir).st_ino  # stat of a magic link: read-only
+                status = os.open(b"status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=piddir)
+                try:
+                    text = os.read(status, 8192)
+                finally:
+                    os.close(status)
+            finally:
+                os.close(piddir)
+            ours_ns = os.stat(f"/proc/{self.agent.tid}/ns/pid").st_ino
+        except OSError:
+            return False  # cannot prove it is the agent: treat as another process
+        nstgid = next((line.split()[-1] for line in text.splitlines() if line.startswith(b"NStgid:")), b"")
+        return theirs_ns == ours_ns and nstgid == number
 
 
 def split_last(path: bytes) -> tuple[bytes, bytes, bool]:

@@ -54,3 +54,31 @@ STAGE_DESCRIPTIONS = {
 
 def stage_description(stage: str) -> str:
     return STAGE_DESCRIPTIONS.get(stage, stage.replace("_", " "))
+
+
+# (stage, errno) -> hint; (stage, None) matches any errno
+HINTS = {
+    ("user_namespace", 1): "user namespaces are disabled for unprivileged users (sysctl "
+                           "kernel.unprivileged_userns_clone=0, or on Ubuntu 24.04+ "
+                           "kernel.apparmor_restrict_unprivileged_userns=1: add an AppArmor "
+                           "profile with 'userns,' or run as root)",
+    ("user_namespace", 28): "user.max_user_namespaces is exhausted or 0 (sysctl user.max_user_namespaces)",
+    ("user_namespace", 22): "a threaded launcher cannot enter a user namespace; start it from a single thread",
+    ("namespaces", 1): "creating namespaces needs root or an unprivileged user namespace "
+                       "(check `faramesh-sandbox doctor`)",
+    ("namespaces", 28): "a namespace limit is exhausted (sysctl user.max_*_namespaces)",
+    ("map_user", None): "the kernel refused the uid/gid map; see user_namespaces(7)",
+    ("mounts", None): "the host /proc or /sys is partly covered (as in some containers), so a fresh "
+                      "one may not be mounted; run on a host or a privileged container",
+    ("join_cgroup", None): "the cgroup exists but this process may not move into it; "
+                           "check delegation of the parent cgroup",
+    ("seccomp", 22): "this kernel lacks seccomp user notification (5.0+) or WAIT_KILLABLE_RECV "
+                     "(5.19+); see `faramesh-sandbox doctor`",
+    ("filter", None): "the trapped syscall list and the hardening rules disagree; this is a bug",
+    ("chdir", None): "run from a directory that exists",
+}
+
+
+def hint_for(stage: str, errno_: int | None) -> str:
+    """The fix to suggest when ``stage`` failed with ``errno_``."""
+    return HINTS.get((stage, errno_)) or HINTS.get((stage, None), "")

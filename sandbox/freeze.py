@@ -44,7 +44,7 @@ def task_state(tid: int) -> tuple[str, str]:
         with open(f"/proc/{tid}/stat", "rb") as fh:
             stat = fh.read()
         with open(f"/proc/{tid}/wchan") as fh:
-            wchan = fh.read().strip()
+            wchan = fh.read().strip().split(".")[0]  # drop compiler suffixes such as ".isra.0"
     except (FileNotFoundError, ProcessLookupError):
         return ("X", "")
     state = stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3].decode()
@@ -92,11 +92,13 @@ class CgroupFreezer:
         """Freeze, then wait until every task except ``holder`` is stopped."""
         _write(os.path.join(self.directory, "cgroup.freeze"), "1")
         self._wait(lambda: all(is_stopped(t) for t in self.threads() if t != holder), self.freeze_timeout,
-                   "tasks did not stop")
+                   "tasks did not stop", lambda: {t: task_state(t) for t in self.threads() if t != holder
+                                                   and not is_stopped(t)})
 
     def wait_exec_finished(self, holder: int) -> None:
         """After CONTINUE: wait until the kernel has copied path and argv (see module doc)."""
-        self._wait(lambda: exec_finished(holder), self.exec_timeout, "exec did not finish")
+        self._wait(lambda: exec_finished(holder), self.exec_timeout, "exec did not finish",
+                   lambda: {holder: task_state(holder)})
 
     def thaw(self) -> None:
         _write(os.path.join(self.directory, "cgroup.freeze"), "0")
@@ -114,12 +116,13 @@ class CgroupFreezer:
             except ProcessLookupError:
                 pass
 
-    def _wait(self, done, timeout: float, what: str) -> None:
+    def _wait(self, done, timeout: float, what: str, culprits=lambda: {}) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             if time.monotonic() > deadline:
+                running = culprits()  # (state, wchan) of what kept running, for the error
                 self.kill()
-                raise FreezeError(f"{self.directory}: {what} within {timeout:.1f}s; cgroup killed")
+                raise FreezeError(f"{self.directory}: {what} within {timeout:.1f}s {running}; cgroup killed")
             os.sched_yield()  # cgroup.events poll() is rate-limited to 10 ms; spin instead
 
 
@@ -148,6 +151,9 @@ def self_test(parent: str) -> None:
                 raise FreezeError("freezer self-test: the helper never froze")
             os.sched_yield()
         observed = task_state(child)
+        while observed != FROZEN_WCHAN and time.monotonic() < deadline:
+            os.sched_yield()  # a frozen task may wake spuriously for a moment (wchan "0")
+            observed = task_state(child)
         if observed != FROZEN_WCHAN:
             raise FreezeError(f"freezer self-test: a frozen task shows {observed}, expected {FROZEN_WCHAN}; "
                               "this kernel's freezer cannot be checked per task")

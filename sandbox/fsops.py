@@ -23,10 +23,22 @@ What a decision is about:
   gives a second name to an inode, and later calls are decided on the name they
   use, so policies must deny fs/link into and out of protected trees.
 
-Tool-call args: ``path`` (absolute, normalised, as the agent sees it), ``flags``
-(list of names), ``mode`` (int or None), ``dest`` (rename, link), ``target``
-(symlink content), ``uid``/``gid`` (chown, -1 = unchanged), ``length``
-(truncate), ``xattr`` (attribute name).
+Tool-call args: always ``path`` (absolute, normalised, as the agent sees it;
+for an fd without a name the kernel's name such as ``pipe:[42]``), ``flags``
+(list of names) and ``mode`` (int or None); then ``dest`` (rename, link),
+``target`` (symlink content), ``uid``/``gid`` (chown, -1 = unchanged),
+``length`` (truncate), ``xattr`` (attribute name).
+
+Caller contract: ``pid`` is the notification's pid, so check
+SECCOMP_IOCTL_NOTIF_ID_VALID after prepare() (the task, hence the /proc entries
+opened, was still the one that trapped) and before perform(). Each calling thread
+gets its own cwd/root/umask the first time (``unshare(CLONE_FS)``).
+
+Known differences from the kernel acting for the agent itself: a blocking
+write-open of a FIFO without a reader fails with ENXIO instead of waiting;
+/dev/tty fails with ENXIO (it would be the supervisor's terminal); O_NOCTTY is
+implied; a relative path that climbs above its start directory is re-walked by
+name from the agent's root (see ``sandbox._resolve``).
 """
 
 from __future__ import annotations
@@ -119,8 +131,9 @@ def _dirfd(decoded: dict, key: str = "dirfd") -> int:
     return decoded.get(key, lf.AT_FDCWD)
 
 
-def _str(path: bytes) -> str:
-    return os.fsdecode(path)
+def _args(path: bytes, flags: list[str] | None = None, mode: int | None = None, **extra) -> dict:
+    """Every fs tool call carries path, flags and mode; some add dest, target, uid..."""
+    return {"path": os.fsdecode(path), "flags": flags or [], "mode": mode, **extra}
 
 
 # -- builders: (view, decoded) -> (tool, args, action) --------------------------------
@@ -130,7 +143,7 @@ def _delete(at: int | None):
     def build(view, d):
         flags = _at(d, at, lf.AT_REMOVEDIR)
         slot = locate_slot(view, _dirfd(d), _path(d), "rmdir" if flags & lf.AT_REMOVEDIR else "unlink")
-        args = {"path": _str(slot.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES)}
+        args = _args(slot.path, ff.names(flags, ff.AT_FLAG_NAMES))
         return "fs/delete", args, lambda: lf.unlinkat(slot.parent_fd, slot.name, flags)
     return build
 
@@ -142,14 +155,14 @@ def _rename(view, d):
         raise fail(errno.EINVAL, "renameat2: RENAME_EXCHANGE with other flags")
     src = locate_slot(view, _dirfd(d), _path(d), "rename")
     dst = locate_slot(view, _dirfd(d, "newdirfd"), d.get("newpath"), "rename")
-    args = {"path": _str(src.path), "dest": _str(dst.path), "flags": ff.names(flags, ff.RENAME_FLAG_NAMES)}
+    args = _args(src.path, ff.names(flags, ff.RENAME_FLAG_NAMES), dest=os.fsdecode(dst.path))
     return "fs/rename", args, lambda: lf.renameat2(src.parent_fd, src.name, dst.parent_fd, dst.name, flags)
 
 
 def _mkdir(view, d):
     mode = d.get("mode", 0) & 0o7777
     slot = locate_slot(view, _dirfd(d), _path(d), "mkdir")
-    args = {"path": _str(slot.path), "flags": [], "mode": mode}
+    args = _args(slot.path, mode=mode)
     return "fs/mkdir", args, lambda: lf.mkdirat(slot.parent_fd, slot.name, mode)
 
 
@@ -161,7 +174,7 @@ def _link(at: int | None):
         old = locate(view, _dirfd(d), _path(d), follow=bool(flags & lf.AT_SYMLINK_FOLLOW), writes=True,
                      empty=bool(flags & lf.AT_EMPTY_PATH))
         new = locate_slot(view, _dirfd(d, "newdirfd"), d.get("newpath"), "create")
-        args = {"path": _str(old.path), "dest": _str(new.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES)}
+        args = _args(old.path, ff.names(flags, ff.AT_FLAG_NAMES), dest=os.fsdecode(new.path))
         # The magic link names the held inode itself, even when that inode is a symlink.
         source = b"/proc/self/fd/%d" % old.fd
         return "fs/link", args, lambda: lf.linkat(lf.AT_FDCWD, source, new.parent_fd, new.name,
@@ -173,7 +186,7 @@ def _symlink(view, d):
     target = d["target"]
     where = d["newpath"] if "newpath" in d else _path(d)
     slot = locate_slot(view, d.get("newdirfd", _dirfd(d)), where, "create")
-    args = {"path": _str(slot.path), "flags": [], "target": _str(target)}
+    args = _args(slot.path, target=os.fsdecode(target))
     return "fs/link", args, lambda: lf.symlinkat(target, slot.parent_fd, slot.name)
 
 
@@ -185,7 +198,7 @@ def _mknod(view, d):
     if kind not in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
         raise fail(errno.EINVAL, f"mknod type {kind:#o}")
     slot = locate_slot(view, _dirfd(d), _path(d), "create")
-    args = {"path": _str(slot.path), "flags": [], "mode": mode}
+    args = _args(slot.path, mode=mode)
     return "fs/write", args, lambda: lf.mknodat(slot.parent_fd, slot.name, mode, dev)
 
 
@@ -208,9 +221,21 @@ def _chmod(at: int | None, by_fd: bool = False):
     def build(view, d):
         obj, flags = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW | lf.AT_EMPTY_PATH, by_fd)
         mode = d.get("mode", 0) & 0o7777
-        args = {"path": _str(obj.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES), "mode": mode}
-        return "fs/write", args, lambda: lf.fchmodat2(obj.fd, b"", mode, lf.AT_EMPTY_PATH)
+        args = _args(obj.path, ff.names(flags, ff.AT_FLAG_NAMES), mode)
+        return "fs/write", args, lambda: _chmod_held(obj.fd, mode)
     return build
+
+
+def _chmod_held(fd: int, mode: int) -> None:
+    try:
+        lf.fchmodat2(fd, b"", mode, lf.AT_EMPTY_PATH)
+    except OSError as exc:
+        if exc.errno != errno.ENOSYS:
+            raise
+        # Before Linux 6.6: chmod through the magic link, which cannot express a symlink itself.
+        if file_type(fd) == stat.S_IFLNK:
+            raise fail(errno.EOPNOTSUPP, "chmod of a symlink") from None
+        os.chmod(b"/proc/self/fd/%d" % fd, mode)
 
 
 def _id(value) -> int:
@@ -221,7 +246,7 @@ def _chown(at: int | None, by_fd: bool = False):
     def build(view, d):
         obj, flags = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW | lf.AT_EMPTY_PATH, by_fd)
         uid, gid = _id(d.get("uid")), _id(d.get("gid"))
-        args = {"path": _str(obj.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES), "uid": uid, "gid": gid}
+        args = _args(obj.path, ff.names(flags, ff.AT_FLAG_NAMES), uid=uid, gid=gid)
         return "fs/write", args, lambda: lf.fchownat(obj.fd, b"", uid, gid, lf.AT_EMPTY_PATH)
     return build
 
@@ -230,7 +255,7 @@ def _utimes(at: int | None):
     def build(view, d):
         obj, flags = _target(view, d, at, lf.AT_SYMLINK_NOFOLLOW | lf.AT_EMPTY_PATH, False)
         times = d.get("times")
-        args = {"path": _str(obj.path), "flags": ff.names(flags, ff.AT_FLAG_NAMES), "mode": None}
+        args = _args(obj.path, ff.names(flags, ff.AT_FLAG_NAMES))
         return "fs/write", args, lambda: lf.utimensat(obj.fd, b"", times, lf.AT_EMPTY_PATH)
     return build
 
@@ -253,7 +278,7 @@ def _truncate(by_fd: bool = False):
                 os.ftruncate(fd, length)
             finally:
                 os.close(fd)
-        args = {"path": _str(obj.path), "flags": [], "mode": None, "length": length}
+        args = _args(obj.path, length=length)
         return "fs/write", args, action
     return build
 
@@ -265,8 +290,7 @@ def _xattr(remove: bool, at: int | None, by_fd: bool = False):
         xflags = 0 if remove else ff.check_bits(d.get("xattr_flags", 0) or 0, 3, d["syscall"])
         # setxattr on the magic link acts on the held inode itself, symlink or not.
         where = b"/proc/self/fd/%d" % obj.fd
-        args = {"path": _str(obj.path), "flags": ff.names(xflags, ff.XATTR_FLAG_NAMES), "mode": None,
-                "xattr": _str(name)}
+        args = _args(obj.path, ff.names(xflags, ff.XATTR_FLAG_NAMES), xattr=os.fsdecode(name))
         if remove:
             return "fs/write", args, lambda: os.removexattr(where, name)
         value = d.get("xattr_value", b"")
@@ -274,14 +298,10 @@ def _xattr(remove: bool, at: int | None, by_fd: bool = False):
     return build
 
 
-def _open(view, d):
-    return build_open(view, d)
-
-
 NOFOLLOW = lf.AT_SYMLINK_NOFOLLOW
 # syscall name -> builder. Legacy calls pin their AT_* flags; *at calls read at_flags.
 OPS: dict[str, Callable] = {
-    "open": _open, "openat": _open, "openat2": _open, "creat": _open,
+    "open": build_open, "openat": build_open, "openat2": build_open, "creat": build_open,
     "unlink": _delete(0), "rmdir": _delete(lf.AT_REMOVEDIR), "unlinkat": _delete(None),
     "rename": _rename, "renameat": _rename, "renameat2": _rename,
     "mkdir": _mkdir, "mkdirat": _mkdir,

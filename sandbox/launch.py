@@ -22,14 +22,9 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from sandbox import _libc, cgroups, mounts, namespaces
-from sandbox.errors import SandboxError
+from sandbox import _libc, cgroups, mounts, namespaces, seccomp, supervisor
+from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
-
-try:  # the seccomp layer; launch() reports stage "filter" when it is missing
-    from sandbox import seccomp, supervisor
-except ImportError:  # pragma: no cover - only while the package is incomplete
-    seccomp = supervisor = None
 
 EXIT_SETUP = 125
 EXIT_CANNOT_RUN = 126
@@ -60,8 +55,6 @@ def _build_filter(run: _Run) -> None:
     """Built before any fork, so a bad filter never leaves a half-made sandbox behind."""
     if not run.spec.seccomp:
         return
-    if seccomp is None or supervisor is None:
-        raise SandboxError("filter", "sandbox.seccomp / sandbox.supervisor are not installed")
     run.program = seccomp.build_filter(sorted(run.spec.trapped), dict(run.spec.kernel_decided))
 
 
@@ -72,9 +65,9 @@ def _create_cgroup(run: _Run) -> None:
         run.cgroup_dir = cgroups.create(run.spec.session_id or str(os.getpid()))
     except OSError as err:
         # Degrade, and say so: without the cgroup, exec decisions cannot freeze the agent's
-        # tree and left-over tasks are killed only through the pid namespace.
-        run.warnings.append(f"no cgroup for the agent ({err.strerror}); exec decisions run "
-                            "without freezing the agent's other tasks")
+        # tree (the supervisor then fails closed) and left-overs die only with the pid namespace.
+        run.warnings.append(f"no cgroup for the agent ({err.strerror}): exec decisions cannot freeze "
+                            "the agent's other tasks, so the supervisor denies execs")
 
 
 def _fork_outer(run: _Run) -> None:
@@ -206,33 +199,6 @@ STAGES = (
     ("hand_over_listener", "agent", _report_ready),
 )
 
-# (stage, errno) -> hint; (stage, None) matches any errno
-HINTS = {
-    ("user_namespace", 1): "user namespaces are disabled for unprivileged users (sysctl "
-                           "kernel.unprivileged_userns_clone=0, or on Ubuntu 24.04+ "
-                           "kernel.apparmor_restrict_unprivileged_userns=1: add an AppArmor "
-                           "profile with 'userns,' or run as root)",
-    ("user_namespace", 28): "user.max_user_namespaces is exhausted or 0 (sysctl user.max_user_namespaces)",
-    ("user_namespace", 22): "a threaded launcher cannot enter a user namespace; start it from a single thread",
-    ("namespaces", 1): "creating namespaces needs root or an unprivileged user namespace "
-                       "(check `faramesh-sandbox doctor`)",
-    ("namespaces", 28): "a namespace limit is exhausted (sysctl user.max_*_namespaces)",
-    ("map_user", None): "the kernel refused the uid/gid map; see user_namespaces(7)",
-    ("mounts", None): "the host /proc or /sys is partly covered (as in some containers), so a fresh "
-                      "one may not be mounted; run on a host or a privileged container",
-    ("join_cgroup", None): "the cgroup exists but this process may not move into it; "
-                           "check delegation of the parent cgroup",
-    ("seccomp", 22): "this kernel lacks seccomp user notification (5.0+) or WAIT_KILLABLE_RECV "
-                     "(5.19+); see `faramesh-sandbox doctor`",
-    ("filter", None): "reinstall faramesh-sandbox",
-    ("chdir", None): "run from a directory that exists",
-}
-
-
-def _hint(stage: str, errno_: int | None) -> str:
-    return HINTS.get((stage, errno_)) or HINTS.get((stage, None), "")
-
-
 def _as_error(stage: str, exc: BaseException) -> SandboxError:
     if isinstance(exc, SandboxError):
         return exc
@@ -240,8 +206,8 @@ def _as_error(stage: str, exc: BaseException) -> SandboxError:
         text = exc.strerror or str(exc)
         if exc.filename:
             text = f"{text}: {exc.filename}"
-        return SandboxError(stage, text, _hint(stage, exc.errno))
-    return SandboxError(stage, f"{type(exc).__name__}: {exc}", _hint(stage, None))
+        return SandboxError(stage, text, hint_for(stage, exc.errno))
+    return SandboxError(stage, f"{type(exc).__name__}: {exc}", hint_for(stage, None))
 
 
 def _run_stages(run: _Run) -> None:
@@ -347,7 +313,7 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
         if run.role != "launcher":  # the agent: every stage done, become CMD
             _exec_agent(run)
         for line in run.warnings:
-            print(f"faramesh-sandbox: warning: {line}", file=sys.stderr)
+            print(f"faramesh-sandbox: warning: {line}", file=sys.stderr, flush=True)
         return _supervise(run, decide, audit, approve)
     finally:
         if run.role == "launcher":
@@ -357,17 +323,19 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
 
 def _supervise(run: _Run, decide, audit, approve) -> int:
     listener = _receive_listener(run)
-    serving = None
-    if listener is not None:
+    if listener is None:  # namespaces only, no filter
+        return exit_code(_wait_outer(run, None))
+    try:
         sup = supervisor.Supervisor(listener, decide, session_id=run.spec.session_id, audit=audit,
                                     approve=approve, approve_timeout=run.spec.approve_timeout,
                                     cgroup_dir=run.cgroup_dir)
         serving = _Serving(sup)
-    status = _wait_outer(run, serving)
-    if serving is not None:
+        status = _wait_outer(run, serving)
         serving.finish()
-        if serving.error is not None:
-            raise SandboxError("supervise", f"{type(serving.error).__name__}: {serving.error}")
+    finally:
+        os.close(listener)  # the agent's trapped calls now fail (ENOSYS): nothing runs unsupervised
+    if serving.error is not None:
+        raise SandboxError("supervise", f"{type(serving.error).__name__}: {serving.error}")
     return exit_code(status)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import threading
+import select
+import signal
 from dataclasses import asdict, dataclass
 
 import pyseccomp
@@ -18,6 +19,7 @@ from sandbox import _libc, _libc_ns, cgroups, notify
 OK, MISSING, LIMITED = "ok", "missing", "limited"
 NOBODY = 65534
 LANDLOCK_CREATE_RULESET_VERSION = 1
+PROBE_TIMEOUT_MS = 5000
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,13 @@ def in_child(probe, *args) -> dict:
             os._exit(0)
     os.close(write_end)
     chunks = []
-    while chunk := os.read(read_end, 65536):
+    poller = select.poll()
+    poller.register(read_end, select.POLLIN)
+    while poller.poll(PROBE_TIMEOUT_MS) and (chunk := os.read(read_end, 65536)):
         chunks.append(chunk)
     os.close(read_end)
+    if not chunks:
+        os.kill(pid, signal.SIGKILL)  # a probe that hangs counts as a missing feature
     _, status = os.waitpid(pid, 0)
     if not chunks:
         return {"error": f"probe process died (wait status {status:#x})", "errno": None}
@@ -77,9 +83,10 @@ def _notify_round_trip() -> dict:
             raise
         result["wait_killable_recv"] = False  # 5.19+; retry with the listener alone
         listener = _libc.seccomp_set_mode_filter(program, _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER)
-    answer = {}
-    caller = threading.Thread(target=lambda: answer.setdefault("value", os.getppid()))
-    caller.start()
+    # The trapped call comes from a child: a thread would hold the GIL while it waits.
+    caller = os.fork()
+    if caller == 0:
+        os._exit(min(os.getppid(), 255))
     note = notify.recv(listener)
     result["user_notif"] = True
     result["sync_wake_up"] = notify.set_sync_wakeup(listener)
@@ -90,10 +97,10 @@ def _notify_round_trip() -> dict:
         result["addfd"] = True
     except OSError as err:
         result["addfd"], result["addfd_error"] = False, os.strerror(err.errno)
-        injected = 4242
+        injected = 42
         notify.send_value(listener, note.id, injected)
-    caller.join()
-    result["answer_matches"] = answer.get("value") == injected
+    _, status = os.waitpid(caller, 0)
+    result["answer_matches"] = os.waitstatus_to_exitcode(status) == injected
     return result
 
 

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 import pyseccomp
 
-from sandbox import _libc
+from sandbox import _libc, traced
 from sandbox.bpf import errno_action
 
 ALLOW = 0  # a kernel_decided value: let the syscall through with no round trip
@@ -123,6 +123,36 @@ def _syscall_id(name: str) -> int:
     return number
 
 
+# Opens whose flags are a register argument: the filter can tell reads from writes.
+OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
+WRITE_OPEN_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
+WRITE_OPEN_MASK = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+NOTIFY = pyseccomp.NOTIFY
+
+
+def _action(decided: int) -> int:
+    return ALLOW if decided == ALLOW else errno_action(decided)
+
+
+def trap_rules(name: str, tools: Mapping[str, int]) -> list[tuple[int, tuple]]:
+    """(action, matchers) for trapped syscall ``name`` when the tool categories in ``tools``
+    are decided in the kernel (ALLOW or an errno). Read-only open/openat are told apart
+    from writing ones by their flags register (``int``: a 32-bit mask is exact)."""
+    row = traced.BY_NAME.get(name)
+    tool = row.tool if row else ""
+    if tool != traced.OPEN_TOOL:
+        return [(_action(tools[tool]) if tool in tools else NOTIFY, ())]
+    read = _action(tools["fs/read"]) if "fs/read" in tools else NOTIFY
+    write = _action(tools["fs/write"]) if "fs/write" in tools else NOTIFY
+    if name not in OPEN_FLAGS_ARG:  # creat always writes; openat2's flags sit behind a pointer
+        return [(write, ())] if name == "creat" or read == write else [(NOTIFY, ())]
+    if read == write:
+        return [(read, ())]
+    index = OPEN_FLAGS_ARG[name]
+    return [(write, (MaskedEq(index, flag, flag),)) for flag in WRITE_OPEN_FLAGS] + \
+        [(read, (MaskedEq(index, WRITE_OPEN_MASK, 0),))]
+
+
 def _check_disjoint(trapped: set[str], kernel_decided: Mapping[str, int]) -> None:
     hardened = {rule.syscall for rule in HARDENING_RULES}
     for label, names in (("trapped", trapped), ("kernel_decided", set(kernel_decided))):
@@ -136,9 +166,18 @@ def _check_disjoint(trapped: set[str], kernel_decided: Mapping[str, int]) -> Non
 
 def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | None = None) -> bytes:
     """Compile the filter: USER_NOTIF for ``trapped``, ALLOW or ERRNO(errno) for
-    ``kernel_decided``, the hardening rules, and KILL_PROCESS for any other arch and x32."""
+    ``kernel_decided``, the hardening rules, and KILL_PROCESS for any other arch and x32.
+
+    ``kernel_decided`` keys are syscall names, or tool categories of sandbox/traced.py
+    ("fs/read", "shell/exec"...) that the policy decides unconditionally: trapped syscalls
+    of such a category get the decision in the kernel, with no supervisor round trip."""
     trapped = set(trapped)
-    kernel_decided = dict(kernel_decided or {})
+    decided = dict(kernel_decided or {})
+    tools = {key: decided.pop(key) for key in list(decided) if "/" in key}
+    unknown = sorted(set(tools) - {t for row in traced.TABLE for t in row.tool.split("|")})
+    if unknown:
+        raise ValueError(f"kernel_decided names unknown tool categories {unknown}")
+    kernel_decided = decided
     _check_disjoint(trapped, kernel_decided)
     program = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     # libseccomp's default bad-arch action kills only the thread; kill the whole process.
@@ -147,10 +186,12 @@ def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | Non
     for rule in HARDENING_RULES:
         program.add_rule(rule.action, _syscall_id(rule.syscall), *(m.compile() for m in rule.matchers))
     for name in sorted(trapped):
-        program.add_rule(pyseccomp.NOTIFY, _syscall_id(name))
+        for action, matchers in trap_rules(name, tools):
+            if action != ALLOW:  # ALLOW is the default action; libseccomp rejects it as a rule
+                program.add_rule(action, _syscall_id(name), *(m.compile() for m in matchers))
     for name, err in sorted(kernel_decided.items()):
         if err != ALLOW:
-            program.add_rule(errno_action(err), _syscall_id(name))
+            program.add_rule(_action(err), _syscall_id(name))
     fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
     with open(fd, "w+b") as sink:
         program.export_bpf(sink)

@@ -8,10 +8,10 @@ cannot be performed for the agent, so it is decided with every agent task frozen
 (sandbox.freeze) and only then CONTINUEd. Everything fails closed: a decode error,
 an exception in decide(), a freezer problem or a timeout denies.
 
-Threads: leader/followers. One thread at a time waits in poll+RECV; once it has a
-notification it hands the listener to an idle follower (spawning one if none is
-idle) and handles its own notification, so a slow decision (a defer waiting for a
-human, a blocking open) never holds up unrelated syscalls.
+Threads: one receiver thread takes a notification and handles it itself (no hand-off
+on the fast path). Before a handler blocks on a human (defer) it makes a new thread the
+receiver; a watchdog does the same when a handler has been busy for STALL seconds (a
+FIFO open, a slow disk), so a slow decision never holds up unrelated syscalls.
 """
 
 from __future__ import annotations
@@ -28,15 +28,19 @@ from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
 from sandbox import freeze, notify
 from sandbox.decode import UnknownSyscall, decode, row_for
-from sandbox.decode.exec import exec_arguments
+from sandbox.decode.exec import exec_arguments, resolve_executable
+from sandbox.traced import Role
 
 try:
     from sandbox.fsops import prepare as fs_prepare
 except ImportError:  # fs calls are then denied, see _handle_fs
     fs_prepare = None
 
-MAX_THREADS = 64
-APPROVAL_POLL = 0.5  # seconds between liveness checks while a defer waits
+MAX_THREADS = 256  # threads ever started; beyond it a stalled receiver is not replaced
+STALL = 0.02  # seconds a receiver may spend on one notification before another takes over
+WATCH_INTERVAL = 0.005
+APPROVAL_POLL = 0.5
+PATH_ONLY = frozenset({Role.ARGV, Role.ENVP})  # the unfrozen first look needs only the path  # seconds between liveness checks while a defer waits
 
 
 class Supervisor:
@@ -55,52 +59,80 @@ class Supervisor:
         self.freezer, self.freeze_problem = _make_freezer(cgroup_dir)
         self._receive_lock = threading.Lock()
         self._count_lock = threading.Lock()
+        self._settled = threading.Condition(self._count_lock)
+        self._stopped = False
         self._exec_lock = threading.Lock()  # one exec decision (one freeze) at a time
         self._gate = freeze.Gate()  # fs performs are shared, a frozen exec decision exclusive
         self._done = threading.Event()
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
-        self._threads = 0
-        self._idle = 0
+        self._receiver: threading.Thread | None = None  # the one thread that receives
+        self._busy: dict[threading.Thread, float] = {}  # handler thread -> when it started
 
     # -- threads ---------------------------------------------------------------
 
     def serve(self) -> None:
         """Answer notifications until the last filtered task exits (or stop())."""
         self.sync_wakeup = notify.set_sync_wakeup(self.listener)
-        self._spawn()
+        with self._count_lock:
+            self._new_receiver()
+        threading.Thread(target=self._watchdog, name="supervisor-watchdog", daemon=True).start()
         self._done.wait()
+        with self._count_lock:  # let handlers still answering dead tasks finish their audit
+            self._settled.wait_for(lambda: not self._busy or self._stopped, timeout=5.0)
 
     def stop(self) -> None:
+        with self._count_lock:
+            self._stopped = True
+            self._settled.notify_all()
         self._done.set()
         os.write(self._stop_write, b"x")
 
-    def _spawn(self) -> None:
+    def _new_receiver(self) -> None:
+        """Start a thread that takes over receiving (caller holds _count_lock)."""
+        if self.stats["threads"] >= MAX_THREADS:
+            return
+        self.stats["threads"] += 1
+        self._receiver = threading.Thread(target=self._worker, name=f"supervisor-{self.stats['threads']}",
+                                          daemon=True)
+        self._receiver.start()
+
+    def _hand_off(self) -> None:
+        """Called before a handler blocks (a defer): another thread takes over receiving."""
         with self._count_lock:
-            self._threads += 1
-            self._idle += 1
-            self.stats["threads"] = self._threads
-        threading.Thread(target=self._worker, name=f"supervisor-{self._threads}", daemon=True).start()
+            if self._receiver is threading.current_thread():
+                self._new_receiver()
+
+    def _watchdog(self) -> None:
+        # A handler stuck on one notification (a FIFO open, a slow disk) must not hold up
+        # the others: after STALL seconds a new thread takes over receiving.
+        while not self._done.wait(WATCH_INTERVAL):
+            with self._count_lock:
+                started = self._busy.get(self._receiver)
+                if started is not None and time.monotonic() - started > STALL:
+                    self._new_receiver()
 
     def _worker(self) -> None:
+        me = threading.current_thread()
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)
         while True:
+            with self._count_lock:
+                if self._receiver is not me:
+                    return  # replaced while handling a slow notification
             with self._receive_lock:
                 notification = None if self._done.is_set() else self._receive(poller)
-                if notification is None:
-                    self._done.set()
-                    return
-                with self._count_lock:
-                    self._idle -= 1
-                    spawn = self._idle == 0 and self._threads < MAX_THREADS
-                if spawn:
-                    self._spawn()
+            if notification is None:
+                self._done.set()
+                return
+            with self._count_lock:
+                self._busy[me] = time.monotonic()
             try:
                 self._handle(notification)
             finally:
                 with self._count_lock:
-                    self._idle += 1
+                    del self._busy[me]
+                    self._settled.notify_all()
 
     def _receive(self, poller: select.poll) -> notify.Notification | None:
         """The next notification, or None once every filtered task is gone or on stop()."""
@@ -159,26 +191,29 @@ class Supervisor:
         try:
             call = self._call(op.tool, op.args, notification.pid)
             decision = self._settle(call, self._decide(call), notification)
-            if decision.permitted:
-                self._perform(notification, op, decoded)
-            else:
+            if not decision.permitted:
+                self._record(notification, decoded["syscall"], call, decision, started)
                 notify.send_error(self.listener, notification.id, errno.EACCES)
+                return
+            with self._gate.shared():
+                try:
+                    result = op.perform()
+                except OSError as err:
+                    self._record(notification, decoded["syscall"], call, decision, started)
+                    notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
+                    return
+            # The audit line is written before the agent can see the effect.
             self._record(notification, decoded["syscall"], call, decision, started)
+            self._deliver(notification, result, bool(decoded.get("flags", 0) & os.O_CLOEXEC))
         finally:
             op.close()
 
-    def _perform(self, notification: notify.Notification, op, decoded: dict) -> None:
-        with self._gate.shared():
-            try:
-                result = op.perform()
-            except OSError as err:
-                notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
-                return
+    def _deliver(self, notification: notify.Notification, result, cloexec: bool) -> None:
         if result.kind != "fd":
             notify.send_value(self.listener, notification.id, result.value)
             return
         try:
-            notify.addfd_send(self.listener, notification.id, result.value, bool(decoded.get("flags", 0) & os.O_CLOEXEC))
+            notify.addfd_send(self.listener, notification.id, result.value, cloexec)
         except OSError as err:
             if err.errno != errno.ENOENT:  # e.g. EMFILE in the agent: it gets the error, not the file
                 notify.send_error(self.listener, notification.id, err.errno)
@@ -189,7 +224,7 @@ class Supervisor:
         # A first look without freezing only answers execs that cannot succeed anyway
         # (execvp walks PATH); it never leads to CONTINUE.
         try:
-            exec_arguments(decode(notification))
+            resolve_executable(decode(notification, skip=PATH_ONLY))
         except OSError as err:
             self.stats["unresolved"] += 1
             notify.send_error(self.listener, notification.id, err.errno or errno.ENOENT)
@@ -232,14 +267,12 @@ class Supervisor:
                     decision = deny("changed_after_approval", "the command changed while it waited for approval")
                 if decision.effect is Effect.DEFER:
                     return call, decision
-                if decision.permitted:
-                    answered = notify.send_continue(self.listener, notification.id)
-                    if answered:
-                        self.freezer.wait_exec_finished(notification.pid)  # kills on timeout
-                else:
-                    notify.send_error(self.listener, notification.id, errno.EPERM)
-                answered = True
                 self._record(notification, decoded["syscall"], call, decision, started)
+                answered = True
+                if not decision.permitted:
+                    notify.send_error(self.listener, notification.id, errno.EPERM)
+                elif notify.send_continue(self.listener, notification.id):
+                    self.freezer.wait_exec_finished(notification.pid)  # kills the cgroup on timeout
                 return call, None
             except OSError as err:
                 if not answered:
@@ -268,6 +301,7 @@ class Supervisor:
         if decision.effect is not Effect.DEFER:
             return decision
         self.stats["deferred"] += 1
+        self._hand_off()
         if self.approve is None:
             deadline = time.monotonic() + self.approve_timeout
             while time.monotonic() < deadline and notify.id_valid(self.listener, notification.id):
@@ -284,13 +318,16 @@ class Supervisor:
 
     def _fail(self, notification, err: int, tool: str, reason_code: str, reason: str, started: float) -> None:
         self.stats["errors"] += 1
-        notify.send_error(self.listener, notification.id, err)
         try:
             name = row_for(notification).name
         except UnknownSyscall:
             name = str(notification.nr)
         call = ToolCall(tool=tool, args={"pid": notification.pid, "session": self.session_id})
         self._record(notification, name, call, deny(reason_code, reason), started)
+        try:
+            notify.send_error(self.listener, notification.id, err)
+        except OSError:
+            self.stats["send_errors"] += 1  # the listener is gone: the kernel fails the call (ENOSYS)
 
     def _record(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> None:
         self.stats["permitted" if decision.permitted else "denied"] += 1

@@ -28,13 +28,15 @@ def row_for(notification: Notification) -> Traced:
     return row
 
 
-def decode(notification: Notification) -> dict:
-    """The decoded arguments of ``notification``; OSError(errno) when memory is unreadable."""
+def decode(notification: Notification, skip: frozenset = frozenset()) -> dict:
+    """The decoded arguments of ``notification`` (except roles in ``skip``); OSError(errno)
+    when memory is unreadable."""
     row = row_for(notification)
     memory = RemoteMemory(notification.pid)
     decoded: dict = {"syscall": row.name, "pid": notification.pid}
     for index, role in enumerate(row.roles):
-        decoded.update(READERS[role](memory, notification.args, index))
+        if role not in skip:
+            decoded.update(READERS[role](memory, notification.args, index))
     for key, value in row.implied.items():
         decoded[key] = decoded.get(key, 0) | value
     null_flags = decoded.pop("null_path_flags", 0)

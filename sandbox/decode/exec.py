@@ -81,6 +81,20 @@ def resolve_in_root(pid: int, path: str) -> str:
 def exec_arguments(decoded: dict) -> dict:
     """{path, requested, argv, cmd, program, cwd} for a decoded exec; OSError(errno) if the
     executable cannot be resolved (the exec could not succeed either)."""
+    cwd, resolved, requested = resolve_executable(decoded)
+    argv = [os.fsdecode(arg) for arg in decoded["argv"]]
+    return {
+        "path": resolved,
+        "requested": requested,
+        "argv": argv,
+        "cmd": shlex.join(argv),
+        "program": posixpath.basename(resolved),
+        "cwd": cwd,
+    }
+
+
+def resolve_executable(decoded: dict) -> tuple[str, str, str]:
+    """(cwd, resolved path, requested path) of a decoded exec, in the agent's view."""
     pid = decoded["pid"]
     cwd = base_directory(pid, AT_FDCWD)
     dirfd = decoded.get("dirfd", AT_FDCWD)
@@ -94,12 +108,4 @@ def exec_arguments(decoded: dict) -> dict:
         requested = lexical_absolute(base, raw_path)
         # Resolve the unnormalised path: "link/.." must climb from the link's target.
         resolved = resolve_in_root(pid, posixpath.join(base, raw_path))
-    argv = [os.fsdecode(arg) for arg in decoded["argv"]]
-    return {
-        "path": resolved,
-        "requested": requested,
-        "argv": argv,
-        "cmd": shlex.join(argv),
-        "program": posixpath.basename(resolved),
-        "cwd": cwd,
-    }
+    return cwd, resolved, requested

@@ -38,6 +38,8 @@ def test_nul_byte_is_refused_in_tool_and_args():
         canonical_args({"argv": ["ls", "a\x00"]})
     with pytest.raises(NulByte):
         canonical_args({"nested": {"k": "v\x00"}})
+    with pytest.raises(NulByte):
+        canonical_args({"ke\x00y": None})
 
 
 def test_args_drop_nil_and_normalise_nested_values():

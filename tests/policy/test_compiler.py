@@ -2,7 +2,7 @@
 
 import pytest
 
-from policy import PolicyError, ast
+from policy import PolicyError, ast, check_sources, load_policy
 from policy.compiler import check, compile_policy, policy_version
 from policy._checks import pattern_covers
 from tests.policy._build import agent, arg, call, document, lit, name, op, rule, rules, span, strict
@@ -49,6 +49,26 @@ def test_condition_limits():
         expr = op("+", expr, call("len", arg("a")))
     doc = document(agent(rules(rule("permit", "x", op(">", expr, lit(0)), line=2))))
     assert ("error", "E305", 2) in codes(doc)
+
+
+def test_long_or_chain_compiles_flat():
+    """A 40-way `or` chain is not "too deep": and/or chains are flattened."""
+    expr = op("==", arg("x"), lit(0))
+    for n in range(1, 40):
+        expr = op("or", expr, op("==", arg("x"), lit(n)))
+    policy = compile_policy(document(agent(rules(rule("permit", "t", expr)))), "src", "p.fpl")
+    body = policy.rules[0].condition.source.splitlines()[1]
+    assert body.startswith("    return (_eq(_member(c.args, 'x'), 0) or _eq(")
+    assert body.count("(") == 81  # two per comparison, one for the whole chain
+
+
+def test_deep_nesting_is_a_diagnostic_not_a_crash():
+    """An expression nested 60 levels deep is reported as E305."""
+    expr = arg("x")
+    for _ in range(60):
+        expr = ast.Unary("-", expr)
+    doc = document(agent(rules(rule("permit", "t", op(">", expr, lit(0)), line=2))))
+    assert codes(doc) == [("error", "E305", 2)]
 
 
 def test_strict_deny_same_pattern_conflict_names_both_locations():
@@ -174,3 +194,51 @@ def test_condition_compiles_to_python_source():
     doc = document(agent(rules(rule("permit", "x", op("<", arg("amount"), lit(5))))))
     policy = compile_policy(doc, "src", "p.fpl")
     assert policy.rules[0].condition.source == "def condition(c):\n    return _lt(_member(c.args, 'amount'), 5)\n"
+
+
+def test_conditional_strict_deny_with_same_pattern_is_a_warning():
+    """A permit sharing the pattern of a conditional deny! is reachable, so it is W304, not an error."""
+    doc = document(agent(rules(strict("shell/run", op("matches", name("cmd"), lit("rm")), line=2),
+                               rule("permit", "shell/run", line=3))))
+    assert codes(doc) == [("warning", "W304", 3)]
+
+
+def test_check_sources_reports_every_file_sorted():
+    """check_sources returns parse errors and compile diagnostics of all files, sorted by path and line."""
+    found = check_sources([
+        ("b.fpl", "agent b {\n  rules {\n    permit x when nope > 1\n  }\n}\n"),
+        ("a.fpl", "agent a {\n  egress { allow = [\"x\"] }\n  rules {\n    deny! fs/*\n    permit fs/read\n  }\n}\n"),
+    ])
+    assert [(d.path, d.span.line, d.severity, d.code) for d in found] == [
+        ("a.fpl", 2, "warning", "W300"), ("a.fpl", 5, "error", "E321"), ("b.fpl", 3, "error", "E301")]
+
+
+def test_load_policy_raises_policy_error_with_rendered_location():
+    """load_policy reports compile errors as path:line:col with the source line and help."""
+    text = "agent a {\n  rules {\n    permit x when args.cmd matches \"(\"\n  }\n}\n"
+    with pytest.raises(PolicyError) as info:
+        load_policy(text, "bad.fpl")
+    rendered = info.value.render()
+    assert rendered.splitlines()[0].startswith("bad.fpl:3:")
+    assert "error[E304]" in rendered.splitlines()[0]
+    assert rendered.splitlines()[1] == '   3 |     permit x when args.cmd matches "("'
+    assert rendered.endswith("1 error")
+
+
+def test_bytes_source_gives_the_same_version_and_diagnostics():
+    """load_policy and check_sources accept the raw bytes of a file."""
+    text = "agent a {\n  rules {\n    deny! fs/*\n    permit fs/read\n  }\n}\n"
+    [diag] = check_sources([("a.fpl", text.encode())])
+    assert (diag.code, diag.span.line, diag.source_line) == ("E321", 4, "    permit fs/read")
+    ok = "agent a {\n  default permit\n}\n"
+    assert load_policy(ok.encode(), "b.fpl").version == load_policy(ok, "b.fpl").version == policy_version(ok)
+
+
+def test_layer_conflicts_across_files_are_warnings_with_both_locations():
+    """A permit in one file covered by an unconditional deny! in another is W305 with a note at the deny!."""
+    found = check_sources([
+        ("base.fpl", "agent a {\n  rules {\n    permit shell/exec\n    permit fs/read\n  }\n}\n"),
+        ("org.fpl", "deny! shell/*\ndeny! fs/read when args.path == \"/x\"\n"),
+    ])
+    assert [(d.path, d.span.line, d.code, d.related[0].path, d.related[0].span.line) for d in found] == [
+        ("base.fpl", 3, "W305", "org.fpl", 1)]

@@ -1,8 +1,11 @@
 """Engine decisions on hand-built policies (independent of the parser)."""
 
-from policy import Effect, Engine, SessionStore, ToolCall
-from tests.policy._build import (agent, arg, call, compiled, dot, lit, name, op, rule, rules, strict)
-from policy import ast
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy import Effect, Engine, SessionStore, ToolCall, ast, load_policy
+from tests.policy._build import agent, arg, call, compiled, dot, lit, name, op, rule, rules, strict
 
 
 def decide(policy, tool, args=None, **call_fields):
@@ -129,9 +132,10 @@ def test_non_bool_condition_denies():
 def test_unexpected_exception_is_a_deny():
     """Malformed calls and store failures deny instead of propagating."""
     policy = compiled(agent(default="permit"))
-    assert decide(policy, "t", None).effect is Effect.PERMIT  # None args are an empty map
     bad = Engine([policy]).decide(ToolCall("t", args=["not", "a", "map"]))
     assert (bad.effect, bad.reason_code) == (Effect.DENY, "INVALID_CALL")
+    no_args = Engine([policy]).decide(ToolCall("t", args=None))
+    assert (no_args.effect, no_args.reason_code) == (Effect.DENY, "INVALID_CALL")
 
     class BrokenStore(SessionStore):
         def get(self, key):
@@ -159,7 +163,7 @@ def test_defer_token_and_expiry():
     policy = compiled(agent(rules(rule("defer", "pay", notify="finance", reason="big"))))
     result = decide(policy, "pay", call_id="c-1", timestamp=1000.0)
     assert result.effect is Effect.DEFER
-    assert result.defer_token == "dfr_" + __import__("hashlib").sha256(b"c-1pay").hexdigest()[:16]
+    assert result.defer_token == "dfr_29a34df2eba1e6ec"  # dfr_ + sha256("c-1pay")[:16]
     assert (result.defer_expires_at, result.notify, result.reason, result.reason_code) == (
         1300.0, "finance", "big", "RULE_DEFER")
 
@@ -199,3 +203,113 @@ def test_functions_lower_len_contains_purpose():
     policy = compiled(agent(rules(rule("permit", "mail", when))))
     assert decide(policy, "mail", {"who": "OPS", "to": ["a", "b"], "purpose": "billing"}).effect is Effect.PERMIT
     assert decide(policy, "mail", {"who": "OPS", "to": ["a"], "purpose": "billing"}).effect is Effect.DENY
+
+
+EXPRESSION_CASES = [
+    # (condition, args, expected reason code: RULE_PERMIT when true, UNMATCHED_DENY when false)
+    ('args.a in ["x", "y"]', {"a": "y"}, "RULE_PERMIT"),
+    ('args.a not in ["x", "y"]', {"a": "y"}, "UNMATCHED_DENY"),
+    ('"k" in args.m', {"m": {"k": 1}}, "RULE_PERMIT"),
+    ("2 in args.l", {"l": [1, 2.0]}, "RULE_PERMIT"),
+    ("args.missing in args.l", {"l": [1]}, "UNMATCHED_DENY"),
+    ('args.s contains "ell"', {"s": "hello"}, "RULE_PERMIT"),
+    ('args.s endsWith "lo" and args.s startsWith "he"', {"s": "hello"}, "RULE_PERMIT"),
+    ('args.missing startsWith "he"', {}, "UNMATCHED_DENY"),
+    ('args.s matches "^h.l+o$"', {"s": "hello"}, "RULE_PERMIT"),
+    ('args.s matches "ls"', {"s": "false"}, "RULE_PERMIT"),
+    ("args.n matches \"1\"", {"n": 1}, "EXPR_RUNTIME_ERROR"),
+    ("args.l[1:3] == [2, 3]", {"l": [1, 2, 3, 4]}, "RULE_PERMIT"),
+    ("args.l[-1] == 4", {"l": [1, 2, 3, 4]}, "RULE_PERMIT"),
+    ("args.l[9] == nil", {"l": [1]}, "RULE_PERMIT"),
+    ('args["a-b"] == 3', {"a-b": 3}, "RULE_PERMIT"),
+    ("args.x.y.z == nil", {"x": 1}, "RULE_PERMIT"),
+    ("(args.n ?? 7) == 7", {}, "RULE_PERMIT"),
+    ("args.n % 3 == 1 and 2 ** 3 == 8 and -args.n == -4", {"n": 4}, "RULE_PERMIT"),
+    ("args.n % 0 == 1", {"n": 4}, "EXPR_RUNTIME_ERROR"),
+    ('args.a + "b" == "ab"', {"a": "a"}, "RULE_PERMIT"),
+    ("args.a + 1 == 2", {"a": "1"}, "EXPR_RUNTIME_ERROR"),
+    ("args.flag", {"flag": True}, "RULE_PERMIT"),
+    ("args.flag", {}, "EXPR_RUNTIME_ERROR"),
+    ("not args.flag", {"flag": False}, "RULE_PERMIT"),
+    ("args.flag == true", {"flag": 1}, "UNMATCHED_DENY"),
+    ("args.n ? true : false", {"n": 1}, "EXPR_RUNTIME_ERROR"),
+    ('args_array_len("to.list") == 2 and args_array_contains("to.list", "b")', {"to": {"list": ["a", "b"]}},
+     "RULE_PERMIT"),
+    ('args_array_any_match("files", "/tmp/*")', {"files": ["/etc/x", "/tmp/y"]}, "RULE_PERMIT"),
+    ('args_array_any_match("files", "/tmp/*")', {"files": ["/tmp/a/b"]}, "UNMATCHED_DENY"),
+    ('contains(args.l, "x") and contains("xyz", "y")', {"l": ["x"]}, "RULE_PERMIT"),
+    ('upper(trim(args.s)) == "HI" and abs(-2) == 2', {"s": " hi "}, "RULE_PERMIT"),
+    ("len(args.n) > 0", {"n": 5}, "EXPR_RUNTIME_ERROR"),
+    ('tool_name == "t" and cmd == "" and host == "" and path == ""', {}, "RULE_PERMIT"),
+    ("args.s < 1", {"s": "a"}, "EXPR_RUNTIME_ERROR"),
+    ('args.s < "b"', {"s": "a"}, "RULE_PERMIT"),
+    ("args.big > 1000000", {"big": 1234567.891}, "RULE_PERMIT"),
+]
+
+
+@pytest.mark.parametrize("condition,args,expected", EXPRESSION_CASES)
+def test_expression_semantics(condition, args, expected):
+    """Each condition gives the listed outcome, following expr-lang's nil and type rules."""
+    policy = load_policy(f"agent a {{\n  rules {{\n    permit t when {condition}\n  }}\n}}\n", "expr.fpl")
+    assert Engine([policy]).decide(ToolCall("t", args)).reason_code == expected
+
+
+FUZZ_POLICY = load_policy(
+    "agent a {\n  default permit\n  rules {\n"
+    "    deny! shell/* when args.cmd matches \"rm\"\n"
+    "    deny fs/* when args.size > 10 or args.path startsWith \"/etc\"\n"
+    "    defer net/* when len(args.hosts) > 2 and history_tool_count(\"net/*\") >= 1\n"
+    "  }\n}\n", "fuzz.fpl")
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8) | st.binary(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    max_leaves=8)
+
+
+def has_nul(value) -> bool:
+    if isinstance(value, (str, bytes)):
+        return ("\x00" if isinstance(value, str) else b"\x00") in value
+    if isinstance(value, dict):
+        return any(has_nul(k) or (v is not None and has_nul(v)) for k, v in value.items())
+    if isinstance(value, list):
+        return any(has_nul(v) for v in value if v is not None)
+    return False
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(["shell/exec", "fs/read", "net/get", "other"]) | st.text(max_size=12),
+       st.dictionaries(st.sampled_from(["cmd", "size", "path", "hosts", "x"]) | st.text(max_size=3), json_values,
+                       max_size=4))
+def test_decide_never_raises_on_odd_input(tool, args):
+    """Arbitrary tool ids and argument shapes always yield a Decision; NUL bytes always deny."""
+    result = Engine([FUZZ_POLICY]).decide(ToolCall(tool, args))
+    assert result.effect in (Effect.PERMIT, Effect.DENY, Effect.DEFER)
+    if has_nul(tool) or has_nul(args):
+        assert (result.effect, result.reason_code) == (Effect.DENY, "NUL_BYTE")
+
+
+def test_engine_needs_a_layer():
+    """An engine without policies is a programming error, reported at construction."""
+    with pytest.raises(ValueError):
+        Engine([])
+
+
+def test_permit_must_also_hold_for_arguments_as_written():
+    """A Cyrillic р makes /tmр/x canonical /tmp/x, but the permit must hold for the written path too."""
+    policy = load_policy("agent a {\n  rules {\n    permit fs/write when args.path startsWith \"/tmp/\"\n  }\n}\n",
+                         "w.fpl")
+    engine = Engine([policy])
+    assert engine.decide(ToolCall("fs/write", {"path": "/tmp/x"})).rule_id == "fpl-0"
+    spoofed = engine.decide(ToolCall("fs/write", {"path": "/tm\u0440/x"}))
+    assert (spoofed.effect, spoofed.reason_code, spoofed.reason) == (
+        Effect.DENY, "UNMATCHED_DENY", "no rule matched; default deny (arguments as written, before canonicalisation)")
+    padded = engine.decide(ToolCall("fs/write", {"path": " /tmp/x"}))
+    assert (padded.effect, padded.reason_code) == (Effect.DENY, "UNMATCHED_DENY")
+
+
+def test_deny_still_sees_the_canonical_form():
+    """Look-alike letters cannot dodge a deny rule: the canonical /etc/passwd is denied."""
+    policy = load_policy("agent a {\n  default permit\n  rules {\n    deny fs/read when args.path startsWith \"/etc/\"\n"
+                         "  }\n}\n", "d.fpl")
+    result = Engine([policy]).decide(ToolCall("fs/read", {"path": "/\u0435tc/passwd"}))
+    assert (result.effect, result.rule_id, result.reason_code) == (Effect.DENY, "fpl-0", "RULE_DENY")

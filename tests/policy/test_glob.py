@@ -1,6 +1,8 @@
 """Tool-pattern matching: Go path.Match and phase visibility."""
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from policy.glob import compile_glob, compile_visibility, glob_match, is_valid_glob
 
@@ -83,3 +85,130 @@ def test_many_stars_stay_fast_on_hostile_names():
 def test_phase_visibility_is_prefix_star(pattern, name, expected):
     """Phase visibility: a trailing star is a prefix match across '/', anything else is exact."""
     assert compile_visibility(pattern)(name) is expected
+
+
+# A direct port of Go's path.Match (match.go), used as the oracle below.
+class _Bad(Exception):
+    pass
+
+
+def _get_esc(chunk: str) -> tuple[str, str]:
+    if not chunk or chunk[0] in "-]":
+        raise _Bad
+    if chunk[0] == "\\":
+        chunk = chunk[1:]
+        if not chunk:
+            raise _Bad
+    return chunk[0], chunk[1:]
+
+
+def _match_chunk(chunk: str, s: str) -> tuple[str, bool]:
+    failed = False
+    while chunk:
+        if not failed and not s:
+            failed = True
+        if chunk[0] == "[":
+            r = ""
+            if not failed:
+                r, s = s[0], s[1:]
+            chunk = chunk[1:]
+            negated = bool(chunk) and chunk[0] == "^"
+            if negated:
+                chunk = chunk[1:]
+            matched, nrange = False, 0
+            while True:
+                if chunk and chunk[0] == "]" and nrange > 0:
+                    chunk = chunk[1:]
+                    break
+                lo, chunk = _get_esc(chunk)
+                hi = lo
+                if chunk and chunk[0] == "-":
+                    hi, chunk = _get_esc(chunk[1:])
+                if lo <= r <= hi:
+                    matched = True
+                nrange += 1
+            if matched == negated:
+                failed = True
+        elif chunk[0] == "?":
+            if not failed:
+                if s[0] == "/":
+                    failed = True
+                s = s[1:]
+            chunk = chunk[1:]
+        elif chunk[0] == "\\":
+            chunk = chunk[1:]
+            if not chunk:
+                raise _Bad
+            if not failed:
+                if chunk[0] != s[0]:
+                    failed = True
+                s = s[1:]
+            chunk = chunk[1:]
+        else:
+            if not failed:
+                if chunk[0] != s[0]:
+                    failed = True
+                s = s[1:]
+            chunk = chunk[1:]
+    return (s, not failed) if not failed else ("", False)
+
+
+def _scan_chunk(pattern: str) -> tuple[bool, str, str]:
+    star = False
+    while pattern and pattern[0] == "*":
+        pattern, star = pattern[1:], True
+    in_range, i = False, 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            i += 1
+        elif ch == "[":
+            in_range = True
+        elif ch == "]":
+            in_range = False
+        elif ch == "*" and not in_range:
+            break
+        i += 1
+    return star, pattern[:i], pattern[i:]
+
+
+def go_path_match(pattern: str, name: str) -> bool:
+    """Go's path.Match; raises _Bad for ErrBadPattern."""
+    while pattern:
+        star, chunk, pattern = _scan_chunk(pattern)
+        if star and not chunk:
+            return "/" not in name
+        t, ok = _match_chunk(chunk, name)
+        if ok and (not t or pattern):
+            name = t
+            continue
+        if star:
+            i = 0
+            while i < len(name) and name[i] != "/":
+                t, ok = _match_chunk(chunk, name[i + 1:])
+                if ok:
+                    if not pattern and t:
+                        i += 1
+                        continue
+                    name = t
+                    break
+                i += 1
+            else:
+                return False
+            continue
+        return False
+    return not name
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ab/*?[]^-\\", max_size=8), st.text(alphabet="ab/-]^", max_size=8))
+def test_matches_a_port_of_go_path_match(pattern, name):
+    """On valid patterns, compile_glob agrees with a line-by-line port of Go's path.Match."""
+    try:
+        expected = go_path_match(pattern, name)
+    except (_Bad, IndexError):
+        assume(False)
+    if pattern == "*":
+        expected = True
+    assume(is_valid_glob(pattern))
+    assert compile_glob(pattern)(name) is expected

@@ -1,5 +1,8 @@
 """The curated public API of the policy package."""
 
+import ast as pyast
+import pathlib
+
 import policy
 
 
@@ -25,9 +28,6 @@ def test_public_names_are_pinned():
 
 def test_policy_package_imports_nothing_impure():
     """The policy package never imports os, socket, ctypes, subprocess, pyroute2, sandbox or launcher."""
-    import ast as pyast
-    import pathlib
-
     banned = {"os", "socket", "ctypes", "subprocess", "pyroute2", "sandbox", "launcher"}
     found = []
     for path in sorted(pathlib.Path(policy.__file__).parent.glob("*.py")):

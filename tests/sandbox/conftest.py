@@ -40,6 +40,12 @@ class Run:
     audit: list = field(default_factory=list)
     stats: collections.Counter = field(default_factory=collections.Counter)
 
+    def explain(self) -> str:
+        """stderr and every non-permitted decision, for assertion messages."""
+        refused = [(r["syscall"], r["args"].get("path"), r["effect"], r["reason"]) for r in self.audit
+                   if r["effect"] != "PERMIT"]
+        return f"status={self.status} stderr={self.stderr!r} refused={refused} stats={dict(self.stats)}"
+
 
 def permit_all(call):
     return Decision(Effect.PERMIT, rule_id="test-permit")

@@ -51,14 +51,16 @@ class Agent:
 
 
 @contextmanager
-def waiting_agent(cwd, open_paths=(), umask=0o022, user=None, extra_groups=None):
+def waiting_agent(cwd, open_paths=(), umask=0o022, user=None, extra_groups=None, stdin=None):
     """A python child sleeping in ``cwd`` with ``open_paths`` opened read-only."""
+    # Without fds to open, plain sleep(1) does: it runs for any user (our python may not).
+    argv = [sys.executable, "-c", _WAITER, *map(str, open_paths)] if open_paths else ["sleep", "120"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _WAITER, *map(str, open_paths)], cwd=cwd, stdout=subprocess.PIPE,
+        argv, cwd=cwd, stdin=stdin, stdout=subprocess.PIPE,
         umask=umask, user=user, group=user, extra_groups=extra_groups,
     )
     try:
-        fds = [int(x) for x in proc.stdout.readline().split()]
+        fds = [int(x) for x in proc.stdout.readline().split()] if open_paths else []
         yield Agent(proc.pid, fds)
     finally:
         proc.kill()
@@ -67,12 +69,14 @@ def waiting_agent(cwd, open_paths=(), umask=0o022, user=None, extra_groups=None)
 
 
 @contextmanager
-def chrooted_agent(root, cwd: str | None = "/"):
-    """A forked child chroot'ed into ``root`` (cwd left outside the root when ``cwd`` is None)."""
+def chrooted_agent(root, cwd: str | None = "/", start_in=None):
+    """A forked child chroot'ed into ``root``; with ``cwd`` None its cwd stays at ``start_in``."""
     ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never returns into pytest
         try:
+            if start_in is not None:
+                os.chdir(start_in)
             os.chroot(root)
             if cwd is not None:
                 os.chdir(cwd)
@@ -92,3 +96,46 @@ def chrooted_agent(root, cwd: str | None = "/"):
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@contextmanager
+def pid_namespace_agent(root=None):
+    """pid 1 of a new pid namespace; with ``root``: also a new mount namespace, a fresh
+    procfs at root/proc and chroot'ed into ``root`` (the shape the launcher builds)."""
+    from sandbox._libc_ns import CLONE_NEWNS, CLONE_NEWPID, MS_PRIVATE, MS_REC, mount, unshare
+
+    ready_r, ready_w = os.pipe()
+    inner_r, inner_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:  # child: never returns into pytest
+        try:
+            unshare(CLONE_NEWPID | (CLONE_NEWNS if root is not None else 0))
+            inner = os.fork()
+            if inner == 0:
+                if root is not None:
+                    mount(None, "/", None, MS_REC | MS_PRIVATE)
+                    mount("proc", f"{root}/proc", "proc", 0)
+                    os.chroot(root)
+                    os.chdir("/")
+                os.write(inner_w, b"y")
+                signal.pause()
+            else:
+                # Only this process knows the inner one's pid in our namespace.
+                os.close(inner_w)
+                if os.read(inner_r, 1) == b"y":
+                    os.write(ready_w, b"%d\n" % inner)
+                os.waitpid(inner, 0)
+        finally:
+            os._exit(0)
+    os.close(inner_w)
+    os.close(inner_r)
+    os.close(ready_w)
+    inner_pid = None
+    try:
+        inner_pid = int(os.read(ready_r, 64))
+        yield Agent(inner_pid)
+    finally:
+        os.close(ready_r)
+        # The middle process waits for the inner one and then exits by itself.
+        os.kill(inner_pid if inner_pid is not None else middle, signal.SIGKILL)
+        os.waitpid(middle, 0)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from sandbox.fsops import prepare
-from tests.sandbox.fs_agents import AT_FDCWD, chrooted_agent, waiting_agent
+from tests.sandbox.fs_agents import AT_FDCWD, chrooted_agent, pid_namespace_agent, waiting_agent
 
 RESOLVE_BENEATH, RESOLVE_IN_ROOT = 0x08, 0x10
 
@@ -159,7 +159,7 @@ def test_another_process_proc_files_are_refused(tree):
 
 def test_cwd_outside_the_agents_root_fails_closed(tree):
     """A chroot'ed agent whose cwd is outside its root gets EACCES for relative paths."""
-    with chrooted_agent(tree / "work", cwd=None) as agent:
+    with chrooted_agent(tree / "work", cwd=None, start_in=tree) as agent:
         assert _error(agent, dirfd=AT_FDCWD, path=b"etc/shadow", flags=0, mode=0) == errno.EACCES
 
 
@@ -227,3 +227,36 @@ def test_malformed_decoded_call_fails_closed_with_eacces(tree):
     """A decoded dict missing a required key is EACCES, never a KeyError."""
     with waiting_agent(tree) as agent:
         assert _error(agent, "symlink", newpath=b"x") == errno.EACCES
+
+
+def test_own_pid_namespace_procfs_self_is_the_agent(tree):
+    """With its own pid namespace and procfs, the agent's /proc/self is /proc/1 and is the agent."""
+    (tree / "proc").mkdir()
+    with pid_namespace_agent(tree) as agent:
+        args, fd = agent.open(b"/proc/self/status")
+        content = os.read(fd, 4096)
+        os.close(fd)
+        assert args["path"] == "/proc/1/status"
+        assert b"\nNStgid:\t1\n" in content  # pid 1 of the procfs's own namespace: the agent
+        assert _error(agent, dirfd=AT_FDCWD, path=b"/proc/%d/status" % os.getpid(), flags=0, mode=0) == errno.ENOENT
+        assert agent.read(b"/../etc/shadow") == b"fake shadow\n"
+
+
+def test_foreign_procfs_number_matching_the_agents_pid_is_not_the_agent(tree):
+    """An agent in a new pid namespace but the host's procfs: /proc/self -> /proc/1 is host init, not writable."""
+    with pid_namespace_agent() as agent:
+        err = _error(agent, dirfd=AT_FDCWD, path=b"/proc/self/mem", flags=os.O_RDWR, mode=0)
+        args, fd = agent.open(b"/proc/self/status")
+        os.close(fd)
+    assert (err, args["path"]) == (errno.EACCES, "/proc/1/status")
+
+
+def test_hard_link_is_decided_on_the_linked_object_then_on_the_new_name(tree):
+    """linkat names the real source and the new name; later opens are decided on the name they use."""
+    with waiting_agent(tree / "work") as agent:
+        tool, args, _ = agent.call("linkat", dirfd=AT_FDCWD, path=b"../outside/secret", newdirfd=AT_FDCWD,
+                                   newpath=b"copy", at_flags=0)
+        opened, fd = agent.open(b"copy")
+        os.close(fd)
+    assert (tool, args["path"], args["dest"]) == ("fs/link", f"{tree}/outside/secret", f"{tree}/work/copy")
+    assert opened["path"] == f"{tree}/work/copy"

@@ -169,3 +169,38 @@ def test_x32_syscall_is_killed(cbin):
     assert subprocess.run([binary], capture_output=True).stdout == b"x32 getpid=-1 errno=38\n"
     run = run_sandboxed([binary], trapped=(), supervise=False)
     assert (run.status, run.stdout) == (-signal.SIGSYS, b"")
+
+
+def test_tool_categories_decided_in_the_kernel():
+    """kernel_decided by tool: read-only opens pass, writing opens still notify, exec passes."""
+    program = seccomp.build_filter(["open", "openat", "openat2", "creat", "execve", "unlink"],
+                                   {"fs/read": seccomp.ALLOW, "shell/exec": seccomp.ALLOW, "fs/delete": errno.EROFS})
+    assert verdict(program, "openat", 0, 0, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY) == RET_ALLOW
+    assert verdict(program, "openat", 0, 0, (1 << 32) | os.O_RDONLY) == RET_ALLOW  # kernel reads flags as int
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_CREAT, os.O_RDONLY | os.O_TRUNC, 3):
+        assert verdict(program, "openat", 0, 0, flags) == RET_USER_NOTIF
+    assert verdict(program, "open", 0, os.O_RDONLY) == RET_ALLOW
+    assert verdict(program, "open", 0, os.O_WRONLY | os.O_APPEND) == RET_USER_NOTIF
+    assert verdict(program, "openat2", 0, 0, 0, 24) == RET_USER_NOTIF  # flags behind a pointer
+    assert verdict(program, "creat") == RET_USER_NOTIF
+    assert verdict(program, "execve") == RET_ALLOW
+    assert verdict(program, "unlink") == errno_action(errno.EROFS)
+
+
+def test_denied_reads_decided_in_the_kernel():
+    """A category denied unconditionally fails in the kernel with its errno, writes still notify."""
+    program = seccomp.build_filter(["openat"], {"fs/read": errno.EACCES})
+    assert verdict(program, "openat", 0, 0, os.O_RDONLY) == errno_action(errno.EACCES)
+    assert verdict(program, "openat", 0, 0, os.O_WRONLY) == RET_USER_NOTIF
+    with pytest.raises(ValueError, match=r"unknown tool categories \['net/teleport'\]"):
+        seccomp.build_filter(["openat"], {"net/teleport": 0})
+
+
+def test_kernel_decided_reads_never_reach_the_supervisor(tmp_path):
+    """With fs/read and shell/exec decided in the kernel only the write is audited."""
+    target = tmp_path / "out.txt"
+    run = run_sandboxed(["/bin/sh", "-c", f"cat /etc/hostname > {target}"],
+                        kernel_decided={"fs/read": seccomp.ALLOW, "shell/exec": seccomp.ALLOW})
+    assert run.status == 0, run.explain()
+    assert target.read_text() == open("/etc/hostname").read()
+    assert [(r["syscall"], r["tool"], r["args"]["path"]) for r in run.audit] == [("openat", "fs/write", str(target))]

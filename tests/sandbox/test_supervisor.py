@@ -35,7 +35,7 @@ def test_permitted_program_runs_like_native(cgroup_dir):
     """cat under a permissive policy prints what it prints natively, and each call is audited."""
     native = subprocess.run(["/bin/cat", "/etc/hostname"], capture_output=True).stdout
     run = run_sandboxed(["/bin/cat", "/etc/hostname"], policy(), cgroup=cgroup_dir)
-    assert (run.status, run.stdout) == (0, native)
+    assert (run.status, run.stdout) == (0, native), run.explain()
     exec_record = records(run, "shell/exec")[0]
     assert exec_record["args"]["path"] == os.path.realpath("/bin/cat")
     assert exec_record["args"]["argv"] == ["/bin/cat", "/etc/hostname"]
@@ -51,7 +51,7 @@ def test_denied_read_fails_with_eacces(cgroup_dir, cbin):
     """A denied fs/read fails with EACCES, the program keeps running, and the audit names the rule."""
     run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(denied_paths={"/etc/hostname"}),
                         cgroup=cgroup_dir)
-    assert (run.status, run.stdout) == (1, f"errno={errno.EACCES}\n".encode())
+    assert (run.status, run.stdout) == (1, f"errno={errno.EACCES}\n".encode()), run.explain()
     denied = records(run, "fs/read", "/etc/hostname")[0]
     assert (denied["effect"], denied["rule_id"], denied["reason_code"]) == ("DENY", "protect", "path-denied")
 
@@ -60,7 +60,7 @@ def test_legacy_open_is_trapped_too(cgroup_dir, cbin):
     """The raw open(2) syscall is decided like openat (no bypass through the old call)."""
     run = run_sandboxed([cbin("open_read"), "/etc/hostname", "legacy"], policy(denied_paths={"/etc/hostname"}),
                         cgroup=cgroup_dir)
-    assert run.stdout == f"errno={errno.EACCES}\n".encode()
+    assert run.stdout == f"errno={errno.EACCES}\n".encode(), run.explain()
     assert records(run, "fs/read", "/etc/hostname")[0]["syscall"] == "open"
 
 
@@ -69,15 +69,15 @@ def test_injected_fd_honours_cloexec(cgroup_dir, cbin):
     with_flag = run_sandboxed([cbin("open_read"), "/etc/hostname", "cloexec"], cgroup=cgroup_dir)
     without = run_sandboxed([cbin("open_read"), "/etc/hostname"], cgroup=cgroup_dir)
     hostname = open("/etc/hostname").read().strip()
-    assert with_flag.stdout == f"cloexec=1 content={hostname}\n".encode()
-    assert without.stdout == f"cloexec=0 content={hostname}\n".encode()
+    assert with_flag.stdout == f"cloexec=1 content={hostname}\n".encode(), with_flag.explain()
+    assert without.stdout == f"cloexec=0 content={hostname}\n".encode(), without.explain()
 
 
 def test_denied_exec_fails_with_eperm(cgroup_dir):
     """A denied shell/exec fails with EPERM; bash reports it and exits 126."""
     run = run_sandboxed(["/bin/bash", "-c", "/bin/true; echo after=$?"], policy(denied_programs={"true"}),
                         cgroup=cgroup_dir)
-    assert run.stdout == b"after=126\n"
+    assert run.stdout == b"after=126\n", run.explain()
     assert b"Operation not permitted" in run.stderr
     denied = [r for r in records(run, "shell/exec") if r["effect"] == "DENY"]
     assert [(r["args"]["program"], r["rule_id"]) for r in denied] == [("true", "no-exec")]
@@ -90,7 +90,7 @@ def test_decide_raising_denies(cgroup_dir, cbin):
             raise RuntimeError("policy bug")
         return Decision(Effect.PERMIT)
     run = run_sandboxed([cbin("open_read"), "/etc/hostname"], broken, cgroup=cgroup_dir)
-    assert run.stdout == f"errno={errno.EACCES}\n".encode()
+    assert run.stdout == f"errno={errno.EACCES}\n".encode(), run.explain()
     record = records(run, "fs/read", "/etc/hostname")[0]
     assert (record["effect"], record["reason_code"]) == ("DENY", "decide_error")
     assert record["reason"] == "policy evaluation failed: RuntimeError: policy bug"
@@ -106,12 +106,12 @@ def test_defer_approved_and_refused(cgroup_dir, cbin):
         return True
     run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
                         cgroup=cgroup_dir, approve=approve, approve_timeout=7.0)
-    assert run.stdout == f"cloexec=0 content={hostname}\n".encode()
+    assert run.stdout == f"cloexec=0 content={hostname}\n".encode(), run.explain()
     assert asked == [("/etc/hostname", "needs-approval", 7.0)]
     assert records(run, "fs/read", "/etc/hostname")[0]["reason_code"] == "approved"
     refused = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
                             cgroup=cgroup_dir, approve=lambda *a: False)
-    assert refused.stdout == f"errno={errno.EACCES}\n".encode()
+    assert refused.stdout == f"errno={errno.EACCES}\n".encode(), refused.explain()
     assert records(refused, "fs/read", "/etc/hostname")[0]["reason_code"] == "approval_denied"
 
 
@@ -119,7 +119,7 @@ def test_unanswered_defer_times_out_as_deny(cgroup_dir, cbin):
     """Without an approver a defer is denied after approve_timeout, and the audit says so."""
     run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
                         cgroup=cgroup_dir, approve_timeout=0.3)
-    assert run.stdout == f"errno={errno.EACCES}\n".encode()
+    assert run.stdout == f"errno={errno.EACCES}\n".encode(), run.explain()
     record = records(run, "fs/read", "/etc/hostname")[0]
     assert (record["effect"], record["reason_code"]) == ("DENY", "approval_timeout")
     assert record["latency_us"] >= 300_000
@@ -147,7 +147,7 @@ def test_slow_decision_does_not_block_other_calls(cgroup_dir, cbin, tmp_path):
         fast_done.set()
     threading.Thread(target=watcher, daemon=True).start()
     run = run_sandboxed(["/bin/sh", "-c", script], audit_watch, cgroup=cgroup_dir, approve=approve)
-    assert sorted(run.stdout.decode().splitlines()) == ["cloexec=0 content=fast", "cloexec=0 content=slow"]
+    assert sorted(run.stdout.decode().splitlines()) == ["cloexec=0 content=fast", "cloexec=0 content=slow"], (run.stderr, [(r["syscall"], r["args"].get("path"), r["effect"], r["reason"]) for r in run.audit])
     assert records(run, "fs/read", str(tmp_path / "slow"))[0]["reason_code"] == "approved"
 
 
@@ -156,7 +156,7 @@ def test_filesystem_changes_are_performed_for_the_agent(cgroup_dir, tmp_path):
     script = ("mkdir d && echo hi > d/f && mv d/f d/g && ln -s g d/l && chmod 600 d/g && rm d/l && "
               "cat d/g")
     run = run_sandboxed(["/bin/sh", "-c", f"cd {tmp_path} && {script}"], policy(), cgroup=cgroup_dir)
-    assert (run.status, run.stdout) == (0, b"hi\n"), run.stderr
+    assert (run.status, run.stdout) == (0, b"hi\n"), run.explain()
     assert sorted(os.listdir(tmp_path / "d")) == ["g"]
     assert oct((tmp_path / "d" / "g").stat().st_mode & 0o777) == "0o600"
     tools = {r["tool"] for r in run.audit}
@@ -166,13 +166,53 @@ def test_filesystem_changes_are_performed_for_the_agent(cgroup_dir, tmp_path):
 def test_supervisor_death_fails_closed(cbin):
     """With the listener gone every trapped call fails with ENOSYS: the agent never gets the file."""
     run = run_sandboxed([cbin("open_read"), "/etc/hostname", "legacy"], trapped=("open",), supervise=False)
-    assert (run.status, run.stdout) == (1, f"errno={errno.ENOSYS}\n".encode())
+    assert (run.status, run.stdout) == (1, f"errno={errno.ENOSYS}\n".encode()), run.explain()
 
 
 def test_exec_without_freezer_is_denied(cbin):
     """With no cgroup to freeze, exec permits fail closed with EPERM and say why."""
     run = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(), trapped=FS_AND_EXEC)
-    assert run.status == 127
+    assert run.status == 127, run.explain()
     assert b"PermissionError" in run.stderr
     record = records(run, "shell/exec")[0]
     assert (record["effect"], record["reason_code"]) == ("DENY", "exec_freeze_unavailable")
+
+
+def test_deferred_exec_runs_once_approved(cgroup_dir):
+    """A deferred exec waits (agent thawed), is re-read frozen after approval and runs."""
+    def decide(call):
+        if call.tool == "shell/exec" and call.args["program"] == "true":
+            return Decision(Effect.DEFER, rule_id="ask-exec", reason_code="needs-approval", reason="ask")
+        return Decision(Effect.PERMIT)
+    asked = []
+    run = run_sandboxed(["/bin/bash", "-c", "/bin/true approve-me; echo after=$?"], decide, cgroup=cgroup_dir,
+                        approve=lambda call, decision, timeout: asked.append(call.args["cmd"]) is None)
+    assert run.stdout == b"after=0\n", run.explain()
+    assert asked == ["/bin/true approve-me"]
+    record = [r for r in records(run, "shell/exec") if r["args"]["program"] == "true"][0]
+    assert (record["effect"], record["reason_code"], record["rule_id"]) == ("PERMIT", "approved", "ask-exec")
+
+
+def test_stalled_handler_does_not_stall_the_supervisor(cgroup_dir, cbin, tmp_path):
+    """While decide() is stuck on one open, the watchdog lets another thread serve the rest."""
+    (tmp_path / "stuck").write_text("stuck\n")
+    (tmp_path / "fast").write_text("fast\n")
+    release = threading.Event()
+
+    def decide(call):
+        if call.args.get("path") == str(tmp_path / "stuck"):
+            release.wait(10)  # held until the fast open has been served
+        return Decision(Effect.PERMIT)
+
+    reader = cbin("open_read")
+    script = f"{reader} {tmp_path}/stuck & sleep 0.1; {reader} {tmp_path}/fast; touch {tmp_path}/fast-done; wait"
+
+    def watcher():
+        while not (tmp_path / "fast-done").exists():
+            threading.Event().wait(0.01)
+        release.set()
+    threading.Thread(target=watcher, daemon=True).start()
+    run = run_sandboxed(["/bin/sh", "-c", script], decide, cgroup=cgroup_dir, timeout=30)
+    assert run.stdout.decode().splitlines() == ["cloexec=0 content=fast", "cloexec=0 content=stuck"], run.explain()
+    assert release.is_set()
+    assert run.stats["threads"] >= 2

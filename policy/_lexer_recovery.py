@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from policy._lexer import BLOCK_KEYWORDS, EFFECT_WORDS
+from policy._lexer_tables import BLOCK_KEYWORDS, EFFECT_WORDS
 
 _SKIM = re.compile(
     r"\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?|#[^\n]*|(\n)|([{}])"
@@ -25,9 +25,11 @@ _PHASE_STARTS = _RULE_STARTS | {"duration", "next"}
 
 # start symbol -> (words that begin a piece, {keyword: (body start words, body symbol)})
 _LEVELS = {
-    "document": (_TOP_STARTS, {"agent": (_AGENT_STARTS, "agent_item")}),
-    "agent_item": (_AGENT_STARTS, {"rules": (_RULE_STARTS, "rule"),
-                                   "phase": (_PHASE_STARTS, "phase_item")}),
+    "document": (_TOP_STARTS, {"agent": (_AGENT_STARTS, "agent_body")}),
+    "agent_body": (_AGENT_STARTS, {"rules": (_RULE_STARTS, "rules_body"),
+                                   "phase": (_PHASE_STARTS, "phase_body")}),
+    "rules_body": (_RULE_STARTS, {}),
+    "phase_body": (_PHASE_STARTS, {}),
 }
 
 
@@ -51,7 +53,10 @@ def pieces(text: str, lo: int, hi: int, start: str) -> list[tuple[int, int, str]
     body_starts, symbol = body
     cuts, _ = _cuts(text, a, b, body_starts)
     bounds = ([a] if not cuts or cuts[0] != a else []) + cuts + [b]
-    return [(x, y, symbol) for x, y in zip(bounds, bounds[1:]) if _has_content(text, x, y)]
+    found = [(x, y, symbol) for x, y in zip(bounds, bounds[1:]) if _has_content(text, x, y)]
+    if b < hi and _has_content(text, b + 1, hi):
+        found.append((b + 1, hi, start))  # whatever follows the closing brace
+    return found
 
 
 def _has_content(text: str, lo: int, hi: int) -> bool:

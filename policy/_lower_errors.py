@@ -10,7 +10,8 @@ from __future__ import annotations
 from lark import Token
 
 from policy import ast
-from policy._lexer import EFFECT_WORDS, Lexer
+from policy._lexer import Lexer
+from policy._lexer_tables import EFFECT_WORDS
 from policy.errors import Diagnostic
 
 READABLE = {
@@ -71,6 +72,13 @@ def _same_line_effect(tok, prev, expected, lexer):
     return None
 
 
+def _equals_after_meta(tok, prev, expected, lexer):
+    if tok.type == "_EQUAL" and prev is not None and prev.type in ("META", "DEFAULT"):
+        return ("E100", f"`{prev}` takes its value without `=`",
+                f"write `{prev} \"...\"` (only config blocks such as runtime use `key = value`)")
+    return None
+
+
 def _missing_tool(tok, prev, expected, lexer):
     if prev is not None and prev.type in ("EFFECT", "STRICT_DENY") and expected <= {"WORD", "STRING"}:
         return ("E107", f"rule `{prev}` is missing its tool pattern",
@@ -81,7 +89,8 @@ def _missing_tool(tok, prev, expected, lexer):
 def _expected_operand(tok, prev, expected, lexer):
     if "NAME" in expected and "CMP" not in expected:
         after = f" after `{prev}`" if prev is not None else ""
-        return ("E110", f"expected an expression{after}, found {_shown(tok)}",
+        found = "" if tok.type == "$END" else f", found {_shown(tok)}"
+        return ("E110", f"expected an expression{after}{found}",
                 "complete the condition, e.g. `when args.amount > 500`")
     return None
 
@@ -100,15 +109,15 @@ def _unknown_statement(tok, prev, expected, lexer):
 
 
 def _inside_condition(tok, prev, expected, lexer):
-    if "CMP" in expected:
+    if "CMP" in expected and prev is not None and prev.line == tok.line:
         return ("E100", f"unexpected {_shown(tok)} in condition",
                 "join conditions with `and`/`or`, quote string values, and give clause "
                 "keywords a colon (reason: \"...\")")
     return None
 
 
-_CASES = (_unclosed, _unmatched, _missing_name, _same_line_effect, _missing_tool,
-          _expected_operand, _unknown_statement, _inside_condition)
+_CASES = (_unmatched, _missing_name, _same_line_effect, _equals_after_meta, _missing_tool, _expected_operand,
+          _unclosed, _inside_condition, _unknown_statement)
 
 
 def _expected_text(expected: set[str]) -> str:
@@ -120,8 +129,12 @@ def _expected_text(expected: set[str]) -> str:
 
 def explain(tok: Token, expected: set[str], lexer: Lexer, path: str) -> Diagnostic:
     prev = lexer.prev if lexer.last is tok else lexer.last
-    span = ast.Span(tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1,
-                    tok.end_column or (tok.column or 1) + 1)
+    if tok.type == "$END" and prev is not None:
+        # point just past the last token rather than at whatever follows the item
+        span = ast.Span(prev.end_line, prev.end_column, prev.end_line, prev.end_column + 1)
+    else:
+        span = ast.Span(tok.line or 1, tok.column or 1, tok.end_line or tok.line or 1,
+                        tok.end_column or (tok.column or 1) + 1)
     for case in _CASES:
         found = case(tok, prev, expected, lexer)
         if found:

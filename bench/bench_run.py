@@ -1,0 +1,170 @@
+"""Start-up and exec cost of `faramesh-sandbox run`, against native and strace, measured in one run.
+
+    python3 bench/bench_run.py [--rounds 30] [--loop-rounds 3] [--write docs/benchmarks.md]
+
+Start-up of /bin/true: native (subprocess), launch() in-process (the sandbox machinery alone,
+with and without the filter), and the whole CLI (which adds the Python interpreter and imports).
+The bash loop `for i in $(seq 2000); do /bin/true; done`: native, sandboxed (launch() in-process
+with the real FPL engine and a permit-all policy), `strace -f` and `strace -f --seccomp-bpf`,
+interleaved round by round so that machine noise hits every configuration alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import policy  # noqa: E402
+from sandbox import traced  # noqa: E402
+from sandbox.launch import launch  # noqa: E402
+from sandbox.spec import SandboxSpec  # noqa: E402
+
+PERMIT = "agent a {\n  default permit\n}\n"
+LOOP = "for i in $(seq 2000); do /bin/true; done"
+TRAPPED = frozenset(row.name for row in traced.TABLE)
+SECTION = "## Start-up and exec"
+
+
+def timed(action) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def engine() -> policy.Engine:
+    return policy.Engine([policy.load_policy(PERMIT, "permit.fpl")], policy.SessionStore())
+
+
+def in_process(argv: list[str], seccomp: bool = True) -> None:
+    """launch() with stdout/stderr to /dev/null, checking the status so a failure is not timed as a success."""
+    saved = os.dup(1), os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    try:
+        spec = SandboxSpec(argv=argv, trapped=TRAPPED if seccomp else frozenset(), seccomp=seccomp)
+        status = launch(spec, engine().decide)
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, devnull):
+            os.close(fd)
+    if status != 0:
+        raise SystemExit(f"sandboxed {argv} exited {status}")
+
+
+def shell(argv: list[str], env: dict | None = None) -> None:
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+
+
+def startup(rounds: int, policy_file: Path) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--", "/bin/true"]
+    configs = {
+        "native: subprocess.run(/bin/true)": lambda: shell(["/bin/true"]),
+        "launch(), namespaces only": lambda: in_process(["/bin/true"], seccomp=False),
+        "launch(), namespaces + filter + supervisor": lambda: in_process(["/bin/true"]),
+        "python3 -c pass (interpreter alone)": lambda: shell([sys.executable, "-c", "pass"]),
+        "python3 -c 'import launcher.run' (imports)": lambda: shell([sys.executable, "-c", "import launcher.run"], env),
+        "faramesh-sandbox run -- /bin/true (whole CLI)": lambda: shell(cli, env),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, action in configs.items():
+            samples[name].append(timed(action))
+    return {name: statistics.median(values) * 1000 for name, values in samples.items()}
+
+
+def loop(rounds: int) -> dict[str, float]:
+    bash = ["bash", "-c", LOOP]
+    configs = {
+        "native": lambda: shell(bash),
+        "faramesh-sandbox (launch(), FPL engine)": lambda: in_process(bash),
+        "strace -f": lambda: shell(["strace", "-f", "-o", "/dev/null", *bash]),
+        "strace -f --seccomp-bpf -e trace=%file,%process": lambda: shell(
+            ["strace", "-f", "--seccomp-bpf", "-e", "trace=%file,%process", "-o", "/dev/null", *bash]),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in configs}
+    for _ in range(rounds):
+        for name, action in configs.items():
+            samples[name].append(timed(action))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def report(start: dict[str, float], loop_s: dict[str, float], rounds: int, loop_rounds: int) -> str:
+    native_ms = start["native: subprocess.run(/bin/true)"]
+    sandbox_ms = start["launch(), namespaces + filter + supervisor"]
+    cli_ms = start["faramesh-sandbox run -- /bin/true (whole CLI)"]
+    base = loop_s["native"]
+    lines = [
+        SECTION, "",
+        f"Command: `python3 bench/bench_run.py --rounds {rounds} --loop-rounds {loop_rounds}`. "
+        f"Machine: Linux {platform.release()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        "as root (cgroup freezer available). Medians; every configuration of a table ran interleaved in the same run.",
+        "", f"### Start-up of `/bin/true` (median of {rounds})", "",
+        "| configuration | ms | over native |", "|---|---|---|",
+    ]
+    for name, ms in start.items():
+        lines.append(f"| {name} | {ms:.2f} | {ms - native_ms:+.2f} |")
+    lines += [
+        "",
+        f"The sandbox machinery (`launch()`) costs {sandbox_ms - native_ms:+.1f} ms over native "
+        f"(target ≤ 10 ms: {'met' if sandbox_ms - native_ms <= 10 else 'NOT met'}). The whole CLI costs "
+        f"{cli_ms - native_ms:+.0f} ms, most of it the Python interpreter and imports, measured separately above.",
+        "", f"### `bash -c '{LOOP}'` (median of {loop_rounds})", "",
+        "| configuration | s | × native |", "|---|---|---|",
+    ]
+    for name, seconds in loop_s.items():
+        lines.append(f"| {name} | {seconds:.2f} | {seconds / base:.2f} |")
+    ratio = loop_s["faramesh-sandbox (launch(), FPL engine)"] / base
+    lines += ["", f"Target ≤ 1.3× native: {'met' if ratio <= 1.3 else 'NOT met'} ({ratio:.2f}×). Each iteration "
+              "is one exec decision (agent frozen in its cgroup while the path and argv are read) plus the "
+              "loader's opens, performed on the agent's behalf.", ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace our section of ``path`` (or append it), leaving every other section untouched."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = old.find("\n## ", start + len(SECTION))
+        new = old[:start] + text + ("" if end < 0 else old[end + 1:])
+    path.write_text(new)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--loop-rounds", type=int, default=3)
+    parser.add_argument("--write", type=Path, help="put the results in this markdown file's own section")
+    args = parser.parse_args()
+    if shutil.which("strace") is None:
+        print("strace is missing: apt-get install -y strace", file=sys.stderr)
+        return 1
+    policy_file = Path("/tmp") / f"bench-run-{os.getpid()}.fpl"
+    policy_file.write_text(PERMIT)
+    try:
+        text = report(startup(args.rounds, policy_file), loop(args.loop_rounds), args.rounds, args.loop_rounds)
+    finally:
+        policy_file.unlink()
+    print(text)
+    if args.write:
+        write_section(args.write, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

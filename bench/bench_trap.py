@@ -1,0 +1,150 @@
+"""Cost of trapped and untrapped syscalls: native vs the supervisor vs strace, in one run.
+
+    python3 bench/bench_trap.py [--rounds 5] [--opens 20000] [--getpids 2000000] [--loop 2000]
+
+Needs root (a cgroup v2 directory for the exec freezer), gcc and strace
+(`apt-get install -y strace`). Configurations run interleaved, round by round, and
+each figure is the median over rounds; ratios are against native in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from policy.decision import Decision, Effect  # noqa: E402
+from sandbox.seccomp import ALLOW  # noqa: E402
+from tests.sandbox.conftest import CGROUP2_ROOT, run_sandboxed  # noqa: E402
+
+OPEN_LOOP = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    long n = atol(argv[2]);
+    int getpid_mode = argv[1][0] == '-';
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (long i = 0; i < n; i++) {
+        if (getpid_mode) { syscall(SYS_getpid); continue; }
+        int fd = open(argv[1], O_RDONLY);
+        if (fd < 0) { perror("open"); return 1; }
+        close(fd);
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    printf("%.4f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / n);
+    return 0;
+}
+"""
+TRAPPED_FOR_STRACE = "trace=execve,execveat,open,openat,openat2,creat,unlink,unlinkat,rename,renameat,renameat2,mkdir"
+
+
+def permit(call):
+    return Decision(Effect.PERMIT, rule_id="bench")
+
+
+def build(workdir: Path) -> str:
+    source, binary = workdir / "loop.c", workdir / "loop"
+    source.write_text(OPEN_LOOP)
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(source)], check=True)
+    return str(binary)
+
+
+class Cgroup:
+    """A scratch cgroup v2 parent with an agent directory for each sandboxed run."""
+
+    def __init__(self):
+        self.parent = os.path.join(CGROUP2_ROOT, f"bench-{uuid.uuid4().hex[:8]}")
+        os.mkdir(self.parent)
+
+    def fresh(self) -> str:
+        path = os.path.join(self.parent, f"agent-{uuid.uuid4().hex[:6]}")
+        os.mkdir(path)
+        return path
+
+    def cleanup(self) -> None:
+        for entry in os.scandir(self.parent):
+            if entry.is_dir():
+                os.rmdir(entry.path)
+        os.rmdir(self.parent)
+
+
+def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
+    """Wall seconds (or the program's own µs/call when it prints one) for one config."""
+    start = time.perf_counter()
+    if mode == "native":
+        out = subprocess.run(argv, capture_output=True, check=True).stdout
+    elif mode.startswith("sandboxed"):
+        # "sandboxed": every table syscall trapped; "sandboxed-kernel-read-exec": a policy that
+        # permits fs/read and shell/exec unconditionally, compiled into the filter.
+        decided = {"fs/read": ALLOW, "shell/exec": ALLOW} if mode.endswith("read-exec") else {}
+        run = run_sandboxed(argv, permit, cgroup=cgroups.fresh(), kernel_decided=decided)
+        if run.status != 0:
+            raise RuntimeError(f"sandboxed {argv} failed: {run.stderr.decode()}")
+        out = run.stdout
+    elif mode == "strace":
+        out = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", *argv], capture_output=True, check=True).stdout
+    else:  # strace with a seccomp-bpf prefilter on the same syscalls we trap
+        out = subprocess.run(["strace", "-f", "-qq", "--seccomp-bpf", "-e", TRAPPED_FOR_STRACE, "-o", "/dev/null",
+                              *argv], capture_output=True, check=True).stdout
+    elapsed = time.perf_counter() - start
+    text = out.decode().strip()
+    return float(text) if text and text.replace(".", "", 1).isdigit() else elapsed
+
+
+def measure(name: str, argv: list[str], modes: list[str], rounds: int, cgroups: Cgroup) -> dict[str, float]:
+    samples: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in modes:
+            samples[mode].append(timed(argv, mode, cgroups))
+    return {mode: statistics.median(values) for mode, values in samples.items()}
+
+
+def report(title: str, unit: str, medians: dict[str, float]) -> list[str]:
+    native = medians["native"]
+    lines = [f"### {title}", "", f"| config | {unit} | × native | added |", "|---|---|---|---|"]
+    for mode, value in medians.items():
+        lines.append(f"| {mode} | {value:.3f} | {value / native:.2f} | {value - native:+.3f} |")
+    return lines + [""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--opens", type=int, default=20000)
+    parser.add_argument("--getpids", type=int, default=2000000)
+    parser.add_argument("--loop", type=int, default=2000)
+    options = parser.parse_args()
+    modes = ["native", "sandboxed", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
+    cgroups = Cgroup()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            loop = build(Path(tmp))
+            target = Path(tmp) / "file"
+            target.write_text("x")
+            lines = report(f"open+close loop ({options.opens} calls, per call)", "µs/call",
+                           measure("open", [loop, str(target), str(options.opens)], modes, options.rounds, cgroups))
+            lines += report(f"untrapped getpid loop ({options.getpids} calls, per call)", "µs/call",
+                            measure("getpid", [loop, "-", str(options.getpids)], modes, options.rounds, cgroups))
+            bash = ["/bin/bash", "-c", f"for i in $(seq {options.loop}); do /bin/true; done"]
+            lines += report(f"`bash -c 'for i in $(seq {options.loop}); do /bin/true; done'`", "s",
+                            measure("bash", bash, modes, options.rounds, cgroups))
+    finally:
+        cgroups.cleanup()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

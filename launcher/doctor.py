@@ -1,0 +1,39 @@
+"""``faramesh-sandbox doctor``: what this kernel offers the sandbox and what degrades without it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+
+from sandbox import probe
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def main(args: argparse.Namespace) -> int:
+    """0 when `run` can work here; 1 when an essential feature is missing."""
+    checks = probe.run_all()
+    runnable = all(c.status == probe.OK for c in checks if c.essential)
+    header = {
+        "kernel": platform.release(),
+        "machine": platform.machine(),
+        "uid": os.geteuid(),
+        "run_possible": runnable,
+    }
+    if args.json:
+        print(json.dumps({**header, "checks": [c.to_dict() for c in checks]}, indent=2))
+        return 0 if runnable else 1
+    who = "root" if header["uid"] == 0 else f"uid {header['uid']}"
+    print(f"faramesh-sandbox doctor: Linux {header['kernel']} {header['machine']}, as {who}")
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        print(f"  {check.status:<8} {check.name:<{width}}  {check.detail}")
+        if check.status != probe.OK:
+            print(f"  {'':<8} {'':<{width}}  without it: {check.degrades}")
+    verdict = "run can enforce policies here" if runnable else "run cannot start here (an essential check failed)"
+    print(f"verdict: {verdict}")
+    return 0 if runnable else 1

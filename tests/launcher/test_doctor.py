@@ -1,0 +1,104 @@
+"""``faramesh-sandbox doctor`` probes the real kernel by trying each feature."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import launcher.cli
+from sandbox import _libc, probe
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+PARSER = launcher.cli.build_parser()  # built before forking: nothing may load lazily as uid 65534
+NAMES = ["seccomp user notification", "seccomp ADDFD", "seccomp WAIT_KILLABLE_RECV", "seccomp SYNC_WAKE_UP",
+         "Landlock", "cgroup v2", "cgroup v2 directory for the agent", "cgroup v1", "unprivileged user namespaces",
+         "pid namespace", "mount namespace", "net namespace", "uts namespace", "ipc namespace",
+         "io_uring_disabled sysctl", "YAMA ptrace_scope"]
+
+
+def doctor(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", "doctor", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+
+
+def test_json_report_as_root_on_this_kernel():
+    """As root on the project's reference machine (6.18, hybrid cgroups) every check is ok."""
+    result = doctor("--json")
+    report = json.loads(result.stdout)
+    assert (result.returncode, report["uid"], report["run_possible"]) == (0, 0, True)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == NAMES
+    assert {c["status"] for c in report["checks"]} == {"ok"}
+    assert checks["Landlock"]["detail"] == "ABI 7"
+    assert checks["cgroup v2"]["detail"] == "/sys/fs/cgroup/unified, controllers: hugetlb"
+    assert checks["unprivileged user namespaces"]["detail"] == "unshare(CLONE_NEWUSER) as uid 65534 succeeded"
+    assert [c["essential"] for c in report["checks"]] == [True, True, True, False, False, False, False, False,
+                                                          False, True, True, True, True, True, False, False]
+
+
+def test_table_names_each_check_and_a_verdict():
+    """The text form prints one line per check, then the verdict."""
+    result = doctor()
+    lines = result.stdout.splitlines()
+    assert result.returncode == 0
+    assert lines[0].startswith("faramesh-sandbox doctor: Linux ")
+    assert lines[0].endswith(", as root")
+    assert len(lines) == 2 + len(NAMES)
+    assert lines[-1] == "verdict: run can enforce policies here"
+    assert lines[1].split() == ["ok", "seccomp", "user", "notification", "listener", "round", "trip:", "RECV,",
+                                "ID_VALID,", "answer", "reached", "the", "trapped", "thread"]
+
+
+def test_as_an_ordinary_user_the_cgroup_is_missing_and_says_what_degrades():
+    """As uid 65534 the namespaces work through a user namespace, and the missing cgroup is explained."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 99
+        try:
+            os.dup2(write_end, 1)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            _libc.prctl(4, 1)  # PR_SET_DUMPABLE, as after an exec
+            args = PARSER.parse_args(["doctor", "--json"])
+            status = args._runner(args)
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        report = json.loads(f.read())
+    _, wait_status = os.waitpid(pid, 0)
+    assert (os.waitstatus_to_exitcode(wait_status), report["uid"], report["run_possible"]) == (0, 65534, True)
+    checks = {c["name"]: c for c in report["checks"]}
+    cgroup = checks["cgroup v2 directory for the agent"]
+    assert cgroup["status"] == "missing"
+    assert cgroup["detail"].startswith("mkdir(/sys/fs/cgroup/unified/faramesh-doctor-")
+    assert cgroup["detail"].endswith("): Permission denied")
+    assert cgroup["degrades"] == "run continues without a cgroup: no freezing for exec decisions, no cgroup.kill"
+    assert [checks[f"{n} namespace"]["status"] for n in ("pid", "mount", "net", "uts", "ipc")] == ["ok"] * 5
+
+
+def test_a_probe_that_raises_reports_the_error():
+    """A probe failing in its child comes back as an error with the errno, not an exception."""
+    def failing() -> dict:
+        os.rmdir("/no/such/dir")
+        return {"ok": True}
+    assert probe.in_child(failing) == {"error": "[Errno 2] No such file or directory: '/no/such/dir'", "errno": 2}
+
+
+def test_a_probe_that_hangs_is_killed_and_counts_as_missing(monkeypatch):
+    """A probe child that never answers is killed after the timeout and reported as dead."""
+    monkeypatch.setattr(probe, "PROBE_TIMEOUT_MS", 200)
+    started = time.monotonic()
+    result = probe.in_child(time.sleep, 30)
+    assert time.monotonic() - started < 5
+    assert result == {"error": "probe process died (wait status 0x9)", "errno": None}

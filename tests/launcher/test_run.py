@@ -1,0 +1,207 @@
+"""``faramesh-sandbox run`` through the real CLI: exit statuses, errors, signals, clean-up, non-root."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import launcher.cli
+from sandbox import _libc, _libc_ns
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+PERMIT = "agent a {\n  default permit\n}\n"
+PR_SET_DUMPABLE = 4
+# Built before forking: as uid 65534 the interpreter's own library directory may be unreadable,
+# so nothing may be imported lazily in the children below.
+PARSER = launcher.cli.build_parser()
+
+
+def cli_in_process(*args: str) -> int:
+    parsed = PARSER.parse_args(list(args))
+    return parsed._runner(parsed)
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, env=env, timeout=timeout)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "launcher", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+
+
+@pytest.fixture
+def permit(tmp_path: Path) -> Path:
+    path = tmp_path / "permit.fpl"
+    path.write_text(PERMIT)
+    return path
+
+
+@pytest.mark.parametrize(("command", "status"), [
+    (["/bin/true"], 0),
+    (["sh", "-c", "exit 3"], 3),
+    (["/etc/os-release"], 126),
+    (["no-such-program-xyz"], 127),
+    (["sh", "-c", "kill -KILL $$"], 137),
+])
+def test_exit_status(permit, command, status):
+    """run exits with the agent's status, 126/127 like a shell, 128+N for signal N."""
+    assert cli("run", "--policy", str(permit), "--", *command).returncode == status
+
+
+def test_output_passes_through(permit):
+    """The agent's stdout and stderr are the launcher's."""
+    result = cli("run", "--policy", str(permit), "--", "sh", "-c", "echo out; echo err >&2; hostname")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "out\nsandbox\n", "err\n")
+
+
+def test_invalid_policy_prints_diagnostics_and_exits_125(tmp_path):
+    """A policy error prints the rendered diagnostics (location, caret, help) and runs nothing."""
+    bad = tmp_path / "bad.fpl"
+    bad.write_text("agent a {\n  default permit\n  permit\n}\n")
+    marker = tmp_path / "ran"
+    result = cli("run", "--policy", str(bad), "--", "touch", str(marker))
+    assert result.returncode == 125
+    assert result.stderr.startswith(f"{bad}:3:9: error[E107]: rule `permit` is missing its tool pattern\n")
+    assert result.stderr.endswith("2 errors\n")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["--policy", "/no/such.fpl", "--", "/bin/true"],
+     "faramesh-sandbox: cannot read policy /no/such.fpl: No such file or directory — hint: check the path "
+     "given to --policy\n"),
+    (["--", "/bin/true"],
+     "faramesh-sandbox: no policy given — hint: pass --policy FILE; a file with `agent a { default permit }` "
+     "permits everything while still auditing\n"),
+    (["--policy", "{permit}"],
+     "faramesh-sandbox: no command given — hint: usage: faramesh-sandbox run --policy FILE [--audit PATH] "
+     "-- CMD [ARGS...]\n"),
+])
+def test_usage_errors_are_one_line_and_125(permit, args, line):
+    """Each launcher error is one line on stderr with a hint, and status 125."""
+    args = [str(permit) if a == "{permit}" else a for a in args]
+    result = cli("run", *args)
+    assert (result.returncode, result.stdout, result.stderr) == (125, "", line)
+
+
+def test_exec_denied_by_policy_is_126_and_audited(tmp_path):
+    """A policy that denies CMD's exec gives 126, the kernel's reason, and one DENY audit line."""
+    policy = tmp_path / "p.fpl"
+    policy.write_text('agent a {\n  default permit\n  deny shell/exec when args.program == "true" reason: "no"\n}\n')
+    audit = tmp_path / "audit.jsonl"
+    result = cli("run", "--policy", str(policy), "--audit", str(audit), "--", "/bin/true")
+    assert (result.returncode, result.stderr) == (126, "faramesh-sandbox: /bin/true: Operation not permitted\n")
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["syscall"], r["tool"], r["effect"], r["rule_id"], r["args"]["path"]) for r in records] == [
+        ("execve", "shell/exec", "DENY", "fpl-0", "/usr/bin/true")]
+
+
+def test_sigterm_to_the_launcher_reaches_the_agent(permit):
+    """SIGTERM sent to the launcher is forwarded through init to the agent, whose status comes back."""
+    proc = start_cli("run", "--policy", str(permit), "--", "sh", "-c",
+                     "trap 'echo got TERM; exit 7' TERM; echo ready; while :; do sleep 0.05; done")
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert (proc.returncode, out) == (7, "got TERM\n")
+
+
+def test_launcher_death_takes_the_whole_sandbox(permit):
+    """SIGKILL of the launcher leaves no process of the sandbox behind."""
+    proc = start_cli("run", "--policy", str(permit), "--", "sh", "-c", "sleep 60 & sleep 60 & echo ready; wait")
+    assert proc.stdout.readline() == "ready\n"
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert len(tree) == 5  # outer, init, sh, two sleeps
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(tree, timeout=5)
+    assert (len(gone), alive) == (5, [])
+
+
+def _in_child(body) -> tuple[int, str, str]:
+    """Run ``body()`` (returning a status) in a forked child; collect its stdout and stderr."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 99
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout = open(1, "w", buffering=1, closefd=False)  # pytest's capture objects are not fds 1 and 2
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
+            status = body()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out_f, os.fdopen(err_r) as err_f:
+        out, err = out_f.read(), err_f.read()
+    _, wait_status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(wait_status), out, err
+
+
+def _become_nobody() -> None:
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+    _libc.prctl(PR_SET_DUMPABLE, 1)  # as after an exec: setresuid cleared it, hiding /proc/self
+
+
+def test_impossible_setup_is_one_line_with_a_hint(permit):
+    """Where user namespaces are refused, run says which call failed and how to fix it, status 125."""
+    def body() -> int:
+        # An unmapped user namespace: its uid is unmapped, so no further user namespace may be made.
+        _libc_ns.unshare(_libc_ns.CLONE_NEWUSER)
+        return cli_in_process("run", "--policy", str(permit), "--", "/bin/true")
+    status, out, err = _in_child(body)
+    assert (status, out) == (125, "")
+    assert err.splitlines()[-1] == (
+        "faramesh-sandbox: cannot create user namespace: unshare(CLONE_NEWUSER): Operation not permitted — hint: "
+        "user namespaces are disabled for unprivileged users (sysctl kernel.unprivileged_userns_clone=0, or on "
+        "Ubuntu 24.04+ kernel.apparmor_restrict_unprivileged_userns=1: add an AppArmor profile with 'userns,' or "
+        "run as root)")
+
+
+def test_non_root_run_uses_a_user_namespace_and_fails_closed_without_a_cgroup():
+    """As uid 65534 the sandbox starts in a user namespace; with no cgroup to freeze, it says so once
+    and the supervisor denies execs rather than decide them unfrozen."""
+    shared = Path(tempfile.mkdtemp(prefix="faramesh-nonroot-", dir="/tmp"))  # pytest's tmp is root-only
+    try:
+        shared.chmod(0o777)
+        (shared / "permit.fpl").write_text(PERMIT)
+        audit = shared / "audit.jsonl"
+
+        def body() -> int:
+            _become_nobody()
+            os.chdir("/")
+            return cli_in_process("run", "--policy", str(shared / "permit.fpl"), "--audit", str(audit), "--", "/bin/true")
+        status, out, err = _in_child(body)
+        assert (status, out) == (126, "")
+        warning, failure = err.splitlines()
+        assert warning.startswith("faramesh-sandbox: warning: no cgroup for the agent (mkdir(/sys/fs/cgroup/unified/")
+        assert warning.endswith("): Permission denied): exec decisions cannot freeze the agent's other tasks, "
+                                "so the supervisor denies execs")
+        assert failure == "faramesh-sandbox: /bin/true: Operation not permitted"
+        record = json.loads(audit.read_text())
+        assert (record["tool"], record["effect"], record["reason_code"]) == (
+            "shell/exec", "DENY", "exec_freeze_unavailable")
+    finally:
+        shutil.rmtree(shared)

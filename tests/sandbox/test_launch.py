@@ -1,0 +1,115 @@
+"""launch() on the real kernel with the seccomp filter: exit statuses, cgroup, listener hand-over, errors."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from policy.decision import Decision, Effect
+from sandbox import cgroups, traced
+from sandbox.errors import SandboxError
+from sandbox.launch import STAGES, launch
+from sandbox.spec import SandboxSpec
+
+pytestmark = pytest.mark.kernel
+TRAPPED = frozenset(row.name for row in traced.TABLE)
+
+
+def permit_all(call):
+    return Decision(Effect.PERMIT, rule_id="test-permit")
+
+
+def deny_exec_of(program: str):
+    def decide(call):
+        if call.tool == "shell/exec" and call.args.get("program") == program:
+            return Decision(Effect.DENY, rule_id="test-deny", reason_code="RULE_DENY")
+        return Decision(Effect.PERMIT, rule_id="test-permit")
+    return decide
+
+
+def run(argv: list[str], decide=permit_all, audit=None, **fields) -> int:
+    return launch(SandboxSpec(argv=argv, trapped=TRAPPED, **fields), decide, audit=audit)
+
+
+@pytest.mark.parametrize(("argv", "status"), [
+    (["/bin/true"], 0),
+    (["sh", "-c", "exit 3"], 3),
+    (["/etc/os-release"], 126),  # exists, not executable
+    (["no-such-program-xyz"], 127),
+    (["sh", "-c", "kill -KILL $$"], 128 + 9),
+    (["sh", "-c", "kill -TERM $$"], 128 + 15),
+])
+def test_exit_status_follows_the_shell_convention(argv, status, capfd):
+    """The agent's status passes through; signals give 128+N; cannot run 126; not found 127."""
+    assert run(argv) == status
+
+
+def test_not_found_and_not_executable_say_why(capfd, tmp_path):
+    """126 and 127 come with the shell-style reason on stderr."""
+    plain, garbage = tmp_path / "plain", tmp_path / "garbage"
+    plain.write_text("not a program\n")
+    plain.chmod(0o644)
+    garbage.write_bytes(b"\x00\x01 not an executable format")
+    garbage.chmod(0o755)
+    assert run(["no-such-program-xyz"]) == 127
+    assert run([str(plain)]) == 126
+    assert run([str(garbage)]) == 126
+    assert capfd.readouterr().err == ("faramesh-sandbox: no-such-program-xyz: No such file or directory\n"
+                                      f"faramesh-sandbox: {plain}: Permission denied\n"
+                                      f"faramesh-sandbox: {garbage}: Exec format error\n")
+
+
+def test_first_exec_is_decided_by_the_policy(capfd):
+    """The agent's own execve of CMD is trapped: denying it gives 126 and one audited decision."""
+    records = []
+    assert run(["/bin/true"], decide=deny_exec_of("true"), audit=records.append) == 126
+    assert capfd.readouterr().err == "faramesh-sandbox: /bin/true: Operation not permitted\n"
+    assert [(r["syscall"], r["tool"], r["effect"], r["rule_id"]) for r in records] == [
+        ("execve", "shell/exec", "DENY", "test-deny")]
+
+
+def test_agent_runs_in_a_fresh_cgroup_that_is_removed(capfd):
+    """Every agent task is in faramesh-<session> under our v2 cgroup; the directory is gone afterwards."""
+    assert run(["cat", "/proc/self/cgroup"], session_id="t-cgroup") == 0
+    out = capfd.readouterr().out
+    assert "0::/faramesh-t-cgroup\n" in out
+    assert not os.path.exists(os.path.join(cgroups.v2_mount(), "faramesh-t-cgroup"))
+
+
+def test_agent_never_holds_the_listener(capfd):
+    """After exec the agent has only stdin, stdout, stderr (and ls's directory); no seccomp listener."""
+    assert run(["sh", "-c", "ls -l /proc/self/fd | grep -c seccomp; ls /proc/self/fd"]) == 0
+    assert capfd.readouterr().out == "0\n0\n1\n2\n3\n"
+
+
+def test_filter_and_no_new_privs_are_in_force(capfd):
+    """The agent runs with no_new_privs and a seccomp filter (Seccomp: 2 = filter mode)."""
+    assert run(["grep", "-E", "^(NoNewPrivs|Seccomp):", "/proc/self/status"]) == 0
+    assert capfd.readouterr().out == "NoNewPrivs:\t1\nSeccomp:\t2\n"
+
+
+def test_setup_failure_names_the_stage_and_call(capfd):
+    """A stage that fails raises SandboxError naming the stage and the kernel call, then the errno."""
+    with pytest.raises(SandboxError) as caught:
+        run(["/bin/true"], hostname="h" * 100)
+    assert caught.value.stage == "hostname"
+    assert caught.value.message == f"sethostname({'h' * 100!r}): Invalid argument"
+
+
+def test_missing_working_directory_fails_with_a_hint(capfd):
+    """A working directory that does not exist is a set-up failure with a hint, not a traceback."""
+    with pytest.raises(SandboxError) as caught:
+        run(["/bin/true"], cwd="/no/such/dir")
+    assert (caught.value.stage, caught.value.message, caught.value.hint) == (
+        "chdir", "No such file or directory: /no/such/dir", "run from a directory that exists")
+    assert caught.value.render().startswith("cannot enter the working directory: No such file or directory")
+
+
+def test_stages_run_in_a_fixed_security_order():
+    """The ordered stage list: namespaces before mounts, no_new_privs right before the filter, filter last."""
+    names = [name for name, _role, _step in STAGES]
+    assert names == ["filter", "cgroup", "fork_outer", "die_with_launcher", "join_cgroup", "user_namespace",
+                     "map_user", "namespaces", "fork_init", "die_with_parent", "mounts", "hostname", "loopback",
+                     "fork_agent", "restore_signals", "chdir", "close_fds", "no_new_privs", "seccomp",
+                     "hand_over_listener"]
