@@ -124,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--opens", type=int, default=20000)
-    parser.add_argument("--getpids", type=int, default=2000000)
+    parser.add_argument("--getpids", type=int, default=300000)
     parser.add_argument("--loop", type=int, default=2000)
     options = parser.parse_args()
     modes = ["native", "sandboxed", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]

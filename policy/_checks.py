@@ -1,7 +1,7 @@
 """Static checks of a document, before compilation.
 
 Codes (stable): E301-E306 conditions (see _conditions), E310-E316 block values,
-E320/E321 ``deny!`` guarantee, E330-E334 document shape; W300-W303 warnings.
+E320/E321 ``deny!`` guarantee (E322 under ``policy check`` only), E330-E334 document shape; W300-W303 warnings.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from policy import ast
 from policy.errors import Diagnostic, line_of
 from policy.glob import compile_glob, has_meta, is_valid_glob
 
+SAME_PATTERN_PERMIT = "W306"  # promoted to error E322 by policy check, as the reference does
 NOT_ENFORCED = "parsed, not enforced by faramesh-sandbox"
 DEFAULTS = ("permit", "deny", "defer", "halt", "shadow")
 BUDGET_KEYS = ("max", "daily", "max_calls", "warn_at", "on_exceed")
@@ -103,9 +104,10 @@ def check_strict_conflicts(rules: list[ast.Rule], report: Reporter) -> None:
     """Reject permits/defers that an unconditional ``deny!`` makes unreachable.
 
     E320: same pattern as an unconditional deny!. E321: pattern covered by an
-    unconditional deny! (see ``pattern_covers``). W304: same pattern as a
-    conditional deny!; faramesh-core's ``check`` rejects this, but here the
-    deny! runs first, so the rule still applies whenever the deny! does not."""
+    unconditional deny! (see ``pattern_covers``). W306 (permit) / W304 (defer):
+    same pattern as a conditional deny!. The rule still applies whenever the
+    deny! condition is false, so loading accepts it (corpus policies rely on
+    this); ``policy check`` turns W306 into error E322, as faramesh check does."""
     stricts = [r for r in rules if r.strict]
     for rule in rules:
         if rule.strict or rule.effect not in ("permit", "defer"):
@@ -114,10 +116,12 @@ def check_strict_conflicts(rules: list[ast.Rule], report: Reporter) -> None:
             where = report.make("E320", f"`deny! {strict.tool}` is here", strict.span, severity="note")
             if not _unconditional(strict):
                 if strict.tool == rule.tool:
-                    report.warning("W304", f"`{rule.effect} {rule.tool}` has the same pattern as a conditional "
-                                   "`deny!`: it applies only when the deny! condition is false (faramesh-core's "
-                                   "`check` rejects this)", rule.span, "narrow one of the two patterns if the "
-                                   "policy must also pass faramesh check")
+                    code = SAME_PATTERN_PERMIT if rule.effect == "permit" else "W304"
+                    report.warnings.append(report.make(
+                        code, f"`{rule.effect} {rule.tool}` has the same pattern as a conditional `deny!`: "
+                        "it applies only when the deny! condition is false", rule.span,
+                        "give the two rules different patterns (faramesh check rejects a permit that "
+                        "repeats a deny! pattern)", "warning", (where,)))
                 continue
             if strict.tool == rule.tool:
                 report.error("E320", f"`{rule.effect} {rule.tool}` conflicts with `deny! {strict.tool}`: "

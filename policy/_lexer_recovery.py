@@ -1,8 +1,10 @@
-"""Cut a failed FPL item into the pieces that can be parsed on their own.
+"""Find the piece of FPL text that holds a syntax error, and what follows it.
 
 A skim (strings, comments, braces and words only, no parser) finds where
 top-level items, agent statements and rules begin: a start word at brace
-depth 0 that opens its line or directly follows ``{`` or ``}``.
+depth 0 that opens its line or directly follows ``{`` or ``}``. The skim stops
+at the first piece boundary after the error, so narrowing costs time in
+proportion to the text it passes over, not to the whole file.
 """
 
 from __future__ import annotations
@@ -33,30 +35,43 @@ _LEVELS = {
 }
 
 
-def pieces(text: str, lo: int, hi: int, start: str) -> list[tuple[int, int, str]]:
-    """Sub-ranges of ``text[lo:hi]`` to parse separately, each with its start symbol."""
+Range = tuple[int, int, str]  # (start offset, end offset, grammar start symbol)
+
+
+def narrow(text: str, lo: int, hi: int, start: str, offset: int):
+    """The piece of ``text[lo:hi]`` (parsed as ``start``) holding ``offset``, and the
+    ranges after it still to be read, or None when it cannot be narrowed further."""
     level = _LEVELS.get(start)
     if level is None:
-        return []
+        return None
     starts, bodies = level
-    cuts, first_word = _cuts(text, lo, hi, starts)
-    if len(cuts) > 1 or (cuts and cuts[0] != lo):
-        bounds = ([lo] if cuts[0] != lo else []) + cuts + [hi]
-        return [(a, b, start) for a, b in zip(bounds, bounds[1:]) if a < b]
+    cuts, first_word = _cuts(text, lo, hi, starts, offset)
+    before, after = _around(cuts, lo, hi, offset)
+    if (before, after) != (lo, hi):
+        return (before, after, start), ([(after, hi, start)] if after < hi else [])
     body = bodies.get(first_word)
-    if body is None:
-        return []
-    inner = _body(text, lo, hi)
+    inner = _body(text, lo, hi) if body is not None else None
     if inner is None:
-        return []
+        return None
     a, b = inner
+    tail = [(b + 1, hi, start)] if b + 1 < hi and _has_content(text, b + 1, hi) else []
+    if offset >= b:
+        return (tail[0], []) if tail and offset > b else None
+    if offset < a:
+        return None  # the error is in the item's header
     body_starts, symbol = body
-    cuts, _ = _cuts(text, a, b, body_starts)
-    bounds = ([a] if not cuts or cuts[0] != a else []) + cuts + [b]
-    found = [(x, y, symbol) for x, y in zip(bounds, bounds[1:]) if _has_content(text, x, y)]
-    if b < hi and _has_content(text, b + 1, hi):
-        found.append((b + 1, hi, start))  # whatever follows the closing brace
-    return found
+    cuts, _ = _cuts(text, a, b, body_starts, offset)
+    before, after = _around(cuts, a, b, offset)
+    rest = ([(after, b, symbol)] if after < b else []) + tail
+    return (before, after, symbol), rest
+
+
+def _around(cuts: list[int], lo: int, hi: int, offset: int) -> tuple[int, int]:
+    """The piece holding ``offset``. An error on the first token of a piece means
+    the piece before it ended too early, so that earlier piece is the one."""
+    before = max([lo] + [c for c in cuts if c < offset])
+    after = next((c for c in cuts if c > before and c >= offset), hi)
+    return before, after
 
 
 def _has_content(text: str, lo: int, hi: int) -> bool:
@@ -64,8 +79,8 @@ def _has_content(text: str, lo: int, hi: int) -> bool:
                for m in _SKIM.finditer(text, lo, hi))
 
 
-def _cuts(text: str, lo: int, hi: int, starts) -> tuple[list[int], str]:
-    """Offsets of piece starts at depth 0, and the first word of the range."""
+def _cuts(text: str, lo: int, hi: int, starts, offset: int) -> tuple[list[int], str]:
+    """Piece starts at depth 0 up to the first one past ``offset``; the range's first word."""
     cuts: list[int] = []
     depth, line_open, first_word = 0, True, ""
     for m in _SKIM.finditer(text, lo, hi):
@@ -81,6 +96,8 @@ def _cuts(text: str, lo: int, hi: int, starts) -> tuple[list[int], str]:
             first_word = word
         if word and depth == 0 and line_open and word in starts:
             cuts.append(m.start())
+            if m.start() > offset:
+                break
         if not m.group().isspace() and not m.group().startswith("#"):
             line_open = False
     return cuts, first_word

@@ -144,7 +144,7 @@ class Lower(Transformer):
         return ast.Meta(str(c[0]), str(c[1]), join(c[0], c[1]))
 
     def var(self, c):
-        return ast.Var(str(c[1]), c[2], tspan(c[0]))
+        return ast.Var(str(c[1]), c[2], join(c[0], c[1]))
 
     def rules(self, c):
         return ast.RulesBlock(tuple(c[1:-1]), join(c[0], c[-1]))

@@ -120,6 +120,9 @@ _CASES = (_unmatched, _missing_name, _same_line_effect, _equals_after_meta, _mis
           _unclosed, _inside_condition, _unknown_statement)
 
 
+_MISSING = (_missing_name, _missing_tool, _expected_operand)
+
+
 def _expected_text(expected: set[str]) -> str:
     names = sorted({READABLE.get(t, t.lower()) for t in expected})
     if len(names) > 8:
@@ -141,6 +144,9 @@ def explain(tok: Token, expected: set[str], lexer: Lexer, path: str) -> Diagnost
             code, message, help = found[:3]
             if len(found) > 3:
                 span = found[3]
+            elif case in _MISSING and prev is not None and tok.line > prev.end_line:
+                # something is missing at the end of a line: point there, not at the next line
+                span = ast.Span(prev.end_line, prev.end_column, prev.end_line, prev.end_column + 1)
             return Diagnostic(code, message, path, span, help)
     return Diagnostic("E100", f"unexpected {_shown(tok)}", path, span,
                       "expected " + _expected_text(expected))

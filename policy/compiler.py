@@ -8,11 +8,12 @@ looking at the AST again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
 from policy import ast
-from policy._checks import Reporter, check_document, ordered_rules
+from policy._checks import SAME_PATTERN_PERMIT, Reporter, check_document, ordered_rules
 from policy._conditions import CompiledCondition, ConditionError, compile_condition
 from policy._network import compile_net_clauses
 from policy.decision import Decision, Effect
@@ -210,4 +211,12 @@ def check(doc: ast.Document, source_text: str | bytes, path: str) -> list[Diagno
         policy = compile_policy(doc, source_text, path)
     except PolicyError as exc:
         return list(exc.diagnostics)
-    return sorted(policy.warnings, key=lambda d: d.sort_key)
+    found = [_promote(d) for d in policy.warnings]
+    return sorted(found, key=lambda d: d.sort_key)
+
+
+def _promote(diag: Diagnostic) -> Diagnostic:
+    """``policy check`` is stricter than loading: a permit repeating a deny! pattern is an error."""
+    if diag.code != SAME_PATTERN_PERMIT:
+        return diag
+    return dataclasses.replace(diag, code="E322", severity="error")

@@ -68,17 +68,17 @@ from lark.lexer import Lexer as _LarkLexer
 from policy import ast
 from policy._lexer import Lexer
 from policy._lexer_accept import Acceptor
+from policy._lexer_recovery import narrow
 from policy._lexer_tables import SourceError
 from policy._lower import Lower
 from policy._lower_errors import explain
-from policy._lexer_recovery import pieces
 from policy.errors import Diagnostic, PolicyError
 
 MAX_SOURCE_BYTES = 1 << 20
-_NEWLINE = re.compile("\n")
 MAX_DIAGNOSTICS = 50
 GRAMMAR_PATH = Path(__file__).with_name("fpl.lark")
 START_SYMBOLS = ("document", "agent_body", "rules_body", "phase_body")
+_NEWLINE = re.compile("\n")
 
 
 class _TokensFromDriver(_LarkLexer):
@@ -104,7 +104,8 @@ _LOCK = threading.Lock()
 def parse(text: str | bytes, path: str = "<input>") -> ast.Document:
     """Parse FPL source; raise PolicyError with every syntax error found."""
     src = _Source(_decode(text, path), path)
-    value, found = _recover(src, 0, len(src.text), "document")
+    found: list = []
+    value = _collect(src, 0, len(src.text), "document", found)
     if found:
         raise PolicyError(_finish(found, src))
     return value
@@ -132,8 +133,9 @@ class _Source:
 def _decode(data: str | bytes, path: str) -> str:
     size = len(data)
     if size > MAX_SOURCE_BYTES:
+        unit = "characters" if isinstance(data, str) else "bytes"
         raise PolicyError([Diagnostic(
-            "E115", f"source is {size} bytes, larger than the {MAX_SOURCE_BYTES}-byte limit",
+            "E115", f"source is larger than the {MAX_SOURCE_BYTES}-byte limit ({size} {unit})",
             path, ast.Span(1, 1, 1, 2),
             help="split the policy into smaller files; FPL policies are small by design")])
     if isinstance(data, (bytes, bytearray)):
@@ -155,41 +157,36 @@ def _decode(data: str | bytes, path: str) -> str:
     return data
 
 
-def _recover(src: _Source, lo: int, hi: int, start: str):
-    """Parse ``src.text[lo:hi]`` as ``start``; on failure narrow down and read on.
+def _collect(src: _Source, lo: int, hi: int, start: str, found: list):
+    """Parse ``src.text[lo:hi]`` as ``start``; append each error to ``found``.
 
-    Returns (value or None, [(Diagnostic, offset)]). LALR stops at the first
-    token that cannot continue a valid prefix, so the pieces before the failing
-    one are fine; the failing piece is examined on its own (unless the error
-    was raised while building a node, which is already exact) and the pieces
-    after it are parsed again, run by run, for further errors. Each stretch of
-    text is thus read a bounded number of times.
+    Returns the value when the range parses. LALR stops at the first token
+    that cannot continue a valid prefix, so everything before the failing piece
+    is fine: the failing piece is examined on its own (unless the error was
+    raised while building a node, which is already exact) and the text after
+    it is read again for further errors. Each stretch of text is read a bounded
+    number of times, and recursion only follows the nesting of blocks.
     """
-    value, failure = _attempt(src, lo, hi, start)
-    if failure is None:
-        return value, []
-    diag, offset, exact = failure
-    parts = pieces(src.text, lo, hi, start)
-    hit = next((p for p in parts if p[0] <= offset < p[1]), None)
-    if hit is None:
-        return None, [(diag, offset)]
-    found = [(diag, offset)] if exact else (_recover(src, *hit)[1] or [(diag, offset)])
-    for run in _runs([p for p in parts if p[0] >= hit[1]]):
-        if len(found) > MAX_DIAGNOSTICS:
-            break
-        found.extend(_recover(src, *run)[1])
-    return None, found
-
-
-def _runs(parts: list) -> list:
-    """Merge consecutive pieces with the same start symbol into one range each."""
-    runs: list = []
-    for a, b, symbol in parts:
-        if runs and runs[-1][2] == symbol:
-            runs[-1] = (runs[-1][0], b, symbol)
-        else:
-            runs.append((a, b, symbol))
-    return runs
+    while True:
+        value, failure = _attempt(src, lo, hi, start)
+        if failure is None:
+            return value
+        diag, offset, exact = failure
+        narrowed = narrow(src.text, lo, hi, start, offset)
+        if narrowed is None:
+            found.append((diag, offset))
+            return None
+        hit, rest = narrowed
+        known = len(found)
+        if not exact:
+            _collect(src, *hit, found)
+        if exact or len(found) == known:
+            found.append((diag, offset))
+        if len(found) > MAX_DIAGNOSTICS or not rest:
+            return None
+        for run in rest[:-1]:
+            _collect(src, *run, found)
+        lo, hi, start = rest[-1]
 
 
 def _attempt(src: _Source, lo: int, hi: int, start: str):

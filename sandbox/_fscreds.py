@@ -53,10 +53,13 @@ def _fields(status: bytes) -> dict[bytes, bytes]:
 def read_identity(tid: int) -> AgentIdentity:
     """Parse /proc/<tid>/status; a vanished task is ESRCH, anything malformed EACCES."""
     try:
-        with open(f"/proc/{tid}/status", "rb") as f:
-            fields = _fields(f.read())
+        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise OSError(errno.ESRCH, f"agent task {tid} is gone") from None
+    try:
+        fields = _fields(os.read(fd, 16384))  # procfs hands the whole file to one read
+    finally:
+        os.close(fd)
     try:
         uids = fields[b"Uid"].split()
         gids = fields[b"Gid"].split()
@@ -108,6 +111,34 @@ def _ours() -> tuple[int, int, tuple[int, ...], int]:
     return ours
 
 
+CAP_SETGID = 1 << 6
+
+
+def _overflow_gid() -> int:
+    try:
+        with open("/proc/sys/kernel/overflowgid", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 65534
+
+
+OVERFLOW_GID = _overflow_gid()
+
+
+def groups_to_use(agent: tuple[int, ...], ours: tuple[int, ...], can_setgid: bool) -> tuple[int, ...]:
+    """The supplementary groups to act with.
+
+    Without CAP_SETGID (a rootless supervisor) the agent's groups are the ones it
+    inherited from us, shown with the overflow gid where its user namespace does
+    not map them; then ours are exactly right. Anything else is acted with as
+    shown, and setgroups failing then fails the call (fail closed)."""
+    if agent == ours or can_setgid:
+        return agent
+    if all(g in ours or g == OVERFLOW_GID for g in agent):
+        return ours
+    return agent
+
+
 @contextmanager
 def acting_as(agent: AgentIdentity, *, umask: bool = True) -> Iterator[None]:
     """Run the body with the agent's fs identity (and umask) in this thread; always restore."""
@@ -116,11 +147,12 @@ def acting_as(agent: AgentIdentity, *, umask: bool = True) -> Iterator[None]:
     _private_fs()
     ours_uid, ours_gid, ours_groups, ours_caps = _ours()
     lent_caps = ours_caps & agent.cap_effective
-    same = (agent.fsuid, agent.fsgid, agent.groups, lent_caps) == (ours_uid, ours_gid, ours_groups, ours_caps)
+    groups = groups_to_use(agent.groups, ours_groups, bool(ours_caps & CAP_SETGID))
+    same = (agent.fsuid, agent.fsgid, groups, lent_caps) == (ours_uid, ours_gid, ours_groups, ours_caps)
     old_umask = os.umask(agent.umask) if umask else None
     try:
         if not same:
-            _switch(agent.groups, agent.fsgid, agent.fsuid, lent_caps)
+            _switch(groups, agent.fsgid, agent.fsuid, lent_caps)
         yield
     finally:
         try:

@@ -73,9 +73,12 @@ def locate(view: AgentView, base: int | Start, path: bytes | None, *, follow: bo
         start = _start(view, base, True)
         obj = Obj(start.fd, view.visible(start.fd, anonymous_ok=True))
     else:
-        agent_fd, rest = (None, path) if resolve & _NO_REWRITE else view.rewrite(path)
-        if agent_fd is not None:
-            fd = view.agent_fd(agent_fd)
+        link, rest = (None, path) if resolve & _NO_REWRITE else view.rewrite(path)
+        if link is not None:
+            try:
+                fd = view.agent_link(link)
+            except FileNotFoundError:
+                raise fail(errno.ENOENT, f"agent has no {link}") from None
             if rest:
                 start = Start(fd)
                 with acting_as(view.agent, umask=False):
@@ -99,7 +102,7 @@ def locate_slot(view: AgentView, base: int | Start, path: bytes | None, kind: st
     if not path:
         raise fail(errno.ENOENT, "empty path")
     if not resolve & _NO_REWRITE:
-        _, path = view.rewrite(path, fd_links=False)
+        _, path = view.rewrite(path, links=False)
     head, name, trailing = split_last(path)
     if name in (b"", b".", b".."):
         err = errno.ENOTEMPTY if kind == "rmdir" and name == b".." else _DOT_ERRNO[kind]

@@ -22,16 +22,10 @@ _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_u
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_GET_NO_NEW_PRIVS = 39
-PR_SET_PDEATHSIG = 1
 
 SECCOMP_SET_MODE_FILTER = 1
-SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
 SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
-
-PTRACE_DETACH = 17
-PTRACE_SEIZE = 0x4206
-PTRACE_INTERRUPT = 0x4207
 
 
 def syscall_number(name: str) -> int:
@@ -133,7 +127,3 @@ def no_new_privs() -> bool:
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     """Duplicate ``target_fd`` of the process behind ``pidfd`` into this process."""
     return syscall("pidfd_getfd", pidfd, target_fd, 0)
-
-
-def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
-    return syscall("ptrace", request, pid, addr, data)

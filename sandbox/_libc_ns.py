@@ -37,6 +37,9 @@ _FLAG_NAMES = {
     CLONE_NEWCGROUP: "CLONE_NEWCGROUP",
 }
 
+PR_SET_PDEATHSIG = 1  # prctl option (prctl itself is in _libc.py)
+PR_SET_DUMPABLE = 4
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4

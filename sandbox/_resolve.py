@@ -21,10 +21,11 @@ because ``self`` there would mean the supervisor: ``/proc/self`` and
 ``/proc/thread-self`` become the agent's pid (in its namespace), ``/dev/fd``,
 ``/dev/std{in,out,err}`` its fd directory, and ``/proc/<agent>/fd/N[/rest]``
 re-opens the agent's fd N through our ``/proc/<tid>/fd/N`` (its documented
-meaning), continuing with ``rest`` as a dirfd-relative lookup. Objects that end
-up in a procfs must belong to the agent's own process, except a few read-only
-files (``ps`` works) — the supervisor's access to other processes' /proc files
-is broader than the agent's.
+meaning), continuing with ``rest`` as a dirfd-relative lookup;
+``/proc/<agent>/exe`` likewise. Every other magic link (root, cwd, ns/*,
+map_files/*) fails with ELOOP. Objects that end up in a procfs must belong to
+the agent's own process, except a few read-only files (``ps`` works): the
+supervisor's access to other processes' /proc files is broader than the agent's.
 
 Agent-visible paths come from the kernel's name for the fd
 (``readlink /proc/self/fd/N``) minus the name of the agent's root; an object
@@ -104,9 +105,13 @@ class AgentView:
         if number < 0:
             raise fail(errno.EBADF, f"fd {number}")
         try:
-            return self.keep(os.open(f"/proc/{self.agent.tid}/fd/{number}", PATH_FD))
+            return self.agent_link(f"fd/{number}")
         except FileNotFoundError:
             raise fail(errno.EBADF, f"agent fd {number}") from None
+
+    def agent_link(self, link: str) -> int:
+        """O_PATH fd to what the agent's magic link /proc/<tid>/<link> points at."""
+        return self.keep(os.open(f"/proc/{self.agent.tid}/{link}", PATH_FD))
 
     def start(self, dirfd: int) -> Start:
         if dirfd == lf.AT_FDCWD:
@@ -172,8 +177,11 @@ class AgentView:
 
     # -- /proc rewriting and checks --------------------------------------------------
 
-    def rewrite(self, path: bytes, fd_links: bool = True) -> tuple[int | None, bytes]:
-        """Rewrite self-referring /proc and /dev names; (agent fd, rest) for fd links."""
+    def rewrite(self, path: bytes, links: bool = True) -> tuple[str | None, bytes]:
+        """Rewrite self-referring /proc and /dev names.
+
+        Returns (None, rewritten path), or for the agent's own fd and exe links
+        (link name under /proc/<tid>, the rest of the path)."""
         if not path.startswith(b"/"):
             return None, path
         parts = [p for p in path.split(b"/") if p not in (b"", b".")]
@@ -189,12 +197,16 @@ class AgentView:
             parts = [b"proc", tgid, b"task", tid] + parts[2:]
         elif head != [b"proc", tgid]:
             return None, path
-        prefixes = ([b"proc", tgid, b"fd"], [b"proc", tgid, b"task", tid, b"fd"]) if fd_links else ()
-        for prefix in prefixes:
-            n = len(prefix)
+        for own in ([b"proc", tgid], [b"proc", tgid, b"task", tid]) if links else ():
+            n = len(own)
+            if parts[:n] != own or len(parts) == n:
+                continue
+            if parts[n:] == [b"exe"]:
+                return "exe", b""
+            number = parts[n + 1] if parts[n] == b"fd" and len(parts) > n + 1 else b""
             # procfs spells fd numbers without leading zeros; anything else is not an fd link.
-            if parts[:n] == prefix and len(parts) > n and parts[n].isdigit() and parts[n] == b"%d" % int(parts[n]):
-                return int(parts[n]), b"/".join(parts[n + 1:])
+            if number.isdigit() and number == b"%d" % int(number):
+                return f"fd/{int(number)}", b"/".join(parts[n + 2:])
         trailing = b"/" if path.endswith(b"/") else b""
         return None, b"/" + b"/".join(parts) + trailing
 

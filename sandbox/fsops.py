@@ -208,7 +208,7 @@ def _target(view, d, at: int | None, allowed: int, by_fd: bool):
         return locate_fd(view, d["fd"]), 0
     flags = _at(d, at, allowed)
     path = _path(d)
-    if path is None and d["syscall"] == "utimensat":
+    if path is None and d["syscall"] in ("utimensat", "futimesat"):
         if _dirfd(d) == lf.AT_FDCWD:
             raise fail(errno.EFAULT, "utimensat(AT_FDCWD, NULL)")
         flags |= lf.AT_EMPTY_PATH  # utimensat(fd, NULL, ...) acts on fd itself
@@ -310,7 +310,7 @@ OPS: dict[str, Callable] = {
     "truncate": _truncate(), "ftruncate": _truncate(by_fd=True),
     "chmod": _chmod(0), "fchmodat": _chmod(0), "fchmodat2": _chmod(None), "fchmod": _chmod(0, by_fd=True),
     "chown": _chown(0), "lchown": _chown(NOFOLLOW), "fchownat": _chown(None), "fchown": _chown(0, by_fd=True),
-    "utimensat": _utimes(None), "utime": _utimes(0), "utimes": _utimes(0), "futimesat": _utimes(0),
+    "utimensat": _utimes(None), "utime": _utimes(0), "utimes": _utimes(0), "futimesat": _utimes(None),
     "setxattr": _xattr(False, 0), "lsetxattr": _xattr(False, NOFOLLOW), "fsetxattr": _xattr(False, 0, True),
     "removexattr": _xattr(True, 0), "lremovexattr": _xattr(True, NOFOLLOW),
     "fremovexattr": _xattr(True, 0, True),

@@ -13,6 +13,7 @@ kills every task when init dies, and the launcher kills the cgroup when the run 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -22,7 +23,7 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-from sandbox import _libc, cgroups, mounts, namespaces, seccomp, supervisor
+from sandbox import _libc, _libc_ns, cgroups, mounts, namespaces, seccomp, supervisor
 from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
 
@@ -40,7 +41,8 @@ class _Run:
     role: str = "launcher"
     program: bytes = b""
     cgroup_dir: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # a protection is lost: always printed
+    notes: list[str] = field(default_factory=list)  # printed with --verbose
     launcher_pid: int = 0
     uid: int = 0
     gid: int = 0
@@ -63,6 +65,7 @@ def _create_cgroup(run: _Run) -> None:
         return
     try:
         run.cgroup_dir = cgroups.create(run.spec.session_id or str(os.getpid()))
+        run.notes.append(f"agent cgroup {run.cgroup_dir}")
     except OSError as err:
         # Degrade, and say so: without the cgroup, exec decisions cannot freeze the agent's
         # tree (the supervisor then fails closed) and left-overs die only with the pid namespace.
@@ -86,7 +89,7 @@ def _fork_outer(run: _Run) -> None:
 
 def _die_with_launcher(run: _Run) -> None:
     # Must come first: if the launcher dies, nothing it started may keep running.
-    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != run.launcher_pid:  # it died before prctl took effect
         os._exit(EXIT_SETUP)
 
@@ -115,7 +118,7 @@ def _fork_init(run: _Run) -> None:
 # ---- stages run in init (pid 1) -------------------------------------------------------------
 
 def _die_with_parent(run: _Run) -> None:
-    _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, signal.SIGKILL)
     # getppid() is 0 across a pid namespace, so ask the pipe whether outer still lives.
     poller = select.poll()
     poller.register(run.parent_alive_fd, select.POLLIN)
@@ -199,6 +202,7 @@ STAGES = (
     ("hand_over_listener", "agent", _report_ready),
 )
 
+
 def _as_error(stage: str, exc: BaseException) -> SandboxError:
     if isinstance(exc, SandboxError):
         return exc
@@ -239,9 +243,11 @@ def _exec_agent(run: _Run) -> None:
         path = _find_program(argv[0], env.get("PATH", os.defpath))
         os.execve(path, argv, env)
     except OSError as err:
-        code = EXIT_NOT_FOUND if err.errno == 2 else EXIT_CANNOT_RUN
+        code = EXIT_NOT_FOUND if err.errno == errno.ENOENT else EXIT_CANNOT_RUN
         os.write(2, f"faramesh-sandbox: {argv[0]}: {os.strerror(err.errno)}\n".encode())
         os._exit(code)
+    except ValueError as err:  # an argument or variable with a NUL byte cannot be passed to execve
+        os.write(2, f"faramesh-sandbox: {argv[0]!r}: {err}\n".encode())
     finally:
         os._exit(EXIT_CANNOT_RUN)
 
@@ -259,7 +265,7 @@ def _find_program(name: str, search_path: str) -> str:
             denied = denied or candidate
     if denied:
         return denied  # execve reports EACCES, as a shell would
-    raise FileNotFoundError(2, os.strerror(2))
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
 
 
 def _wait_and_forward(child: int) -> None:
@@ -314,6 +320,11 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
             _exec_agent(run)
         for line in run.warnings:
             print(f"faramesh-sandbox: warning: {line}", file=sys.stderr, flush=True)
+        if spec.verbose:
+            user = "user, " if spec.wants_user_namespace() else ""
+            run.notes.append(f"namespaces {user}{', '.join(sorted(spec.namespaces))}; agent is pid 2")
+            for line in run.notes:
+                print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
         return _supervise(run, decide, audit, approve)
     finally:
         if run.role == "launcher":

@@ -57,6 +57,7 @@ class Rule:
     syscall: str
     action: int
     matchers: tuple = ()
+    note: str = ""  # which arguments the matchers select, for the docs
 
 
 EPERM = errno_action(errno.EPERM)
@@ -83,8 +84,9 @@ def _personality_rules() -> list[Rule]:
     rules = []
     for bit in range(1, 32):
         pair = 1 | (1 << bit)
-        rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1 << bit),)))
-        rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1),)))
+        note = "anything but 0 and the 0xffffffff query"
+        rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1 << bit),), note))
+        rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1),), note))
     return rules
 
 
@@ -96,16 +98,17 @@ HARDENING_RULES: tuple[Rule, ...] = tuple(
     + _deny_all(EPERM, "mount", "umount2", "pivot_root", "move_mount", "open_tree", "open_tree_attr",
                 "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr")
     + _deny_all(EPERM, "unshare", "setns")
-    + [Rule("clone", EPERM, (MaskedEq(0, flag, flag),)) for flag in CLONE_NAMESPACE_FLAGS.values()]
+    + [Rule("clone", EPERM, (MaskedEq(0, flag, flag),), "CLONE_NEW* flags") for flag in CLONE_NAMESPACE_FLAGS.values()]
     + _deny_all(EPERM, "keyctl", "add_key", "request_key", "userfaultfd")
     + _personality_rules()
     + _deny_all(EPERM, "open_by_handle_at", "name_to_handle_at")
     + _deny_all(EPERM, "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module")
-    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),)) for cmd in (TIOCSTI, TIOCLINUX)]
+    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),), "TIOCSTI, TIOCLINUX") for cmd in (TIOCSTI, TIOCLINUX)]
     # AIO and userfaultfd could write memory while its owner is frozen for an exec decision.
     + _deny_all(EPERM, "io_setup", "io_submit")
     # A nested listener would let the agent supervise (and answer for) its own children.
-    + [Rule("seccomp", EPERM, (MaskedEq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),))]
+    + [Rule("seccomp", EPERM, (MaskedEq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),),
+            "NEW_LISTENER")]
     + _deny_all(EPERM, "acct", "swapon", "swapoff", "reboot", "quotactl", "quotactl_fd", "lookup_dcookie")
     # Path-based attribute writes newer than the trapped table: refused until decoded.
     + _deny_all(ENOSYS, "setxattrat", "removexattrat", "file_setattr")

@@ -189,6 +189,9 @@ class Supervisor:
             notify.send_error(self.listener, notification.id, err.errno or errno.EACCES)
             return
         try:
+            if not notify.id_valid(self.listener, notification.id):  # prepare read /proc/PID: still ours?
+                self.stats["gone"] += 1
+                return
             call = self._call(op.tool, op.args, notification.pid)
             decision = self._settle(call, self._decide(call), notification)
             if not decision.permitted:
@@ -238,8 +241,8 @@ class Supervisor:
             return
         approved = self._settle(call, decision, notification)
         if not approved.permitted:
+            self._record(notification, row_for(notification).name, call, approved, started)
             notify.send_error(self.listener, notification.id, errno.EPERM)
-            self._record(notification, "execve", call, approved, started)
             return
         self._decide_frozen(notification, started, approved_call=call, approval=approved)
 

@@ -121,8 +121,10 @@ TOOL_ARGS = {
     "shell/exec": "path (absolute executable, symlinks resolved inside the agent's root), "
                   "requested (the path as given, made absolute), argv (list of strings), "
                   "cmd (argv as one shell-quoted string), program (basename of path), cwd",
-    "fs/*": "path (absolute, normalised, as the agent sees it), flags (list of names), mode, "
-            "dest (rename and link destination)",
+    "fs/*": "path (absolute, normalised, as the agent sees it, symlinks resolved as the syscall "
+            "would), flags (list of names), mode, dest (rename and link destination), target "
+            "(symlink content), uid and gid (chown; -1 = unchanged), length (truncate), "
+            "xattr (attribute name)",
 }
 
 
@@ -145,8 +147,31 @@ def render_markdown() -> str:
         roles = ", ".join(role.value for role in row.roles)
         implied = ", ".join(f"{k}={v:#x}" for k, v in row.implied.items())
         lines.append(f"| `{row.name}` | {tool} | {roles} | {implied} |")
-    lines += ["", "An open is `fs/write` when it asks for write access, `O_CREAT` or `O_TRUNC`; otherwise `fs/read`."]
-    return "\n".join(lines) + "\n"
+    lines += ["", "An open is `fs/write` when it asks for write access, `O_CREAT` or `O_TRUNC`; otherwise `fs/read`.",
+              "", "## Decided in the kernel", "",
+              "When the policy decides a category unconditionally, the filter answers it without a",
+              "supervisor round trip: `shell/exec` (execve, execveat), `fs/read` (read-only `open` and",
+              "`openat`, told apart by their flags register; `openat2` keeps going to the supervisor",
+              "because its flags sit behind a pointer), and every other category by syscall.", ""]
+    return "\n".join(lines + hardening_markdown()) + "\n"
+
+
+def hardening_markdown() -> list[str]:
+    """The static rules of sandbox/seccomp.py, grouped by answer."""
+    from sandbox import seccomp  # only for the docs: traced.py itself stays free of libseccomp
+
+    groups: dict[str, list[str]] = {}
+    for rule in seccomp.HARDENING_RULES:
+        answer = "ENOSYS" if rule.action == seccomp.ENOSYS else "EPERM"
+        label = f"`{rule.syscall}`" + (f" ({rule.note})" if rule.note else "")
+        groups.setdefault(answer, [])
+        if label not in groups[answer]:
+            groups[answer].append(label)
+    lines = ["## Refused by the static filter", "",
+             "Any other architecture (i386 `int 0x80`) and any x32 syscall kill the process.", ""]
+    for answer, labels in groups.items():
+        lines.append(f"- {answer}: " + ", ".join(labels))
+    return lines
 
 
 if __name__ == "__main__":

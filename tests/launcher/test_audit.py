@@ -31,8 +31,10 @@ def test_missing_fields_are_null_and_extras_kept():
 
 def test_bytes_arguments_are_readable_text():
     """Undecodable bytes in arguments are escaped, never dropped or crashing the writer."""
-    decoded = json.loads(encode({"args": {"path": b"/tmp/\xff.txt", "dest": "/tmp/\udcff.txt"}}))
-    assert (decoded["args"]["path"], decoded["args"]["dest"]) == ("/tmp/\\xff.txt", "/tmp/\\udcff.txt")
+    line = encode({"args": {"path": b"/tmp/\xff.txt", "dest": "/tmp/\udcff.txt"}})
+    decoded = json.loads(line)
+    assert b'"dest":"/tmp/\\udcff.txt"' in line  # a JSON escape: the line stays valid UTF-8
+    assert (decoded["args"]["path"], decoded["args"]["dest"]) == ("/tmp/\\xff.txt", "/tmp/\udcff.txt")
 
 
 def test_appends_and_is_readable_when_write_returns(tmp_path):

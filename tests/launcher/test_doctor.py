@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import launcher.cli
-from sandbox import _libc, probe
+from sandbox import _libc, _libc_ns, probe
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ def test_as_an_ordinary_user_the_cgroup_is_missing_and_says_what_degrades():
             os.setgroups([])
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
-            _libc.prctl(4, 1)  # PR_SET_DUMPABLE, as after an exec
+            _libc.prctl(_libc_ns.PR_SET_DUMPABLE, 1)  # as after an exec
             args = PARSER.parse_args(["doctor", "--json"])
             status = args._runner(args)
         finally:

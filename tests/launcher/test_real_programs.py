@@ -78,8 +78,6 @@ def test_python_imports_the_standard_library(tmp_path):
     assert got.stdout == "24 2d711642b726b044 {\"a\": [1, 2]} 42\n"
 
 
-@pytest.mark.xfail(strict=True, reason="tar restores directory modes with chmod('/proc/self/fd/N'); "
-                   "sandbox/fsops.py answers that magic link with EBADF")
 def test_tar_create_and_extract_match_native(tmp_path):
     """tar creates a byte-identical archive and extracts the same tree as natively."""
     def prepare(directory: Path) -> None:

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 import launcher.cli
+import policy
 from sandbox import _libc, _libc_ns
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 PERMIT = "agent a {\n  default permit\n}\n"
-PR_SET_DUMPABLE = 4
 # Built before forking: as uid 65534 the interpreter's own library directory may be unreadable,
 # so nothing may be imported lazily in the children below.
 PARSER = launcher.cli.build_parser()
@@ -75,9 +75,10 @@ def test_invalid_policy_prints_diagnostics_and_exits_125(tmp_path):
     bad.write_text("agent a {\n  default permit\n  permit\n}\n")
     marker = tmp_path / "ran"
     result = cli("run", "--policy", str(bad), "--", "touch", str(marker))
-    assert result.returncode == 125
-    assert result.stderr.startswith(f"{bad}:3:9: error[E107]: rule `permit` is missing its tool pattern\n")
-    assert result.stderr.endswith("2 errors\n")
+    with pytest.raises(policy.PolicyError) as caught:
+        policy.load_policy(bad.read_text(), str(bad))
+    assert (result.returncode, result.stdout, result.stderr) == (125, "", caught.value.render() + "\n")
+    assert result.stderr.startswith(f"{bad}:3:9: error[E107]: ")
     assert not marker.exists()
 
 
@@ -121,6 +122,32 @@ def test_sigterm_to_the_launcher_reaches_the_agent(permit):
     assert (proc.returncode, out) == (7, "got TERM\n")
 
 
+def test_ctrl_c_reaches_the_agent_exactly_once(permit):
+    """The terminal's SIGINT reaches the agent directly and is not forwarded a second time."""
+    script = ("n=0; trap 'n=$((n+1))' INT; echo ready; while [ $n -eq 0 ]; do sleep 0.05; done; "
+              "sleep 0.5; echo n=$n; exit 5")
+    pid, terminal = pty.fork()
+    if pid == 0:
+        os.environ["PYTHONPATH"] = str(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "launcher", "run", "--policy", str(permit), "--",
+                                  "sh", "-c", script])
+    seen = b""
+    while b"ready" not in seen:
+        seen += os.read(terminal, 100)
+    os.write(terminal, b"\x03")  # the terminal sends SIGINT to its whole foreground process group
+    out = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 100)
+        except OSError:  # EIO: the other side of the terminal is gone
+            break
+        if not chunk:
+            break
+        out += chunk
+    _, status = os.waitpid(pid, 0)
+    assert (os.waitstatus_to_exitcode(status), out) == (5, b"^Cn=1\r\n")
+
+
 def test_launcher_death_takes_the_whole_sandbox(permit):
     """SIGKILL of the launcher leaves no process of the sandbox behind."""
     proc = start_cli("run", "--policy", str(permit), "--", "sh", "-c", "sleep 60 & sleep 60 & echo ready; wait")
@@ -162,7 +189,7 @@ def _become_nobody() -> None:
     os.setgroups([])
     os.setresgid(65534, 65534, 65534)
     os.setresuid(65534, 65534, 65534)
-    _libc.prctl(PR_SET_DUMPABLE, 1)  # as after an exec: setresuid cleared it, hiding /proc/self
+    _libc.prctl(_libc_ns.PR_SET_DUMPABLE, 1)  # as after an exec: setresuid cleared it, hiding /proc/self
 
 
 def test_impossible_setup_is_one_line_with_a_hint(permit):

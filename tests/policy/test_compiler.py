@@ -196,10 +196,18 @@ def test_condition_compiles_to_python_source():
     assert policy.rules[0].condition.source == "def condition(c):\n    return _lt(_member(c.args, 'amount'), 5)\n"
 
 
-def test_conditional_strict_deny_with_same_pattern_is_a_warning():
-    """A permit sharing the pattern of a conditional deny! is reachable, so it is W304, not an error."""
+def test_conditional_strict_deny_with_same_pattern_loads_but_fails_check():
+    """A permit repeating a conditional deny! pattern loads with W306, and `policy check` rejects it as E322."""
     doc = document(agent(rules(strict("shell/run", op("matches", name("cmd"), lit("rm")), line=2),
                                rule("permit", "shell/run", line=3))))
+    assert [(d.severity, d.code) for d in compile_policy(doc, SOURCE, "p.fpl").warnings] == [("warning", "W306")]
+    assert codes(doc) == [("error", "E322", 3)]
+
+
+def test_conditional_strict_deny_with_same_pattern_defer_is_a_warning():
+    """A defer repeating a conditional deny! pattern stays a warning (the reference checks permits only)."""
+    doc = document(agent(rules(strict("shell/run", op("matches", name("cmd"), lit("rm")), line=2),
+                               rule("defer", "shell/run", line=3))))
     assert codes(doc) == [("warning", "W304", 3)]
 
 

@@ -80,9 +80,9 @@ def test_byte_mutations_of_corpus_files(source, edits):
 
 def test_ten_thousand_nested_parentheses_fail_fast():
     """10k nested parentheses in a condition are E114, without recursion, in under a second."""
-    start = time.perf_counter()
+    start = time.process_time()
     assert outcome("permit x when " + "(" * 10_000 + "1" + ")" * 10_000) == "E114"
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_ten_thousand_nested_brackets_and_braces():
@@ -99,9 +99,9 @@ def test_long_not_chain_is_bounded():
 def test_two_mebibyte_file_is_rejected_quickly():
     """A 2 MiB file is E115 in well under a second."""
     data = b"permit x\n" * (2 * 1024 * 1024 // 9 + 1)
-    start = time.perf_counter()
+    start = time.process_time()
     assert outcome(data) == "E115"
-    assert time.perf_counter() - start < 1.0
+    assert time.process_time() - start < 1.0
 
 
 def test_large_files_parse_in_linear_time():
@@ -110,9 +110,9 @@ def test_large_files_parse_in_linear_time():
     timings = []
     for size in (64 * 1024, 256 * 1024):
         data = line * (size // len(line))
-        start = time.perf_counter()
+        start = time.process_time()
         assert len(parse(data).flat_rules) == size // len(line)
-        timings.append(time.perf_counter() - start)
+        timings.append(time.process_time() - start)
     assert timings[1] < 10.0
     assert timings[1] < 16 * timings[0]
 
@@ -122,3 +122,12 @@ def test_many_errors_are_capped():
     found = outcome("permit x when\n" * 5000).split(",")
     assert len(found) == 51
     assert found[-1] == "E119"
+
+
+def test_errors_spread_through_a_large_file_are_found_in_linear_time():
+    """600 broken rules spread over 600 KB cost about one pass: 51 reports in a few seconds of CPU."""
+    data = ("agent a {\n rules {\n" + ("permit x when\n" + "permit x\n" * 100) * 600 + "}}\n")
+    start = time.process_time()
+    found = outcome(data).split(",")
+    assert (len(found), found[0], found[-1]) == (51, "E110", "E119")
+    assert time.process_time() - start < 10.0

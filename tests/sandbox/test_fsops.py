@@ -11,6 +11,7 @@ import threading
 import pytest
 
 from sandbox import _libc_fs as lf
+from sandbox._fscreds import groups_to_use
 from sandbox.fsops import prepare
 from tests.sandbox.fs_agents import AT_FDCWD, fd_count, waiting_agent
 
@@ -53,10 +54,11 @@ def test_umask_does_not_leak_into_the_supervisor(agent):
     assert after == before
 
 
-def test_o_excl_on_existing_file_is_eexist(agent):
+def test_o_excl_on_existing_file_is_eexist(agent, work):
     """O_CREAT|O_EXCL on an existing name fails with EEXIST and leaves the file intact."""
-    err = _errno_of(agent, "openat", dirfd=AT_FDCWD, path=b"file", flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode=0o600)
-    assert err == errno.EEXIST
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    err = _errno_of(agent, "openat", dirfd=AT_FDCWD, path=b"file", flags=flags, mode=0o600)
+    assert (err, (work / "file").read_bytes()) == (errno.EEXIST, b"0123456789")
 
 
 def test_o_trunc_and_o_append_take_effect(agent, work):
@@ -91,21 +93,25 @@ def test_fifo_open_does_not_block_the_supervisor(agent, work):
 
 def test_rename_link_unlink_mkdir_symlink_on_disk(agent, work):
     """Each namespace call does exactly what it says, checked on disk."""
-    assert agent.call("mkdir", path=b"made", mode=0o777)[:2] == ("fs/mkdir", {"path": f"{work}/made", "flags": [], "mode": 0o777})
+    w = str(work)
+    tool, args, _ = agent.call("mkdir", path=b"made", mode=0o777)
+    assert (tool, args) == ("fs/mkdir", {"path": f"{w}/made", "flags": [], "mode": 0o777})
     assert stat.S_IMODE(os.stat(work / "made").st_mode) == 0o750
     tool, args, _ = agent.call("renameat2", dirfd=AT_FDCWD, path=b"file", newdirfd=AT_FDCWD, newpath=b"made/moved",
                                at_flags=lf.RENAME_NOREPLACE)
-    assert (tool, args) == ("fs/rename", {"path": f"{work}/file", "flags": ["RENAME_NOREPLACE"], "mode": None, "dest": f"{work}/made/moved"})
-    tool, args, _ = agent.call("linkat", dirfd=AT_FDCWD, path=b"made/moved", newdirfd=AT_FDCWD, newpath=b"hard", at_flags=0)
-    assert (tool, args) == ("fs/link", {"path": f"{work}/made/moved", "flags": [], "mode": None, "dest": f"{work}/hard"})
+    assert (tool, args) == ("fs/rename", {"path": f"{w}/file", "flags": ["RENAME_NOREPLACE"], "mode": None,
+                                          "dest": f"{w}/made/moved"})
+    tool, args, _ = agent.call("linkat", dirfd=AT_FDCWD, path=b"made/moved", newdirfd=AT_FDCWD, newpath=b"hard",
+                               at_flags=0)
+    assert (tool, args) == ("fs/link", {"path": f"{w}/made/moved", "flags": [], "mode": None, "dest": f"{w}/hard"})
     assert os.stat(work / "hard").st_nlink == 2
     tool, args, _ = agent.call("symlinkat", target=b"../etc/passwd", newdirfd=AT_FDCWD, newpath=b"soft")
-    assert (tool, args) == ("fs/link", {"path": f"{work}/soft", "flags": [], "mode": None, "target": "../etc/passwd"})
+    assert (tool, args) == ("fs/link", {"path": f"{w}/soft", "flags": [], "mode": None, "target": "../etc/passwd"})
     assert os.readlink(work / "soft") == "../etc/passwd"
     tool, args, _ = agent.call("unlinkat", dirfd=AT_FDCWD, path=b"hard", at_flags=0)
-    assert (tool, args) == ("fs/delete", {"path": f"{work}/hard", "flags": [], "mode": None})
+    assert (tool, args) == ("fs/delete", {"path": f"{w}/hard", "flags": [], "mode": None})
     assert not (work / "hard").exists()
-    assert agent.call("rmdir", path=b"dir")[1] == {"path": f"{work}/dir", "flags": ["AT_REMOVEDIR"], "mode": None}
+    assert agent.call("rmdir", path=b"dir")[1] == {"path": f"{w}/dir", "flags": ["AT_REMOVEDIR"], "mode": None}
     assert not (work / "dir").exists()
 
 
@@ -118,7 +124,8 @@ def test_attribute_calls_on_disk(agent, work):
     assert (args["uid"], args["gid"], os.stat(target).st_uid) == (123, -1, 123)
     agent.call("utimensat", dirfd=AT_FDCWD, path=b"file", times=((1000, 5), (2000, 7)), at_flags=0)
     assert (os.stat(target).st_atime_ns, os.stat(target).st_mtime_ns) == (1000 * 10**9 + 5, 2000 * 10**9 + 7)
-    assert agent.call("setxattr", path=b"file", xattr_name=b"user.k", xattr_value=b"v", xattr_flags=0)[1]["xattr"] == "user.k"
+    args = agent.call("setxattr", path=b"file", xattr_name=b"user.k", xattr_value=b"v", xattr_flags=0)[1]
+    assert args["xattr"] == "user.k"
     assert os.getxattr(target, "user.k") == b"v"
     agent.call("removexattr", path=b"file", xattr_name=b"user.k")
     assert os.listxattr(target) == []
@@ -322,3 +329,22 @@ def test_o_path_is_answered_with_an_injectable_read_only_fd(agent, work):
     assert (args["flags"], flags & (os.O_PATH | os.O_ACCMODE), is_dir) == (["O_PATH", "O_NOFOLLOW"], os.O_RDONLY, True)
     err = _errno_of(agent, "openat", dirfd=AT_FDCWD, path=b"link", flags=os.O_PATH | os.O_NOFOLLOW, mode=0)
     assert err == errno.EOPNOTSUPP
+
+
+@pytest.mark.parametrize("agent_groups,ours,can_setgid,expected", [
+    ((4, 65534), (4, 27), False, (4, 27)),
+    ((4, 99), (4, 27), False, (4, 99)),
+    ((4, 65534), (4, 27), True, (4, 65534)),
+])
+def test_groups_of_a_rootless_agent_are_ours_when_only_unmapped_ones_differ(agent_groups, ours, can_setgid, expected):
+    """Without CAP_SETGID, groups shown as the overflow gid are the supervisor's own inherited groups."""
+    assert groups_to_use(agent_groups, ours, can_setgid) == expected
+
+
+def test_null_path_time_calls_act_on_the_dirfd(work):
+    """utimensat/futimesat with a NULL path (decoded as b"" + AT_EMPTY_PATH) change the fd's own file."""
+    with waiting_agent(work, open_paths=[work / "dir"]) as agent:
+        for syscall, seconds in (("utimensat", 1111), ("futimesat", 2222)):
+            args = agent.call(syscall, dirfd=agent.fds[0], path=b"", times=((seconds, 0), (seconds, 0)),
+                              at_flags=lf.AT_EMPTY_PATH)[1]
+            assert (args["path"], os.stat(work / "dir").st_mtime_ns) == (f"{work}/dir", seconds * 10**9)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import tempfile
 
 import pytest
 
@@ -15,7 +13,6 @@ from sandbox.spec import SandboxSpec
 
 pytestmark = pytest.mark.kernel
 MS_SHARED = 1 << 20
-PR_SET_DUMPABLE = 4
 
 
 def run_sh(script: str, capfd, **spec_fields) -> tuple[int, str, str]:
@@ -110,7 +107,7 @@ def test_non_root_maps_the_caller_to_itself(capfd):
             os.setgroups([])
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
-            _libc.prctl(PR_SET_DUMPABLE, 1)  # as after an exec: setresuid cleared it, hiding /proc/self
+            _libc.prctl(_libc_ns.PR_SET_DUMPABLE, 1)  # as after an exec: setresuid cleared it, hiding /proc/self
             os.chdir("/")
             spec = SandboxSpec(argv=["sh", "-c", "id -u; id -g; cat /proc/self/uid_map; grep CapEff /proc/self/status; "
                                      "cat /proc/sys/kernel/hostname; echo /proc/[0-9]*"],

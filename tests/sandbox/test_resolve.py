@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 
 import pytest
 
@@ -260,3 +261,12 @@ def test_hard_link_is_decided_on_the_linked_object_then_on_the_new_name(tree):
         os.close(fd)
     assert (tool, args["path"], args["dest"]) == ("fs/link", f"{tree}/outside/secret", f"{tree}/work/copy")
     assert opened["path"] == f"{tree}/work/copy"
+
+
+def test_proc_self_exe_is_the_agents_executable_and_a_closed_fd_is_enoent(tree):
+    """/proc/self/exe opens the agent's own binary; /dev/fd/N for a closed N is ENOENT."""
+    with waiting_agent(tree) as agent:
+        args, fd = agent.open(b"/proc/self/exe")
+        os.close(fd)
+        err = _error(agent, dirfd=AT_FDCWD, path=b"/dev/fd/999", flags=0, mode=0)
+    assert (args["path"], err) == (os.path.realpath(shutil.which("sleep")), errno.ENOENT)

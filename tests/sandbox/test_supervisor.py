@@ -216,3 +216,12 @@ def test_stalled_handler_does_not_stall_the_supervisor(cgroup_dir, cbin, tmp_pat
     assert run.stdout.decode().splitlines() == ["cloexec=0 content=fast", "cloexec=0 content=stuck"], run.explain()
     assert release.is_set()
     assert run.stats["threads"] >= 2
+
+
+def test_vfork_spawn_from_python_is_decided(cgroup_dir):
+    """Python's subprocess (vfork + exec) runs an allowed command and is refused a denied one."""
+    code = ("import subprocess\n"
+            "print(subprocess.run(['/bin/echo', 'spawned'], capture_output=True).stdout.decode().strip())\n"
+            "try:\n    subprocess.run(['/bin/true'])\nexcept PermissionError as err:\n    print('refused', err.errno)\n")
+    run = run_sandboxed(["/usr/bin/python3", "-c", code], policy(denied_programs={"true"}), cgroup=cgroup_dir)
+    assert run.stdout == b"spawned\nrefused 1\n", run.explain()
