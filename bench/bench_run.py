@@ -110,7 +110,8 @@ def report(start: dict[str, float], loop_s: dict[str, float], rounds: int, loop_
         SECTION, "",
         f"Command: `python3 bench/bench_run.py --rounds {rounds} --loop-rounds {loop_rounds}`. "
         f"Machine: Linux {platform.release()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        "as root (cgroup freezer available). Medians; every configuration of a table ran interleaved in the same run.",
+        f"as root (cgroup freezer available), load average {os.getloadavg()[0]:.1f} at the end. "
+        "Medians; every configuration of a table ran interleaved in the same run.",
         "", f"### Start-up of `/bin/true` (median of {rounds})", "",
         "| configuration | ms | over native |", "|---|---|---|",
     ]

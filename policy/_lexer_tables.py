@@ -42,7 +42,7 @@ KNOWN_KEYS = {
 }
 # Keywords whose `{` opens a block the lexer must know about.
 OPENERS = frozenset({"AGENT", "SYSTEM", "TRUST", "BLOCK_KW", "RULES", "BUDGET",
-                      "PHASE", "DELEGATE"})
+                     "PHASE", "DELEGATE"})
 
 # Units glued to numbers: unit -> (kind, factor to the base quantity).
 UNITS = {
@@ -54,14 +54,14 @@ UNITS = {
 }
 
 OPERATOR_TYPES = frozenset({"OR", "AND", "NOT", "BANG", "CMP", "IN", "MATCHES",
-                             "CONTAINS", "STARTSWITH", "ENDSWITH", "PLUS", "MINUS",
-                             "STAR", "SLASH", "PERCENT", "POW", "QMARK", "COALESCE"})
+                            "CONTAINS", "STARTSWITH", "ENDSWITH", "PLUS", "MINUS",
+                            "STAR", "SLASH", "PERCENT", "POW", "QMARK", "COALESCE"})
 EXPR_TYPES = OPERATOR_TYPES | {"NAME", "NUMBER", "QUANTITY", "MONEY", "STRING", "TRUE",
-                                "FALSE", "NIL", "TOOLREF", "DOT", "_LPAR", "_RPAR",
-                                "_LSQB", "_RSQB", "_COMMA", "_COLON", "_EQUAL"}
+                               "FALSE", "NIL", "TOOLREF", "DOT", "_LPAR", "_RPAR",
+                               "_LSQB", "_RSQB", "_COMMA", "_COLON", "_EQUAL"}
 # Terminals whose presence in the accept set means "we are inside an expression".
 EXPR_MARKERS = frozenset({"NAME", "DOT", "CMP", "AND", "OR", "PLUS", "STAR", "QMARK",
-                           "COALESCE", "MATCHES"})
+                          "COALESCE", "MATCHES"})
 
 SYMBOLS = (
     ("**", "POW"), ("==", "CMP"), ("!=", "CMP"), ("<=", "CMP"), (">=", "CMP"),
@@ -77,15 +77,17 @@ NAME_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 SPACE_RE = re.compile(r"(?:[ \t\r\n]+|#[^\n]*)+")
 WORD_RE = re.compile(r"[A-Za-z_/*+&|][A-Za-z0-9_/*+&|.\-!@%^]*")
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-NUMBER_RE = re.compile(r"(-?\d+(?:\.\d+)?)([A-Za-z_][A-Za-z0-9_]*)?")
-MONEY_RE = re.compile(r"\$(\d+(?:\.\d+)?)([A-Za-z_][A-Za-z0-9_]*)?")
-NETVAL_RE = re.compile(r"[^\s\"'{}#=:][^\s\"'{}#=]*")
+NUMBER_RE = re.compile(r"(-?[0-9]+(?:\.[0-9]+)?)([A-Za-z_][A-Za-z0-9_]*)?")
+MONEY_RE = re.compile(r"\$([0-9]+(?:\.[0-9]+)?)([A-Za-z_][A-Za-z0-9_]*)?")
+# A network clause value: printable ASCII up to a space, quote, brace, `#` or `=`.
+_NETVAL_CHARS = "".join(re.escape(chr(c)) for c in range(0x21, 0x7F) if chr(c) not in "\"'{}#=")
+NETVAL_RE = re.compile(f"[{_NETVAL_CHARS.replace(':', '')}][{_NETVAL_CHARS}]*")
 TOOLREF_RE = re.compile(
     r"[A-Za-z_*][A-Za-z0-9_*\-]*(?:/[A-Za-z0-9_*\-]+)+(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?=[ \t]*[,)])")
 STRING_RES = {'"': re.compile(r'"(?:[^"\\\n]|\\.)*"'), "'": re.compile(r"'(?:[^'\\\n]|\\.)*'")}
 BANG_AFTER_DENY_RE = re.compile(r"[ \t]+!(?=\s|$)")
 ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "0": "\0", "\\": "\\", '"': '"', "'": "'",
-            "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
+           "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
 ESCAPE_RE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)")
 
 

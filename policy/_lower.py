@@ -205,7 +205,10 @@ class Lower(Transformer):
         if per not in _RATE_WINDOWS:
             raise fail("E122", f"unknown rate window {per!r}", c[4],
                        "write `per second`, `per minute`, `per hour` or `per day`")
-        return ast.RateLimit(str(c[1]), int(number(str(c[2]))), per, join(c[0], c[4]))
+        if "." in c[2]:
+            raise fail("E122", f"rate limit count {str(c[2])!r} is not a whole number", c[2],
+                       "write a whole number of calls, e.g. `10 per minute`")
+        return ast.RateLimit(str(c[1]), int(str(c[2])), per, join(c[0], c[4]))
 
     def redact(self, c):
         paths = tuple(str(item.value) for item in c[3].items)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from policy import ast
 from policy._checks import SAME_PATTERN_PERMIT, Reporter, check_document, ordered_rules
+from policy._static import reads_session
 from policy._conditions import CompiledCondition, ConditionError, compile_condition
 from policy._network import compile_net_clauses
 from policy.decision import Decision, Effect
@@ -70,6 +71,7 @@ class CompiledPolicy:
     vars: dict[str, object]
     warnings: tuple[Diagnostic, ...]
     sum_fields: frozenset[str]
+    reads_session: bool = False  # some condition reads session state or history
     strict_rules: tuple[CompiledRule, ...] = ()
     exact_index: dict[str, tuple[int, ...]] = field(default_factory=dict)
     glob_rules: tuple[int, ...] = ()
@@ -200,6 +202,7 @@ def compile_policy(doc: ast.Document, source_text: str | bytes, path: str) -> Co
         delegates={d.target: d for d in (agent.of(ast.Delegate) if agent else ())},
         manifest=doc.of(ast.Manifest), rate_limits=limits, vars=_agent_vars(agent),
         warnings=tuple(report.warnings), sum_fields=frozenset(sum_fields),
+        reads_session=any(r.condition is not None and reads_session(r.condition) for r in ordered_rules(doc)),
         strict_rules=tuple(r for r in rules if r.strict),
         exact_index={k: tuple(v) for k, v in exact.items()}, glob_rules=tuple(globs),
     )

@@ -35,6 +35,7 @@ from policy._exprlib import is_number
 from policy.canonical import NulByte, canonical_args, canonical_tool, literal_args
 from policy.compiler import CompiledPolicy, CompiledRule
 from policy.decision import Decision, Effect, deny
+from policy._static import static_effect
 from policy.session import SessionStore
 
 DEFER_TTL_SECONDS = 300.0
@@ -83,6 +84,11 @@ class Engine:
         self._sum_fields = tuple(sorted(frozenset().union(*(layer.sum_fields for layer in self.layers))))
         self._tracks_cost = any(layer.budget is not None and (layer.budget.max is not None or layer.budget.daily is not None)
                                 for layer in self.layers)
+
+    def static_effect(self, tool: str) -> Effect | None:
+        """PERMIT or DENY when every call to ``tool`` gets that effect whatever its
+        arguments and session (the kernel may then decide it), else None."""
+        return static_effect(self.layers, tool)
 
     @staticmethod
     def _default_decision(index: int, layer: CompiledPolicy) -> Decision:

@@ -312,7 +312,9 @@ def _item(item, indent: str) -> str:
 def _block_item(b: ast.Block, indent: str) -> str:
     if b.kind == "redact":
         paths = b.settings[0].value if b.settings else ()
-        listed = ", ".join(quote(p) for p in paths)
+        if isinstance(paths, ast.ListExpr):
+            paths = tuple(item.value for item in paths.items)
+        listed = ", ".join(quote(str(p)) for p in paths)
         return f"{indent}redact {_word_or_quote(b.name or '')} args: [{listed}]"
     head = b.kind if b.name is None else f"{b.kind} {_word_or_quote(b.name)}"
     return _settings_block(head, b.kind, b.settings, indent)

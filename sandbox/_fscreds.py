@@ -14,15 +14,17 @@ Limits, stated rather than hidden:
   and has no capabilities to lend, so this matters only for a root supervisor
   with a user namespace, which the launcher does not create.
 - Landlock domains and seccomp filters of the agent do not apply to us.
+- glibc's set*id/setgroups wrappers rewrite the credentials of *every* thread,
+  so the supervisor must not call them (os.setuid, os.setgroups...) once it
+  serves; they would clobber a thread acting for an agent.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import re
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -43,11 +45,18 @@ class AgentIdentity:
     umask: int
 
 
-_STATUS_FIELDS = re.compile(rb"^(Uid|Gid|Groups|CapEff|Umask|NStgid|NSpid):[ \t]*(.*)$", re.M)
+_STATUS_KEYS = (b"Uid", b"Gid", b"Groups", b"CapEff", b"Umask", b"NStgid", b"NSpid")
 
 
 def _fields(status: bytes) -> dict[bytes, bytes]:
-    return dict(_STATUS_FIELDS.findall(status))
+    """The lines of /proc/<tid>/status we need (every one follows a newline)."""
+    out = {}
+    for key in _STATUS_KEYS:
+        start = status.find(b"\n" + key + b":")
+        if start >= 0:
+            end = status.find(b"\n", start + 1)
+            out[key] = status[start + len(key) + 2: end if end >= 0 else None].strip()
+    return out
 
 
 def read_identity(tid: int) -> AgentIdentity:
@@ -139,8 +148,10 @@ def groups_to_use(agent: tuple[int, ...], ours: tuple[int, ...], can_setgid: boo
     return agent
 
 
-@contextmanager
-def acting_as(agent: AgentIdentity, *, umask: bool = True) -> Iterator[None]:
+_NOTHING_TO_SWITCH = nullcontext()
+
+
+def acting_as(agent: AgentIdentity, *, umask: bool = True) -> AbstractContextManager:
     """Run the body with the agent's fs identity (and umask) in this thread; always restore."""
     if getattr(_thread, "poisoned", False):
         raise OSError(errno.EACCES, "this thread could not restore its credentials earlier")
@@ -149,6 +160,15 @@ def acting_as(agent: AgentIdentity, *, umask: bool = True) -> Iterator[None]:
     lent_caps = ours_caps & agent.cap_effective
     groups = groups_to_use(agent.groups, ours_groups, bool(ours_caps & CAP_SETGID))
     same = (agent.fsuid, agent.fsgid, groups, lent_caps) == (ours_uid, ours_gid, ours_groups, ours_caps)
+    if same and not umask:
+        return _NOTHING_TO_SWITCH  # the common case of a root agent: no syscalls at all
+    return _switched(agent, groups, lent_caps, same, umask)
+
+
+@contextmanager
+def _switched(agent: AgentIdentity, groups: tuple[int, ...], lent_caps: int, same: bool,
+              umask: bool) -> Iterator[None]:
+    ours_uid, ours_gid, ours_groups, ours_caps = _ours()
     old_umask = os.umask(agent.umask) if umask else None
     try:
         if not same:

@@ -101,6 +101,8 @@ def build_open(view: AgentView, decoded: dict):
     path = decoded.get("path") or b""
     directory = flags & os.O_DIRECTORY
     creating = flags & os.O_CREAT and not flags & os.O_PATH
+    if creating and directory and not ff.is_tmpfile(flags):
+        raise fail(errno.EINVAL, "O_CREAT with O_DIRECTORY")  # as Linux answers since 6.4
     if ff.is_tmpfile(flags) or not creating:
         obj = locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
         _check_existing(obj, flags, creating=False)

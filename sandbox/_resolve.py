@@ -13,7 +13,8 @@ symlink) is it walked again from the root as "<start's agent path>/<path>" with
 RESOLVE_IN_ROOT. Both walks stay inside the agent's root, and callers decide on
 the object the walk returned, never on the string; an agent renaming an ancestor
 of its own cwd during the second walk can only change which of its own files it
-gets. (A per-thread chroot into the agent's root would give exact kernel
+gets, and the second walk needs search permission on the start's ancestors,
+which the kernel would not ask of the agent. (A per-thread chroot into the agent's root would give exact kernel
 semantics but needs CAP_SYS_CHROOT, which a rootless supervisor lacks.)
 
 Names the kernel would resolve through the agent's own procfs are rewritten,

@@ -37,8 +37,10 @@ gets its own cwd/root/umask the first time (``unshare(CLONE_FS)``).
 Known differences from the kernel acting for the agent itself: a blocking
 write-open of a FIFO without a reader fails with ENXIO instead of waiting;
 /dev/tty fails with ENXIO (it would be the supervisor's terminal); O_NOCTTY is
-implied; a relative path that climbs above its start directory is re-walked by
-name from the agent's root (see ``sandbox._resolve``).
+implied; O_PATH yields a read-only fd for files and directories and EOPNOTSUPP
+otherwise, because ADDFD cannot install O_PATH files (``sandbox._fsopen``); a
+relative path that climbs above its start directory is re-walked by name from
+the agent's root (``sandbox._resolve`` argues this against a per-thread chroot).
 """
 
 from __future__ import annotations

@@ -3,13 +3,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-"$PY" -m pip install -q --disable-pip-version-check -e .
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e .
 POLICY=examples/payment-bot.fpl
 echo "== faramesh-sandbox policy check $POLICY"
 faramesh-sandbox policy check "$POLICY"
 ask() {
     echo "== $1 $2"
-    faramesh-sandbox policy eval "$POLICY" --tool "$1" --args "$2" | "$PY" -c 'import json,sys; d=json.load(sys.stdin); print(f"   -> {d[\"effect\"]:<6} {d.get(\"rule_id\") or \"(default)\":<8} {d[\"reason_code\"]}: {d[\"reason\"]}")'
+    faramesh-sandbox policy eval "$POLICY" --tool "$1" --args "$2" | "$PY" -c '
+import json, sys
+d = json.load(sys.stdin)
+print("   -> %-6s %-9s %s: %s" % (d["effect"], d.get("rule_id") or "(default)", d["reason_code"], d["reason"]))'
 }
 ask stripe/refund '{"amount": 120, "currency": "usd"}'
 ask stripe/refund '{"amount": 800, "currency": "usd"}'

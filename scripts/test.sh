@@ -11,6 +11,6 @@ if [ -n "$missing" ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 PY="${PYTHON:-python3}"
-"$PY" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 # Kernel tests need root; the suite runs as root in CI.
 exec "$PY" -m pytest -q "$@"

@@ -17,7 +17,7 @@ import pytest
 
 import launcher.cli
 import policy
-from sandbox import _libc, _libc_ns
+from sandbox import _libc, _libc_ns, cgroups
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,15 +149,18 @@ def test_ctrl_c_reaches_the_agent_exactly_once(permit):
 
 
 def test_launcher_death_takes_the_whole_sandbox(permit):
-    """SIGKILL of the launcher leaves no process of the sandbox behind."""
+    """SIGKILL of the launcher leaves no process of the sandbox behind, not even in its cgroup."""
     proc = start_cli("run", "--policy", str(permit), "--", "sh", "-c", "sleep 60 & sleep 60 & echo ready; wait")
     assert proc.stdout.readline() == "ready\n"
     tree = psutil.Process(proc.pid).children(recursive=True)
     assert len(tree) == 5  # outer, init, sh, two sleeps
+    cgroup = Path(cgroups.v2_mount()) / cgroups.own_v2_path(Path(f"/proc/{tree[0].pid}/cgroup").read_text()).lstrip("/")
     proc.kill()
     proc.wait()
     gone, alive = psutil.wait_procs(tree, timeout=5)
     assert (len(gone), alive) == (5, [])
+    assert (cgroup / "cgroup.procs").read_text() == ""
+    cgroup.rmdir()  # the launcher could not: a SIGKILLed process runs no clean-up
 
 
 def _in_child(body) -> tuple[int, str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,22 @@ def test_multi_line_rule_with_clauses_in_any_order():
     assert rule.condition == Binary(">", Name("amount"), Literal(500))
     assert rule.net == (ast.NetClause("port", "443"), ast.NetClause("host", "api.openai.com"),
                         ast.NetClause("header", "sk-*", "x-key"))
+
+
+def test_header_spellings_and_query():
+    """`header:`, `headers:` and `query:` take key=value; spaces around `=` are allowed."""
+    rule = parse("permit proxy/http headers: x-a=1 header x-b = 2 query: v=*\n").flat_rules[0]
+    assert rule.net == (ast.NetClause("header", "1", "x-a"), ast.NetClause("header", "2", "x-b"),
+                        ast.NetClause("query", "*", "v"))
+
+
+def test_parse_is_safe_from_several_threads():
+    """Parsing the same sources from four threads at once gives the sequential results."""
+    sources = [f"agent a{i} {{\n rules {{\n  permit t{i} when x > {i}\n }}\n}}\n" for i in range(40)]
+    expected = [parse(s) for s in sources]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(parse, sources)) == expected
+    assert expected[7].agents[0].rules[0].condition == Binary(">", Name("x"), Literal(7))
 
 
 def test_effect_on_later_line_ends_the_condition():

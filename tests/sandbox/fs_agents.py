@@ -28,7 +28,7 @@ class Agent:
     fds: list[int] = field(default_factory=list)
 
     def call(self, syscall: str, **decoded) -> tuple[str, dict, FsResult]:
-        """prepare + perform + close; an fd result is read (or closed) and returned as bytes."""
+        """prepare + perform + close; returns (tool, args, result), an fd result being ours to close."""
         op = prepare(self.pid, {"syscall": syscall, "pid": self.pid, **decoded})
         try:
             result = op.perform()

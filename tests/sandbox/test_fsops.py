@@ -348,3 +348,27 @@ def test_null_path_time_calls_act_on_the_dirfd(work):
             args = agent.call(syscall, dirfd=agent.fds[0], path=b"", times=((seconds, 0), (seconds, 0)),
                               at_flags=lf.AT_EMPTY_PATH)[1]
             assert (args["path"], os.stat(work / "dir").st_mtime_ns) == (f"{work}/dir", seconds * 10**9)
+
+
+def test_credentials_are_per_thread_under_concurrency(work):
+    """Two threads acting for a root and a nobody agent at once never borrow each other's identity."""
+    (work / "private").write_bytes(b"p")
+    os.chmod(work / "private", 0o600)
+    os.chmod(work, 0o755)
+    outcomes = {"root": [], "nobody": []}
+    with waiting_agent(work) as root_agent, waiting_agent(work, user=NOBODY) as nobody_agent:
+        def hammer(name, agent):
+            for _ in range(60):
+                try:
+                    _, fd = agent.open(b"private")
+                    os.close(fd)
+                    outcomes[name].append("read")
+                except OSError as exc:
+                    outcomes[name].append(errno.errorcode[exc.errno])
+        threads = [threading.Thread(target=hammer, args=item) for item in
+                   (("root", root_agent), ("nobody", nobody_agent))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert (set(outcomes["root"]), set(outcomes["nobody"])) == ({"read"}, {"EACCES"})

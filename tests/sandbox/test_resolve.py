@@ -270,3 +270,27 @@ def test_proc_self_exe_is_the_agents_executable_and_a_closed_fd_is_enoent(tree):
         os.close(fd)
         err = _error(agent, dirfd=AT_FDCWD, path=b"/dev/fd/999", flags=0, mode=0)
     assert (args["path"], err) == (os.path.realpath(shutil.which("sleep")), errno.ENOENT)
+
+
+@pytest.mark.parametrize("path", [b"sub/../../etc/shadow", b"etcdir/shadow", b"abs/etc/shadow", b"up/etc/shadow",
+                                  b"/work/up/../../etc/./shadow", b"../../../etc/shadow"])
+def test_escape_tricks_from_a_chroot_stay_inside(tree, path):
+    """`..`, absolute and climbing symlinks all resolve inside the chroot, to its /etc/shadow."""
+    (tree / "work" / "sub" / "deeper").mkdir()
+    os.symlink("/etc", tree / "work" / "etcdir")
+    os.symlink("/", tree / "work" / "abs")
+    os.symlink("../../../../..", tree / "work" / "up")
+    with chrooted_agent(tree, cwd="/work") as agent:
+        args, fd = agent.open(path)
+        content = os.read(fd, 100)
+        os.close(fd)
+    assert (args["path"], content) == ("/etc/shadow", b"fake shadow\n")
+
+
+def test_dangling_symlink_create_in_a_chroot_creates_inside(tree):
+    """O_CREAT through `x -> /etc/newfile` in a chroot creates the chroot's /etc/newfile."""
+    os.symlink("/etc/newfile", tree / "work" / "x")
+    with chrooted_agent(tree, cwd="/work") as agent:
+        args, fd = agent.open(b"x", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+    assert (args["path"], (tree / "etc" / "newfile").exists()) == ("/etc/newfile", True)
