@@ -189,10 +189,12 @@ class Lexer:
 
     def _money(self) -> Token:
         m = MONEY_RE.match(self.text, self.pos, self.hi)
-        if m is None or m.group(2):
-            end = m.end() if m else self.pos + 1
-            raise self.error("E105", "`$` must be followed by an amount", self.pos, end,
+        if m is None:
+            raise self.error("E105", "`$` must be followed by an amount", self.pos, self.pos + 1,
                              "write an amount such as $500 or $19.99")
+        if m.group(2):
+            raise self.error("E105", f"`{m.group()}` is not an amount", self.pos, m.end(),
+                             "write digits only after `$`, such as $500 or $19.99")
         return self._token("MONEY", m.group(), self.pos, m.end())
 
     def _raw_line(self) -> Token | None:

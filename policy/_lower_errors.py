@@ -79,6 +79,13 @@ def _equals_after_meta(tok, prev, expected, lexer):
     return None
 
 
+def _missing_value(tok, prev, expected, lexer):
+    if prev is not None and prev.type == "KEY" and "_EQUAL" in expected:
+        return ("E123", f"setting `{prev}` has no value",
+                f"write a value after the key, e.g. `{prev} 100` or `{prev} \"text\"`")
+    return None
+
+
 def _missing_tool(tok, prev, expected, lexer):
     if prev is not None and prev.type in ("EFFECT", "STRICT_DENY") and expected <= {"WORD", "STRING"}:
         return ("E107", f"rule `{prev}` is missing its tool pattern",
@@ -116,11 +123,12 @@ def _inside_condition(tok, prev, expected, lexer):
     return None
 
 
-_CASES = (_unmatched, _missing_name, _same_line_effect, _equals_after_meta, _missing_tool, _expected_operand,
+_CASES = (_unmatched, _missing_name, _same_line_effect, _equals_after_meta, _missing_value,
+          _missing_tool, _expected_operand,
           _unclosed, _inside_condition, _unknown_statement)
 
 
-_MISSING = (_missing_name, _missing_tool, _expected_operand)
+_MISSING = (_missing_name, _missing_value, _missing_tool, _expected_operand)
 
 
 def _expected_text(expected: set[str]) -> str:

@@ -73,3 +73,40 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     enc = lambda s: s.encode() if s is not None else None  # noqa: E731
     if _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
         raise _fail(f"mount({source!r}, {target!r}, {fstype!r}, {_flag_text(flags, _MS_NAMES)})")
+
+
+CLONE_INTO_CGROUP = 0x200000000
+_FLAG_NAMES[CLONE_INTO_CGROUP] = "CLONE_INTO_CGROUP"
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack", "stack_size", "tls",
+        "set_tid", "set_tid_size", "cgroup")]
+
+
+# A PyDLL call keeps the GIL across clone3, so the child never inherits a GIL that another
+# thread held at that instant; PyOS_BeforeFork/AfterFork_* are exactly what os.fork() runs.
+_libc_keep_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_keep_gil.syscall.restype = ctypes.c_long
+_SYS_CLONE3 = 435  # the same number on x86_64 and aarch64
+
+
+def fork_into(namespaces: int, cgroup_fd: int | None) -> int:
+    """os.fork(), but through clone3 so the child is born in new namespaces (pid 1 of a new pid
+    namespace) and directly in the cgroup ``cgroup_fd`` (no migration of a running task).
+
+    Returns 0 in the child and its pid in the parent; raises OSError naming the call."""
+    flags = namespaces | (CLONE_INTO_CGROUP if cgroup_fd is not None else 0)
+    args = _CloneArgs(flags=flags, exit_signal=17, cgroup=cgroup_fd or 0)  # 17 = SIGCHLD on x86_64, aarch64
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc_keep_gil.syscall(ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        where = f", cgroup={cgroup_fd}" if cgroup_fd is not None else ""
+        raise OSError(err, f"clone3({_flag_text(flags, _FLAG_NAMES)}{where}): {os.strerror(err)}")
+    return pid

@@ -29,21 +29,20 @@ class SandboxError(Exception):
 STAGE_DESCRIPTIONS = {
     "filter": "build the seccomp filter",
     "cgroup": "create the sandbox cgroup",
-    "fork_outer": "fork the sandbox",
-    "die_with_launcher": "tie the sandbox's life to the launcher",
-    "join_cgroup": "move the sandbox into its cgroup",
+    "clone_init": "start the sandbox init",
     "user_namespace": "create user namespace",
     "namespaces": "create namespaces",
+    "die_with_launcher": "tie the sandbox's life to the launcher",
     "map_user": "map the caller's uid/gid into the user namespace",
-    "fork_init": "start the sandbox init",
-    "die_with_parent": "tie the sandbox init to its parent",
+    "release_init": "start the sandbox init",
+    "await_release": "start the sandbox init",
     "mounts": "set up mounts",
     "hostname": "set the sandbox hostname",
     "loopback": "bring up the loopback interface",
     "fork_agent": "start the agent process",
     "restore_signals": "reset signal handling for the agent",
-    "close_fds": "close inherited file descriptors",
     "chdir": "enter the working directory",
+    "close_fds": "close inherited file descriptors",
     "no_new_privs": "set no_new_privs",
     "seccomp": "install the seccomp filter",
     "hand_over_listener": "hand the seccomp listener to the supervisor",
@@ -63,15 +62,14 @@ HINTS = {
                            "kernel.apparmor_restrict_unprivileged_userns=1: add an AppArmor "
                            "profile with 'userns,' or run as root)",
     ("user_namespace", 28): "user.max_user_namespaces is exhausted or 0 (sysctl user.max_user_namespaces)",
-    ("user_namespace", 22): "a threaded launcher cannot enter a user namespace; start it from a single thread",
     ("namespaces", 1): "creating namespaces needs root or an unprivileged user namespace "
                        "(check `faramesh-sandbox doctor`)",
     ("namespaces", 28): "a namespace limit is exhausted (sysctl user.max_*_namespaces)",
     ("map_user", None): "the kernel refused the uid/gid map; see user_namespaces(7)",
     ("mounts", None): "the host /proc or /sys is partly covered (as in some containers), so a fresh "
                       "one may not be mounted; run on a host or a privileged container",
-    ("join_cgroup", None): "the cgroup exists but this process may not move into it; "
-                           "check delegation of the parent cgroup",
+    ("namespaces", 13): "the sandbox cgroup exists but may not receive tasks; check delegation of "
+                        "the parent cgroup",
     ("seccomp", 22): "this kernel lacks seccomp user notification (5.0+) or WAIT_KILLABLE_RECV "
                      "(5.19+); see `faramesh-sandbox doctor`",
     ("filter", None): "the trapped syscall list and the hardening rules disagree; this is a bug",

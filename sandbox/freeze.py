@@ -180,16 +180,16 @@ class Gate:
         self._writer = False
         self.timeout = timeout
 
-    @contextlib.contextmanager
-    def shared(self):
-        with self._cond:
-            self._cond.wait_for(lambda: not self._writer)
+    def enter_shared(self) -> None:
+        with self._cond:  # plain calls, not a context manager: this is on every fs call
+            while self._writer:
+                self._cond.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
+
+    def leave_shared(self) -> None:
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
                 self._cond.notify_all()
 
     @contextlib.contextmanager

@@ -3,12 +3,12 @@
 Process tree, host view:
 
     launcher   host namespaces; runs the supervisor on the seccomp listener
-     └ outer   unshares the namespaces so the launcher keeps the host's; waits for init
-        └ init   pid 1 of the new pid namespace: forwards signals, reaps, exits with the agent's status
-           └ agent  pid 2: no_new_privs, seccomp filter, then execve(CMD) (itself trapped and decided)
+     └ init    pid 1 of the new pid namespace, born there (and in the agent's cgroup) by clone3:
+        │      forwards signals, reaps orphans, exits with the agent's status
+        └ agent  pid 2: no_new_privs, seccomp filter, then execve(CMD) (itself trapped and decided)
 
-Everything dies with the launcher: outer and init have PR_SET_PDEATHSIG=SIGKILL, the pid namespace
-kills every task when init dies, and the launcher kills the cgroup when the run ends.
+Everything dies with the launcher: init has PR_SET_PDEATHSIG=SIGKILL, the pid namespace kills
+every task when init dies, and the launcher kills the cgroup when the run ends.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
 import signal
 import socket
 import sys
@@ -33,6 +32,7 @@ EXIT_NOT_FOUND = 127
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _WAITED = {*FORWARDED, signal.SIGCHLD}
 SI_KERNEL = 0x80  # the terminal sent it to the whole foreground group: the agent has its own copy
+RELEASE = b"go"
 
 
 @dataclass
@@ -43,12 +43,9 @@ class _Run:
     cgroup_dir: str | None = None
     warnings: list[str] = field(default_factory=list)  # a protection is lost: always printed
     notes: list[str] = field(default_factory=list)  # printed with --verbose
-    launcher_pid: int = 0
-    uid: int = 0
-    gid: int = 0
-    sock: socket.socket | None = None  # child end: errors or the listener go to the launcher
-    parent_alive_fd: int = -1  # init: read end of a pipe outer holds open while it lives
-    outer_pid: int = 0
+    sock: socket.socket | None = None  # launcher: its end; init and agent: theirs (errors, listener)
+    other_end: socket.socket | None = None  # init: the launcher's end, closed at once
+    init_pid: int = 0
 
 
 # ---- stages run in the launcher -------------------------------------------------------------
@@ -73,58 +70,49 @@ def _create_cgroup(run: _Run) -> None:
                             "the agent's other tasks, so the supervisor denies execs")
 
 
-def _fork_outer(run: _Run) -> None:
-    run.launcher_pid, run.uid, run.gid = os.getpid(), os.geteuid(), os.getegid()
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
+def _clone_init(run: _Run) -> None:
+    """One clone3 makes every namespace and places init in the cgroup: the launcher itself keeps
+    the host's view, and no running task is ever migrated between cgroups."""
+    launcher_end, sandbox_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cgroup_fd = os.open(run.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if run.cgroup_dir else None
+    try:
+        pid = _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd)
+    except OSError as err:
+        # Unprivileged, EPERM means the user namespace was refused (the rest are made inside it).
+        stage = "user_namespace" if run.spec.wants_user_namespace() and err.errno == errno.EPERM else "namespaces"
+        raise SandboxError(stage, err.strerror, hint_for(stage, err.errno)) from None
+    finally:
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)
     if pid:
-        child_end.close()
-        run.sock, run.outer_pid = parent_end, pid
-        return  # the launcher leaves the stage list here
-    parent_end.close()  # so a launcher death is seen as EPIPE by the agent
-    run.sock, run.role = child_end, "outer"
-
-
-# ---- stages run in outer --------------------------------------------------------------------
-
-def _die_with_launcher(run: _Run) -> None:
-    # Must come first: if the launcher dies, nothing it started may keep running.
-    _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != run.launcher_pid:  # it died before prctl took effect
-        os._exit(EXIT_SETUP)
-
-
-def _join_cgroup(run: _Run) -> None:
-    if run.cgroup_dir:
-        # Before any namespace or fork, so every later task is born inside the cgroup.
-        cgroups.join(run.cgroup_dir, os.getpid())
+        sandbox_end.close()
+        run.sock, run.init_pid = launcher_end, pid
+        return
+    run.sock, run.other_end, run.role = sandbox_end, launcher_end, "init"
 
 
 def _map_user(run: _Run) -> None:
-    namespaces.map_user(run.spec, run.uid, run.gid)
+    """The launcher writes init's maps: the caller's uid and gid map to themselves."""
+    namespaces.map_user(run.spec, run.init_pid, os.geteuid(), os.getegid())
 
 
-def _fork_init(run: _Run) -> None:
-    alive_read, alive_write = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(alive_read)
-        run.sock.close()
-        _wait_and_forward(pid)  # never returns; alive_write closes when outer exits
-    os.close(alive_write)
-    run.parent_alive_fd, run.role = alive_read, "init"
+def _release_init(run: _Run) -> None:
+    run.sock.send(RELEASE)
 
 
 # ---- stages run in init (pid 1) -------------------------------------------------------------
 
-def _die_with_parent(run: _Run) -> None:
+def _die_with_launcher(run: _Run) -> None:
+    # Must come first: if the launcher dies, nothing it started may keep running.
     _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, signal.SIGKILL)
-    # getppid() is 0 across a pid namespace, so ask the pipe whether outer still lives.
-    poller = select.poll()
-    poller.register(run.parent_alive_fd, select.POLLIN)
-    if poller.poll(0):
+    run.other_end.close()  # from now on only the launcher holds its end
+
+
+def _await_release(run: _Run) -> None:
+    """Wait for the maps (and for a live launcher: getppid() is 0 across a pid namespace, but a
+    dead launcher's end of the socket reads as EOF)."""
+    if run.sock.recv(16) != RELEASE:
         os._exit(EXIT_SETUP)
-    os.close(run.parent_alive_fd)
 
 
 def _fork_agent(run: _Run) -> None:
@@ -178,18 +166,16 @@ def _report_ready(run: _Run) -> None:
     run.sock.close()
 
 
-# One ordered list: (stage, process it runs in, step). Security-relevant order is read top down.
+# One ordered list: (stage, process it runs in, step), in the order they happen. Each process
+# runs its own rows; the security-relevant order is read top down.
 STAGES = (
     ("filter", "launcher", _build_filter),
     ("cgroup", "launcher", _create_cgroup),
-    ("fork_outer", "launcher", _fork_outer),
-    ("die_with_launcher", "outer", _die_with_launcher),
-    ("join_cgroup", "outer", _join_cgroup),
-    ("user_namespace", "outer", lambda run: namespaces.unshare_user(run.spec)),
-    ("map_user", "outer", _map_user),
-    ("namespaces", "outer", lambda run: namespaces.unshare_rest(run.spec)),
-    ("fork_init", "outer", _fork_init),
-    ("die_with_parent", "init", _die_with_parent),
+    ("clone_init", "launcher", _clone_init),
+    ("die_with_launcher", "init", _die_with_launcher),
+    ("map_user", "launcher", _map_user),
+    ("release_init", "launcher", _release_init),
+    ("await_release", "init", _await_release),
     ("mounts", "init", lambda run: mounts.apply(run.spec)),
     ("hostname", "init", lambda run: namespaces.set_hostname(run.spec)),
     ("loopback", "init", lambda run: namespaces.bring_up_loopback(run.spec)),
@@ -215,10 +201,10 @@ def _as_error(stage: str, exc: BaseException) -> SandboxError:
 
 
 def _run_stages(run: _Run) -> None:
-    """Runs the stages of the current process; forks hand the rest of the list to the child."""
+    """Runs the rows of the current process; a fork stage changes ``run.role`` in the child."""
     for stage, role, step in STAGES:
         if role != run.role:
-            return  # the launcher after fork_outer: the rest belongs to the sandbox
+            continue
         try:
             step(run)
         except BaseException as exc:  # noqa: BLE001 - a child must never unwind into launcher code
@@ -269,8 +255,8 @@ def _find_program(name: str, search_path: str) -> str:
 
 
 def _wait_and_forward(child: int) -> None:
-    """outer and init: forward signals sent to us to the child, reap everything, exit with the
-    child's status (128+N when a signal N killed it). Never returns."""
+    """init: forward signals sent to us to the agent, reap everything, exit with the agent's
+    status (128+N when a signal N killed it). Never returns."""
     status = None
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
@@ -333,18 +319,24 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
 
 
 def _supervise(run: _Run, decide, audit, approve) -> int:
-    listener = _receive_listener(run)
-    if listener is None:  # namespaces only, no filter
-        return exit_code(_wait_outer(run, None))
+    if not run.spec.seccomp:  # namespaces only
+        _receive_listener(run)
+        return exit_code(_wait_init(run, None))
+    reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        sup = supervisor.Supervisor(listener, decide, session_id=run.spec.session_id, audit=audit,
+        # Built while the sandbox sets itself up, so the constructor's freezer self-test (a few ms)
+        # overlaps it; the listener then takes over the reserved descriptor number.
+        sup = supervisor.Supervisor(reserved, decide, session_id=run.spec.session_id, audit=audit,
                                     approve=approve, approve_timeout=run.spec.approve_timeout,
                                     cgroup_dir=run.cgroup_dir)
+        listener = _receive_listener(run)
+        os.dup2(listener, reserved, inheritable=False)
+        os.close(listener)
         serving = _Serving(sup)
-        status = _wait_outer(run, serving)
+        status = _wait_init(run, serving)
         serving.finish()
     finally:
-        os.close(listener)  # the agent's trapped calls now fail (ENOSYS): nothing runs unsupervised
+        os.close(reserved)  # the agent's trapped calls now fail (ENOSYS): nothing runs unsupervised
     if serving.error is not None:
         raise SandboxError("supervise", f"{type(serving.error).__name__}: {serving.error}")
     return exit_code(status)
@@ -354,12 +346,12 @@ def _receive_listener(run: _Run) -> int | None:
     """The agent's first word: its listener fd, "ready", or a stage error from any sandbox process."""
     msg, fds, _flags, _addr = socket.recv_fds(run.sock, 4096, 1)
     run.sock.close()
-    if fds:
+    if fds and run.spec.seccomp:
         return fds[0]
-    if msg == b"ready":
+    if msg == b"ready" and not run.spec.seccomp:
         return None
-    status = _reap(run.outer_pid)
-    run.outer_pid = 0
+    status = _reap(run.init_pid)
+    run.init_pid = 0
     if msg:
         raise SandboxError.from_dict(json.loads(msg))
     raise SandboxError("startup", f"the sandbox exited during set-up (status {exit_code(status)})")
@@ -390,19 +382,19 @@ class _Serving:
             self.thread.join(timeout=2.0)
 
 
-def _wait_outer(run: _Run, serving: _Serving | None) -> int:
+def _wait_init(run: _Run, serving: _Serving | None) -> int:
     while True:
         info = signal.sigtimedwait(_WAITED, 0.25)
         if serving is not None and serving.failed:
-            _kill(run.outer_pid, signal.SIGKILL)  # fail closed: no supervisor, no agent
-            return _reap(run.outer_pid)
+            _kill(run.init_pid, signal.SIGKILL)  # fail closed: no supervisor, no agent
+            return _reap(run.init_pid)
         if info is None or info.si_signo == signal.SIGCHLD:
-            pid, status = os.waitpid(run.outer_pid, os.WNOHANG)
+            pid, status = os.waitpid(run.init_pid, os.WNOHANG)
             if pid:
-                run.outer_pid = 0
+                run.init_pid = 0
                 return status
         elif info.si_code != SI_KERNEL:
-            _kill(run.outer_pid, info.si_signo)
+            _kill(run.init_pid, info.si_signo)
 
 
 def _reap(pid: int) -> int:
@@ -411,10 +403,10 @@ def _reap(pid: int) -> int:
 
 
 def _tear_down(run: _Run) -> None:
-    if run.outer_pid:
-        _kill(run.outer_pid, signal.SIGKILL)  # its death takes init and the pid namespace along
+    if run.init_pid:
+        _kill(run.init_pid, signal.SIGKILL)  # its death takes the whole pid namespace along
         try:
-            os.waitpid(run.outer_pid, 0)
+            os.waitpid(run.init_pid, 0)
         except ChildProcessError:
             pass
     if run.sock is not None:

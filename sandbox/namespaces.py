@@ -1,6 +1,6 @@
 """Namespaces for the agent: user (when not root), mount, pid, net, uts, ipc.
 
-Each function is one stage of sandbox.launch and a no-op when the spec turns its part off."""
+Each function serves one stage of sandbox.launch and is a no-op when the spec turns its part off."""
 
 from __future__ import annotations
 
@@ -18,34 +18,29 @@ IFF_UP = 0x1
 _IFREQ = struct.Struct("16sH14x")  # ifr_name, ifr_flags, padding to sizeof(struct ifreq)
 
 
-def unshare_user(spec: SandboxSpec) -> None:
-    """A user namespace first, alone, so that its failure (the common one) is named precisely."""
-    if spec.wants_user_namespace():
-        # Safe: the new namespace grants capabilities only over namespaces it owns, never the host's.
-        _libc_ns.unshare(_libc_ns.CLONE_NEWUSER)
+def clone_flags(spec: SandboxSpec) -> int:
+    """The CLONE_NEW* flags for init's clone3: a user namespace too when the launcher is not root.
+
+    Safe: new namespaces only take away the host's view (processes, mounts, network, hostname);
+    a new user namespace grants capabilities only over namespaces it owns, never the host's."""
+    flags = _libc_ns.CLONE_NEWUSER if spec.wants_user_namespace() else 0
+    for name in sorted(spec.namespaces):
+        flags |= _libc_ns.NAMESPACE_FLAGS[name]
+    return flags
 
 
-def map_user(spec: SandboxSpec, uid: int, gid: int) -> None:
-    """Map the caller's uid and gid to themselves: inside, the agent is the same unprivileged user.
+def map_user(spec: SandboxSpec, pid: int, uid: int, gid: int) -> None:
+    """Map the caller's uid and gid to themselves in ``pid``'s user namespace (the launcher writes
+    them, as the namespace's creator): inside, the agent is the same unprivileged user.
 
     Mapping to itself (not to 0) means the agent's first execve drops every capability of the
     namespace, so it cannot mount, unshare or change its identity even where the filter would allow."""
     if not spec.wants_user_namespace():
         return
-    # setgroups must be denied before an unprivileged process may write its own gid_map.
-    _write_proc("/proc/self/setgroups", "deny")
-    _write_proc("/proc/self/uid_map", f"{uid} {uid} 1\n")
-    _write_proc("/proc/self/gid_map", f"{gid} {gid} 1\n")
-
-
-def unshare_rest(spec: SandboxSpec) -> None:
-    """Every other namespace in one call; CLONE_NEWPID takes effect for the next child only."""
-    flags = 0
-    for name in sorted(spec.namespaces):
-        flags |= _libc_ns.NAMESPACE_FLAGS[name]
-    if flags:
-        # Safe: new namespaces only take away the host's view (processes, mounts, network, hostname).
-        _libc_ns.unshare(flags)
+    # setgroups must be denied before an unprivileged process may write a gid_map.
+    _write_proc(f"/proc/{pid}/setgroups", "deny")
+    _write_proc(f"/proc/{pid}/uid_map", f"{uid} {uid} 1\n")
+    _write_proc(f"/proc/{pid}/gid_map", f"{gid} {gid} 1\n")
 
 
 def set_hostname(spec: SandboxSpec) -> None:

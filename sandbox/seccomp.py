@@ -186,6 +186,8 @@ def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | Non
     # libseccomp's default bad-arch action kills only the thread; kill the whole process.
     # Its x86_64 programs also send every x32 number (bit 30) to this action.
     program.set_attr(pyseccomp.Attr.ACT_BADARCH, pyseccomp.KILL_PROCESS)
+    # A binary search over syscall numbers: untrapped syscalls pay O(log n), not O(n).
+    program.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)
     for rule in HARDENING_RULES:
         program.add_rule(rule.action, _syscall_id(rule.syscall), *(m.compile() for m in rule.matchers))
     for name in sorted(trapped):

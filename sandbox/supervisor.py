@@ -73,6 +73,7 @@ class Supervisor:
     def serve(self) -> None:
         """Answer notifications until the last filtered task exits (or stop())."""
         self.sync_wakeup = notify.set_sync_wakeup(self.listener)
+        self.stats["sync_wakeup"] = int(self.sync_wakeup)
         with self._count_lock:
             self._new_receiver()
         threading.Thread(target=self._watchdog, name="supervisor-watchdog", daemon=True).start()
@@ -176,9 +177,6 @@ class Supervisor:
         except OSError as err:
             self._fail(notification, err.errno or errno.EFAULT, "fs", "decode_error", str(err), started)
             return
-        if not notify.id_valid(self.listener, notification.id):
-            self.stats["gone"] += 1
-            return
         if fs_prepare is None:
             self._fail(notification, errno.EACCES, "fs", "fsops_missing", "sandbox.fsops is not installed", started)
             return
@@ -189,7 +187,9 @@ class Supervisor:
             notify.send_error(self.listener, notification.id, err.errno or errno.EACCES)
             return
         try:
-            if not notify.id_valid(self.listener, notification.id):  # prepare read /proc/PID: still ours?
+            # Memory and /proc/PID have been read: if the task died meanwhile, its pid may
+            # name another process now, and nothing read may be trusted.
+            if not notify.id_valid(self.listener, notification.id):
                 self.stats["gone"] += 1
                 return
             call = self._call(op.tool, op.args, notification.pid)
@@ -198,13 +198,15 @@ class Supervisor:
                 self._record(notification, decoded["syscall"], call, decision, started)
                 notify.send_error(self.listener, notification.id, errno.EACCES)
                 return
-            with self._gate.shared():
-                try:
-                    result = op.perform()
-                except OSError as err:
-                    self._record(notification, decoded["syscall"], call, decision, started)
-                    notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
-                    return
+            self._gate.enter_shared()
+            try:
+                result = op.perform()
+            except OSError as err:
+                self._record(notification, decoded["syscall"], call, decision, started)
+                notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
+                return
+            finally:
+                self._gate.leave_shared()
             # The audit line is written before the agent can see the effect.
             self._record(notification, decoded["syscall"], call, decision, started)
             self._deliver(notification, result, bool(decoded.get("flags", 0) & os.O_CLOEXEC))

@@ -342,3 +342,20 @@ def test_nesting_limit_in_lists_outside_conditions():
     """Settings lists nest at most 16 deep too."""
     source = "runtime { x = " + "[" * 17 + "]" * 17 + " }"
     assert [d.code for d in errors(source)] == ["E114"]
+
+
+def test_every_construct_file():
+    """syntax/every_construct.fpl parses into the expected items, statements and rules."""
+    doc = parse((Path(__file__).parent / "syntax" / "every_construct.fpl").read_text())
+    assert [type(i).__name__ for i in doc.items] == [
+        "Import", "Manifest", "Manifest", "Block", "Block", "Block", "Block", "Agent", "System",
+        "Rule", "Rule"]
+    agent = doc.agents[0]
+    assert (agent.name, len(agent.items), agent.default) == ("support-bot", 23, "deny")
+    assert [(r.effect, r.strict) for r in agent.rules] == [
+        ("permit", False), ("deny", True), ("deny", True), ("permit", False), ("permit", False),
+        ("deny", False), ("deny", False), ("defer", False), ("permit", False), ("deny", False),
+        ("permit", False), ("defer", False), ("permit", False)]
+    ternary = agent.rules[11].condition
+    assert ternary == Conditional(Binary("matches", Name("cmd"), Literal("\\d+")), Literal(True),
+                                  Binary("??", Member(Name("args"), "force"), Literal(False)))

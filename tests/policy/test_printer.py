@@ -218,3 +218,13 @@ def test_generated_documents_round_trip(doc):
     again = parse(text)
     assert again == doc
     assert format_document(again) == text
+
+
+def test_every_construct_file_round_trips():
+    """syntax/every_construct.fpl (all statements, clauses and operators) survives printing."""
+    doc = parse((Path(__file__).parent / "syntax" / "every_construct.fpl").read_text())
+    text = format_document(doc)
+    assert parse(text) == doc
+    assert format_document(parse(text)) == text
+    assert "    deny! fs/delete\n" in text
+    assert 'when session.sum("stripe/refund", "amount", window=1h) > 2000' in text

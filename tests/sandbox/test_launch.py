@@ -107,9 +107,10 @@ def test_missing_working_directory_fails_with_a_hint(capfd):
 
 
 def test_stages_run_in_a_fixed_security_order():
-    """The ordered stage list: namespaces before mounts, no_new_privs right before the filter, filter last."""
-    names = [name for name, _role, _step in STAGES]
-    assert names == ["filter", "cgroup", "fork_outer", "die_with_launcher", "join_cgroup", "user_namespace",
-                     "map_user", "namespaces", "fork_init", "die_with_parent", "mounts", "hostname", "loopback",
-                     "fork_agent", "restore_signals", "chdir", "close_fds", "no_new_privs", "seccomp",
-                     "hand_over_listener"]
+    """One ordered list: init is tied to the launcher first, no_new_privs right before the filter, filter last."""
+    assert [(name, role) for name, role, _step in STAGES] == [
+        ("filter", "launcher"), ("cgroup", "launcher"), ("clone_init", "launcher"), ("die_with_launcher", "init"),
+        ("map_user", "launcher"), ("release_init", "launcher"), ("await_release", "init"), ("mounts", "init"),
+        ("hostname", "init"), ("loopback", "init"), ("fork_agent", "init"), ("restore_signals", "agent"),
+        ("chdir", "agent"), ("close_fds", "agent"), ("no_new_privs", "agent"), ("seccomp", "agent"),
+        ("hand_over_listener", "agent")]

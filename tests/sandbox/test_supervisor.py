@@ -43,6 +43,7 @@ def test_permitted_program_runs_like_native(cgroup_dir):
     assert (exec_record["effect"], exec_record["rule_id"], exec_record["session"]) == ("PERMIT", "allow-rest", "test")
     read = records(run, "fs/read", "/etc/hostname")[0]
     assert (read["syscall"], read["effect"]) == ("openat", "PERMIT")
+    assert run.stats["sync_wakeup"] == 1  # Linux 6.6+: the task is woken on our CPU
     assert set(read) == {"time", "session", "pid", "syscall", "tool", "args", "effect", "rule_id", "reason_code",
                          "reason", "policy_version", "latency_us"}
 
@@ -225,3 +226,10 @@ def test_vfork_spawn_from_python_is_decided(cgroup_dir):
             "try:\n    subprocess.run(['/bin/true'])\nexcept PermissionError as err:\n    print('refused', err.errno)\n")
     run = run_sandboxed(["/usr/bin/python3", "-c", code], policy(denied_programs={"true"}), cgroup=cgroup_dir)
     assert run.stdout == b"spawned\nrefused 1\n", run.explain()
+
+
+def test_syscall_missing_from_the_table_fails_closed(cbin):
+    """A trapped syscall the table cannot decode is refused with ENOSYS and audited."""
+    run = run_sandboxed([cbin("probe_denied")], trapped=("getpid",))
+    assert f"getpid {errno.ENOSYS}".encode() in run.stdout.splitlines(), run.explain()
+    assert [(r["syscall"], r["effect"], r["reason_code"]) for r in run.audit] == [("39", "DENY", "unknown_syscall")]
