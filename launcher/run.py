@@ -59,11 +59,15 @@ def main(args: argparse.Namespace) -> int:
         except policy.PolicyError as err:
             print(err.render(), file=sys.stderr)
             return EXIT_SETUP
+    try:
+        cwd = os.getcwd()
+    except OSError as err:
+        return _fail(f"cannot read the working directory: {err.strerror}", "cd to a directory that exists")
     engine = policy.Engine(layers, policy.SessionStore())
     session_id = secrets.token_hex(6)
     spec = SandboxSpec(
         argv=command,
-        cwd=os.getcwd(),
+        cwd=cwd,
         trapped=frozenset(row.name for row in traced.TABLE),
         approve_timeout=args.approve_timeout,
         audit_all=args.audit_all,

@@ -52,6 +52,7 @@ def create(session_id: str) -> str:
     parent = os.path.join(mount, own_v2_path().lstrip("/"))
     path = os.path.join(parent, f"faramesh-{session_id}")
     try:
+        # Safe: a child cgroup with no controllers enabled limits nothing; it only groups the agent.
         os.mkdir(path, 0o755)
     except OSError as err:
         raise OSError(err.errno, f"mkdir({path}): {os.strerror(err.errno)}") from None
@@ -72,7 +73,7 @@ def destroy(cgroup_dir: str, timeout: float = 2.0) -> None:
     if not os.path.isdir(cgroup_dir):
         return
     kill_file = os.path.join(cgroup_dir, "cgroup.kill")
-    try:
+    try:  # only the agent's tasks were ever placed in this directory
         _write(kill_file, "1")  # 5.14+: one atomic kill of the whole subtree, frozen tasks included
     except OSError:
         for pid in _pids(cgroup_dir):

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -126,41 +128,45 @@ class CgroupFreezer:
             os.sched_yield()  # cgroup.events poll() is rate-limited to 10 ms; spin instead
 
 
+_self_test_lock = threading.Lock()
+_self_test_passed = False  # the kernel does not change under us: one pass per process
+
+
 def self_test(parent: str) -> None:
-    """Freeze a helper blocked in pause() in a scratch cgroup under ``parent`` and check
-    that the per-task test recognises it. Raises FreezeError (fail closed) otherwise."""
-    scratch = os.path.join(parent, f"freeze-selftest-{os.getpid()}")
+    """Freeze a sleeping helper in a scratch cgroup under ``parent`` and check that the
+    per-task test recognises it as frozen. Raises FreezeError (fail closed) otherwise."""
+    global _self_test_passed
+    with _self_test_lock:
+        if not _self_test_passed:
+            _run_self_test(parent)
+            _self_test_passed = True
+
+
+def _run_self_test(parent: str) -> None:
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    scratch = os.path.join(parent, f"freeze-selftest-{os.getpid()}-{threading.get_ident()}")
     os.mkdir(scratch)
-    read_end, write_end = os.pipe()
-    child = os.fork()
-    if child == 0:  # the helper: wait to be moved into the scratch cgroup, then pause
-        os.close(write_end)
-        os.read(read_end, 1)
-        signal.pause()
-        os._exit(0)
-    os.close(read_end)
+    # posix_spawn (vfork) is safe from a threaded process, unlike a bare fork.
+    helper = subprocess.Popen([sleep, "3600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     try:
-        _write(os.path.join(scratch, "cgroup.procs"), str(child))
-        os.write(write_end, b"x")
-        deadline = time.monotonic() + FREEZE_TIMEOUT
-        while task_state(child)[1] not in ("do_sys_pause", "__do_sys_pause") and time.monotonic() < deadline:
-            os.sched_yield()
+        _write(os.path.join(scratch, "cgroup.procs"), str(helper.pid))
         _write(os.path.join(scratch, "cgroup.freeze"), "1")
+        deadline = time.monotonic() + FREEZE_TIMEOUT
         while b"frozen 1" not in _read_bytes(os.path.join(scratch, "cgroup.events")):
             if time.monotonic() > deadline:
                 raise FreezeError("freezer self-test: the helper never froze")
             os.sched_yield()
-        observed = task_state(child)
+        observed = task_state(helper.pid)
         while observed != FROZEN_WCHAN and time.monotonic() < deadline:
             os.sched_yield()  # a frozen task may wake spuriously for a moment (wchan "0")
-            observed = task_state(child)
+            observed = task_state(helper.pid)
         if observed != FROZEN_WCHAN:
             raise FreezeError(f"freezer self-test: a frozen task shows {observed}, expected {FROZEN_WCHAN}; "
                               "this kernel's freezer cannot be checked per task")
     finally:
-        os.close(write_end)
-        os.kill(child, signal.SIGKILL)
-        os.waitpid(child, 0)
+        helper.kill()
+        helper.wait()
         os.rmdir(scratch)
 
 

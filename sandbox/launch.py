@@ -46,6 +46,7 @@ class _Run:
     sock: socket.socket | None = None  # launcher: its end; init and agent: theirs (errors, listener)
     other_end: socket.socket | None = None  # init: the launcher's end, closed at once
     init_pid: int = 0
+    listener: int | None = None  # agent: the seccomp listener until it is handed over
 
 
 # ---- stages run in the launcher -------------------------------------------------------------
@@ -73,6 +74,12 @@ def _create_cgroup(run: _Run) -> None:
 def _clone_init(run: _Run) -> None:
     """One clone3 makes every namespace and places init in the cgroup: the launcher itself keeps
     the host's view, and no running task is ever migrated between cgroups."""
+    threads = len(os.listdir("/proc/self/task"))
+    if threads > 1:
+        # clone3 bypasses libc's fork handlers: a lock (malloc's) held by another thread at that
+        # instant would stay locked forever in init. os.fork() callers have the same rule in C.
+        raise SandboxError("clone_init", f"the launcher has {threads} threads; the sandbox must be started "
+                           "from a single-threaded process", "call launch() before starting threads")
     launcher_end, sandbox_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cgroup_fd = os.open(run.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if run.cgroup_dir else None
     try:
@@ -138,7 +145,7 @@ def _chdir(run: _Run) -> None:
 
 
 def _close_fds(run: _Run) -> None:
-    """Only stdin, stdout and stderr reach the agent: no launcher fd can leak a host resource."""
+    """Only stdin, stdout, stderr and our socket stay open: no launcher fd can leak a host resource."""
     keep = run.sock.fileno()
     os.closerange(3, keep)
     os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
@@ -150,19 +157,20 @@ def _no_new_privs(run: _Run) -> None:
 
 
 def _install_filter(run: _Run) -> None:
-    if not run.spec.seccomp:
-        return
-    # Last step before exec: from here on every trapped syscall waits for the supervisor.
-    listener = seccomp.install(run.program)
-    run.program = b""
-    # The agent must never hold its own listener: pass it over and close our copy before exec.
-    socket.send_fds(run.sock, [b"listener"], [listener])
-    os.close(listener)
+    if run.spec.seccomp:
+        # Last step before exec: from here on every trapped syscall waits for the supervisor.
+        run.listener = seccomp.install(run.program)
+        run.program = b""
 
 
-def _report_ready(run: _Run) -> None:
-    if not run.spec.seccomp:
-        run.sock.send(b"ready")
+def _hand_over_listener(run: _Run) -> None:
+    """The agent must never hold its own listener: pass it to the launcher, close our copy."""
+    if run.listener is None:
+        run.sock.send(b"ready")  # namespaces only
+    else:
+        socket.send_fds(run.sock, [b"listener"], [run.listener])
+        os.close(run.listener)
+        run.listener = None
     run.sock.close()
 
 
@@ -173,6 +181,7 @@ STAGES = (
     ("cgroup", "launcher", _create_cgroup),
     ("clone_init", "launcher", _clone_init),
     ("die_with_launcher", "init", _die_with_launcher),
+    ("close_fds", "init", _close_fds),  # nothing of the launcher's stays reachable via /proc/1/fd
     ("map_user", "launcher", _map_user),
     ("release_init", "launcher", _release_init),
     ("await_release", "init", _await_release),
@@ -185,7 +194,7 @@ STAGES = (
     ("close_fds", "agent", _close_fds),
     ("no_new_privs", "agent", _no_new_privs),
     ("seccomp", "agent", _install_filter),
-    ("hand_over_listener", "agent", _report_ready),
+    ("hand_over_listener", "agent", _hand_over_listener),
 )
 
 
@@ -297,7 +306,8 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
     """Run ``spec.argv`` in the sandbox, deciding trapped syscalls with ``decide``.
 
     Returns the agent's exit status (128+N for signal N, 126/127 when CMD cannot run);
-    raises SandboxError when the sandbox cannot be set up."""
+    raises SandboxError when the sandbox cannot be set up. Call it from a single-threaded process:
+    the supervisor's threads start only once the sandbox exists, and are gone when it returns."""
     run = _Run(spec)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)  # children inherit it until they choose
     try:
@@ -362,6 +372,7 @@ class _Serving:
 
     def __init__(self, sup):
         self.sup, self.error = sup, None
+        self.before = set(threading.enumerate())
         self.thread = threading.Thread(target=self._serve, name="supervisor", daemon=True)
         self.thread.start()
 
@@ -380,6 +391,10 @@ class _Serving:
         if self.thread.is_alive():
             self.sup.stop()
             self.thread.join(timeout=2.0)
+        # The supervisor's own workers end with it; wait for them so the next launch() in this
+        # process starts single-threaded again.
+        for thread in set(threading.enumerate()) - self.before:
+            thread.join(timeout=1.0)
 
 
 def _wait_init(run: _Run, serving: _Serving | None) -> int:

@@ -66,7 +66,7 @@ def in_child(probe, *args) -> dict:
 # ---- seccomp ----------------------------------------------------------------------------------
 
 def _notify_round_trip() -> dict:
-    """Child: trap getppid, answer our own thread's call through the listener with each ioctl."""
+    """Child: trap getppid, answer a grandchild's call through the listener with each ioctl."""
     _libc.set_no_new_privs()
     rules = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
     rules.add_rule(pyseccomp.NOTIFY, "getppid")
@@ -111,7 +111,7 @@ def seccomp_checks() -> list[Check]:
         return [Check("seccomp user notification", MISSING, why, "no policy can be enforced: run refuses to start", True)]
     return [
         Check("seccomp user notification", OK if got["answer_matches"] else MISSING,
-              "listener round trip: RECV, ID_VALID, answer reached the trapped thread",
+              "listener round trip: RECV, ID_VALID, answer reached the trapped process",
               "no policy can be enforced: run refuses to start", True),
         Check("seccomp ADDFD", OK if got["addfd"] else MISSING,
               "SECCOMP_IOCTL_NOTIF_ADDFD with ADDFD_FLAG_SEND injected an fd" if got["addfd"] else got.get("addfd_error", ""),

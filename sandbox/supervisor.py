@@ -36,11 +36,12 @@ try:
 except ImportError:  # fs calls are then denied, see _handle_fs
     fs_prepare = None
 
-MAX_THREADS = 256  # threads ever started; beyond it a stalled receiver is not replaced
+MAX_THREADS = 256  # live threads; beyond it a stalled receiver is not replaced
 STALL = 0.02  # seconds a receiver may spend on one notification before another takes over
 WATCH_INTERVAL = 0.005
-APPROVAL_POLL = 0.5
-PATH_ONLY = frozenset({Role.ARGV, Role.ENVP})  # the unfrozen first look needs only the path  # seconds between liveness checks while a defer waits
+FREEZER_CHECK_TIMEOUT = 10.0
+APPROVAL_POLL = 0.5  # seconds between liveness checks while a defer waits
+PATH_ONLY = frozenset({Role.ARGV, Role.ENVP})  # the unfrozen first look needs only the path
 
 
 class Supervisor:
@@ -56,7 +57,13 @@ class Supervisor:
         self.approve_timeout = approve_timeout
         self.stats: collections.Counter = collections.Counter()
         self.sync_wakeup = False
-        self.freezer, self.freeze_problem = _make_freezer(cgroup_dir)
+        # The freezer self-test (a helper process, ~10 ms) runs while the agent starts up;
+        # the first exec decision waits for it.
+        self.freezer: freeze.CgroupFreezer | None = None
+        self.freeze_problem = "the freezer self-test did not finish"
+        self._freezer_ready = threading.Event()
+        threading.Thread(target=self._check_freezer, args=(cgroup_dir,), name="freezer-self-test",
+                         daemon=True).start()
         self._receive_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._settled = threading.Condition(self._count_lock)
@@ -67,8 +74,15 @@ class Supervisor:
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
         self._receiver: threading.Thread | None = None  # the one thread that receives
         self._busy: dict[threading.Thread, float] = {}  # handler thread -> when it started
+        self._live = 0  # worker threads still running
 
     # -- threads ---------------------------------------------------------------
+
+    def _check_freezer(self, cgroup_dir: str | None) -> None:
+        try:
+            self.freezer, self.freeze_problem = _make_freezer(cgroup_dir)
+        finally:
+            self._freezer_ready.set()
 
     def serve(self) -> None:
         """Answer notifications until the last filtered task exits (or stop())."""
@@ -90,9 +104,10 @@ class Supervisor:
 
     def _new_receiver(self) -> None:
         """Start a thread that takes over receiving (caller holds _count_lock)."""
-        if self.stats["threads"] >= MAX_THREADS:
+        if self._live >= MAX_THREADS:
             return
-        self.stats["threads"] += 1
+        self._live += 1
+        self.stats["threads"] += 1  # ever started
         self._receiver = threading.Thread(target=self._worker, name=f"supervisor-{self.stats['threads']}",
                                           daemon=True)
         self._receiver.start()
@@ -120,6 +135,7 @@ class Supervisor:
         while True:
             with self._count_lock:
                 if self._receiver is not me:
+                    self._live -= 1
                     return  # replaced while handling a slow notification
             with self._receive_lock:
                 notification = None if self._done.is_set() else self._receive(poller)
@@ -234,6 +250,7 @@ class Supervisor:
             self.stats["unresolved"] += 1
             notify.send_error(self.listener, notification.id, err.errno or errno.ENOENT)
             return
+        self._freezer_ready.wait(FREEZER_CHECK_TIMEOUT)
         if self.freezer is None:
             self._fail(notification, errno.EPERM, "shell/exec", "exec_freeze_unavailable",
                        f"cannot freeze the agent for an exec decision: {self.freeze_problem}", started)
@@ -363,5 +380,5 @@ def _make_freezer(cgroup_dir: str | None) -> tuple[freeze.CgroupFreezer | None, 
         freezer = freeze.CgroupFreezer(cgroup_dir)
         freeze.self_test(os.path.dirname(os.path.abspath(cgroup_dir)))
         return freezer, ""
-    except (OSError, freeze.FreezeError) as err:
-        return None, str(err)
+    except Exception as err:  # any failure leaves exec decisions failing closed
+        return None, f"{type(err).__name__}: {err}"

@@ -53,7 +53,7 @@ def test_table_names_each_check_and_a_verdict():
     assert len(lines) == 2 + len(NAMES)
     assert lines[-1] == "verdict: run can enforce policies here"
     assert lines[1].split() == ["ok", "seccomp", "user", "notification", "listener", "round", "trip:", "RECV,",
-                                "ID_VALID,", "answer", "reached", "the", "trapped", "thread"]
+                                "ID_VALID,", "answer", "reached", "the", "trapped", "process"]
 
 
 def test_as_an_ordinary_user_the_cgroup_is_missing_and_says_what_degrades():

@@ -17,7 +17,7 @@ import pytest
 
 import launcher.cli
 import policy
-from sandbox import _libc, _libc_ns, cgroups
+from sandbox import _libc, _libc_ns, cgroups, traced
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +69,17 @@ def test_output_passes_through(permit):
     assert (result.returncode, result.stdout, result.stderr) == (0, "out\nsandbox\n", "err\n")
 
 
+def test_verbose_run_describes_the_sandbox(permit):
+    """-v prints the session, the agent's cgroup and its namespaces before the agent's own output."""
+    result = cli("run", "-v", "--policy", str(permit), "--", "sh", "-c", "echo hi >&2")
+    session = result.stderr.split()[2].rstrip(",")
+    assert (result.returncode, result.stderr) == (0, (
+        f"faramesh-sandbox: session {session}, 1 policy layer(s), {len(traced.TABLE)} trapped syscalls\n"
+        f"faramesh-sandbox: agent cgroup /sys/fs/cgroup/unified/faramesh-{session}\n"
+        "faramesh-sandbox: namespaces ipc, mount, net, pid, uts; agent is pid 2\n"
+        "hi\n"))
+
+
 def test_invalid_policy_prints_diagnostics_and_exits_125(tmp_path):
     """A policy error prints the rendered diagnostics (location, caret, help) and runs nothing."""
     bad = tmp_path / "bad.fpl"
@@ -92,6 +103,11 @@ def test_invalid_policy_prints_diagnostics_and_exits_125(tmp_path):
     (["--policy", "{permit}"],
      "faramesh-sandbox: no command given — hint: usage: faramesh-sandbox run --policy FILE [--audit PATH] "
      "-- CMD [ARGS...]\n"),
+    (["--policy", "{permit}", "--approve-timeout", "-1", "--", "/bin/true"],
+     "faramesh-sandbox: --approve-timeout -1.0 is negative — hint: give seconds, e.g. 300\n"),
+    (["--policy", "{permit}", "--audit", "/no/such/dir/audit.jsonl", "--", "/bin/true"],
+     "faramesh-sandbox: cannot open audit log /no/such/dir/audit.jsonl: No such file or directory — hint: the "
+     "directory must exist and be writable\n"),
 ])
 def test_usage_errors_are_one_line_and_125(permit, args, line):
     """Each launcher error is one line on stderr with a hint, and status 125."""
@@ -186,6 +202,19 @@ def _in_child(body) -> tuple[int, str, str]:
         out, err = out_f.read(), err_f.read()
     _, wait_status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(wait_status), out, err
+
+
+def test_vanished_working_directory_is_a_setup_error(permit, tmp_path):
+    """A working directory deleted under the launcher is reported in one line, not a traceback."""
+    doomed = tmp_path / "doomed"
+    doomed.mkdir()
+
+    def body() -> int:
+        os.chdir(doomed)
+        doomed.rmdir()
+        return cli_in_process("run", "--policy", str(permit), "--", "/bin/true")
+    assert _in_child(body) == (125, "", "faramesh-sandbox: cannot read the working directory: No such file or "
+                                        "directory — hint: cd to a directory that exists\n")
 
 
 def _become_nobody() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -57,6 +59,49 @@ def test_racing_exec_never_runs_a_denied_command(cbin, programs, cgroup_dir):
 def test_racing_exec_for_a_minute(cbin, programs, cgroup_dir):
     """As many racing execs as fit in 60 seconds: zero bypasses."""
     counts = race(cbin, programs, cgroup_dir, 1_000_000, 60)
+    print(f"racing execs in 60 s: {counts}")  # shown with -s, for docs/benchmarks.md
     assert counts["tries"] > 1000
     assert (counts["bypass_path"], counts["bypass_argv"], counts["other"]) == (0, 0, 0)
     assert counts["allowed"] > 0 and counts["eperm"] > 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def test_freezer_self_test_passes_on_this_kernel(cgroup_dir):
+    """A frozen sleeping helper shows (S, get_signal), the state the per-task check relies on."""
+    from sandbox import freeze
+    freeze._run_self_test(os.path.dirname(cgroup_dir))
+    assert freeze.FROZEN_WCHAN == ("S", "get_signal")
+
+
+def test_freeze_stops_every_task_and_thaw_resumes_them(cgroup_dir):
+    """freeze() returns only once a busy loop and a sleeper are stopped; thaw() lets them run."""
+    from sandbox import freeze
+    spinner = subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"])
+    sleeper = subprocess.Popen(["/bin/sleep", "60"])
+    try:
+        for task in (spinner, sleeper):
+            with open(os.path.join(cgroup_dir, "cgroup.procs"), "w") as fh:
+                fh.write(str(task.pid))
+        freezer = freeze.CgroupFreezer(cgroup_dir)
+        freezer.freeze(holder=0)
+        states = set()
+        for _ in range(100):  # a frozen task may show a spurious wake-up for a moment
+            states = {freeze.task_state(t.pid) for t in (spinner, sleeper)}
+            if states == {("S", "get_signal")}:
+                break
+            time.sleep(0.001)
+        assert states == {("S", "get_signal")}
+        before = _cpu_ticks(spinner.pid)
+        time.sleep(0.3)
+        assert _cpu_ticks(spinner.pid) == before
+        freezer.thaw()
+        time.sleep(0.3)
+        assert _cpu_ticks(spinner.pid) > before
+    finally:
+        for task in (spinner, sleeper):
+            task.kill()
+            task.wait()

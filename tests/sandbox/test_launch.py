@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
@@ -106,11 +107,26 @@ def test_missing_working_directory_fails_with_a_hint(capfd):
     assert caught.value.render().startswith("cannot enter the working directory: No such file or directory")
 
 
+def test_a_threaded_launcher_is_refused(capfd):
+    """launch() refuses to clone3 from a process with other threads, whose locks init could inherit held."""
+    release = threading.Event()
+    helper = threading.Thread(target=release.wait)
+    helper.start()
+    try:
+        with pytest.raises(SandboxError) as caught:
+            run(["/bin/true"])
+    finally:
+        release.set()
+        helper.join()
+    assert (caught.value.stage, caught.value.message) == (
+        "clone_init", "the launcher has 2 threads; the sandbox must be started from a single-threaded process")
+
+
 def test_stages_run_in_a_fixed_security_order():
     """One ordered list: init is tied to the launcher first, no_new_privs right before the filter, filter last."""
     assert [(name, role) for name, role, _step in STAGES] == [
         ("filter", "launcher"), ("cgroup", "launcher"), ("clone_init", "launcher"), ("die_with_launcher", "init"),
-        ("map_user", "launcher"), ("release_init", "launcher"), ("await_release", "init"), ("mounts", "init"),
+        ("close_fds", "init"),        ("map_user", "launcher"), ("release_init", "launcher"), ("await_release", "init"), ("mounts", "init"),
         ("hostname", "init"), ("loopback", "init"), ("fork_agent", "init"), ("restore_signals", "agent"),
         ("chdir", "agent"), ("close_fds", "agent"), ("no_new_privs", "agent"), ("seccomp", "agent"),
         ("hand_over_listener", "agent")]

@@ -82,10 +82,11 @@ def test_inherited_descriptors_are_closed(capfd):
     extra = os.open("/etc/hostname", os.O_RDONLY)  # inheritable on purpose
     os.set_inheritable(extra, True)
     try:
-        status, out, _ = run_sh("ls /proc/self/fd", capfd)
+        status, out, _ = run_sh("ls /proc/self/fd /proc/1/fd", capfd)
     finally:
         os.close(extra)
-    assert (status, out) == (0, "0\n1\n2\n3\n")  # 3 is ls's own directory handle
+    # 3 is ls's own directory handle; init keeps only its socket to the launcher (closed at exec)
+    assert (status, out) == (0, "/proc/1/fd:\n0\n1\n2\n\n/proc/self/fd:\n0\n1\n2\n3\n")
 
 
 def test_orphans_are_reaped_by_init(capfd):
