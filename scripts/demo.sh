@@ -21,3 +21,19 @@ ask fs/read '{"path": "/workspace/notes.txt"}'
 ask fs/read '{"path": "/etc/shadow"}'
 ask net/connect '{"host": "api.stripe.com", "port": 443}'
 ask net/connect '{"host": "evil.example", "port": 443}'
+
+echo
+echo "== faramesh-sandbox run --policy examples/demo-agent.fpl -- python3 examples/demo_agent.py"
+WORKSPACE="$(mktemp -d /tmp/faramesh-demo.XXXXXX)"
+AUDIT="$WORKSPACE/audit.jsonl"
+faramesh-sandbox run --policy examples/demo-agent.fpl --audit "$AUDIT" -- python3 examples/demo_agent.py "$WORKSPACE"
+"$PY" - "$AUDIT" <<'PYEOF'
+import collections, json, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+counts = collections.Counter(r["effect"] for r in records)
+print(f"== audit: {len(records)} decisions: " + ", ".join(f"{n} {e}" for e, n in sorted(counts.items())))
+for r in records:
+    if r["effect"] != "PERMIT":
+        print(f"   {r['effect']:<6} {r['tool']:<11} {r['args'].get('path', '')!s:<28} {r['rule_id'] or '(default)'}: {r['reason']}")
+PYEOF
+rm -rf "$WORKSPACE"
