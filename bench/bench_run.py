@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import policy  # noqa: E402
+from launcher.audit import AuditLog  # noqa: E402
 from sandbox import traced  # noqa: E402
 from sandbox.launch import launch  # noqa: E402
 from sandbox.spec import SandboxSpec  # noqa: E402
@@ -52,7 +53,7 @@ def _collect(record: dict) -> None:
     LATENCIES.setdefault(record["syscall"], []).append(record["latency_us"])
 
 
-def in_process(argv: list[str], seccomp: bool = True) -> None:
+def in_process(argv: list[str], seccomp: bool = True, audit_path: Path | None = None) -> None:
     """launch() with stdout/stderr to /dev/null, checking the status so a failure is not timed as a success."""
     saved = os.dup(1), os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -60,7 +61,16 @@ def in_process(argv: list[str], seccomp: bool = True) -> None:
     os.dup2(devnull, 2)
     try:
         spec = SandboxSpec(argv=argv, trapped=TRAPPED if seccomp else frozenset(), seccomp=seccomp)
-        status = launch(spec, engine().decide, audit=_collect)
+        log = AuditLog(str(audit_path)) if audit_path else None
+
+        def audit(record: dict) -> None:
+            _collect(record)
+            if log is not None:
+                log.write(record)
+        status = launch(spec, engine().decide, audit=audit)
+        if log is not None:
+            log.close()
+            audit_path.unlink()
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
@@ -106,6 +116,8 @@ def loop(rounds: int) -> dict[str, float]:
     configs = {
         "native": lambda: shell(bash),
         "faramesh-sandbox (launch(), FPL engine)": lambda: in_process(bash),
+        "faramesh-sandbox + --audit (fsync per decision)": lambda: in_process(bash, audit_path=Path(
+            f"/tmp/bench-run-audit-{os.getpid()}.jsonl")),
         "strace -f": lambda: shell(["strace", "-f", "-o", "/dev/null", *bash]),
         "strace -f --seccomp-bpf -e trace=<the trapped syscalls>": lambda: shell(
             ["strace", "-f", "--seccomp-bpf", "-e", f"trace={same_set}", "-o", "/dev/null", *bash]),

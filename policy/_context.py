@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 
 from policy._exprlib import is_number
 from policy.session import SessionState
@@ -80,6 +81,24 @@ def amount_of(args: dict) -> float:
         except ValueError:
             return 0
     return 0
+
+
+def cost_of(args: dict, written: dict) -> float:
+    """What a call spends against a budget: its amount, never below 0.
+
+    Canonicalisation turns a NaN or infinite float into 0, so the amount as
+    written counts too. An amount that is not a finite number (``"nan"``,
+    ``1e999``) costs infinitely much: no cap can admit it."""
+    cost = 0.0
+    for source in (args, written):
+        try:
+            amount = float(amount_of(source))
+        except OverflowError:  # an int too large for a float
+            return math.inf
+        if amount != amount or amount == math.inf:
+            return math.inf
+        cost = max(cost, amount)
+    return cost
 
 
 def string_arg(args: dict, key: str) -> str:

@@ -45,34 +45,52 @@ def eq(a: object, b: object) -> bool:
 
 
 def _ordered(a: object, b: object, op: str) -> None:
+    if is_number(a) and is_number(b):  # only NaN makes numbers unordered
+        raise ExprError(f"invalid operation: NaN in {a!r} {op} {b!r}")
     raise ExprError(f"invalid operation: {type_name(a)} {op} {type_name(b)}")
 
+
+# Ordering: numbers with numbers, strings with strings; anything else raises. Every
+# comparison with NaN is False, which would quietly skip a deny rule, so a False
+# result involving NaN raises too (checked only on the False path: it is rare).
 
 def lt(a, b):
     ka, kb = type(a), type(b)
     if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is str and kb is str):
-        return a < b
+        if a < b:
+            return True
+        if a == a and b == b:
+            return False
     _ordered(a, b, "<")
 
 
 def le(a, b):
     ka, kb = type(a), type(b)
     if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is str and kb is str):
-        return a <= b
+        if a <= b:
+            return True
+        if a == a and b == b:
+            return False
     _ordered(a, b, "<=")
 
 
 def gt(a, b):
     ka, kb = type(a), type(b)
     if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is str and kb is str):
-        return a > b
+        if a > b:
+            return True
+        if a == a and b == b:
+            return False
     _ordered(a, b, ">")
 
 
 def ge(a, b):
     ka, kb = type(a), type(b)
     if ((ka is int or ka is float) and (kb is int or kb is float)) or (ka is str and kb is str):
-        return a >= b
+        if a >= b:
+            return True
+        if a == a and b == b:
+            return False
     _ordered(a, b, ">=")
 
 

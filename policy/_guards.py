@@ -7,7 +7,7 @@ visibility, delegation and manifest, then budget accounting.
 
 from __future__ import annotations
 
-from policy._context import amount_of
+from policy._context import cost_of
 from policy._exprlib import is_number
 from policy.compiler import CompiledPolicy
 from policy.decision import Decision, Effect
@@ -48,16 +48,30 @@ def phase_visibility(policy: CompiledPolicy, layer: int, tool: str, state: Sessi
                      f"tool {tool} is not visible in phase {name}")
 
 
+def _scope_globs(scope: object) -> list[str]:
+    """A hop's scope as globs: a list of entries or one glob string. Anything
+    else (null, a number, a map) is unreadable and so grants nothing."""
+    if isinstance(scope, str):
+        scope = [scope]
+    if not isinstance(scope, (list, tuple)):
+        return []
+    return [str(entry).split(":", 1)[0] for entry in scope]
+
+
 def delegation_chain(call_delegation: dict, tool: str) -> str | None:
     """Why ``tool`` lies outside a delegated call's scope (every hop's), or None."""
     hops = []
-    if isinstance(call_delegation.get("scope"), (list, tuple)):
-        hops.append(call_delegation["scope"])
-    for hop in call_delegation.get("chain") or ():
-        if isinstance(hop, dict) and "scope" in hop:
-            hops.append(hop["scope"] if isinstance(hop["scope"], (list, tuple)) else ())
-    for scope in hops:
-        globs = [str(entry).split(":", 1)[0] for entry in scope]
+    if "scope" in call_delegation:
+        hops.append(_scope_globs(call_delegation["scope"]))
+    chain = call_delegation.get("chain") or ()
+    if not isinstance(chain, (list, tuple)):
+        return "delegation chain is not a list of hops"
+    for hop in chain:
+        if not isinstance(hop, dict):
+            return "delegation chain has a hop that is not a map"
+        if "scope" in hop:
+            hops.append(_scope_globs(hop["scope"]))
+    for globs in hops:
         if not any(glob_match(g, tool) for g in globs):
             return f"tool {tool} is outside the delegated scope {sorted(globs)}"
     return None
@@ -138,14 +152,15 @@ def invoke_agent(policy: CompiledPolicy, layer: int, call, args: dict, tool: str
     return None
 
 
-def budget(policy: CompiledPolicy, layer: int, args: dict, state: SessionState, now: float) -> Decision | None:
-    """Session/daily spend and max_calls; the call's cost is its ``amount``."""
+def budget(policy: CompiledPolicy, layer: int, args: dict, written: dict, state: SessionState,
+           now: float) -> Decision | None:
+    """Session/daily spend and max_calls; the call's cost is its ``amount`` (see ``cost_of``)."""
     spec = policy.budget
     if spec is None:
         return None
     effect = _OVER.get(spec.on_exceed, Effect.DENY)
     state.roll_day(int(now // 86400))
-    cost = max(float(amount_of(args)), 0.0) if (spec.max is not None or spec.daily is not None) else 0.0
+    cost = cost_of(args, written) if (spec.max is not None or spec.daily is not None) else 0.0
     if spec.max is not None and (state.cost_usd + cost > spec.max or state.cost_usd >= spec.max):
         return _decision(policy, layer, effect, "BUDGET_SESSION_EXCEEDED",
                          f"session budget {spec.max:g} exceeded (spent {state.cost_usd:g}, this call {cost:g})")

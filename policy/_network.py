@@ -47,14 +47,33 @@ def _header_value(headers: object, key: str) -> str | None:
     return None
 
 
+def _host_text(args: dict) -> str | None:
+    """The host in lower case without the DNS root dot: ``Evil.example.`` is ``evil.example``."""
+    host = args.get("host")
+    if not isinstance(host, str):
+        return None
+    host = host.lower()
+    return host[:-1] if host.endswith(".") and host != "." else host
+
+
+def _port_text(args: dict) -> str | None:
+    """The port as digits; a whole float such as 25.0 reads as 25."""
+    port = args.get("port")
+    if port is None or isinstance(port, bool):
+        return None
+    if isinstance(port, float) and port.is_integer():
+        return str(int(port))
+    return str(port)
+
+
 def _reader(kind: str, key: str | None) -> Callable[[dict], str | None]:
     """How to read the tested text out of the arguments."""
     if kind == "host":
-        return lambda args: args["host"].lower() if isinstance(args.get("host"), str) else None
+        return _host_text
     if kind == "method":
         return lambda args: args["method"].upper() if isinstance(args.get("method"), str) else None
     if kind == "port":
-        return lambda args: None if args.get("port") is None or isinstance(args.get("port"), bool) else str(args["port"])
+        return _port_text
     if kind == "path":
         return lambda args: args["path"] if isinstance(args.get("path"), str) else None
     if kind == "query":
@@ -63,7 +82,10 @@ def _reader(kind: str, key: str | None) -> Callable[[dict], str | None]:
 
 
 def _normalise(kind: str, pattern: str) -> str:
-    return pattern.lower() if kind == "host" else pattern.upper() if kind == "method" else pattern
+    if kind == "host":
+        pattern = pattern.lower()
+        return pattern[:-1] if pattern.endswith(".") and pattern != "." else pattern
+    return pattern.upper() if kind == "method" else pattern
 
 
 def compile_net_clauses(clauses: tuple[ast.NetClause, ...]) -> Callable[[dict], bool] | None:

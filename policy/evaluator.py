@@ -30,7 +30,7 @@ import hashlib
 import time
 
 from policy import _guards as guards
-from policy._context import EvalContext, amount_of
+from policy._context import EvalContext, cost_of
 from policy._exprlib import is_number
 from policy.canonical import NulByte, canonical_args, canonical_tool, literal_args
 from policy.compiler import CompiledPolicy, CompiledRule
@@ -45,6 +45,8 @@ PLAN_CACHE_LIMIT = 4096
 _RANK = {Effect.PERMIT: 0, Effect.DEFER: 1, Effect.DENY: 2}
 _PERMIT, _DEFER, _DENY = Effect.PERMIT, Effect.DEFER, Effect.DENY  # enum attribute access is slow
 _EFFECT_NAME = {effect: effect.value for effect in Effect}
+_FINITE_TYPES = (int, float)
+_FOREVER = 1e15  # seconds; beyond any real clock, well inside float and datetime range checks
 
 
 class _Verdict:
@@ -107,9 +109,12 @@ class Engine:
                         policy_version=self._version)
 
     def _decide(self, call) -> Decision:
-        tool, args = call.tool, call.args
+        tool, args, timestamp = call.tool, call.args, call.timestamp
         if type(tool) is not str or not isinstance(args, dict):
             return deny("INVALID_CALL", "tool must be a string and args a map", policy_version=self._version)
+        if type(timestamp) not in _FINITE_TYPES or not -_FOREVER < timestamp < _FOREVER:
+            # NaN would refill rate-limit buckets forever; infinities break day and window arithmetic
+            return deny("INVALID_CALL", "timestamp must be a finite number of seconds", policy_version=self._version)
         try:
             canonical = self._tools.get(tool)
             if canonical is None:
@@ -139,7 +144,7 @@ class Engine:
                 if self._sum_fields:
                     numbers = tuple((k, float(args[k])) for k in self._sum_fields if is_number(args.get(k)))
                 if self._tracks_cost:
-                    state.add_cost(max(float(amount_of(args)), 0.0), int(call.timestamp // 86400))
+                    state.add_cost(cost_of(args, call.args), int(call.timestamp // 86400))
             elif effect is _DEFER:
                 decision = self._with_defer(decision, call, tool)
             state.record(tool, _EFFECT_NAME[effect], call.timestamp, numbers)
@@ -207,7 +212,7 @@ class Engine:
         return (guards.rate_limit(layer, index, ctx.tool, state, now)
                 or guards.phase_visibility(layer, index, ctx.tool, state)
                 or guards.invoke_agent(layer, index, ctx.call, ctx.args, ctx.tool, state)
-                or guards.budget(layer, index, ctx.args, state, now))
+                or guards.budget(layer, index, ctx.args, ctx.call.args, state, now))
 
     def _layer(self, index: int, ctx: EvalContext, start: float, guarded: bool = True) -> tuple[Decision, bool]:
         """This layer's decision and whether a guard or rule (not the default) made it."""

@@ -147,7 +147,7 @@ def _run_self_test(parent: str) -> None:
     scratch = os.path.join(parent, f"freeze-selftest-{os.getpid()}-{threading.get_ident()}")
     os.mkdir(scratch)
     # posix_spawn (vfork) is safe from a threaded process, unlike a bare fork.
-    helper = subprocess.Popen([sleep, "3600"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    helper = subprocess.Popen([sleep, "60"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         _write(os.path.join(scratch, "cgroup.procs"), str(helper.pid))

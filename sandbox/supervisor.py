@@ -62,8 +62,8 @@ class Supervisor:
         self.freezer: freeze.CgroupFreezer | None = None
         self.freeze_problem = "the freezer self-test did not finish"
         self._freezer_ready = threading.Event()
-        threading.Thread(target=self._check_freezer, args=(cgroup_dir,), name="freezer-self-test",
-                         daemon=True).start()
+        # Not a daemon: an exiting process waits for it, so its helper and scratch cgroup go.
+        threading.Thread(target=self._check_freezer, args=(cgroup_dir,), name="freezer-self-test").start()
         self._receive_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._settled = threading.Condition(self._count_lock)
