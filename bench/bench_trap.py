@@ -10,6 +10,7 @@ each figure is the median over rounds; ratios are against native in the same run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -81,6 +82,21 @@ class Cgroup:
         os.rmdir(self.parent)
 
 
+@contextlib.contextmanager
+def same_cpu(wanted: bool):
+    """Pin this thread, hence the supervisor threads it starts and the agent it forks, to
+    the CPU it is on (affinity is per thread and inherited); restore afterwards."""
+    if not wanted:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
     """Wall seconds (or the program's own µs/call when it prints one) for one config."""
     start = time.perf_counter()
@@ -88,9 +104,11 @@ def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
         out = subprocess.run(argv, capture_output=True, check=True).stdout
     elif mode.startswith("sandboxed"):
         # "sandboxed": every table syscall trapped; "sandboxed-kernel-read-exec": a policy that
-        # permits fs/read and shell/exec unconditionally, compiled into the filter.
+        # permits fs/read and shell/exec unconditionally, compiled into the filter;
+        # "sandboxed-same-cpu": supervisor threads and agent all on one CPU.
         decided = {"fs/read": ALLOW, "shell/exec": ALLOW} if mode.endswith("read-exec") else {}
-        run = run_sandboxed(argv, permit, cgroup=cgroups.fresh(), kernel_decided=decided)
+        with same_cpu(mode.endswith("same-cpu")):
+            run = run_sandboxed(argv, permit, cgroup=cgroups.fresh(), kernel_decided=decided)
         if run.status != 0:
             raise RuntimeError(f"sandboxed {argv} failed: {run.stderr.decode()}")
         out = run.stdout
@@ -127,7 +145,7 @@ def main() -> None:
     parser.add_argument("--getpids", type=int, default=300000)
     parser.add_argument("--loop", type=int, default=2000)
     options = parser.parse_args()
-    modes = ["native", "sandboxed", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
+    modes = ["native", "sandboxed", "sandboxed-same-cpu", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
     cgroups = Cgroup()
     try:
         with tempfile.TemporaryDirectory() as tmp:

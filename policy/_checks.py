@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from policy import ast
-from policy.errors import Diagnostic, line_of
+from policy.errors import Diagnostic
 from policy.glob import compile_glob, has_meta, is_valid_glob
 
 SAME_PATTERN_PERMIT = "W306"  # promoted to error E322 by policy check, as the reference does
@@ -28,11 +28,18 @@ class Reporter:
         self.source_text = source_text
         self.errors: list[Diagnostic] = []
         self.warnings: list[Diagnostic] = []
+        self._lines: list[str] | None = None
+
+    def line(self, number: int) -> str:
+        """Line ``number`` counted as the parser counts (LF only), split once per file."""
+        if self._lines is None:
+            self._lines = self.source_text.split("\n")
+        return self._lines[number - 1].rstrip("\r") if 0 < number <= len(self._lines) else ""
 
     def make(self, code: str, message: str, span: ast.Span, help_text: str = "", severity: str = "error",
              related: tuple[Diagnostic, ...] = ()) -> Diagnostic:
         return Diagnostic(code=code, message=message, path=self.path, span=span, help=help_text,
-                          severity=severity, source_line=line_of(self.source_text, span.line), related=related)
+                          severity=severity, source_line=self.line(span.line), related=related)
 
     def error(self, code, message, span, help_text="", related=()) -> None:
         self.errors.append(self.make(code, message, span, help_text, "error", related))
@@ -100,6 +107,42 @@ def _unconditional(rule: ast.Rule) -> bool:
     return rule.condition is None and not rule.net
 
 
+def _literal_head(text: str) -> str:
+    for i, ch in enumerate(text):
+        if ch in "*?[\\":
+            return text[:i]
+    return text
+
+
+class _CoverIndex:
+    """Unconditional ``deny!`` patterns, found by what they could cover without a pair-wise scan.
+
+    A covering deny! (see ``pattern_covers``) has the other pattern's number of
+    ``/`` segments, and the literal head of its first segment (text before any
+    wildcard) is a prefix of the other's first segment. Patterns with a class
+    (which may match ``/``) and a lone ``*`` are always candidates."""
+
+    def __init__(self) -> None:
+        self._by_head: dict[tuple[int, str], list] = {}
+        self._always: list = []
+
+    def add(self, order: int, pattern: str, item) -> None:
+        if pattern == "*" or "[" in pattern:
+            self._always.append((order, item))
+        elif is_valid_glob(pattern):
+            key = (pattern.count("/"), _literal_head(pattern.split("/", 1)[0]))
+            self._by_head.setdefault(key, []).append((order, item))
+
+    def candidates(self, pattern: str) -> list:
+        """``(order, item)`` of every deny! that may cover ``pattern``, in order."""
+        slashes, first = pattern.count("/"), _literal_head(pattern.split("/", 1)[0])
+        found = list(self._always)
+        for end in range(len(first) + 1):
+            found.extend(self._by_head.get((slashes, first[:end]), ()))
+        found.sort(key=lambda pair: pair[0])
+        return found
+
+
 def check_strict_conflicts(rules: list[ast.Rule], report: Reporter) -> None:
     """Reject permits/defers that an unconditional ``deny!`` makes unreachable.
 
@@ -107,28 +150,39 @@ def check_strict_conflicts(rules: list[ast.Rule], report: Reporter) -> None:
     unconditional deny! (see ``pattern_covers``). W306 (permit) / W304 (defer):
     same pattern as a conditional deny!. The rule still applies whenever the
     deny! condition is false, so loading accepts it (corpus policies rely on
-    this); ``policy check`` turns W306 into error E322, as faramesh check does."""
-    stricts = [r for r in rules if r.strict]
+    this); ``policy check`` turns W306 into error E322, as faramesh check does.
+    Each rule is compared, in deny! order, with the deny! rules of its own
+    pattern and those an index says may cover it (never with all of them)."""
+    same_pattern: dict[str, list] = {}
+    covering = _CoverIndex()
+    for order, strict in enumerate(r for r in rules if r.strict):
+        same_pattern.setdefault(strict.tool, []).append((order, strict))
+        if _unconditional(strict):
+            covering.add(order, strict.tool, strict)
     for rule in rules:
         if rule.strict or rule.effect not in ("permit", "defer"):
             continue
-        for strict in stricts:
-            where = report.make("E320", f"`deny! {strict.tool}` is here", strict.span, severity="note")
+        seen = same_pattern.get(rule.tool, [])
+        nearby = dict(seen + covering.candidates(rule.tool))
+        for order in sorted(nearby):
+            strict = nearby[order]
             if not _unconditional(strict):
-                if strict.tool == rule.tool:
-                    code = SAME_PATTERN_PERMIT if rule.effect == "permit" else "W304"
-                    report.warnings.append(report.make(
-                        code, f"`{rule.effect} {rule.tool}` has the same pattern as a conditional `deny!`: "
-                        "it applies only when the deny! condition is false", rule.span,
-                        "give the two rules different patterns (faramesh check rejects a permit that "
-                        "repeats a deny! pattern)", "warning", (where,)))
+                code = SAME_PATTERN_PERMIT if rule.effect == "permit" else "W304"
+                where = report.make("E320", f"`deny! {strict.tool}` is here", strict.span, severity="note")
+                report.warnings.append(report.make(
+                    code, f"`{rule.effect} {rule.tool}` has the same pattern as a conditional `deny!`: "
+                    "it applies only when the deny! condition is false", rule.span,
+                    "give the two rules different patterns (faramesh check rejects a permit that "
+                    "repeats a deny! pattern)", "warning", (where,)))
                 continue
             if strict.tool == rule.tool:
+                where = report.make("E320", f"`deny! {strict.tool}` is here", strict.span, severity="note")
                 report.error("E320", f"`{rule.effect} {rule.tool}` conflicts with `deny! {strict.tool}`: "
                              "deny! always wins, so this rule can never take effect", rule.span,
                              "remove this rule, or add a condition to the deny!", (where,))
                 break
             if pattern_covers(strict.tool, rule.tool):
+                where = report.make("E320", f"`deny! {strict.tool}` is here", strict.span, severity="note")
                 report.error("E321", f"`{rule.effect} {rule.tool}` is unreachable: unconditional "
                              f"`deny! {strict.tool}` covers every tool it matches", rule.span,
                              "remove this rule, or narrow the deny! pattern", (where,))
@@ -140,18 +194,22 @@ def check_layer_conflicts(files: list[tuple[str, str, ast.Document]]) -> list[Di
 
     Stacked as layers, the deny! wins, so the rule never takes effect. It is a
     warning, not an error: each file is valid on its own."""
-    stricts = []
+    covering = _CoverIndex()
+    order = 0
     for path, text, doc in files:
         where = Reporter(path, text)
-        stricts += [(path, where.make("W305", f"`deny! {r.tool}` is here", r.span, severity="note"), r)
-                    for r in ordered_rules(doc) if r.strict and _unconditional(r)]
+        for r in ordered_rules(doc):
+            if r.strict and _unconditional(r):
+                covering.add(order, r.tool, (path, where.make("W305", f"`deny! {r.tool}` is here", r.span,
+                                                              severity="note"), r))
+                order += 1
     found: list[Diagnostic] = []
     for path, text, doc in files:
         report = Reporter(path, text)
         for rule in ordered_rules(doc):
             if rule.strict or rule.effect not in ("permit", "defer"):
                 continue
-            for strict_path, note, strict in stricts:
+            for _, (strict_path, note, strict) in covering.candidates(rule.tool):
                 if strict_path != path and pattern_covers(strict.tool, rule.tool):
                     report.warning("W305", f"`{rule.effect} {rule.tool}` never takes effect when stacked with "
                                    f"{strict_path}: its `deny! {strict.tool}` covers it", rule.span,

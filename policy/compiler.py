@@ -211,11 +211,10 @@ def compile_policy(doc: ast.Document, source_text: str | bytes, path: str) -> Co
 def check(doc: ast.Document, source_text: str | bytes, path: str) -> list[Diagnostic]:
     """All diagnostics (errors and warnings) of one document, sorted by location."""
     try:
-        policy = compile_policy(doc, source_text, path)
+        found = list(compile_policy(doc, source_text, path).warnings)
     except PolicyError as exc:
-        return list(exc.diagnostics)
-    found = [_promote(d) for d in policy.warnings]
-    return sorted(found, key=lambda d: d.sort_key)
+        found = list(exc.diagnostics)
+    return sorted((_promote(d) for d in found), key=lambda d: d.sort_key)
 
 
 def _promote(diag: Diagnostic) -> Diagnostic:

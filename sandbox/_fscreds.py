@@ -25,15 +25,15 @@ import errno
 import os
 import threading
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 from sandbox import _libc_fs as lf
 
 
-@dataclass(frozen=True, slots=True)
-class AgentIdentity:
-    """What /proc/<tid>/status says about one agent thread (ids in our namespaces)."""
+class AgentIdentity(NamedTuple):
+    """What /proc/<tid>/status says about one agent thread (ids in our namespaces).
+
+    Immutable; a tuple rather than a frozen dataclass because one is built per call."""
 
     tid: int
     ns_tgid: int
@@ -46,47 +46,101 @@ class AgentIdentity:
 
 
 _STATUS_KEYS = (b"Uid", b"Gid", b"Groups", b"CapEff", b"Umask", b"NStgid", b"NSpid")
+_NEEDLES = tuple((key, b"\n" + key + b":", len(key) + 2) for key in _STATUS_KEYS)
+_STATUS_SIZE = 16384  # procfs hands the whole file to one read
 
 
 def _fields(status: bytes) -> dict[bytes, bytes]:
     """The lines of /proc/<tid>/status we need (every one follows a newline)."""
     out = {}
-    for key in _STATUS_KEYS:
-        start = status.find(b"\n" + key + b":")
+    for key, needle, skip in _NEEDLES:
+        start = status.find(needle)
         if start >= 0:
             end = status.find(b"\n", start + 1)
-            out[key] = status[start + len(key) + 2: end if end >= 0 else None].strip()
+            out[key] = status[start + skip: end if end >= 0 else None].strip()
     return out
+
+
+class _StatusFiles:
+    """One thread's open /proc/<tid>/status files, re-read with pread(0) on every call.
+
+    Reading is per call (credentials and umask change at any syscall); only the open is
+    saved. An fd names the task it was opened for, never a later task that reuses the
+    number: once that task is reaped pread fails (ESRCH) and the number is opened
+    afresh, exactly as without the cache. Per thread, so no fd is closed under a reader."""
+
+    KEEP = 4  # tasks per thread; more are rare and only cost an open
+
+    def __init__(self):
+        self.fds: dict[int, int] = {}
+
+    def read(self, tid: int) -> bytes:
+        fd = self.fds.get(tid)
+        if fd is not None:
+            try:
+                return os.pread(fd, _STATUS_SIZE, 0)
+            except OSError:
+                del self.fds[tid]
+                os.close(fd)
+        if len(self.fds) >= self.KEEP:
+            self.clear()
+        try:
+            fd = os.open(b"/proc/%d/status" % tid, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise OSError(errno.ESRCH, f"agent task {tid} is gone") from None
+        self.fds[tid] = fd
+        return os.pread(fd, _STATUS_SIZE, 0)
+
+    def clear(self) -> None:
+        while self.fds:
+            os.close(self.fds.popitem()[1])
+
+    def __del__(self) -> None:  # its thread ended: nobody else knows these fds
+        self.clear()
+
+
+_thread = threading.local()
+
+
+def keep_status_files() -> None:
+    """From now on this thread keeps agents' status files open between calls (a
+    supervisor worker: it saves an open and a close per call)."""
+    if getattr(_thread, "status_files", None) is None:
+        _thread.status_files = _StatusFiles()
+
+
+def _read_status(tid: int) -> bytes:
+    files = getattr(_thread, "status_files", None)
+    if files is not None:
+        return files.read(tid)
+    try:
+        fd = os.open(b"/proc/%d/status" % tid, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise OSError(errno.ESRCH, f"agent task {tid} is gone") from None
+    try:
+        return os.read(fd, _STATUS_SIZE)
+    finally:
+        os.close(fd)
 
 
 def read_identity(tid: int) -> AgentIdentity:
     """Parse /proc/<tid>/status; a vanished task is ESRCH, anything malformed EACCES."""
+    fields = _fields(_read_status(tid))
     try:
-        fd = os.open(f"/proc/{tid}/status", os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise OSError(errno.ESRCH, f"agent task {tid} is gone") from None
-    try:
-        fields = _fields(os.read(fd, 16384))  # procfs hands the whole file to one read
-    finally:
-        os.close(fd)
-    try:
-        uids = fields[b"Uid"].split()
-        gids = fields[b"Gid"].split()
+        uids, gids = fields[b"Uid"].split(), fields[b"Gid"].split()
+        groups = fields[b"Groups"]
         return AgentIdentity(
-            tid=tid,
-            ns_tgid=int(fields[b"NStgid"].split()[-1]),
-            ns_tid=int(fields[b"NSpid"].split()[-1]),
-            fsuid=int(uids[3]),
-            fsgid=int(gids[3]),
-            groups=tuple(sorted(int(g) for g in fields[b"Groups"].split())),
-            cap_effective=int(fields[b"CapEff"], 16),
-            umask=int(fields[b"Umask"], 8),
+            tid,
+            int(fields[b"NStgid"].rpartition(b"\t")[2]),
+            int(fields[b"NSpid"].rpartition(b"\t")[2]),
+            int(uids[3]),
+            int(gids[3]),
+            tuple(sorted(map(int, groups.split()))) if groups else (),
+            int(fields[b"CapEff"], 16),
+            int(fields[b"Umask"], 8),
         )
     except (KeyError, IndexError, ValueError):
         raise OSError(errno.EACCES, f"/proc/{tid}/status: unexpected format") from None
-
-
-_thread = threading.local()
 
 
 def _private_fs() -> None:
@@ -155,13 +209,18 @@ def acting_as(agent: AgentIdentity, *, umask: bool = True) -> AbstractContextMan
     """Run the body with the agent's fs identity (and umask) in this thread; always restore."""
     if getattr(_thread, "poisoned", False):
         raise OSError(errno.EACCES, "this thread could not restore its credentials earlier")
+    key = (agent.fsuid, agent.fsgid, agent.groups, agent.cap_effective)
+    if not umask and key == getattr(_thread, "same_as_ours", None):
+        return _NOTHING_TO_SWITCH  # the last agent seen here acts as we are: nothing to do
     _private_fs()
     ours_uid, ours_gid, ours_groups, ours_caps = _ours()
     lent_caps = ours_caps & agent.cap_effective
     groups = groups_to_use(agent.groups, ours_groups, bool(ours_caps & CAP_SETGID))
     same = (agent.fsuid, agent.fsgid, groups, lent_caps) == (ours_uid, ours_gid, ours_groups, ours_caps)
-    if same and not umask:
-        return _NOTHING_TO_SWITCH  # the common case of a root agent: no syscalls at all
+    if same:
+        _thread.same_as_ours = key  # a pure function of key and our fixed identity
+        if not umask:
+            return _NOTHING_TO_SWITCH  # the common case of a root agent: no syscalls at all
     return _switched(agent, groups, lent_caps, same, umask)
 
 

@@ -63,10 +63,24 @@ def names(value: int, table: tuple[tuple[int, str], ...]) -> list[str]:
     return out
 
 
-def open_flag_names(flags: int) -> list[str]:
+def _open_flag_names(flags: int) -> tuple[str, ...]:
     if flags & os.O_PATH:
-        return ["O_PATH"] + names(flags & ~os.O_PATH, OPEN_FLAG_NAMES)
-    return [ACCESS_NAMES[flags & os.O_ACCMODE]] + names(flags, OPEN_FLAG_NAMES)
+        return ("O_PATH", *names(flags & ~os.O_PATH, OPEN_FLAG_NAMES))
+    return (ACCESS_NAMES[flags & os.O_ACCMODE], *names(flags, OPEN_FLAG_NAMES))
+
+
+_OPEN_NAMES_SEEN: dict[int, tuple[str, ...]] = {}  # a program uses few flag combinations
+_OPEN_NAMES_KEEP = 4096
+
+
+def open_flag_names(flags: int) -> list[str]:
+    """Names of an open's flags (a fresh list: callers may hand it to a policy)."""
+    found = _OPEN_NAMES_SEEN.get(flags)
+    if found is None:
+        found = _open_flag_names(flags)
+        if len(_OPEN_NAMES_SEEN) < _OPEN_NAMES_KEEP:
+            _OPEN_NAMES_SEEN[flags] = found
+    return list(found)
 
 
 def open_writes(flags: int) -> bool:

@@ -52,9 +52,8 @@ def _finish(fd: int, add_nonblock: bool) -> int:
     return fd
 
 
-def _instead_of_o_path(obj: Obj) -> int:
+def _instead_of_o_path(obj: Obj, kind: int) -> int:
     """Flags for an injectable fd standing in for O_PATH (see the module docstring)."""
-    kind = file_type(obj.fd)
     if kind == stat.S_IFREG:
         return os.O_RDONLY
     if kind == stat.S_IFDIR:
@@ -62,12 +61,14 @@ def _instead_of_o_path(obj: Obj) -> int:
     raise fail(errno.EOPNOTSUPP, f"O_PATH of {obj.path!r} (type {kind:#o}) cannot be handed to the agent")
 
 
-def reopen(obj: Obj, flags: int) -> int:
-    """A new open file description for ``obj`` with ``flags``."""
+def reopen(obj: Obj, flags: int, kind: int | None = None) -> int:
+    """A new open file description for ``obj`` (of file type ``kind``) with ``flags``."""
+    if kind is None:
+        kind = file_type(obj.fd)
     if flags & os.O_PATH:
-        return os.open(b"/proc/self/fd/%d" % obj.fd, _instead_of_o_path(obj) | _ALWAYS)
+        return os.open(b"/proc/self/fd/%d" % obj.fd, _instead_of_o_path(obj, kind) | _ALWAYS)
     own = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW) | _ALWAYS
-    add_nonblock = file_type(obj.fd) == stat.S_IFIFO and not flags & os.O_NONBLOCK
+    add_nonblock = kind == stat.S_IFIFO and not flags & os.O_NONBLOCK
     fd = os.open(b"/proc/self/fd/%d" % obj.fd, own | (os.O_NONBLOCK if add_nonblock else 0))
     return _finish(fd, add_nonblock)
 
@@ -93,7 +94,7 @@ def _decoded_open(decoded: dict) -> tuple[int, int, int]:
 
 
 def build_open(view: AgentView, decoded: dict):
-    """(tool, args, action, cloexec) for one open-family call."""
+    """(tool, args, action, cloexec, uses_umask) for one open-family call."""
     flags, mode, resolve = _decoded_open(decoded)
     writes = ff.open_writes(flags)
     follow = not flags & os.O_NOFOLLOW
@@ -105,8 +106,8 @@ def build_open(view: AgentView, decoded: dict):
         raise fail(errno.EINVAL, "O_CREAT with O_DIRECTORY")  # as Linux answers since 6.4
     if ff.is_tmpfile(flags) or not creating:
         obj = locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
-        _check_existing(obj, flags, creating=False)
-        target, action = obj.path, (lambda: reopen(obj, flags))
+        kind = _check_existing(obj, flags, creating=False)
+        target, action = obj.path, (lambda: reopen(obj, flags, kind))
     elif flags & os.O_EXCL:
         slot = locate_slot(view, base, path, "open", resolve=resolve)
         target, action = slot.path, (lambda: create(slot, flags, mode))
@@ -117,14 +118,15 @@ def build_open(view: AgentView, decoded: dict):
             slot = creation_slot(view, base, path, follow=follow, resolve=resolve)
             target, action = slot.path, (lambda: create(slot, flags, mode))
         else:
-            _check_existing(obj, flags, creating=True)
-            target, action = obj.path, (lambda: reopen(obj, flags & ~os.O_CREAT))
-    args = {"path": os.fsdecode(target), "flags": ff.open_flag_names(flags),
-            "mode": mode if ff.creates(flags) else None}
-    return ("fs/write" if writes else "fs/read"), args, action, bool(flags & os.O_CLOEXEC)
+            kind = _check_existing(obj, flags, creating=True)
+            target, action = obj.path, (lambda: reopen(obj, flags & ~os.O_CREAT, kind))
+    creates = ff.creates(flags)  # only creation reads the umask
+    args = {"path": os.fsdecode(target), "flags": ff.open_flag_names(flags), "mode": mode if creates else None}
+    return ("fs/write" if writes else "fs/read"), args, action, bool(flags & os.O_CLOEXEC), creates
 
 
-def _check_existing(obj: Obj, flags: int, *, creating: bool) -> None:
+def _check_existing(obj: Obj, flags: int, *, creating: bool) -> int:
+    """Refuse what the agent's open would refuse; returns the file type."""
     st = os.fstat(obj.fd)
     kind = stat.S_IFMT(st.st_mode)
     if kind == stat.S_IFCHR and st.st_rdev == _DEV_TTY:
@@ -134,3 +136,4 @@ def _check_existing(obj: Obj, flags: int, *, creating: bool) -> None:
         raise fail(errno.ELOOP, f"{obj.path!r} is a symlink and O_NOFOLLOW was given")
     if creating and kind == stat.S_IFDIR:
         raise fail(errno.EISDIR, f"O_CREAT on directory {obj.path!r}")
+    return kind

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 
-from sandbox._libc import syscall
+from sandbox._libc import syscall, syscall_number
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -70,10 +71,40 @@ def _path(path: bytes) -> ctypes.c_char_p:
     return ctypes.c_char_p(path)
 
 
+# openat2 and fstatfs run several times per trapped call: they skip the generic wrapper's
+# per-call argument conversion and reuse one struct per thread.
+_raw_syscall = ctypes.CDLL(None, use_errno=True).syscall
+_raw_syscall.restype = ctypes.c_long
+_NR_OPENAT2 = ctypes.c_long(syscall_number("openat2"))
+_NR_FSTATFS = ctypes.c_long(syscall_number("fstatfs"))
+_OPEN_HOW_SIZE = ctypes.c_long(ctypes.sizeof(_OpenHow))
+
+
+class _Structs(threading.local):
+    def __init__(self):
+        self.how = _OpenHow()
+        self.how_ref = ctypes.byref(self.how)
+        self.statfs = _Statfs()
+        self.statfs_ref = ctypes.byref(self.statfs)
+
+
+_structs = _Structs()
+
+
+def _failed(call: str) -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, f"{call}: {os.strerror(err)}")
+
+
 def openat2(dirfd: int, path: bytes, flags: int, mode: int, resolve: int) -> int:
     """``openat2(2)``; returns the new fd."""
-    how = _OpenHow(flags, mode, resolve)
-    return syscall("openat2", dirfd, _path(path), ctypes.byref(how), ctypes.sizeof(how))
+    structs = _structs
+    how = structs.how
+    how.flags, how.mode, how.resolve = flags, mode, resolve
+    fd = _raw_syscall(_NR_OPENAT2, ctypes.c_long(dirfd), ctypes.c_char_p(path), structs.how_ref, _OPEN_HOW_SIZE)
+    if fd == -1:
+        raise _failed(f"openat2({dirfd}, <ptr>, <ptr>, {ctypes.sizeof(how)})")
+    return fd
 
 
 def renameat2(olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int) -> None:
@@ -119,9 +150,10 @@ def utimensat(dirfd: int, path: bytes, times: tuple | None, flags: int) -> None:
 
 def fstatfs_type(fd: int) -> int:
     """The filesystem magic (``f_type``) of the file behind ``fd`` (O_PATH fds work)."""
-    buf = _Statfs()
-    syscall("fstatfs", fd, ctypes.byref(buf))
-    return buf.f_type
+    structs = _structs
+    if _raw_syscall(_NR_FSTATFS, ctypes.c_long(fd), structs.statfs_ref) == -1:
+        raise _failed(f"fstatfs({fd}, <ptr>)")
+    return structs.statfs.f_type
 
 
 def unshare_fs() -> None:

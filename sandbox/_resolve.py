@@ -183,8 +183,8 @@ class AgentView:
 
         Returns (None, rewritten path), or for the agent's own fd and exe links
         (link name under /proc/<tid>, the rest of the path)."""
-        if not path.startswith(b"/"):
-            return None, path
+        if not path.startswith(b"/") or (b"proc" not in path and b"dev" not in path):
+            return None, path  # every rewritten name has a /proc or /dev component
         parts = [p for p in path.split(b"/") if p not in (b"", b".")]
         tgid, tid = b"%d" % self.agent.ns_tgid, b"%d" % self.agent.ns_tid
         head = parts[:2]

@@ -53,7 +53,7 @@ from typing import Callable
 
 from sandbox import _fsflags as ff
 from sandbox import _libc_fs as lf
-from sandbox._fscreds import acting_as, read_identity
+from sandbox._fscreds import acting_as, keep_status_files, read_identity
 from sandbox._fslocate import agent_fd_flags, file_type, locate, locate_fd, locate_slot
 from sandbox._fsopen import build_open
 from sandbox._resolve import AgentView, fail
@@ -74,17 +74,18 @@ class FsOp:
     """One resolved call: what the policy decides on, and how to carry it out."""
 
     def __init__(self, view: AgentView, tool: str, args: dict, action: Callable[[], int | None],
-                 cloexec: bool = False, returns_fd: bool = False):
+                 cloexec: bool = False, returns_fd: bool = False, uses_umask: bool = True):
         self.tool, self.args = tool, args
         self._view, self._action = view, action
         self._cloexec, self._returns_fd = cloexec, returns_fd
+        self._uses_umask = uses_umask
 
     def perform(self) -> FsResult:
         """Do the call with the agent's identity; raises OSError(errno) as the kernel would."""
         if not self._view.owned:
             raise OSError(errno.EBADF, "FsOp already closed")
         with _only_oserror("perform"):
-            with acting_as(self._view.agent):
+            with acting_as(self._view.agent, umask=self._uses_umask):
                 result = self._action()
             if self._returns_fd:
                 return FsResult("fd", result, self._cloexec)
@@ -320,6 +321,9 @@ OPS: dict[str, Callable] = {
 _FD_RESULT = {"open", "openat", "openat2", "creat"}
 
 
+keep_task_files = keep_status_files  # for long-lived supervisor threads
+
+
 def prepare(pid: int, decoded: dict) -> FsOp:
     """Resolve (never perform) one decoded fs syscall of task ``pid`` into an FsOp."""
     with _only_oserror("prepare"):
@@ -331,7 +335,8 @@ def prepare(pid: int, decoded: dict) -> FsOp:
             result = build(view, decoded)
             tool, args, action = result[:3]
             cloexec = result[3] if len(result) > 3 else False
-            return FsOp(view, tool, args, action, cloexec, decoded["syscall"] in _FD_RESULT)
+            uses_umask = result[4] if len(result) > 4 else True  # only opens say when they create
+            return FsOp(view, tool, args, action, cloexec, decoded["syscall"] in _FD_RESULT, uses_umask)
         except BaseException:
             view.close()
             raise

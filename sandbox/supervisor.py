@@ -32,9 +32,10 @@ from sandbox.decode.exec import exec_arguments, resolve_executable
 from sandbox.traced import Role
 
 try:
+    from sandbox.fsops import keep_task_files
     from sandbox.fsops import prepare as fs_prepare
 except ImportError:  # fs calls are then denied, see _handle_fs
-    fs_prepare = None
+    fs_prepare = keep_task_files = None
 
 MAX_THREADS = 256  # live threads; beyond it a stalled receiver is not replaced
 STALL = 0.02  # seconds a receiver may spend on one notification before another takes over
@@ -129,6 +130,8 @@ class Supervisor:
 
     def _worker(self) -> None:
         me = threading.current_thread()
+        if keep_task_files is not None:
+            keep_task_files()
         poller = select.poll()
         poller.register(self.listener, select.POLLIN)
         poller.register(self._stop_read, select.POLLIN)

@@ -38,11 +38,11 @@ def test_reporter_counts_lines_like_the_parser():
 
 
 def test_conflict_reports_keep_first_match_order():
-    """Conditional same-pattern warnings before the first unconditional covering deny! are kept; later ones are not."""
+    """A same-pattern conditional deny! before the covering one is reported (as E322 even beside other errors); a later one is not."""
     text = ("agent a {\n  rules {\n    deny! fs/read when args.x == 1\n    deny! fs/*\n"
             "    deny! fs/read when args.y == 1\n    permit fs/read\n  }\n}\n")
     found = check_sources([("p.fpl", text)])
-    assert [(d.code, d.span.line, d.related[0].span.line) for d in found] == [("E322", 6, 3), ("E321", 6, 4)]
+    assert [(d.code, d.span.line, d.related[0].span.line) for d in found] == [("E321", 6, 4), ("E322", 6, 3)]
 
 
 def test_layer_conflicts_found_through_the_index():

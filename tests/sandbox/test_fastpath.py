@@ -1,0 +1,124 @@
+"""The per-call shortcuts of the fs path: kept status files, skipped umask, cached flag names."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+
+from sandbox import _fsflags as ff
+from sandbox import _fscreds
+from tests.sandbox.fs_agents import fd_count, waiting_agent
+
+# A child that applies "umask <octal>" or "fsuid <n>" lines from stdin to itself, then acks.
+_CHANGER = (
+    "import os, sys\n"
+    "for line in sys.stdin:\n"
+    "    what, value = line.split()\n"
+    "    if what == 'umask':\n"
+    "        os.umask(int(value, 8))\n"
+    "    else:\n"
+    "        os.setresuid(int(value), int(value), 0)\n"
+    "    print('ok', flush=True)\n"
+)
+
+
+def in_kept_thread(body):
+    """Run ``body`` in a fresh thread that keeps status files, as a supervisor worker does."""
+    outcome = {}
+
+    def run():
+        _fscreds.keep_status_files()
+        try:
+            outcome["value"] = body()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_kept_status_file_sees_umask_and_fsuid_changes():
+    """Each call re-reads the kept file: a new umask and a new fsuid show on the next call."""
+    child = subprocess.Popen([sys.executable, "-c", _CHANGER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             umask=0o022)
+
+    def tell(line: bytes) -> None:
+        child.stdin.write(line + b"\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == b"ok\n"
+
+    def body():
+        first = _fscreds.read_identity(child.pid)
+        tell(b"umask 077")
+        second = _fscreds.read_identity(child.pid)
+        tell(b"fsuid 65534")
+        third = _fscreds.read_identity(child.pid)
+        return (first.umask, first.fsuid), (second.umask, second.fsuid), (third.umask, third.fsuid)
+
+    try:
+        assert in_kept_thread(body) == ((0o022, 0), (0o077, 0), (0o077, 65534))
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_kept_status_file_of_a_reaped_task_is_never_read_again():
+    """After the task is reaped its number gives ESRCH, not the old (or another task's) status."""
+    child = subprocess.Popen(["sleep", "60"])
+
+    def body():
+        seen = _fscreds.read_identity(child.pid).tid
+        child.kill()
+        child.wait()
+        try:
+            _fscreds.read_identity(child.pid)
+        except OSError as exc:
+            return seen, exc.errno
+        return seen, 0
+
+    assert in_kept_thread(body) == (child.pid, errno.ESRCH)
+
+
+def test_kept_status_files_close_when_their_thread_ends():
+    """A worker thread's kept files are closed when it ends: no fd outlives it."""
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        before = fd_count()
+        during = in_kept_thread(lambda: (_fscreds.read_identity(child.pid), fd_count())[1])
+        assert (during - before, fd_count() - before) == (1, 0)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_create_honours_umask_and_plain_open_leaves_ours(tmp_path):
+    """O_CREAT uses the agent's umask 027 (0640 file) and a plain open leaves our umask at 022."""
+    (tmp_path / "existing").write_bytes(b"x")
+    ours = os.umask(0o022)
+    try:
+        with waiting_agent(tmp_path, umask=0o027) as agent:
+            _, created = agent.open(b"new", os.O_WRONLY | os.O_CREAT, 0o666)
+            os.close(created)
+            _, opened = agent.open(b"existing")
+            os.close(opened)
+        mode = os.stat(tmp_path / "new").st_mode & 0o777
+        now = os.umask(ours)
+    finally:
+        os.umask(ours)
+    assert (mode, now) == (0o640, 0o022)
+
+
+def test_cached_flag_names_are_fresh_lists():
+    """Two calls give equal but separate lists, so a policy changing one cannot change the next."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    first = ff.open_flag_names(flags)
+    first.append("O_EXTRA")
+    assert ff.open_flag_names(flags) == ["O_WRONLY", "O_CREAT", "O_TRUNC", "O_CLOEXEC"]
+
