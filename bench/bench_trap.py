@@ -1,6 +1,7 @@
 """Cost of trapped and untrapped syscalls: native vs the supervisor vs strace, in one run.
 
     python3 bench/bench_trap.py [--rounds 5] [--opens 20000] [--getpids 2000000] [--loop 2000]
+    python3 bench/bench_trap.py --stages 5000   # where one trapped open spends its time
 
 Needs root (a cgroup v2 directory for the exec freezer), gcc and strace
 (`apt-get install -y strace`). Configurations run interleaved, round by round, and
@@ -10,6 +11,7 @@ each figure is the median over rounds; ratios are against native in the same run
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import os
 import statistics
@@ -138,12 +140,55 @@ def report(title: str, unit: str, medians: dict[str, float]) -> list[str]:
     return lines + [""]
 
 
+def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup) -> list[str]:
+    """Median time per stage of one trapped open inside the supervisor (wrappers add ~1 µs each)."""
+    from sandbox import fsops, notify, supervisor
+
+    samples: dict[str, list[int]] = collections.defaultdict(list)
+    patched = []
+
+    def wrap(owner, name: str, label: str, clock=time.perf_counter_ns) -> None:
+        original = getattr(owner, name)
+
+        def timed_call(*args, **kwargs):
+            start = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                samples[label].append(clock() - start)
+        patched.append((owner, name, original))
+        setattr(owner, name, timed_call)
+
+    wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
+    wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")
+    for owner, name, label in ((supervisor, "decode", "decode (memory read)"),
+                               (supervisor, "fs_prepare", "fsops.prepare"),
+                               (notify, "id_valid", "ID_VALID ioctl"),
+                               (supervisor.Supervisor, "_call", "ToolCall"),
+                               (supervisor.Supervisor, "_record", "audit record"),
+                               (fsops.FsOp, "perform", "FsOp.perform"),
+                               (notify, "addfd_send", "ADDFD ioctl"),
+                               (fsops.FsOp, "close", "FsOp.close")):
+        wrap(owner, name, label)
+    try:
+        run = run_sandboxed([loop, target, str(calls)], permit, cgroup=cgroups.fresh())
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+    lines = [f"### stages of one trapped open ({calls} calls; loop {run.stdout.decode().strip()} µs/call)", "",
+             "| stage | median µs |", "|---|---|"]
+    lines += [f"| {label} | {statistics.median(values) / 1000:.1f} |" for label, values in samples.items()]
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--opens", type=int, default=20000)
     parser.add_argument("--getpids", type=int, default=300000)
     parser.add_argument("--loop", type=int, default=2000)
+    parser.add_argument("--stages", type=int, default=0, metavar="CALLS",
+                        help="only time the stages of CALLS trapped opens inside the supervisor")
     options = parser.parse_args()
     modes = ["native", "sandboxed", "sandboxed-same-cpu", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
     cgroups = Cgroup()
@@ -152,6 +197,9 @@ def main() -> None:
             loop = build(Path(tmp))
             target = Path(tmp) / "file"
             target.write_text("x")
+            if options.stages:
+                print("\n".join(stage_timings(loop, str(target), options.stages, cgroups)))
+                return
             lines = report(f"open+close loop ({options.opens} calls, per call)", "µs/call",
                            measure("open", [loop, str(target), str(options.opens)], modes, options.rounds, cgroups))
             lines += report(f"untrapped getpid loop ({options.getpids} calls, per call)", "µs/call",

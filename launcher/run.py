@@ -7,6 +7,7 @@ policy is invalid (one line on stderr says what failed, with a hint)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import secrets
 import sys
@@ -18,6 +19,11 @@ from sandbox import traced
 from sandbox.errors import SandboxError
 from sandbox.launch import EXIT_SETUP, launch
 from sandbox.spec import SandboxSpec
+
+# What a refusal looks like to the agent, per tool category (as the supervisor answers).
+REFUSAL_ERRNO = {"shell/exec": errno.EPERM}
+DEFAULT_REFUSAL_ERRNO = errno.EACCES
+ALLOW = 0
 
 USAGE_HINT = "faramesh-sandbox run --policy FILE [--audit PATH] -- CMD [ARGS...]"
 
@@ -59,6 +65,8 @@ def main(args: argparse.Namespace) -> int:
         except policy.PolicyError as err:
             print(err.render(), file=sys.stderr)
             return EXIT_SETUP
+        for warning in layers[-1].warnings:
+            print(warning.render(), file=sys.stderr)
     try:
         cwd = os.getcwd()
     except OSError as err:
@@ -69,6 +77,7 @@ def main(args: argparse.Namespace) -> int:
         argv=command,
         cwd=cwd,
         trapped=frozenset(row.name for row in traced.TABLE),
+        kernel_decided={} if args.audit_all else kernel_decided(engine),
         approve_timeout=args.approve_timeout,
         audit_all=args.audit_all,
         session_id=session_id,
@@ -83,7 +92,8 @@ def main(args: argparse.Namespace) -> int:
                          "the directory must exist and be writable")
     if args.verbose:
         print(f"faramesh-sandbox: session {session_id}, {len(layers)} policy layer(s), "
-              f"{len(spec.trapped)} trapped syscalls", file=sys.stderr)
+              f"{len(spec.trapped)} trapped syscalls, decided in the kernel: "
+              f"{', '.join(sorted(spec.kernel_decided)) or 'none'}", file=sys.stderr)
     try:
         return launch(spec, _fail_closed(engine.decide), audit=audit)
     except SandboxError as err:
@@ -92,6 +102,20 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if audit is not None:
             audit.close()
+
+
+def kernel_decided(engine) -> dict[str, int]:
+    """Tool categories the policy decides the same way for every call, for the
+    seccomp filter to answer with no supervisor round trip (no audit record:
+    --audit-all turns this off)."""
+    decided = {}
+    for tool in sorted({t for row in traced.TABLE for t in row.tool.split("|")}):
+        effect = engine.static_effect(tool)
+        if effect is policy.Effect.PERMIT:
+            decided[tool] = ALLOW
+        elif effect is policy.Effect.DENY:
+            decided[tool] = REFUSAL_ERRNO.get(tool, DEFAULT_REFUSAL_ERRNO)
+    return decided
 
 
 def _fail_closed(decide):

@@ -8,6 +8,8 @@ needs; the evaluator turns that into a deny.
 
 from __future__ import annotations
 
+import math
+
 from policy._context import EvalContext
 from policy._exprlib import ExprError, eq, contained_in, is_number, str_contains, type_name
 from policy.glob import glob_match
@@ -21,7 +23,10 @@ def fn_purpose(c: EvalContext, wanted) -> bool:
 def _seconds(value) -> float:
     if not is_number(value):
         raise ExprError(f"window must be a number of seconds, got {type_name(value)}")
-    return float(value)
+    seconds = float(value)
+    if seconds != seconds or seconds in (math.inf, -math.inf):  # a NaN window would admit every entry
+        raise ExprError(f"window must be a finite number of seconds, got {value!r}")
+    return seconds
 
 
 def fn_history_contains_within(c: EvalContext, matcher, seconds) -> bool:

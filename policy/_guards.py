@@ -122,8 +122,9 @@ def invoke_agent(policy: CompiledPolicy, layer: int, call, args: dict, tool: str
     target = args.get("target_agent_id") or args.get("agent_id")
     orchestrator = call.agent_id or policy.agent
     grants, undeclared = _manifest(policy)
-    delegate = policy.delegates.get(target) if isinstance(target, str) else None
-    grant = grants.get((orchestrator, target))
+    named = isinstance(target, str)  # a list or map names no agent
+    delegate = policy.delegates.get(target) if named else None
+    grant = grants.get((orchestrator, target)) if named else None
 
     def refuse(reason: str, effect: Effect = Effect.DENY) -> Decision:
         return _decision(policy, layer, effect, "DELEGATION_EXCEEDS_AUTHORITY", reason)

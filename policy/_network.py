@@ -6,7 +6,10 @@ and ``headers`` (a map; names compared case-insensitively). Hosts and methods
 compare case-insensitively. Clauses of different kinds must all match; several
 clauses of one kind, or one ``host``/``port``/``method`` value listing
 alternatives separated by spaces or commas, match when any alternative does.
-A missing argument never matches.
+A repeated query key or header counts for a deny rule when any occurrence
+matches and for a permit only when all do; for a defer, occurrences that
+disagree make the predicate answer None (the evaluator denies: the receiver
+may act on either). A missing argument never matches.
 """
 
 from __future__ import annotations
@@ -25,26 +28,25 @@ def _alternatives(clause: ast.NetClause) -> list[str]:
     return [clause.value]
 
 
-def _query_value(query: object, key: str) -> str | None:
+def _query_values(query: object, key: str) -> list[str]:
+    """Every value of ``key`` in the query (a map, or ``a=1&a=2`` text, which may repeat keys)."""
     if isinstance(query, dict):
         value = query.get(key)
-        return None if value is None else str(value)
+        if isinstance(value, (list, tuple)):
+            return [str(v) for v in value if v is not None]
+        return [] if value is None else [str(value)]
     if isinstance(query, str):
-        for part in query.lstrip("?").split("&"):
-            name, _, value = part.partition("=")
-            if name == key:
-                return value
-    return None
+        return [value for name, _, value in (part.partition("=") for part in query.lstrip("?").split("&"))
+                if name == key]
+    return []
 
 
-def _header_value(headers: object, key: str) -> str | None:
+def _header_values(headers: object, key: str) -> list[str]:
+    """Every value of header ``key``; names compare case-insensitively, so ``X-A`` and ``x-a`` both count."""
     if not isinstance(headers, dict):
-        return None
+        return []
     wanted = key.lower()
-    for name, value in headers.items():
-        if str(name).lower() == wanted and value is not None:
-            return str(value)
-    return None
+    return [str(value) for name, value in headers.items() if str(name).lower() == wanted and value is not None]
 
 
 def _host_text(args: dict) -> str | None:
@@ -66,19 +68,26 @@ def _port_text(args: dict) -> str | None:
     return str(port)
 
 
-def _reader(kind: str, key: str | None) -> Callable[[dict], str | None]:
-    """How to read the tested text out of the arguments."""
+def _single(read: Callable[[dict], str | None]) -> Callable[[dict], list[str]]:
+    def read_all(args: dict) -> list[str]:
+        text = read(args)
+        return [] if text is None else [text]
+    return read_all
+
+
+def _reader(kind: str, key: str | None) -> Callable[[dict], list[str]]:
+    """How to read the tested texts (every occurrence) out of the arguments."""
     if kind == "host":
-        return _host_text
+        return _single(_host_text)
     if kind == "method":
-        return lambda args: args["method"].upper() if isinstance(args.get("method"), str) else None
+        return _single(lambda args: args["method"].upper() if isinstance(args.get("method"), str) else None)
     if kind == "port":
-        return _port_text
+        return _single(_port_text)
     if kind == "path":
-        return lambda args: args["path"] if isinstance(args.get("path"), str) else None
+        return _single(lambda args: args["path"] if isinstance(args.get("path"), str) else None)
     if kind == "query":
-        return lambda args: _query_value(args.get("query"), key or "")
-    return lambda args: _header_value(args.get("headers"), key or "")
+        return lambda args: _query_values(args.get("query"), key or "")
+    return lambda args: _header_values(args.get("headers"), key or "")
 
 
 def _normalise(kind: str, pattern: str) -> str:
@@ -88,8 +97,13 @@ def _normalise(kind: str, pattern: str) -> str:
     return pattern.upper() if kind == "method" else pattern
 
 
-def compile_net_clauses(clauses: tuple[ast.NetClause, ...]) -> Callable[[dict], bool] | None:
-    """One predicate over the arguments, or None when the rule has no network clause."""
+def compile_net_clauses(clauses: tuple[ast.NetClause, ...], effect: str = "permit") -> Callable[[dict], bool | None] | None:
+    """One predicate over the arguments, or None when the rule has no network clause.
+
+    A query key or header may occur more than once, and the receiver may use any
+    of them. A ``deny`` rule matches when any occurrence matches, a ``permit``
+    only when every occurrence does; for a ``defer`` (neither the loosest nor the
+    strictest effect) disagreeing occurrences give None, which the evaluator denies."""
     if not clauses:
         return None
     groups: dict[tuple[str, str | None], list] = {}
@@ -99,11 +113,21 @@ def compile_net_clauses(clauses: tuple[ast.NetClause, ...]) -> Callable[[dict], 
         matchers.extend(compile_glob(_normalise(kind, alt)) for alt in _alternatives(clause))
     checks = tuple((_reader(kind, key), tuple(matchers)) for (kind, key), matchers in groups.items())
 
-    def net_matches(args: dict) -> bool:
+    def net_matches(args: dict) -> bool | None:
+        ambiguous = False
         for read, matchers in checks:
-            text = read(args)
-            if text is None or not any(m(text) for m in matchers):
+            texts = read(args)
+            if not texts:
                 return False
-        return True
+            hits = [any(m(text) for m in matchers) for text in texts]
+            if all(hits):
+                continue
+            if effect == "deny" and any(hits):
+                continue
+            if effect == "defer" and any(hits):
+                ambiguous = True
+                continue
+            return False
+        return None if ambiguous else True
 
     return net_matches

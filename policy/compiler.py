@@ -131,7 +131,7 @@ def _compile_rule(rule: ast.Rule, position: int, version: str, path: str, report
                         policy_version=version, notify=notify)
     return CompiledRule(
         id=rule_id, position=position, effect=effect, strict=rule.strict, tool=rule.tool,
-        matches_tool=compile_glob(rule.tool), condition=condition, net=compile_net_clauses(rule.net),
+        matches_tool=compile_glob(rule.tool), condition=condition, net=compile_net_clauses(rule.net, rule.effect),
         reason=reason, reason_code=reason_code, notify=notify, span=rule.span, decision=decision,
     )
 

@@ -162,8 +162,13 @@ class Engine:
 
     def _check_rule(self, rule: CompiledRule, ctx: EvalContext, layer: int, start: float):
         """True / False for match / no match, or a _Verdict (error, timeout)."""
-        if rule.net is not None and not rule.net(ctx.args):
-            return False
+        if rule.net is not None:
+            fits = rule.net(ctx.args)
+            if fits is None:  # repeated query keys or headers disagree about a defer rule
+                return self._verdict("AMBIGUOUS_ARGUMENTS", f"repeated query or header values of {rule.id} "
+                                     "disagree; the receiver may act on either", rule, layer)
+            if not fits:
+                return False
         condition = rule.condition
         if condition is None:
             return True

@@ -10,6 +10,7 @@ evicted entry fail closed (see ``HistoryTruncated``).
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import deque
 
@@ -124,22 +125,37 @@ class SessionState:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SessionState":
+        """Inverse of ``to_dict``. Raises ValueError (or TypeError/KeyError) on bad data,
+        including NaN or infinite numbers: a NaN spend would pass every budget check."""
         state = cls()
-        state.call_count = int(data.get("call_count", 0))
+        state.call_count = _int(data.get("call_count", 0))
         for tool, effect, ts, numbers in data.get("history", [])[-HISTORY_LIMIT:]:
-            pairs = tuple((str(k), float(v)) for k, v in numbers)
-            state.history.append((str(tool), str(effect), float(ts), pairs))
+            pairs = tuple((str(k), _float(v)) for k, v in numbers)
+            state.history.append((str(tool), str(effect), _float(ts), pairs))
         evicted = data.get("evicted_at")
-        state.evicted_at = None if evicted is None else float(evicted)
-        state.tool_counts = {str(k): int(v) for k, v in data.get("tool_counts", {}).items()}
-        state.deny_count = int(data.get("deny_count", 0))
-        state.cost_usd = float(data.get("cost_usd", 0.0))
-        state.daily_cost_usd = float(data.get("daily_cost_usd", 0.0))
-        state.day = int(data.get("day", -1))
+        state.evicted_at = None if evicted is None else _float(evicted)
+        state.tool_counts = {str(k): _int(v) for k, v in data.get("tool_counts", {}).items()}
+        state.deny_count = _int(data.get("deny_count", 0))
+        state.cost_usd = _float(data.get("cost_usd", 0.0))
+        state.daily_cost_usd = _float(data.get("daily_cost_usd", 0.0))
+        state.day = _int(data.get("day", -1))
         state.phase = {int(k): str(v) for k, v in data.get("phase", {}).items()}
-        state.buckets = {str(k): [float(v[0]), float(v[1])] for k, v in data.get("buckets", {}).items()}
-        state.invocations = {str(k): int(v) for k, v in data.get("invocations", {}).items()}
+        state.buckets = {str(k): [_float(v[0]), _float(v[1])] for k, v in data.get("buckets", {}).items()}
+        state.invocations = {str(k): _int(v) for k, v in data.get("invocations", {}).items()}
         return state
+
+
+def _float(value) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"number {value!r} is not finite")
+    return number
+
+
+def _int(value) -> int:
+    if isinstance(value, float):
+        return int(_float(value))
+    return int(value)
 
 
 class SessionStore:
@@ -181,6 +197,6 @@ class SessionStore:
             store = cls()
             for key, value in data.get("sessions", {}).items():
                 store._sessions[str(key)] = SessionState.from_dict(value)
-        except (TypeError, KeyError, AttributeError) as exc:
+        except (TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise ValueError(f"malformed session file: {exc}") from None
         return store

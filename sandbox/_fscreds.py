@@ -69,7 +69,7 @@ class _StatusFiles:
     number: once that task is reaped pread fails (ESRCH) and the number is opened
     afresh, exactly as without the cache. Per thread, so no fd is closed under a reader."""
 
-    KEEP = 4  # tasks per thread; more are rare and only cost an open
+    KEEP = 2  # tasks per thread (bounds fds held by threads blocked on a defer)
 
     def __init__(self):
         self.fds: dict[int, int] = {}

@@ -32,7 +32,7 @@ import stat
 from sandbox import _fsflags as ff
 from sandbox import _libc_fs as lf
 from sandbox._fslocate import Obj, Slot, creation_slot, file_type, locate, locate_slot
-from sandbox._resolve import AgentView, fail
+from sandbox._resolve import AgentView, fail, own_fd_dir
 
 _ALWAYS = os.O_CLOEXEC | os.O_NOCTTY
 _DEV_TTY = os.makedev(5, 0)
@@ -65,11 +65,13 @@ def reopen(obj: Obj, flags: int, kind: int | None = None) -> int:
     """A new open file description for ``obj`` (of file type ``kind``) with ``flags``."""
     if kind is None:
         kind = file_type(obj.fd)
+    # Our /proc/self/fd/<fd>, through a held directory fd (see _resolve.own_fd_dir).
+    name, fd_dir = b"%d" % obj.fd, own_fd_dir()
     if flags & os.O_PATH:
-        return os.open(b"/proc/self/fd/%d" % obj.fd, _instead_of_o_path(obj, kind) | _ALWAYS)
+        return os.open(name, _instead_of_o_path(obj, kind) | _ALWAYS, dir_fd=fd_dir)
     own = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW) | _ALWAYS
     add_nonblock = kind == stat.S_IFIFO and not flags & os.O_NONBLOCK
-    fd = os.open(b"/proc/self/fd/%d" % obj.fd, own | (os.O_NONBLOCK if add_nonblock else 0))
+    fd = os.open(name, own | (os.O_NONBLOCK if add_nonblock else 0), dir_fd=fd_dir)
     return _finish(fd, add_nonblock)
 
 

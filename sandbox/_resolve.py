@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 
 from sandbox import _libc_fs as lf
@@ -55,9 +56,37 @@ def fail(err: int, what: str) -> OSError:
     return OSError(err, f"{what}: {os.strerror(err)}")
 
 
+def _open_own_fd_dir(at_import: bool = False) -> tuple[int, int]:
+    try:
+        return os.getpid(), os.open(b"/proc/self/fd", PATH_FD | os.O_DIRECTORY)
+    except OSError:
+        if not at_import:
+            raise
+        return os.getpid(), -1  # no procfs yet: the first call retries and fails closed
+
+
+# (our pid, O_PATH fd of our /proc/self/fd): naming or re-opening one of our fds through
+# it skips the walk of /proc and /proc/self on every call. Opened at import so it is
+# part of the fd table from the start; a forked child opens its own (its pid differs).
+_own_fd_dir = _open_own_fd_dir(at_import=True)
+_own_fd_dir_lock = threading.Lock()
+
+
+def own_fd_dir() -> int:
+    """A directory fd whose entry ``b"%d" % n`` is this process's fd ``n`` (a magic link)."""
+    global _own_fd_dir
+    pid, fd = _own_fd_dir
+    if pid != os.getpid() or fd < 0:
+        with _own_fd_dir_lock:
+            if _own_fd_dir[0] != os.getpid() or _own_fd_dir[1] < 0:
+                _own_fd_dir = _open_own_fd_dir()
+            pid, fd = _own_fd_dir
+    return fd
+
+
 def host_name(fd: int) -> bytes:
     """The kernel's name for ``fd`` as seen from the supervisor."""
-    return os.readlink(b"/proc/self/fd/%d" % fd)
+    return os.readlink(b"%d" % fd, dir_fd=own_fd_dir())
 
 
 @dataclass
@@ -68,6 +97,57 @@ class Start:
     path: bytes | None = None
 
 
+class _KeptRoots:
+    """One thread's open roots of agent tasks, reused while ``/proc/<tid>/root`` is still
+    the same directory on the same mount (statx: never-reused mount id, device, inode),
+    which fixes both the tree below it and its name. The check is per call, as the open
+    was; per thread, so no fd is closed while a view of this thread uses it."""
+
+    KEEP = 2  # tasks per thread (bounds fds held by threads blocked on a defer)
+
+    def __init__(self):
+        self.roots: dict[int, tuple[tuple[int, int, int, int], int, bytes]] = {}
+
+    def root(self, tid: int) -> tuple[int, bytes] | None:
+        """(root fd, its host name), or None when the kernel cannot tell mounts apart."""
+        link = b"/proc/%d/root" % tid
+        now = lf.mount_and_inode(lf.AT_FDCWD, link, 0)
+        if now is None:
+            return None
+        held = self.roots.pop(tid, None)
+        if held is not None:
+            if held[0] == now:
+                self.roots[tid] = held
+                return held[1], held[2]
+            os.close(held[1])
+        if len(self.roots) >= self.KEEP:
+            self.clear()
+        fd = os.open(link, PATH_FD | os.O_DIRECTORY)
+        try:
+            identity, host = lf.mount_and_inode(fd, b"", lf.AT_EMPTY_PATH), host_name(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.roots[tid] = (identity, fd, host)
+        return fd, host
+
+    def clear(self) -> None:
+        while self.roots:
+            os.close(self.roots.popitem()[1][1])
+
+    def __del__(self) -> None:  # its thread ended: nobody else knows these fds
+        self.clear()
+
+
+_thread = threading.local()
+
+
+def keep_roots() -> None:
+    """From now on this thread keeps agents' roots open between calls (a supervisor worker)."""
+    if getattr(_thread, "roots", None) is None:
+        _thread.roots = _KeptRoots()
+
+
 @dataclass
 class AgentView:
     """The agent's root and identity; owns every fd it opens until ``close()``."""
@@ -76,13 +156,19 @@ class AgentView:
     root_fd: int = -1
     root_host: bytes = b"/"
     owned: list[int] = field(default_factory=list)
+    closed: bool = False
 
     @classmethod
     def open(cls, agent: AgentIdentity) -> "AgentView":
         view = cls(agent)
+        kept = getattr(_thread, "roots", None)
         try:
-            view.root_fd = view.keep(os.open(f"/proc/{agent.tid}/root", PATH_FD | os.O_DIRECTORY))
-            view.root_host = host_name(view.root_fd)
+            found = kept.root(agent.tid) if kept is not None else None
+            if found is None:
+                view.root_fd = view.keep(os.open(f"/proc/{agent.tid}/root", PATH_FD | os.O_DIRECTORY))
+                view.root_host = host_name(view.root_fd)
+            else:  # held by this thread's _KeptRoots, not by the view
+                view.root_fd, view.root_host = found
         except FileNotFoundError:
             view.close()
             raise fail(errno.ESRCH, f"agent task {agent.tid}") from None
@@ -96,6 +182,7 @@ class AgentView:
         return fd
 
     def close(self) -> None:
+        self.closed = True
         while self.owned:
             os.close(self.owned.pop())
 

@@ -56,7 +56,7 @@ from sandbox import _libc_fs as lf
 from sandbox._fscreds import acting_as, keep_status_files, read_identity
 from sandbox._fslocate import agent_fd_flags, file_type, locate, locate_fd, locate_slot
 from sandbox._fsopen import build_open
-from sandbox._resolve import AgentView, fail
+from sandbox._resolve import AgentView, fail, keep_roots
 
 CAP_DAC_READ_SEARCH = 1 << 2
 
@@ -82,7 +82,7 @@ class FsOp:
 
     def perform(self) -> FsResult:
         """Do the call with the agent's identity; raises OSError(errno) as the kernel would."""
-        if not self._view.owned:
+        if self._view.closed:
             raise OSError(errno.EBADF, "FsOp already closed")
         with _only_oserror("perform"):
             with acting_as(self._view.agent, umask=self._uses_umask):
@@ -321,7 +321,11 @@ OPS: dict[str, Callable] = {
 _FD_RESULT = {"open", "openat", "openat2", "creat"}
 
 
-keep_task_files = keep_status_files  # for long-lived supervisor threads
+def keep_task_files() -> None:
+    """Let this long-lived thread (a supervisor worker) keep each agent task's status file
+    and root open between calls; both are still read or checked on every call."""
+    keep_status_files()
+    keep_roots()
 
 
 def prepare(pid: int, decoded: dict) -> FsOp:

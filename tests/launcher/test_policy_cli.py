@@ -135,3 +135,82 @@ def test_fmt_output_is_canonical_and_stable(tmp_path: Path):
     twice = cli("policy", "fmt", path)
     assert twice.stdout == once.stdout
     assert "deny! shell/*" in once.stdout
+
+
+PERMISSIVE = "agent a {\n  default permit\n  budget session {\n    max $100\n  }\n}\n"
+
+
+@pytest.mark.parametrize("raw,message", [
+    ('{"amount": ' + "9" * 5000 + "}", "--args is not valid JSON"),
+    ('{"n": ' + "[" * 5000 + "]" * 5000 + "}", "--args nests too deeply"),
+], ids=["huge-integer", "deep-nesting"])
+def test_eval_rejects_oversized_args_without_traceback(tmp_path: Path, raw: str, message: str):
+    """A 5000-digit number or 5000 nested lists in --args is a usage error (exit 2), not a crash."""
+    path = write(tmp_path, "p.fpl", PERMISSIVE)
+    proc = cli("policy", "eval", path, "--tool", "pay", "--args", raw)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "help:" in proc.stderr
+    assert_no_traceback(proc)
+
+
+def test_eval_nan_amount_is_denied_from_the_shell(tmp_path: Path):
+    """--args with a NaN amount (Python's json accepts it) cannot pass a budget."""
+    path = write(tmp_path, "p.fpl", PERMISSIVE)
+    decision = json.loads(cli("policy", "eval", path, "--tool", "pay", "--args", '{"amount": NaN}').stdout)
+    assert (decision["effect"], decision["reason_code"]) == ("DENY", "BUDGET_SESSION_EXCEEDED")
+
+
+@pytest.mark.parametrize("where", ["missing-dir/s.json", "."], ids=["missing-directory", "directory"])
+def test_eval_session_path_that_cannot_be_written_is_a_clear_error(tmp_path: Path, where: str):
+    """--session in a missing directory, or naming a directory, is exit 2 with a hint and no traceback."""
+    path = write(tmp_path, "p.fpl", PERMISSIVE)
+    proc = cli("policy", "eval", path, "--tool", "x", "--session", str(tmp_path / where))
+    assert proc.returncode == 2
+    assert "session file" in proc.stderr and "help:" in proc.stderr
+    assert proc.stdout == ""
+    assert_no_traceback(proc)
+
+
+@pytest.mark.parametrize("content", [
+    '{"version": 1, "sessions": {"cli": {"cost_usd": NaN}}}',
+    '{"version": 1, "sessions": {"cli": {"call_count": 1e400}}}',
+    '{"version": 1, "sessions": {"cli": {"day": -Infinity}}}',
+    '{"version": 1, "sessions": ' + "[" * 5000 + "]" * 5000 + "}",
+], ids=["nan-spend", "infinite-count", "infinite-day", "deep-nesting"])
+def test_eval_rejects_unusable_session_files(tmp_path: Path, content: str):
+    """A session file with non-finite numbers or absurd nesting is rejected (exit 2), never used or crashed on."""
+    path = write(tmp_path, "p.fpl", PERMISSIVE)
+    state = write(tmp_path, "s.json", content)
+    proc = cli("policy", "eval", path, "--tool", "pay", "--args", '{"amount": 500}', "--session", state)
+    assert proc.returncode == 2
+    assert "is not a valid session" in proc.stderr and "help:" in proc.stderr
+    assert_no_traceback(proc)
+
+
+def test_check_directory_and_binary_inputs_are_clear_errors(tmp_path: Path):
+    """A directory is a usage error (exit 2); random bytes are an invalid policy (exit 1); neither crashes."""
+    directory = cli("policy", "check", str(tmp_path))
+    assert directory.returncode == 2 and "Is a directory" in directory.stderr
+    binary = tmp_path / "b.fpl"
+    binary.write_bytes(bytes(range(256)) * 4)
+    proc = cli("policy", "check", str(binary))
+    assert proc.returncode == 1 and "error[E103]" in proc.stderr
+    for result in (directory, proc):
+        assert_no_traceback(result)
+
+
+def test_check_endless_device_is_rejected_without_reading_it_all():
+    """/dev/zero as FILE is E115 (exit 1) after reading just past the 1 MiB limit, not a MemoryError."""
+    proc = cli("policy", "check", "/dev/zero")
+    assert proc.returncode == 1
+    assert "/dev/zero:1:1: error[E115]: source is larger than the 1048576-byte limit (an endless stream)" in proc.stderr
+    assert_no_traceback(proc)
+
+
+def test_check_oversized_file_reports_its_real_size(tmp_path: Path):
+    """A 3 MB file is E115 with its size from the file system."""
+    path = write(tmp_path, "big.fpl", "permit a/b\n" * 300_000)
+    proc = cli("policy", "check", path)
+    assert proc.returncode == 1
+    assert "source is larger than the 1048576-byte limit (3300000 bytes)" in proc.stderr
+    assert_no_traceback(proc)

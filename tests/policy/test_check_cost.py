@@ -2,8 +2,11 @@
 
 import time
 
-from policy import check_sources, load_policy
-from policy._checks import Reporter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policy import check_sources, load_policy, parse
+from policy._checks import Reporter, check_strict_conflicts, pattern_covers
 from policy.ast import Span
 
 
@@ -60,3 +63,43 @@ def test_large_policy_still_loads():
     """Loading is unaffected: the big policy compiles with every rule."""
     body = "".join(f"    deny! t{i}/x*\n" for i in range(500)) + "".join(f"    permit p{i}/y\n" for i in range(500))
     assert len(load_policy("agent a {\n  rules {\n" + body + "  }\n}\n").rules) == 1000
+
+
+def _pairwise(rules):
+    """The conflicts a plain scan of every (rule, deny!) pair finds: (code, rule line, deny! line)."""
+    out = []
+    stricts = [r for r in rules if r["strict"]]
+    for rule in rules:
+        if rule["strict"]:
+            continue
+        for strict in stricts:
+            if strict["when"]:
+                if strict["tool"] == rule["tool"]:
+                    out.append(("W306" if rule["effect"] == "permit" else "W304", rule["line"], strict["line"]))
+                continue
+            if strict["tool"] == rule["tool"] or pattern_covers(strict["tool"], rule["tool"]):
+                out.append(("E320" if strict["tool"] == rule["tool"] else "E321", rule["line"], strict["line"]))
+                break
+    return sorted(out)
+
+
+SEGMENTS = st.sampled_from(["a", "ab", "b", "*", "a*", "ab*", "*b", "[ab]", "x?"])
+PATTERNS = st.lists(SEGMENTS, min_size=1, max_size=3).map(lambda parts: "/".join(parts))
+RULES = st.lists(st.tuples(st.sampled_from(["deny!", "deny! when", "permit", "defer"]), PATTERNS), max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(RULES)
+def test_indexed_conflict_check_equals_the_pairwise_scan(specs):
+    """For random rule lists, the indexed deny! check reports exactly what a scan of every pair reports."""
+    rules, lines = [], []
+    for number, (effect, pattern) in enumerate(specs):
+        tool = f'"{pattern}"'
+        strict, when = effect.startswith("deny!"), effect.endswith("when")
+        verb = "deny!" if strict else effect
+        lines.append(f"{verb} {tool}" + (" when args.x == 1" if when else ""))
+        rules.append({"strict": strict, "when": when, "effect": verb, "tool": tool.strip('"'), "line": number + 1})
+    report = Reporter("p.fpl", "\n".join(lines) + "\n")
+    check_strict_conflicts(parse("\n".join(lines) + "\n").flat_rules, report)
+    found = sorted((d.code, d.span.line, d.related[0].span.line) for d in report.errors + report.warnings)
+    assert found == _pairwise(rules)
