@@ -11,7 +11,6 @@ each figure is the median over rounds; ratios are against native in the same run
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import os
 import statistics
@@ -144,18 +143,20 @@ def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup) -> list[s
     """Median time per stage of one trapped open inside the supervisor (wrappers add ~1 µs each)."""
     from sandbox import fsops, notify, supervisor
 
-    samples: dict[str, list[int]] = collections.defaultdict(list)
+    samples: dict[str, list[int]] = {}
     patched = []
 
     def wrap(owner, name: str, label: str, clock=time.perf_counter_ns) -> None:
         original = getattr(owner, name)
+
+        kept = samples.setdefault(label, [])
 
         def timed_call(*args, **kwargs):
             start = clock()
             try:
                 return original(*args, **kwargs)
             finally:
-                samples[label].append(clock() - start)
+                kept.append(clock() - start)
         patched.append((owner, name, original))
         setattr(owner, name, timed_call)
 

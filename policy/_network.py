@@ -68,23 +68,20 @@ def _port_text(args: dict) -> str | None:
     return str(port)
 
 
-def _single(read: Callable[[dict], str | None]) -> Callable[[dict], list[str]]:
-    def read_all(args: dict) -> list[str]:
-        text = read(args)
-        return [] if text is None else [text]
-    return read_all
+_REPEATABLE = ("query", "header")
 
 
-def _reader(kind: str, key: str | None) -> Callable[[dict], list[str]]:
-    """How to read the tested texts (every occurrence) out of the arguments."""
+def _reader(kind: str, key: str | None) -> Callable[[dict], object]:
+    """How to read the tested text out of the arguments: one text (or None) for host,
+    method, port and path; every occurrence, as a list, for query and header."""
     if kind == "host":
-        return _single(_host_text)
+        return _host_text
     if kind == "method":
-        return _single(lambda args: args["method"].upper() if isinstance(args.get("method"), str) else None)
+        return lambda args: args["method"].upper() if isinstance(args.get("method"), str) else None
     if kind == "port":
-        return _single(_port_text)
+        return _port_text
     if kind == "path":
-        return _single(lambda args: args["path"] if isinstance(args.get("path"), str) else None)
+        return lambda args: args["path"] if isinstance(args.get("path"), str) else None
     if kind == "query":
         return lambda args: _query_values(args.get("query"), key or "")
     return lambda args: _header_values(args.get("headers"), key or "")
@@ -111,12 +108,17 @@ def compile_net_clauses(clauses: tuple[ast.NetClause, ...], effect: str = "permi
         kind = "header" if clause.kind == "headers" else clause.kind
         matchers = groups.setdefault((kind, clause.key), [])
         matchers.extend(compile_glob(_normalise(kind, alt)) for alt in _alternatives(clause))
-    checks = tuple((_reader(kind, key), tuple(matchers)) for (kind, key), matchers in groups.items())
+    checks = tuple((_reader(kind, key), kind in _REPEATABLE, tuple(matchers))
+                   for (kind, key), matchers in groups.items())
 
     def net_matches(args: dict) -> bool | None:
         ambiguous = False
-        for read, matchers in checks:
+        for read, repeatable, matchers in checks:
             texts = read(args)
+            if not repeatable:
+                if texts is None or not any(m(texts) for m in matchers):
+                    return False
+                continue
             if not texts:
                 return False
             hits = [any(m(text) for m in matchers) for text in texts]
