@@ -166,7 +166,11 @@ def fmt_main(args) -> int:
         return EXIT_INVALID
     out = policy.format_document(doc)
     if args.write:
-        Path(args.file).write_text(out)
+        try:
+            Path(args.file).write_text(out)
+        except OSError as exc:
+            return _usage_error(f"cannot write {args.file}: {exc.strerror}", "check the path and permissions, "
+                                "or print to stdout without --write")
     else:
         sys.stdout.write(out)
     return EXIT_OK

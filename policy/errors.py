@@ -29,11 +29,13 @@ class Diagnostic:
         out = [f"{where}: {self.severity}[{self.code}]: {self.message}"]
         if self.source_line and line:
             gutter = f"{line:>4} | "
-            out.append(gutter + self.source_line.rstrip("\n"))
+            text, start = _window(self.source_line.rstrip("\n"), max(col - 1, 0))
             width = 1
             if self.span.end_line == line and self.span.end_col > col:
                 width = self.span.end_col - col
-            out.append(" " * (len(gutter) + max(col - 1, 0)) + "^" * width)
+            width = max(1, min(width, len(text) - start))
+            out.append(gutter + text)
+            out.append(" " * (len(gutter) + start) + "^" * width)
         for rel in self.related:
             out.append(f"  note: {rel.path}:{rel.span.line}:{rel.span.col}: {rel.message}")
         if self.help:
@@ -67,6 +69,20 @@ class PolicyError(Exception):
         body = "\n".join(d.render() for d in self.diagnostics)
         n = len(errors)
         return f"{body}\n{n} error{'s' if n != 1 else ''}"
+
+
+SHOWN_LINE_CHARS = 160  # a longer source line is shown around the caret only
+
+
+def _window(text: str, caret: int) -> tuple[str, int]:
+    """At most SHOWN_LINE_CHARS of ``text`` around ``caret``, and the caret's offset in it."""
+    if len(text) <= SHOWN_LINE_CHARS:
+        return text, min(caret, len(text))
+    begin = max(0, min(caret - SHOWN_LINE_CHARS // 2, len(text) - SHOWN_LINE_CHARS))
+    shown = text[begin:begin + SHOWN_LINE_CHARS]
+    prefix = "..." if begin else ""
+    suffix = "..." if begin + SHOWN_LINE_CHARS < len(text) else ""
+    return prefix + shown + suffix, caret - begin + len(prefix)
 
 
 def line_of(text: str, line: int) -> str:

@@ -67,21 +67,6 @@ class _Statfs(ctypes.Structure):
     _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_byte * 112)]
 
 
-class _Statx(ctypes.Structure):
-    # struct statx up to stx_mnt_id; the padding covers the rest (256 bytes in all).
-    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32), ("attributes", ctypes.c_uint64),
-                ("nlink", ctypes.c_uint32), ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
-                ("mode", ctypes.c_uint16), ("spare0", ctypes.c_uint16), ("ino", ctypes.c_uint64),
-                ("size", ctypes.c_uint64), ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
-                ("times", ctypes.c_byte * 64), ("rdev_major", ctypes.c_uint32), ("rdev_minor", ctypes.c_uint32),
-                ("dev_major", ctypes.c_uint32), ("dev_minor", ctypes.c_uint32), ("mnt_id", ctypes.c_uint64),
-                ("rest", ctypes.c_byte * 104)]
-
-
-STATX_INO = 0x100
-STATX_MNT_ID_UNIQUE = 0x4000  # Linux 6.8: 64-bit mount ids that are never reused
-
-
 def _path(path: bytes) -> ctypes.c_char_p:
     return ctypes.c_char_p(path)
 
@@ -92,15 +77,11 @@ _raw_syscall = ctypes.CDLL(None, use_errno=True).syscall
 _raw_syscall.restype = ctypes.c_long
 _NR_OPENAT2 = ctypes.c_long(syscall_number("openat2"))
 _NR_FSTATFS = ctypes.c_long(syscall_number("fstatfs"))
-_NR_STATX = ctypes.c_long(syscall_number("statx"))
-_STATX_MASK = ctypes.c_long(STATX_INO | STATX_MNT_ID_UNIQUE)
 _OPEN_HOW_SIZE = ctypes.c_long(ctypes.sizeof(_OpenHow))
 
 
 class _Structs(threading.local):
     def __init__(self):
-        self.statx = _Statx()
-        self.statx_ref = ctypes.byref(self.statx)
         self.how = _OpenHow()
         self.how_ref = ctypes.byref(self.how)
         self.statfs = _Statfs()
@@ -173,19 +154,6 @@ def fstatfs_type(fd: int) -> int:
     if _raw_syscall(_NR_FSTATFS, ctypes.c_long(fd), structs.statfs_ref) == -1:
         raise _failed(f"fstatfs({fd}, <ptr>)")
     return structs.statfs.f_type
-
-
-def mount_and_inode(dirfd: int, path: bytes, flags: int) -> tuple[int, int, int, int] | None:
-    """``statx``: (unique mount id, device major, minor, inode) of what ``path`` names (magic
-    links followed), or None when the kernel gives no unique mount id (before 6.8)."""
-    structs = _structs
-    if _raw_syscall(_NR_STATX, ctypes.c_long(dirfd), ctypes.c_char_p(path), ctypes.c_long(flags), _STATX_MASK,
-                    structs.statx_ref) == -1:
-        raise _failed(f"statx({dirfd}, <ptr>, {flags:#x})")
-    found = structs.statx
-    if found.mask & (STATX_INO | STATX_MNT_ID_UNIQUE) != STATX_INO | STATX_MNT_ID_UNIQUE:
-        return None
-    return found.mnt_id, found.dev_major, found.dev_minor, found.ino
 
 
 def unshare_fs() -> None:

@@ -97,57 +97,6 @@ class Start:
     path: bytes | None = None
 
 
-class _KeptRoots:
-    """One thread's open roots of agent tasks, reused while ``/proc/<tid>/root`` is still
-    the same directory on the same mount (statx: never-reused mount id, device, inode),
-    which fixes both the tree below it and its name. The check is per call, as the open
-    was; per thread, so no fd is closed while a view of this thread uses it."""
-
-    KEEP = 2  # tasks per thread (bounds fds held by threads blocked on a defer)
-
-    def __init__(self):
-        self.roots: dict[int, tuple[tuple[int, int, int, int], int, bytes]] = {}
-
-    def root(self, tid: int) -> tuple[int, bytes] | None:
-        """(root fd, its host name), or None when the kernel cannot tell mounts apart."""
-        link = b"/proc/%d/root" % tid
-        now = lf.mount_and_inode(lf.AT_FDCWD, link, 0)
-        if now is None:
-            return None
-        held = self.roots.pop(tid, None)
-        if held is not None:
-            if held[0] == now:
-                self.roots[tid] = held
-                return held[1], held[2]
-            os.close(held[1])
-        if len(self.roots) >= self.KEEP:
-            self.clear()
-        fd = os.open(link, PATH_FD | os.O_DIRECTORY)
-        try:
-            identity, host = lf.mount_and_inode(fd, b"", lf.AT_EMPTY_PATH), host_name(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.roots[tid] = (identity, fd, host)
-        return fd, host
-
-    def clear(self) -> None:
-        while self.roots:
-            os.close(self.roots.popitem()[1][1])
-
-    def __del__(self) -> None:  # its thread ended: nobody else knows these fds
-        self.clear()
-
-
-_thread = threading.local()
-
-
-def keep_roots() -> None:
-    """From now on this thread keeps agents' roots open between calls (a supervisor worker)."""
-    if getattr(_thread, "roots", None) is None:
-        _thread.roots = _KeptRoots()
-
-
 @dataclass
 class AgentView:
     """The agent's root and identity; owns every fd it opens until ``close()``."""
@@ -156,19 +105,13 @@ class AgentView:
     root_fd: int = -1
     root_host: bytes = b"/"
     owned: list[int] = field(default_factory=list)
-    closed: bool = False
 
     @classmethod
     def open(cls, agent: AgentIdentity) -> "AgentView":
         view = cls(agent)
-        kept = getattr(_thread, "roots", None)
         try:
-            found = kept.root(agent.tid) if kept is not None else None
-            if found is None:
-                view.root_fd = view.keep(os.open(f"/proc/{agent.tid}/root", PATH_FD | os.O_DIRECTORY))
-                view.root_host = host_name(view.root_fd)
-            else:  # held by this thread's _KeptRoots, not by the view
-                view.root_fd, view.root_host = found
+            view.root_fd = view.keep(os.open(f"/proc/{agent.tid}/root", PATH_FD | os.O_DIRECTORY))
+            view.root_host = host_name(view.root_fd)
         except FileNotFoundError:
             view.close()
             raise fail(errno.ESRCH, f"agent task {agent.tid}") from None
@@ -182,7 +125,6 @@ class AgentView:
         return fd
 
     def close(self) -> None:
-        self.closed = True
         while self.owned:
             os.close(self.owned.pop())
 

@@ -32,7 +32,10 @@ for an fd without a name the kernel's name such as ``pipe:[42]``), ``flags``
 Caller contract: ``pid`` is the notification's pid, so check
 SECCOMP_IOCTL_NOTIF_ID_VALID after prepare() (the task, hence the /proc entries
 opened, was still the one that trapped) and before perform(). Each calling thread
-gets its own cwd/root/umask the first time (``unshare(CLONE_FS)``).
+gets its own cwd/root/umask the first time (``unshare(CLONE_FS)``). A long-lived
+thread may call ``keep_task_files()`` once: it then keeps each agent task's
+/proc/<tid>/status open between calls and re-reads it on every call (see
+``_fscreds._StatusFiles``) instead of opening it anew.
 
 Known differences from the kernel acting for the agent itself: a blocking
 write-open of a FIFO without a reader fails with ENXIO instead of waiting;
@@ -56,7 +59,7 @@ from sandbox import _libc_fs as lf
 from sandbox._fscreds import acting_as, keep_status_files, read_identity
 from sandbox._fslocate import agent_fd_flags, file_type, locate, locate_fd, locate_slot
 from sandbox._fsopen import build_open
-from sandbox._resolve import AgentView, fail, keep_roots
+from sandbox._resolve import AgentView, fail
 
 CAP_DAC_READ_SEARCH = 1 << 2
 
@@ -82,7 +85,7 @@ class FsOp:
 
     def perform(self) -> FsResult:
         """Do the call with the agent's identity; raises OSError(errno) as the kernel would."""
-        if self._view.closed:
+        if not self._view.owned:
             raise OSError(errno.EBADF, "FsOp already closed")
         with _only_oserror("perform"):
             with acting_as(self._view.agent, umask=self._uses_umask):
@@ -322,10 +325,9 @@ _FD_RESULT = {"open", "openat", "openat2", "creat"}
 
 
 def keep_task_files() -> None:
-    """Let this long-lived thread (a supervisor worker) keep each agent task's status file
-    and root open between calls; both are still read or checked on every call."""
+    """Let this long-lived thread (a supervisor worker) keep each agent task's status
+    file open between calls; it is still read on every call."""
     keep_status_files()
-    keep_roots()
 
 
 def prepare(pid: int, decoded: dict) -> FsOp:

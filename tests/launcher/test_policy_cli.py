@@ -214,3 +214,14 @@ def test_check_oversized_file_reports_its_real_size(tmp_path: Path):
     assert proc.returncode == 1
     assert "source is larger than the 1048576-byte limit (3300000 bytes)" in proc.stderr
     assert_no_traceback(proc)
+
+
+def test_fmt_write_to_a_read_only_file_is_a_clear_error(tmp_path: Path):
+    """fmt --write on a read-only file system is exit 2 with the reason, not a traceback (real ro bind mount)."""
+    path = write(tmp_path, "p.fpl", "permit a\n")
+    script = (f"mount --bind -o ro {tmp_path} {tmp_path} && "
+              f"{sys.executable} -m launcher policy fmt --write {path}")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"cannot write {path}: Read-only file system" in proc.stderr and "help:" in proc.stderr
+    assert_no_traceback(proc)
