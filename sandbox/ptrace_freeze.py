@@ -19,6 +19,7 @@ a tracee to the tracing thread). Any unexpected state raises FreezeError.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import fcntl
 import os
@@ -100,12 +101,19 @@ class PtraceFreezer:
                 method, args, deadline, done = self._calls.get(timeout=IDLE_POLL if self._tracees else None)
             except queue.Empty:
                 if not self._frozen:
-                    self._detach_stopped()
+                    self._detach_idle()
                 continue
             try:
                 done.set_result(method(deadline, *args))
             except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
                 done.set_exception(err)
+
+    def _detach_idle(self) -> None:
+        try:
+            self._detach_stopped()
+        except FreezeError:
+            self._kill_all()  # a tracee we can neither detach nor reap: fail closed
+            self._reap_killed(time.monotonic() + 1.0)
 
     def _freeze(self, deadline: float, holder: int) -> None:
         self._frozen = True
@@ -160,24 +168,40 @@ class PtraceFreezer:
         if holder not in self._tracees:
             self._fail(f"the exec holder {holder} is not traced")
         tgid = self._tracees[holder].tgid
-        group = [tid for tid, tracee in self._tracees.items() if tracee.tgid == tgid]
+        group = [tid for tid, tracee in self._tracees.items() if tracee.tgid == tgid and tid != tgid]
         for tid in group:
             self._tracees[tid].stopped = False  # the exec kills or replaces every one of them
-        self._await(lambda: self._exec_over(holder, tgid, group), deadline, "exec did not finish")
+        self._tracees.pop(tgid, None)  # the leader's tid reports the exec event, whoever execs
+        over: list[bool] = []
+        self._await(lambda: self._exec_over(holder, tgid, group, over), deadline, "exec did not finish")
 
-    def _exec_over(self, holder: int, tgid: int, group: list[int]) -> bool:
-        for tid in group:
-            if tid in self._tracees and not self._tracees[tid].stopped:
-                status = self._collect(tid)
-                if status is not None and os.WIFSTOPPED(status) and tid not in (holder, tgid):
-                    self._fail(f"thread {tid} stopped (status {status:#x}) during its process's exec")
-        leader = self._tracees.get(tgid)
-        if leader is not None and leader.stopped and holder != tgid:
+    def _exec_over(self, holder: int, tgid: int, group: list[int], over: list[bool]) -> bool:
+        """One poll; ``over`` gets an entry once the holder stopped (the exec event on the
+        leader's tid, or a stop after a failed exec) or its process died."""
+        for tid in [tgid, *group]:
+            tracee = self._tracees.get(tid)
+            if tracee is not None and tracee.stopped:
+                continue
+            try:
+                status = pt.poll_wait(tid)
+            except ChildProcessError:  # the holder's old tid vanishes; a zombie leader is not ours yet
+                if tid not in (holder, tgid):
+                    self._tracees.pop(tid, None)
+                continue
+            if status is None:
+                continue
+            if tid in (holder, tgid):
+                over.append(True)
+            if not os.WIFSTOPPED(status):
+                self._tracees.pop(tid, None)
+            elif tid in (holder, tgid):
+                event = pt.stop_event(status)
+                self._tracees[tid] = Tracee(tgid, True, os.WSTOPSIG(status) if event == 0 else 0)
+            else:
+                self._fail(f"thread {tid} stopped (status {status:#x}) during its process's exec")
+        if tgid in self._tracees and holder != tgid:
             self._tracees.pop(holder, None)  # the holder's exec took over the leader's tid
-            holder = tgid
-        siblings_gone = all(tid not in self._tracees for tid in group if tid not in (holder, tgid))
-        holder_done = holder not in self._tracees or self._tracees[holder].stopped
-        return holder_done and siblings_gone
+        return bool(over) and not any(tid in self._tracees for tid in group if tid != holder)
 
     def _thaw(self, _deadline: float) -> None:
         self._frozen = False
@@ -185,35 +209,33 @@ class PtraceFreezer:
 
     def _detach_stopped(self) -> None:
         for tid in list(self._tracees):
-            if not self._tracees[tid].stopped:
+            tracee = self._tracees[tid]
+            if not tracee.stopped:
                 self._collect(tid)
-            tracee = self._tracees.get(tid)
-            if tracee is None or not tracee.stopped:
-                continue  # still held in the kernel: detached once it stops
+            if tid not in self._tracees or not tracee.stopped:
+                continue  # gone, or still held in the kernel: detached once it stops
             try:
                 pt.detach(tid, tracee.signal)
+                del self._tracees[tid]
             except OSError as err:
                 if err.errno != errno.ESRCH:
                     raise FreezeError(f"cannot detach task {tid}: {err.strerror}") from err
-                self._collect(tid)  # killed meanwhile: reap the traced zombie, or the agent's wait hangs
-                if tid in self._tracees and not self._tracees[tid].stopped:
-                    continue
-            self._tracees.pop(tid, None)
+                tracee.stopped = False  # killed meanwhile: reap the traced zombie, or the agent's wait hangs
+                self._collect(tid)
 
     def _reap_killed(self, deadline: float) -> None:
-        for tracee in self._tracees.values():
-            tracee.stopped = False
+        """After SIGKILL: take each tracee's exit, or its traced zombie would block its parent."""
         self._frozen = False
         while self._tracees and time.monotonic() < deadline:
             for tid in list(self._tracees):
+                self._tracees[tid].stopped = False
                 self._collect(tid)
-                if tid in self._tracees and task_state(tid)[0] in "ZX":
-                    continue
-                self._tracees.get(tid, Tracee(0)).stopped = False  # a last stop before death
             os.sched_yield()
         self._tracees.clear()
 
     def _kill_all(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pidns_of, signal.SIGKILL)  # the namespace's init: takes every task along
         for tid, _tgid in self._tasks():
             try:
                 os.kill(tid, signal.SIGKILL)
