@@ -52,6 +52,7 @@ class PtraceFreezer:
         try:
             self._ns = _ns_id(os.open(f"/proc/{pidns_of}/ns/pid", os.O_RDONLY | os.O_CLOEXEC))
             self._own_ns = os.readlink("/proc/self/ns/pid")
+            self._own_depth = _ns_depth(os.getpid())
         except OSError as err:
             raise FreezeError(f"pid {pidns_of}: cannot open its pid namespace ({err.strerror})") from err
         self.directory = f"pid namespace of {pidns_of}"  # named like CgroupFreezer's for messages
@@ -117,26 +118,26 @@ class PtraceFreezer:
 
     def _freeze(self, deadline: float, holder: int) -> None:
         self._frozen = True
-        while True:
-            new = [(tid, tgid) for tid, tgid in self._tasks() if tid not in self._tracees]
-            for tid, tgid in new:
-                self._seize(tid, tgid)
+        while True:  # until a full pass finds no new task
+            seized = [self._seize(tid, tgid) for tid, tgid in self._tasks() if tid not in self._tracees]
             self._await(lambda: all(self._settled(tid) for tid in list(self._tracees)), deadline,
                         "tasks did not stop")
-            if not new:
+            if not any(seized):
                 break
         if holder not in self._tracees:
             self._fail(f"the exec holder {holder} is not a task of the sandbox")
 
-    def _seize(self, tid: int, tgid: int) -> None:
+    def _seize(self, tid: int, tgid: int) -> bool:
+        """Seize and interrupt ``tid``; False for a task that has exited (it runs nothing)."""
         try:
             pt.seize(tid, pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_EXITKILL)
             pt.interrupt(tid)
         except OSError as err:
             if task_state(tid)[0] in "ZX":
-                return  # exited meanwhile: runs nothing, its parent reaps it
+                return False
             self._fail(f"cannot seize task {tid}: {err.strerror}")
         self._tracees[tid] = Tracee(tgid)
+        return True
 
     def _settled(self, tid: int) -> bool:
         """Stopped, or sure to stop before running user code; drops tasks that are gone."""
@@ -269,7 +270,7 @@ class PtraceFreezer:
                 continue
             try:
                 tasks.extend((int(tid), pid) for tid in os.listdir(f"/proc/{pid}/task"))
-            except FileNotFoundError:
+            except (FileNotFoundError, ProcessLookupError):
                 continue  # exited while we listed
         return tasks
 
@@ -281,6 +282,10 @@ class PtraceFreezer:
             fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         except (FileNotFoundError, ProcessLookupError):
             return False
+        except PermissionError:  # not ours to inspect: fine only in our own namespace
+            if _ns_depth(pid) in (0, self._own_depth):
+                return False
+            raise FreezeError(f"pid {pid}: cannot tell whether it belongs to the sandbox") from None
         for _level in range(MAX_NS_DEPTH):  # nested pid namespaces belong to the sandbox too
             try:
                 if _ns_id(fd, close=False) == self._ns:
@@ -302,6 +307,15 @@ def _ns_id(fd: int, close: bool = True) -> tuple[int, int]:
     finally:
         if close:
             os.close(fd)
+
+
+def _ns_depth(pid: int) -> int:
+    """How many pid namespaces ``pid`` is in, from /proc/<pid>/status (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return len(next((line for line in fh if line.startswith("NSpid:")), "NSpid:").split()) - 1
+    except (FileNotFoundError, ProcessLookupError):
+        return 0
 
 
 def _parent_and_filtered(pid: int) -> tuple[int, bool]:
