@@ -169,19 +169,16 @@ class PtraceFreezer:
         if holder not in self._tracees:
             self._fail(f"the exec holder {holder} is not traced")
         tgid = self._tracees[holder].tgid
-        group = [tid for tid, tracee in self._tracees.items() if tracee.tgid == tgid and tid != tgid]
-        for tid in group:
-            self._tracees[tid].stopped = False  # the exec kills or replaces every one of them
-        self._tracees.pop(tgid, None)  # the leader's tid reports the exec event, whoever execs
-        over: list[bool] = []
-        self._await(lambda: self._exec_over(holder, tgid, group, over), deadline, "exec did not finish")
+        group = [tid for tid, tracee in self._tracees.items() if tracee.tgid == tgid]
+        outcome: dict[str, str] = {}
+        self._await(lambda: self._exec_over(holder, tgid, group, outcome), deadline, "exec did not finish")
 
-    def _exec_over(self, holder: int, tgid: int, group: list[int], over: list[bool]) -> bool:
-        """One poll; ``over`` gets an entry once the holder stopped (the exec event on the
-        leader's tid, or a stop after a failed exec) or its process died."""
-        for tid in [tgid, *group]:
-            tracee = self._tracees.get(tid)
-            if tracee is not None and tracee.stopped:
+    def _exec_over(self, holder: int, tgid: int, group: list[int], outcome: dict[str, str]) -> bool:
+        """One poll of the exec'ing process. ``outcome`` records "exec" (the exec event, always
+        on the leader's tid), "failed" (the holder stopped on its way back) or "died"; after
+        "exec" or "died" the siblings the exec kills must be reaped as well."""
+        for tid in dict.fromkeys([tgid, *group]):
+            if tid == holder and outcome:
                 continue
             try:
                 status = pt.poll_wait(tid)
@@ -191,18 +188,23 @@ class PtraceFreezer:
                 continue
             if status is None:
                 continue
-            if tid in (holder, tgid):
-                over.append(True)
+            event = pt.stop_event(status)
             if not os.WIFSTOPPED(status):
                 self._tracees.pop(tid, None)
-            elif tid in (holder, tgid):
-                event = pt.stop_event(status)
-                self._tracees[tid] = Tracee(tgid, True, os.WSTOPSIG(status) if event == 0 else 0)
+                if tid in (holder, tgid):
+                    outcome.setdefault("result", "died")
+            elif tid == tgid and event == pt.PTRACE_EVENT_EXEC:
+                self._tracees.pop(holder, None)  # a non-leader's exec takes over the leader's tid
+                self._tracees[tgid] = Tracee(tgid, stopped=True)
+                outcome["result"] = "exec"
+            elif tid == holder:
+                self._tracees[holder] = Tracee(tgid, True, os.WSTOPSIG(status) if event == 0 else 0)
+                outcome["result"] = "failed"  # the other threads were never touched
             else:
-                self._fail(f"thread {tid} stopped (status {status:#x}) during its process's exec")
-        if tgid in self._tracees and holder != tgid:
-            self._tracees.pop(holder, None)  # the holder's exec took over the leader's tid
-        return bool(over) and not any(tid in self._tracees for tid in group if tid != holder)
+                self._fail(f"task {tid} reported status {status:#x} during the exec of {holder}")
+        if outcome.get("result") == "failed":
+            return True
+        return bool(outcome) and not any(tid in self._tracees for tid in group if tid not in (holder, tgid))
 
     def _thaw(self, _deadline: float) -> None:
         self._frozen = False

@@ -31,11 +31,8 @@ from sandbox.decode import UnknownSyscall, decode, row_for
 from sandbox.decode.exec import exec_arguments, resolve_executable
 from sandbox.traced import Role
 
-try:
-    from sandbox.fsops import keep_task_files
-    from sandbox.fsops import prepare as fs_prepare
-except ImportError:  # fs calls are then denied, see _handle_fs
-    fs_prepare = keep_task_files = None
+from sandbox.fsops import keep_task_files
+from sandbox.fsops import prepare as fs_prepare
 
 MAX_THREADS = 256  # live threads; beyond it a stalled receiver is not replaced
 STALL = 0.02  # seconds a receiver may spend on one notification before another takes over
@@ -179,7 +176,7 @@ class Supervisor:
         try:
             row = row_for(notification)
         except UnknownSyscall as err:
-            self._fail(notification, errno.ENOSYS, "", "unknown_syscall", str(err), started)
+            self._fail(notification, errno.ENOSYS, "", "UNKNOWN_SYSCALL", str(err), started)
             return
         refusal = errno.EPERM if row.tool == "shell/exec" else errno.EACCES
         try:
@@ -188,13 +185,13 @@ class Supervisor:
             else:
                 self._handle_fs(notification, started)
         except Exception as err:  # fail closed on anything unforeseen
-            self._fail(notification, refusal, row.tool, "supervisor_error", f"{type(err).__name__}: {err}", started)
+            self._fail(notification, refusal, row.tool, "SUPERVISOR_ERROR", f"{type(err).__name__}: {err}", started)
 
     def _handle_fs(self, notification: notify.Notification, started: float) -> None:
         try:
             decoded = decode(notification)
         except OSError as err:
-            self._fail(notification, err.errno or errno.EFAULT, "fs", "decode_error", str(err), started)
+            self._fail(notification, err.errno or errno.EFAULT, "fs", "DECODE_ERROR", str(err), started)
             return
         if fs_prepare is None:
             self._fail(notification, errno.EACCES, "fs", "fsops_missing", "sandbox.fsops is not installed", started)
@@ -213,21 +210,19 @@ class Supervisor:
                 return
             call = self._call(op.tool, op.args, notification.pid)
             decision = self._settle(call, self._decide(call), notification)
+            # The decision is on record before anything is done: an unrecordable permit is a deny.
+            decision = self._record(notification, decoded["syscall"], call, decision, started)
             if not decision.permitted:
-                self._record(notification, decoded["syscall"], call, decision, started)
                 notify.send_error(self.listener, notification.id, errno.EACCES)
                 return
             self._gate.enter_shared()
             try:
                 result = op.perform()
             except OSError as err:
-                self._record(notification, decoded["syscall"], call, decision, started)
                 notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
                 return
             finally:
                 self._gate.leave_shared()
-            # The audit line is written before the agent can see the effect.
-            self._record(notification, decoded["syscall"], call, decision, started)
             self._deliver(notification, result, bool(decoded.get("flags", 0) & os.O_CLOEXEC))
         finally:
             op.close()
@@ -255,7 +250,7 @@ class Supervisor:
             return
         self._freezer_ready.wait(FREEZER_CHECK_TIMEOUT)
         if self.freezer is None:
-            self._fail(notification, errno.EPERM, "shell/exec", "exec_freeze_unavailable",
+            self._fail(notification, errno.EPERM, "shell/exec", "EXEC_FREEZE_UNAVAILABLE",
                        f"cannot freeze the agent for an exec decision: {self.freeze_problem}", started)
             return
         call, decision = self._decide_frozen(notification, started)
@@ -275,7 +270,7 @@ class Supervisor:
             try:
                 self.freezer.freeze(notification.pid)
             except (OSError, freeze.FreezeError) as err:
-                self._fail(notification, errno.EPERM, "shell/exec", "freeze_timeout", str(err), started)
+                self._fail(notification, errno.EPERM, "shell/exec", "FREEZE_TIMEOUT", str(err), started)
                 return None, None
             answered = False
             try:
@@ -289,10 +284,10 @@ class Supervisor:
                 elif call.args == approved_call.args:
                     decision = approval
                 else:
-                    decision = deny("changed_after_approval", "the command changed while it waited for approval")
+                    decision = deny("CHANGED_AFTER_APPROVAL", "the command changed while it waited for approval")
                 if decision.effect is Effect.DEFER:
                     return call, decision
-                self._record(notification, decoded["syscall"], call, decision, started)
+                decision = self._record(notification, decoded["syscall"], call, decision, started)
                 answered = True
                 if not decision.permitted:
                     notify.send_error(self.listener, notification.id, errno.EPERM)
@@ -301,7 +296,7 @@ class Supervisor:
                 return call, None
             except OSError as err:
                 if not answered:
-                    self._fail(notification, err.errno or errno.EPERM, "shell/exec", "decode_error", str(err), started)
+                    self._fail(notification, err.errno or errno.EPERM, "shell/exec", "DECODE_ERROR", str(err), started)
                 return None, None
             finally:
                 self.freezer.thaw()
@@ -316,9 +311,9 @@ class Supervisor:
         try:
             decision = self.decide(call)
         except Exception as err:
-            return deny("decide_error", f"policy evaluation failed: {type(err).__name__}: {err}")
+            return deny("DECIDE_ERROR", f"policy evaluation failed: {type(err).__name__}: {err}")
         if not isinstance(decision, Decision):
-            return deny("decide_error", f"decide() returned {type(decision).__name__}, not a Decision")
+            return deny("DECIDE_ERROR", f"decide() returned {type(decision).__name__}, not a Decision")
         return decision
 
     def _settle(self, call: ToolCall, decision: Decision, notification) -> Decision:
@@ -331,15 +326,15 @@ class Supervisor:
             deadline = time.monotonic() + self.approve_timeout
             while time.monotonic() < deadline and notify.id_valid(self.listener, notification.id):
                 time.sleep(min(APPROVAL_POLL, max(0.0, deadline - time.monotonic())))
-            return _replace(decision, Effect.DENY, "approval_timeout",
+            return _replace(decision, Effect.DENY, "APPROVAL_TIMEOUT",
                             f"not approved within {self.approve_timeout:g}s ({decision.reason})")
         try:
             approved = self.approve(call, decision, self.approve_timeout) is True
         except Exception as err:
-            return _replace(decision, Effect.DENY, "approval_error", f"approval failed: {type(err).__name__}: {err}")
+            return _replace(decision, Effect.DENY, "APPROVAL_ERROR", f"approval failed: {type(err).__name__}: {err}")
         if approved:
-            return _replace(decision, Effect.PERMIT, "approved", f"approved ({decision.reason})")
-        return _replace(decision, Effect.DENY, "approval_denied", f"approval refused ({decision.reason})")
+            return _replace(decision, Effect.PERMIT, "APPROVAL_GRANTED", f"approved ({decision.reason})")
+        return _replace(decision, Effect.DENY, "APPROVAL_DENIED", f"approval refused ({decision.reason})")
 
     def _fail(self, notification, err: int, tool: str, reason_code: str, reason: str, started: float) -> None:
         self.stats["errors"] += 1
@@ -354,10 +349,18 @@ class Supervisor:
         except OSError:
             self.stats["send_errors"] += 1  # the listener is gone: the kernel fails the call (ENOSYS)
 
-    def _record(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> None:
+    def _record(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> Decision:
+        """Audit the decision before it takes effect; returns it, or a DENY when it could not be
+        recorded (a permit nobody can account for is not granted)."""
+        if self.audit is not None and not self._write_audit(notification, syscall, call, decision, started):
+            if decision.permitted:
+                decision = _replace(decision, Effect.DENY, "AUDIT_WRITE_FAILED",
+                                    f"the audit record could not be written ({decision.reason})")
+                self._write_audit(notification, syscall, call, decision, started)
         self.stats["permitted" if decision.permitted else "denied"] += 1
-        if self.audit is None:
-            return
+        return decision
+
+    def _write_audit(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> bool:
         record = {
             "time": time.time(), "session": self.session_id, "pid": notification.pid, "syscall": syscall,
             "tool": call.tool, "args": call.args, "effect": decision.effect.value, "rule_id": decision.rule_id,
@@ -366,8 +369,10 @@ class Supervisor:
         }
         try:
             self.audit(record)
+            return True
         except Exception:
             self.stats["audit_errors"] += 1
+            return False
 
 
 def _replace(decision: Decision, effect: Effect, reason_code: str, reason: str) -> Decision:

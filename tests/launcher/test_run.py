@@ -262,6 +262,6 @@ def test_non_root_run_uses_a_user_namespace_and_fails_closed_without_a_cgroup():
         assert failure == "faramesh-sandbox: /bin/true: Operation not permitted"
         record = json.loads(audit.read_text())
         assert (record["tool"], record["effect"], record["reason_code"]) == (
-            "shell/exec", "DENY", "exec_freeze_unavailable")
+            "shell/exec", "DENY", "EXEC_FREEZE_UNAVAILABLE")
     finally:
         shutil.rmtree(shared)

@@ -131,7 +131,8 @@ def _status(raw: int) -> int:
 
 
 def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decided=None, cgroup=None,
-                  approve=None, approve_timeout=300.0, supervise=True, timeout=120.0, tmp=None, env=None) -> Run:
+                  approve=None, approve_timeout=300.0, supervise=True, timeout=120.0, tmp=None, env=None,
+                  audit_sink=None) -> Run:
     """Run ``argv`` under the filter; with ``supervise`` a Supervisor answers its notifications,
     otherwise the listener is closed at once (as if the supervisor had died)."""
     program = seccomp.build_filter(trapped, kernel_decided or {})
@@ -148,7 +149,7 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
     supervisor = None
     serving = None
     if supervise:
-        supervisor = Supervisor(listener, decide, session_id="test", audit=audit.append, approve=approve,
+        supervisor = Supervisor(listener, decide, session_id="test", audit=audit_sink or audit.append, approve=approve,
                                 approve_timeout=approve_timeout, cgroup_dir=cgroup)
         serving = threading.Thread(target=supervisor.serve, daemon=True)
         serving.start()

@@ -300,10 +300,10 @@ def test_unknown_pid_namespace_is_refused():
         PtraceFreezer(2 ** 22 + 1)
 
 
-def start_exec_target(target_bin, tmp_path, execer: str):
+def start_exec_target(target_bin, tmp_path, execer: str, program: str = "/bin/sh"):
     out = tmp_path / "exec-out"
     ours, theirs = socket.socketpair()
-    running = Target(target_bin, tmp_path, extra=[str(theirs.fileno()), execer, "/bin/sh", "-c",
+    running = Target(target_bin, tmp_path, extra=[str(theirs.fileno()), execer, program, "-c",
                                                   f"echo execd > {out}"], pass_fds=[theirs.fileno()])
     theirs.close()
     _msg, fds, _flags, _addr = socket.recv_fds(ours, 1, 1)
@@ -311,8 +311,8 @@ def start_exec_target(target_bin, tmp_path, execer: str):
     return running, fds[0], out
 
 
-def start_held_exec(target_bin, tmp_path, execer: str):
-    running, listener, out = start_exec_target(target_bin, tmp_path, execer)
+def start_held_exec(target_bin, tmp_path, execer: str, program: str = "/bin/sh"):
+    running, listener, out = start_exec_target(target_bin, tmp_path, execer, program)
     assert select.select([listener], [], [], 5.0)[0] == [listener]
     return running, listener, notify.recv(listener), out
 
@@ -354,6 +354,23 @@ def test_vfork_child_exec_while_frozen_completes(target_bin, tmp_path):
         freezer.thaw()
         assert running.proc.wait(timeout=5) == 0
         assert out.read_text() == "execd\n"
+    finally:
+        os.close(listener)
+        running.close()
+
+
+def test_failing_exec_while_frozen_leaves_the_other_threads_stopped(target_bin, tmp_path):
+    """A permitted exec that fails (ENOENT) ends the wait at once, with the sibling threads still stopped."""
+    running, listener, held, out = start_held_exec(target_bin, tmp_path, "thread", "/nonexistent/program")
+    try:
+        freezer = PtraceFreezer(running.init)
+        freezer.freeze(held.pid)
+        assert notify.send_continue(listener, held.id) is True
+        freezer.wait_exec_finished(held.pid)
+        assert set(states(freezer).values()) == {"t"}
+        freezer.thaw()
+        assert running.proc.wait(timeout=5) == 5  # execv failed, the thread exited with 5
+        assert running.counter(ERRORS) == 1
     finally:
         os.close(listener)
         running.close()

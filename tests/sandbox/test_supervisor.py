@@ -93,7 +93,7 @@ def test_decide_raising_denies(cgroup_dir, cbin):
     run = run_sandboxed([cbin("open_read"), "/etc/hostname"], broken, cgroup=cgroup_dir)
     assert run.stdout == f"errno={errno.EACCES}\n".encode(), run.explain()
     record = records(run, "fs/read", "/etc/hostname")[0]
-    assert (record["effect"], record["reason_code"]) == ("DENY", "decide_error")
+    assert (record["effect"], record["reason_code"]) == ("DENY", "DECIDE_ERROR")
     assert record["reason"] == "policy evaluation failed: RuntimeError: policy bug"
 
 
@@ -109,11 +109,11 @@ def test_defer_approved_and_refused(cgroup_dir, cbin):
                         cgroup=cgroup_dir, approve=approve, approve_timeout=7.0)
     assert run.stdout == f"cloexec=0 content={hostname}\n".encode(), run.explain()
     assert asked == [("/etc/hostname", "needs-approval", 7.0)]
-    assert records(run, "fs/read", "/etc/hostname")[0]["reason_code"] == "approved"
+    assert records(run, "fs/read", "/etc/hostname")[0]["reason_code"] == "APPROVAL_GRANTED"
     refused = run_sandboxed([cbin("open_read"), "/etc/hostname"], policy(deferred_paths={"/etc/hostname"}),
                             cgroup=cgroup_dir, approve=lambda *a: False)
     assert refused.stdout == f"errno={errno.EACCES}\n".encode(), refused.explain()
-    assert records(refused, "fs/read", "/etc/hostname")[0]["reason_code"] == "approval_denied"
+    assert records(refused, "fs/read", "/etc/hostname")[0]["reason_code"] == "APPROVAL_DENIED"
 
 
 def test_unanswered_defer_times_out_as_deny(cgroup_dir, cbin):
@@ -122,7 +122,7 @@ def test_unanswered_defer_times_out_as_deny(cgroup_dir, cbin):
                         cgroup=cgroup_dir, approve_timeout=0.3)
     assert run.stdout == f"errno={errno.EACCES}\n".encode(), run.explain()
     record = records(run, "fs/read", "/etc/hostname")[0]
-    assert (record["effect"], record["reason_code"]) == ("DENY", "approval_timeout")
+    assert (record["effect"], record["reason_code"]) == ("DENY", "APPROVAL_TIMEOUT")
     assert record["latency_us"] >= 300_000
 
 
@@ -149,7 +149,7 @@ def test_slow_decision_does_not_block_other_calls(cgroup_dir, cbin, tmp_path):
     threading.Thread(target=watcher, daemon=True).start()
     run = run_sandboxed(["/bin/sh", "-c", script], audit_watch, cgroup=cgroup_dir, approve=approve)
     assert sorted(run.stdout.decode().splitlines()) == ["cloexec=0 content=fast", "cloexec=0 content=slow"], (run.stderr, [(r["syscall"], r["args"].get("path"), r["effect"], r["reason"]) for r in run.audit])
-    assert records(run, "fs/read", str(tmp_path / "slow"))[0]["reason_code"] == "approved"
+    assert records(run, "fs/read", str(tmp_path / "slow"))[0]["reason_code"] == "APPROVAL_GRANTED"
 
 
 def test_filesystem_changes_are_performed_for_the_agent(cgroup_dir, tmp_path):
@@ -176,7 +176,7 @@ def test_exec_without_freezer_is_denied(cbin):
     assert run.status == 127, run.explain()
     assert b"PermissionError" in run.stderr
     record = records(run, "shell/exec")[0]
-    assert (record["effect"], record["reason_code"]) == ("DENY", "exec_freeze_unavailable")
+    assert (record["effect"], record["reason_code"]) == ("DENY", "EXEC_FREEZE_UNAVAILABLE")
 
 
 def test_deferred_exec_runs_once_approved(cgroup_dir):
@@ -191,7 +191,7 @@ def test_deferred_exec_runs_once_approved(cgroup_dir):
     assert run.stdout == b"after=0\n", run.explain()
     assert asked == ["/bin/true approve-me"]
     record = [r for r in records(run, "shell/exec") if r["args"]["program"] == "true"][0]
-    assert (record["effect"], record["reason_code"], record["rule_id"]) == ("PERMIT", "approved", "ask-exec")
+    assert (record["effect"], record["reason_code"], record["rule_id"]) == ("PERMIT", "APPROVAL_GRANTED", "ask-exec")
 
 
 def test_stalled_handler_does_not_stall_the_supervisor(cgroup_dir, cbin, tmp_path):
@@ -233,4 +233,22 @@ def test_syscall_missing_from_the_table_fails_closed(cbin):
     run = run_sandboxed([cbin("probe_denied")], trapped=("getpid",))
     assert f"getpid {errno.ENOSYS}".encode() in run.stdout.splitlines(), run.explain()
     # the probe calls getpid() three times (twice as an argument of the process_vm_* probes)
-    assert [(r["syscall"], r["effect"], r["reason_code"]) for r in run.audit] == [("39", "DENY", "unknown_syscall")] * 3
+    assert [(r["syscall"], r["effect"], r["reason_code"]) for r in run.audit] == [("39", "DENY", "UNKNOWN_SYSCALL")] * 3
+
+
+def test_unrecordable_permit_is_denied_and_nothing_is_done(cgroup_dir, tmp_path):
+    """When the audit record cannot be written, a permitted create fails with EACCES and leaves no file."""
+    target = tmp_path / "created"
+    written = []
+
+    def failing_audit(record):
+        if record["tool"] == "fs/write":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(record)
+
+    run = run_sandboxed(["/bin/sh", "-c", f"echo x > {target}"], policy(), cgroup=cgroup_dir,
+                        audit_sink=failing_audit)
+    assert run.status != 0, run.explain()
+    assert b"Permission denied" in run.stderr
+    assert not target.exists()
+    assert run.stats["audit_errors"] >= 1
