@@ -26,7 +26,9 @@ STDLIB = ["argparse", "asyncio", "collections", "csv", "dataclasses", "datetime"
 
 def sandboxed(command: list[str], cwd: Path, policy: Path, audit: Path | None = None,
               env: dict | None = None) -> subprocess.CompletedProcess:
-    extra = ["--audit", str(audit)] if audit else []
+    # --audit-all: even under a permissive policy every call goes through the supervisor,
+    # so identical output shows the on-behalf path is faithful.
+    extra = ["--audit-all"] + (["--audit", str(audit)] if audit else [])
     full_env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "launcher", "run", "--policy", str(policy), *extra, "--", *command],
                           capture_output=True, text=True, cwd=cwd, env=full_env, timeout=60)

@@ -32,15 +32,21 @@ def cli_in_process(*args: str) -> int:
     return parsed._runner(parsed)
 
 
+def supervised(args: tuple[str, ...]) -> list[str]:
+    """`run` with --audit-all, so every category goes through the supervisor even under a
+    permissive policy (tests/launcher/test_kernel_decided.py covers the kernel-decided path)."""
+    return ["run", "--audit-all", *args[1:]] if args[:1] == ("run",) else list(args)
+
+
 def cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "launcher", *supervised(args)], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=timeout)
 
 
 def start_cli(*args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "launcher", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "launcher", *supervised(args)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
 
 
@@ -74,7 +80,8 @@ def test_verbose_run_describes_the_sandbox(permit):
     result = cli("run", "-v", "--policy", str(permit), "--", "sh", "-c", "echo hi >&2")
     session = result.stderr.split()[2].rstrip(",")
     assert (result.returncode, result.stderr) == (0, (
-        f"faramesh-sandbox: session {session}, 1 policy layer(s), {len(traced.TABLE)} trapped syscalls\n"
+        f"faramesh-sandbox: session {session}, 1 policy layer(s), {len(traced.TABLE)} trapped syscalls, "
+        "decided in the kernel: none\n"
         f"faramesh-sandbox: agent cgroup /sys/fs/cgroup/unified/faramesh-{session}\n"
         "faramesh-sandbox: namespaces ipc, mount, net, pid, uts; agent is pid 2\n"
         "hi\n"))
@@ -252,7 +259,8 @@ def test_non_root_run_uses_a_user_namespace_and_fails_closed_without_a_cgroup():
         def body() -> int:
             _become_nobody()
             os.chdir("/")
-            return cli_in_process("run", "--policy", str(shared / "permit.fpl"), "--audit", str(audit), "--", "/bin/true")
+            return cli_in_process("run", "--audit-all", "--policy", str(shared / "permit.fpl"), "--audit", str(audit),
+                                  "--", "/bin/true")
         status, out, err = _in_child(body)
         assert (status, out) == (126, "")
         warning, failure = err.splitlines()
