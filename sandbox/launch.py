@@ -65,10 +65,10 @@ def _create_cgroup(run: _Run) -> None:
         run.cgroup_dir = cgroups.create(run.spec.session_id or str(os.getpid()))
         run.notes.append(f"agent cgroup {run.cgroup_dir}")
     except OSError as err:
-        # Degrade, and say so: without the cgroup, exec decisions cannot freeze the agent's
-        # tree (the supervisor then fails closed) and left-overs die only with the pid namespace.
-        run.warnings.append(f"no cgroup for the agent ({err.strerror}): exec decisions cannot freeze "
-                            "the agent's other tasks, so the supervisor denies execs")
+        # Degrade, and say so: without the cgroup, exec decisions freeze the agent's tree with
+        # ptrace (stop-all) instead, and left-overs die only with the pid namespace.
+        run.warnings.append(f"no cgroup for the agent ({err.strerror}): exec decisions freeze the "
+                            "agent's tasks with ptrace instead")
 
 
 def _clone_init(run: _Run) -> None:
@@ -338,7 +338,8 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         # overlaps it; the listener then takes over the reserved descriptor number.
         sup = supervisor.Supervisor(reserved, decide, session_id=run.spec.session_id, audit=audit,
                                     approve=approve, approve_timeout=run.spec.approve_timeout,
-                                    cgroup_dir=run.cgroup_dir)
+                                    cgroup_dir=run.cgroup_dir,
+                                    pidns_of=None if run.cgroup_dir else run.init_pid)
         listener = _receive_listener(run)
         os.dup2(listener, reserved, inheritable=False)
         os.close(listener)

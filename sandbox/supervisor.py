@@ -26,7 +26,7 @@ from typing import Callable
 
 from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
-from sandbox import freeze, notify
+from sandbox import freeze, notify, ptrace_freeze
 from sandbox.decode import UnknownSyscall, decode, row_for
 from sandbox.decode.exec import exec_arguments, resolve_executable
 from sandbox.traced import Role
@@ -46,7 +46,7 @@ class Supervisor:
     def __init__(self, listener_fd: int, decide: Callable[[ToolCall], Decision], *, session_id: str = "",
                  audit: Callable[[dict], None] | None = None,
                  approve: Callable[[ToolCall, Decision, float], bool] | None = None,
-                 approve_timeout: float = 300.0, cgroup_dir: str | None = None):
+                 approve_timeout: float = 300.0, cgroup_dir: str | None = None, pidns_of: int | None = None):
         self.listener = listener_fd
         self.decide = decide
         self.session_id = session_id
@@ -57,11 +57,13 @@ class Supervisor:
         self.sync_wakeup = False
         # The freezer self-test (a helper process, ~10 ms) runs while the agent starts up;
         # the first exec decision waits for it.
-        self.freezer: freeze.CgroupFreezer | None = None
+        # cgroup v2 freezer when a cgroup holds the agent, else ptrace stop-all over the agent's
+        # pid namespace (pidns_of: a task in it, as the launcher sees it), else none: execs denied.
+        self.freezer: freeze.CgroupFreezer | ptrace_freeze.PtraceFreezer | None = None
         self.freeze_problem = "the freezer self-test did not finish"
         self._freezer_ready = threading.Event()
         # Not a daemon: an exiting process waits for it, so its helper and scratch cgroup go.
-        threading.Thread(target=self._check_freezer, args=(cgroup_dir,), name="freezer-self-test").start()
+        threading.Thread(target=self._check_freezer, args=(cgroup_dir, pidns_of), name="freezer-self-test").start()
         self._receive_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._settled = threading.Condition(self._count_lock)
@@ -76,9 +78,9 @@ class Supervisor:
 
     # -- threads ---------------------------------------------------------------
 
-    def _check_freezer(self, cgroup_dir: str | None) -> None:
+    def _check_freezer(self, cgroup_dir: str | None, pidns_of: int | None) -> None:
         try:
-            self.freezer, self.freeze_problem = _make_freezer(cgroup_dir)
+            self.freezer, self.freeze_problem = _make_freezer(cgroup_dir, pidns_of)
         finally:
             self._freezer_ready.set()
 
@@ -294,9 +296,11 @@ class Supervisor:
                 elif notify.send_continue(self.listener, notification.id):
                     self.freezer.wait_exec_finished(notification.pid)  # kills the cgroup on timeout
                 return call, None
-            except OSError as err:
+            except (OSError, freeze.FreezeError) as err:
                 if not answered:
-                    self._fail(notification, err.errno or errno.EPERM, "shell/exec", "DECODE_ERROR", str(err), started)
+                    code = "DECODE_ERROR" if isinstance(err, OSError) else "FREEZE_TIMEOUT"
+                    self._fail(notification, getattr(err, "errno", None) or errno.EPERM, "shell/exec", code,
+                               str(err), started)
                 return None, None
             finally:
                 self.freezer.thaw()
@@ -380,10 +384,15 @@ def _replace(decision: Decision, effect: Effect, reason_code: str, reason: str) 
                     policy_version=decision.policy_version, layer=decision.layer)
 
 
-def _make_freezer(cgroup_dir: str | None) -> tuple[freeze.CgroupFreezer | None, str]:
+def _make_freezer(cgroup_dir: str | None, pidns_of: int | None = None):
     """The exec freezer after its self-test, or None and why (exec permits then fail closed)."""
     if not cgroup_dir:
-        return None, "no cgroup v2 directory was given"
+        if pidns_of is None:
+            return None, "no cgroup v2 directory and no agent pid namespace were given"
+        try:
+            return ptrace_freeze.PtraceFreezer(pidns_of), ""
+        except Exception as err:  # fail closed: no freezer, exec permits denied
+            return None, f"{type(err).__name__}: {err}"
     try:
         freezer = freeze.CgroupFreezer(cgroup_dir)
         freeze.self_test(os.path.dirname(os.path.abspath(cgroup_dir)))
