@@ -22,7 +22,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from policy import Engine, SessionStore, ToolCall, load_policy  # noqa: E402
 
-CORPUS = pathlib.Path("/work/shared/fpl-corpus")
+CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fpl-corpus"  # shared/ beside the checkout
 
 
 def hundred_rule_policy() -> str:
