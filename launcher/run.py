@@ -7,7 +7,6 @@ policy is invalid (one line on stderr says what failed, with a hint)."""
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import secrets
 import sys
@@ -18,12 +17,9 @@ from policy.decision import Decision, deny
 from sandbox import traced
 from sandbox.errors import SandboxError
 from sandbox.launch import EXIT_SETUP, launch
+from sandbox.seccomp import ALLOW
 from sandbox.spec import SandboxSpec
 
-# What a refusal looks like to the agent, per tool category (as the supervisor answers).
-REFUSAL_ERRNO = {"shell/exec": errno.EPERM}
-DEFAULT_REFUSAL_ERRNO = errno.EACCES
-ALLOW = 0
 
 USAGE_HINT = "faramesh-sandbox run --policy FILE [--audit PATH] -- CMD [ARGS...]"
 
@@ -114,7 +110,7 @@ def kernel_decided(engine) -> dict[str, int]:
         if effect is policy.Effect.PERMIT:
             decided[tool] = ALLOW
         elif effect is policy.Effect.DENY:
-            decided[tool] = REFUSAL_ERRNO.get(tool, DEFAULT_REFUSAL_ERRNO)
+            decided[tool] = traced.refusal_errno(tool)
     return decided
 
 

@@ -29,7 +29,7 @@ from policy.decision import Decision, Effect, deny
 from sandbox import freeze, notify, ptrace_freeze
 from sandbox.decode import UnknownSyscall, decode, row_for
 from sandbox.decode.exec import exec_arguments, resolve_executable
-from sandbox.traced import Role
+from sandbox.traced import Role, refusal_errno
 
 from sandbox.fsops import keep_task_files
 from sandbox.fsops import prepare as fs_prepare
@@ -180,7 +180,7 @@ class Supervisor:
         except UnknownSyscall as err:
             self._fail(notification, errno.ENOSYS, "", "UNKNOWN_SYSCALL", str(err), started)
             return
-        refusal = errno.EPERM if row.tool == "shell/exec" else errno.EACCES
+        refusal = refusal_errno(row.tool)
         try:
             if row.tool == "shell/exec":
                 self._handle_exec(notification, started)

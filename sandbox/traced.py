@@ -11,6 +11,7 @@ Adding a syscall is adding a row (and, for a new role, a reader in sandbox/decod
 from __future__ import annotations
 
 import enum
+import errno
 import os
 from dataclasses import dataclass, field
 
@@ -47,6 +48,15 @@ class Role(str, enum.Enum):
 
 R = Role
 OPEN_TOOL = "fs/read|fs/write"  # write access, O_CREAT or O_TRUNC make it fs/write
+
+# What a refusal looks like to the agent: a shell prints "Operation not permitted" for an
+# exec and "Permission denied" for a file, as it would for the kernel's own refusals.
+_REFUSAL_ERRNO = {"shell/exec": errno.EPERM}
+
+
+def refusal_errno(tool: str) -> int:
+    """The errno a denied call of ``tool`` fails with (supervisor and kernel-decided alike)."""
+    return _REFUSAL_ERRNO.get(tool, errno.EACCES)
 
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
