@@ -10,6 +10,7 @@ Typical use::
 from __future__ import annotations
 
 from policy._checks import check_layer_conflicts
+from policy._envelope import Envelope
 from policy.calls import ToolCall
 from policy.compiler import CompiledPolicy, check, compile_policy
 from policy.decision import Decision, Effect
@@ -25,6 +26,7 @@ __all__ = [
     "Diagnostic",
     "Effect",
     "Engine",
+    "Envelope",
     "PolicyError",
     "SessionStore",
     "ToolCall",

@@ -14,6 +14,7 @@ from policy.glob import compile_glob, has_meta, is_valid_glob
 
 SAME_PATTERN_PERMIT = "W306"  # promoted to error E322 by policy check, as the reference does
 NOT_ENFORCED = "parsed, not enforced by faramesh-sandbox"
+INJECTED_BACKENDS = ("env", "file")
 DEFAULTS = ("permit", "deny", "defer", "halt", "shadow")
 BUDGET_KEYS = ("max", "daily", "max_calls", "warn_at", "on_exceed")
 AMBIENT_KEYS = ("max_customers_per_day", "max_calls_per_day", "max_data_volume", "on_exceed")
@@ -270,6 +271,14 @@ def _check_block(block: ast.Block, report: Reporter) -> None:
                 report.error("E315", f"ambient on_exceed must be deny or defer, not `{setting.value}`",
                              setting.span, "write on_exceed deny")
     name = block.kind if block.name is None else f"{block.kind} {block.name}"
+    if block.kind == "credential":
+        backend = next((s.value for s in block.settings if s.key == "backend"), None)
+        if backend in INJECTED_BACKENDS:
+            return  # the HTTPS egress injects it after the decision (docs/egress.md)
+        report.warning("W300", f"`{name}` is {NOT_ENFORCED}: only `backend env` and `backend file` "
+                       "credentials are injected by the HTTPS egress", block.span,
+                       "use backend env (path: a variable of the launcher's environment) or backend file")
+        return
     _not_enforced(report, name, block.span)
 
 

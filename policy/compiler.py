@@ -44,6 +44,7 @@ class CompiledRule:
     notify: str
     span: ast.Span
     decision: Decision  # prebuilt for PERMIT/DENY; the evaluator adds defer fields
+    expr: object = None  # the condition's syntax tree, for static analyses (policy/_envelope.py)
 
 
 @dataclass(slots=True)
@@ -133,6 +134,7 @@ def _compile_rule(rule: ast.Rule, position: int, version: str, path: str, report
         id=rule_id, position=position, effect=effect, strict=rule.strict, tool=rule.tool,
         matches_tool=compile_glob(rule.tool), condition=condition, net=compile_net_clauses(rule.net, rule.effect),
         reason=reason, reason_code=reason_code, notify=notify, span=rule.span, decision=decision,
+        expr=rule.condition,
     )
 
 

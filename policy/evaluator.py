@@ -36,6 +36,7 @@ from policy.canonical import NulByte, canonical_args, canonical_tool, literal_ar
 from policy.compiler import CompiledPolicy, CompiledRule
 from policy.decision import Decision, Effect, deny
 from policy._static import static_effect
+from policy._envelope import Envelope, envelope
 from policy.session import SessionStore
 
 DEFER_TTL_SECONDS = 300.0
@@ -91,6 +92,11 @@ class Engine:
         """PERMIT or DENY when every call to ``tool`` gets that effect whatever its
         arguments and session (the kernel may then decide it), else None."""
         return static_effect(self.layers, tool)
+
+    def envelope(self, tool: str, key: str = "path") -> Envelope:
+        """Every value argument ``key`` of a ``tool`` call can have when the call is permitted
+        or deferred (an over-approximation; policy/_envelope.py)."""
+        return envelope(self.layers, tool, key)
 
     @staticmethod
     def _default_decision(index: int, layer: CompiledPolicy) -> Decision:

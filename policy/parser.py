@@ -73,6 +73,7 @@ from policy._lexer_recovery import narrow
 from policy._lexer_tables import SourceError
 from policy._lower import Lower
 from policy._lower_errors import explain
+from policy._parser_cache import stored_parser
 from policy.errors import Diagnostic, PolicyError
 
 MAX_SOURCE_BYTES = 1 << 20
@@ -95,9 +96,16 @@ class _TokensFromDriver(_LarkLexer):
 
 
 _LOWER = Lower()
-_PARSER = Lark(GRAMMAR, parser="lalr",
-               lexer=_TokensFromDriver, start=list(START_SYMBOLS),
-               transformer=_LOWER, maybe_placeholders=True)
+
+
+def build_from_grammar() -> Lark:
+    """The LALR parser computed from fpl.lark (about half a second)."""
+    return Lark(GRAMMAR, parser="lalr", lexer=_TokensFromDriver, start=list(START_SYMBOLS),
+                transformer=_LOWER, maybe_placeholders=True)
+
+
+# The tables stored by policy._parser_cache when they match this grammar and lark version.
+_PARSER = stored_parser(GRAMMAR, _TokensFromDriver, _LOWER) or build_from_grammar()
 # The reductions write into the shared transformer; parses take turns.
 _LOCK = threading.Lock()
 # Lark keeps some rule names as lark.Token, a str subclass whose __eq__ runs in

@@ -148,9 +148,19 @@ def test_unenforced_blocks_warn_by_name():
         ("W300", 1, "`import github.com/x/y@1.0.0` is parsed, not enforced by faramesh-sandbox"),
         ("W300", 2, "`runtime` is parsed, not enforced by faramesh-sandbox"),
         ("W300", 4, "`selector account` is parsed, not enforced by faramesh-sandbox"),
-        ("W300", 5, "`credential stripe` is parsed, not enforced by faramesh-sandbox"),
+        ("W300", 5, "`credential stripe` is parsed, not enforced by faramesh-sandbox: only `backend env` and "
+                    "`backend file` credentials are injected by the HTTPS egress"),
         ("W300", 6, "`egress` is parsed, not enforced by faramesh-sandbox"),
     ]
+
+
+def test_credentials_the_egress_injects_do_not_warn():
+    """A credential with backend env or file is enforced (the egress injects it); others warn."""
+    def credential(backend: str, line: int) -> ast.Block:
+        return ast.Block("credential", f"c{line}", settings=(ast.Setting("backend", backend, span=span(line)),),
+                         span=span(line))
+    doc = document(agent(credential("env", 2), credential("file", 3), credential("vault", 4), line=1))
+    assert [(d.code, d.span.line) for d in check(doc, SOURCE, "p.fpl")] == [("W300", 4)]
 
 
 def test_import_latest_and_system_values():

@@ -14,6 +14,7 @@ def test_public_names_are_pinned():
         "Diagnostic",
         "Effect",
         "Engine",
+        "Envelope",
         "PolicyError",
         "SessionStore",
         "ToolCall",
