@@ -44,6 +44,17 @@ class Role(str, enum.Enum):
     ENVP = "envp"  # counted only: envp_count
     FD = "fd"
     DEV = "dev"  # mknod device number
+    DOMAIN = "domain"  # socket address family (AF_*)
+    SOCK_TYPE = "type"  # SOCK_* with SOCK_NONBLOCK / SOCK_CLOEXEC
+    PROTOCOL = "protocol"
+    SOCKADDR = "addr"  # struct sockaddr *, read with its length (the next argument)
+    SOCKLEN = "addrlen"
+    BUFFER = "data"  # const void *, read with its length (the next argument)
+    BUFFER_LEN = "size"
+    MSG_FLAGS = "msg_flags"  # MSG_*
+    MSGHDR = "msghdr"  # struct msghdr *: name, iovecs and control messages
+    MMSGHDR = "mmsghdr"  # struct mmsghdr[]: the first entry, read as MSGHDR
+    VLEN = "vlen"
 
 
 R = Role
@@ -51,12 +62,15 @@ OPEN_TOOL = "fs/read|fs/write"  # write access, O_CREAT or O_TRUNC make it fs/wr
 
 # What a refusal looks like to the agent: a shell prints "Operation not permitted" for an
 # exec and "Permission denied" for a file, as it would for the kernel's own refusals.
-_REFUSAL_ERRNO = {"shell/exec": errno.EPERM}
+# A refused connection fails as a local firewall rule makes it fail ("Operation not permitted").
+_REFUSAL_ERRNO = {"shell/exec": errno.EPERM, "net/connect": errno.EPERM, "net/listen": errno.EPERM,
+                  "net/send": errno.EPERM, "net/socket": errno.EPERM}
 
 
 def refusal_errno(tool: str) -> int:
-    """The errno a denied call of ``tool`` fails with (supervisor and kernel-decided alike)."""
-    return _REFUSAL_ERRNO.get(tool, errno.EACCES)
+    """The errno a denied call of ``tool`` fails with (supervisor and kernel-decided alike);
+    a row's ``a|b`` tool fails as its first category."""
+    return _REFUSAL_ERRNO.get(tool.split("|")[0], errno.EACCES)
 
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_REMOVEDIR = 0x200
@@ -71,6 +85,12 @@ class Traced:
 
 
 _CREAT_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+# The tool of a network call depends on the socket and the address (sandbox/netops.py):
+# connect and sendto with MSG_FASTOPEN are net/connect, a datagram to an address net/send,
+# bind net/listen. socket() itself is no policy call: the supervisor creates internet
+# sockets in its own network namespace and hands them over.
+NET_TOOL = "net/connect|net/send|net/listen"
+SOCKET_TOOL = "net/socket"
 
 TABLE: tuple[Traced, ...] = (
     Traced("execve", "shell/exec", (R.PATH, R.ARGV, R.ENVP)),
@@ -109,6 +129,12 @@ TABLE: tuple[Traced, ...] = (
            {"at_flags": AT_SYMLINK_NOFOLLOW}),
     Traced("removexattr", "fs/write", (R.PATH, R.XATTR_NAME)),
     Traced("lremovexattr", "fs/write", (R.PATH, R.XATTR_NAME), {"at_flags": AT_SYMLINK_NOFOLLOW}),
+    Traced("socket", SOCKET_TOOL, (R.DOMAIN, R.SOCK_TYPE, R.PROTOCOL)),
+    Traced("connect", NET_TOOL, (R.FD, R.SOCKADDR, R.SOCKLEN)),
+    Traced("bind", NET_TOOL, (R.FD, R.SOCKADDR, R.SOCKLEN)),
+    Traced("sendto", NET_TOOL, (R.FD, R.BUFFER, R.BUFFER_LEN, R.MSG_FLAGS, R.SOCKADDR, R.SOCKLEN)),
+    Traced("sendmsg", NET_TOOL, (R.FD, R.MSGHDR, R.MSG_FLAGS)),
+    Traced("sendmmsg", NET_TOOL, (R.FD, R.MMSGHDR, R.VLEN, R.MSG_FLAGS)),
 )
 
 BY_NAME: dict[str, Traced] = {row.name: row for row in TABLE}
@@ -130,11 +156,23 @@ def names_for_tools(tools: set[str]) -> list[str]:
 TOOL_ARGS = {
     "shell/exec": "path (absolute executable, symlinks resolved inside the agent's root), "
                   "requested (the path as given, made absolute), argv (list of strings), "
-                  "cmd (argv as one shell-quoted string), program (basename of path), cwd",
+                  "cmd (argv as one shell-quoted string), program (the system program the file is: "
+                  "a copy, rename, hard link or memfd of /usr/bin/curl is `curl`; otherwise the basename of "
+                  "path), cwd, sha256 (when the content was compared), anonymous (true for a file with no "
+                  "name: memfd, deleted), runs (the #! interpreters and the program the dynamic loader "
+                  "loads: [{path, program, argv, via}], each also decided as a shell/exec with `via` "
+                  "shebang or loader; the exec is permitted only when every one is)",
     "fs/*": "path (absolute, normalised, as the agent sees it, symlinks resolved as the syscall "
             "would), flags (list of names), mode, dest (rename and link destination), target "
             "(symlink content), uid and gid (chown; -1 = unchanged), length (truncate), "
-            "xattr (attribute name)",
+            "xattr (attribute name). A hard link or rename is also decided as fs/read and fs/write "
+            "of path (with `via` link or rename): a file that may not be read or written under its "
+            "name gets no other name",
+    "net/connect": "host (the DNS name the agent looked the address up by, else the IP literal; always the "
+                   "literal for a guarded address), ip, port, family (inet, inet6 or unix), protocol (tcp or udp; "
+                   "stream, dgram or seqpacket for unix), path (unix: absolute, symlinks resolved)",
+    "net/send": "a datagram to an address: host, ip, port, family, protocol (udp)",
+    "net/listen": "a bind: ip and port (0 = any free port), family, protocol; path for a unix socket file",
 }
 
 
@@ -162,8 +200,36 @@ def render_markdown() -> str:
               "When the policy decides a category unconditionally, the filter answers it without a",
               "supervisor round trip: `shell/exec` (execve, execveat), `fs/read` (read-only `open` and",
               "`openat`, told apart by their flags register; `openat2` keeps going to the supervisor",
-              "because its flags sit behind a pointer), and every other category by syscall.", ""]
+              "because its flags sit behind a pointer), and every other category by syscall.",
+              "Network calls are never decided in the kernel (docs/network.md): the DNS stub redirect and",
+              "the address guard need the supervisor.", "", *network_markdown()]
     return "\n".join(lines + hardening_markdown()) + "\n"
+
+
+def network_markdown() -> list[str]:
+    """How each network syscall becomes a tool call (the rules live in sandbox/netops.py)."""
+    return [
+        "## Network calls", "",
+        "| syscall | on | becomes | refused with |", "|---|---|---|---|",
+        "| `socket` | AF_INET, AF_INET6 stream/dgram | no decision: created in the supervisor's namespace and "
+        "injected | EPROTONOSUPPORT for other protocols (ICMP, SCTP, MPTCP) |",
+        "| `socket` | AF_UNIX; AF_NETLINK with NETLINK_ROUTE | allowed in the kernel (agent's namespace) | |",
+        "| `socket` | SOCK_RAW, SOCK_PACKET internet sockets | refused in the kernel | EPERM |",
+        "| `socket` | other netlink protocols | refused in the kernel | EPROTONOSUPPORT |",
+        "| `socket`, `socketpair` | any other family (packet, vsock...) | refused in the kernel | EAFNOSUPPORT |",
+        "| `connect` | internet address | `net/connect`; 127.0.0.53:53 goes to the DNS stub undecided | EPERM |",
+        "| `connect`, `sendto`, `sendmsg` | unix pathname | `net/connect` on the resolved path | EPERM |",
+        "| `connect`, `bind`, sends | abstract or unnamed unix address, netlink | performed, no decision | |",
+        "| `bind` | internet address | `net/listen` | EPERM |",
+        "| `bind` | unix pathname | `net/listen` with path | EPERM |",
+        "| `sendto`, `sendmsg`, `sendmmsg` | datagram to an address | `net/send` | EPERM |",
+        "| `sendto`, `sendmsg` | TCP with MSG_FASTOPEN | `net/connect` | EPERM |",
+        "| `sendto` | NULL address | allowed in the kernel (the connected peer was decided) | |",
+        "| `sendmsg`, `sendmmsg` | no address | performed on the agent's behalf (data read once) | |",
+        "",
+        "`sendmmsg` sends its first message per call (it may send fewer than asked and says how many).",
+        "",
+    ]
 
 
 def hardening_markdown() -> list[str]:

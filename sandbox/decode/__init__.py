@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from sandbox._libc import ARCH
 from sandbox._syscalls_generated import SYSCALLS
+from sandbox.decode.net import NET_READERS
 from sandbox.decode.readers import READERS
 from sandbox.memory import RemoteMemory
 from sandbox.notify import Notification
 from sandbox.traced import BY_NAME, TABLE, Traced
 
+READERS.update(NET_READERS)
 BY_NUMBER: dict[int, Traced] = {SYSCALLS[row.name][ARCH]: row for row in TABLE if ARCH in SYSCALLS[row.name]}
 
 

@@ -1,0 +1,114 @@
+"""NameMap: which looked-up name each address came from, so `net/connect` can name its host.
+
+An address is remembered for at least its record's TTL, and never less than ``min_ttl`` seconds:
+a program connects right after it resolves, and a TTL of 0 or 5 seconds must not make that
+connect lose its host name. Entries are capped at ``max_ttl`` and ``max_entries`` (oldest
+evicted), so an agent that resolves many names cannot grow the supervisor's memory.
+
+When several names resolve to one address (shared CDN and hosting addresses), the most recent
+lookup wins: ``host_for`` names the last host the agent resolved to that address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import dns.message
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+
+DEFAULT_MAX_ENTRIES = 10_000
+DEFAULT_MIN_TTL = 60.0
+DEFAULT_MAX_TTL = 86_400.0
+_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+
+
+def name_text(name: dns.name.Name) -> str:
+    """The form policies see: lower case, no trailing dot, special bytes escaped; the root is '.'."""
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def normalize_ip(ip: str) -> str | None:
+    """Canonical text of an address; an IPv4-mapped IPv6 address becomes its IPv4 form."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address)
+
+
+def answer_addresses(qname: dns.name.Name, response: dns.message.Message) -> list[tuple[str, int]]:
+    """(address, ttl) of every A/AAAA record reached from ``qname`` through the answer's CNAMEs."""
+    chain = {qname}
+    cnames = {rrset.name: rrset[0].target for rrset in response.answer
+              if rrset.rdtype == dns.rdatatype.CNAME and rrset.rdclass == dns.rdataclass.IN and len(rrset)}
+    current = qname
+    for _ in range(len(cnames)):  # bounded: a CNAME loop ends when every link was followed once
+        current = cnames.get(current)
+        if current is None or current in chain:
+            break
+        chain.add(current)
+    return [(rdata.address, rrset.ttl) for rrset in response.answer
+            if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN and rrset.name in chain
+            for rdata in rrset]
+
+
+class NameMap:
+    """Thread-safe address -> host name memory of one sandbox session."""
+
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, min_ttl: float = DEFAULT_MIN_TTL,
+                 max_ttl: float = DEFAULT_MAX_TTL, clock: Callable[[], float] = time.monotonic):
+        if max_entries < 1 or min_ttl < 0 or max_ttl < min_ttl:
+            raise ValueError(f"NameMap(max_entries={max_entries}, min_ttl={min_ttl}, max_ttl={max_ttl}): "
+                             "need max_entries >= 1 and 0 <= min_ttl <= max_ttl")
+        self._max_entries = max_entries
+        self._min_ttl = min_ttl
+        self._max_ttl = max_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[str, float]] = OrderedDict()  # ip -> (host, expires), oldest first
+
+    def record(self, host: str, ip: str, ttl: float) -> None:
+        """Remember that ``host`` resolved to ``ip``; replaces any earlier name for that address."""
+        key = normalize_ip(ip)
+        if key is None:
+            return
+        keep = min(max(float(ttl), self._min_ttl), self._max_ttl)
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = (host, self._clock() + keep)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def record_answer(self, host: str, qname: dns.name.Name, response: dns.message.Message) -> int:
+        """Record every address the answer gives for ``qname``; returns how many."""
+        addresses = answer_addresses(qname, response)
+        for ip, ttl in addresses:
+            self.record(host, ip, ttl)
+        return len(addresses)
+
+    def host_for(self, ip: str) -> str | None:
+        """The most recently looked-up name that resolved to ``ip``, or None (unknown or expired)."""
+        key = normalize_ip(ip)
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            host, expires = entry
+            if self._clock() >= expires:
+                del self._entries[key]
+                return None
+            return host
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)

@@ -1,0 +1,317 @@
+"""Network calls performed on the agent's behalf: every connection, bind and datagram a decision.
+
+The agent lives in a network namespace with only loopback. Its internet sockets are created
+by the supervisor in the supervisor's own namespace and handed over (ADDFD). For connect,
+bind, sendto, sendmsg and sendmmsg the supervisor takes its own duplicate of the agent's
+socket (pidfd_getfd: the same open file description, so non-blocking mode and options set
+by the agent apply), reads the address and the data once, decides, and performs the call
+on the duplicate; the agent gets the result. Nothing is ever CONTINUEd, so rewriting the
+address after the read (another thread, shared memory) changes nothing.
+
+``prepare`` resolves a call into a NetOp: the tool call to decide (None when nothing needs
+a decision: socket creation, sends to the connected peer, the DNS stub redirect, abstract
+and unnamed unix addresses) and the action to perform once it is permitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import psutil
+
+from sandbox import _libc_net, _netaddr
+from sandbox._netaddr import Target
+from sandbox._netguard import ProbeCache, guarded_address, no_names
+from sandbox._netmsg import translate_control
+from sandbox._netunix import UnixPath
+
+STUB_ADDRESS = "127.0.0.53"  # sandbox.dns_stub.STUB_ADDRESS: the agent's resolv.conf names it
+DNS_PORT = 53
+MSG_FASTOPEN = 0x20000000
+SOCK_NONBLOCK, SOCK_CLOEXEC = socket.SOCK_NONBLOCK, socket.SOCK_CLOEXEC
+# (family, type) -> protocols the supervisor creates; anything else fails as unsupported.
+PROTOCOLS = {socket.SOCK_STREAM: {0: "tcp", socket.IPPROTO_TCP: "tcp"},
+             socket.SOCK_DGRAM: {0: "udp", socket.IPPROTO_UDP: "udp"}}
+UNIX_KINDS = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
+FAMILY_NAMES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
+
+
+@dataclass(frozen=True)
+class NetContext:
+    """What the network decisions need from the launcher.
+
+    ``names(ip)``: the DNS name the agent looked up for ``ip`` (the DNS stub's
+    ``NameMap.host_for``), or None; ``dns_redirect``: "udp"/"tcp" -> the DNS stub's
+    host-side address, where traffic to STUB_ADDRESS:53 goes; ``host_addresses``: the
+    host's own interface addresses, guarded like loopback; ``trusted_unix_paths``: the
+    sandbox's own sockets as the agent sees them (the SDK socket), connected undecided."""
+
+    names: Callable[[str], str | None] = no_names
+    dns_redirect: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    host_addresses: frozenset[str] = frozenset()
+    trusted_unix_paths: frozenset[str] = frozenset()
+    # (name or None, ip, port, socket family) -> (egress proxy address, register(local address)) or
+    # None: TCP connections the egress inspects go to its proxy instead (docs/egress.md)
+    intercept: Callable[[str | None, str, int, str], tuple[tuple[str, int], Callable] | None] | None = None
+    probes: ProbeCache = field(default_factory=ProbeCache, compare=False)
+
+    @classmethod
+    def for_host(cls, names: Callable[[str], str | None] | None = None,
+                 dns_redirect: Mapping[str, tuple[str, int]] | None = None) -> "NetContext":
+        """A context guarding the addresses this host's interfaces have right now."""
+        found = {socket.inet_ntop(entry.family, socket.inet_pton(entry.family, entry.address.split("%", 1)[0]))
+                 for entries in psutil.net_if_addrs().values() for entry in entries
+                 if entry.family in (socket.AF_INET, socket.AF_INET6)}  # spelled as the decoder spells them
+        return cls(names or no_names, dict(dns_redirect or {}), frozenset(found))
+
+    def trusting(self, *agent_paths: str) -> "NetContext":
+        """This context with ``agent_paths`` added to the trusted unix sockets."""
+        return dataclasses.replace(self, trusted_unix_paths=self.trusted_unix_paths | frozenset(agent_paths))
+
+
+@dataclass
+class NetResult:
+    kind: str  # "fd": inject value (ours, closed after), "value": the syscall's return value
+    value: int
+    cloexec: bool = False
+
+
+class NetOp:
+    """One prepared call; holds our duplicate of the agent's socket until close()."""
+
+    def __init__(self, tool: str | None, args: dict, action: Callable[[], NetResult], fds: list[int],
+                 guarded: bool = False):
+        self.tool, self.args, self.guarded = tool, args, guarded
+        self._action, self._fds = action, fds
+
+    def perform(self) -> NetResult:
+        return self._action()
+
+    def close(self) -> None:
+        while self._fds:
+            os.close(self._fds.pop())
+
+
+@dataclass
+class _Socket:
+    fd: int  # our duplicate
+    family: int
+    kind: int  # SOCK_STREAM, SOCK_DGRAM...
+    protocol: str
+
+
+def _value(call: Callable[[], int | None]) -> Callable[[], NetResult]:
+    return lambda: NetResult("value", call() or 0)
+
+
+def _create_socket(decoded: dict) -> NetOp:
+    domain, requested, proto = decoded["domain"], decoded["type"], decoded["protocol"]
+    kind = requested & 0xF
+    if requested & ~(0xF | SOCK_NONBLOCK | SOCK_CLOEXEC):
+        raise OSError(errno.EINVAL, f"socket type {requested:#x}")
+    if domain not in (socket.AF_INET, socket.AF_INET6) or proto not in PROTOCOLS.get(kind, {}):
+        raise OSError(errno.EPROTONOSUPPORT, f"socket({domain}, {requested:#x}, {proto})")
+
+    def create() -> NetResult:
+        made = socket.socket(domain, kind | (requested & SOCK_NONBLOCK), proto)
+        return NetResult("fd", made.detach(), cloexec=bool(requested & SOCK_CLOEXEC))
+    return NetOp(None, {}, create, [])
+
+
+def _duplicate(pid: int, number: int) -> _Socket:
+    pidfd = _libc_net.pidfd_open_task(pid)
+    try:
+        fd = _libc_net.pidfd_getfd(pidfd, number)
+    finally:
+        os.close(pidfd)
+    try:
+        probe = socket.socket(fileno=fd)  # reads SO_DOMAIN/SO_TYPE/SO_PROTOCOL; ENOTSOCK otherwise
+        family, kind, proto = probe.family, probe.type, probe.proto
+        probe.detach()
+    except BaseException:
+        os.close(fd)
+        raise
+    name = PROTOCOLS.get(kind, {}).get(proto, "") if family != socket.AF_UNIX else UNIX_KINDS.get(kind, str(kind))
+    return _Socket(fd, family, kind, name or str(proto))
+
+
+class _Builder:
+    """Turns one decoded call on one socket into (tool, args, action, guarded)."""
+
+    def __init__(self, ctx: NetContext, pid: int, decoded: dict, sock: _Socket, fds: list[int]):
+        self.ctx, self.pid, self.decoded, self.sock, self.fds = ctx, pid, decoded, sock, fds
+        self.unix_path: UnixPath | None = None  # a resolved pathname: performed as the agent
+
+    # -- addresses ----------------------------------------------------------------
+
+    def inet_args(self, target: Target, with_host: bool = True) -> tuple[dict, bool]:
+        guarded = guarded_address(target.ip, self.ctx.host_addresses)
+        args = {"ip": target.ip, "port": target.port, "family": target.family, "protocol": self.sock.protocol}
+        if with_host:
+            # A guarded address is named by its literal, never by a DNS name that led to it.
+            args["host"] = target.ip if guarded else (self.ctx.names(target.ip) or target.ip)
+        return args, guarded
+
+    def redirect(self, target: Target) -> Target | None:
+        """The DNS stub's real address for traffic to STUB_ADDRESS:53, else None."""
+        if (target.ip, target.port) != (STUB_ADDRESS, DNS_PORT):
+            return None
+        real = self.ctx.dns_redirect.get(self.sock.protocol)
+        return target.with_ip_port(*real) if real else None
+
+    def unix(self, target: Target, call: str) -> tuple[str | None, dict, bytes]:
+        """(tool, args, address to use) for a unix address: pathnames are resolved in the
+        agent's view and decided; abstract names stay in the agent's network namespace."""
+        if target.abstract is not None:
+            return None, {}, target.sockaddr()
+        resolved = UnixPath.resolve(self.pid, target.path, create=call == "bind")
+        self.fds.extend(resolved.fds)
+        path = resolved.path.decode("utf-8", "surrogateescape")
+        self.unix_path = resolved
+        if call != "bind" and path in self.ctx.trusted_unix_paths:
+            return None, {}, resolved.sockaddr
+        tool = "net/listen" if call == "bind" else "net/connect"
+        return tool, {"family": "unix", "path": path, "protocol": self.sock.protocol}, resolved.sockaddr
+
+    def as_agent(self, call: Callable[[], int | None]) -> Callable[[], NetResult]:
+        resolved = self.unix_path
+        if resolved is None:
+            return _value(call)
+        return lambda: NetResult("value", resolved.run_as_agent(call) or 0)
+
+    # -- calls ---------------------------------------------------------------------
+
+    def local_family(self) -> bool:
+        """Netlink (route only: the filter admits no other) is per network namespace: its
+        addresses are performed as given, with no decision. Any other family fails closed."""
+        if self.sock.family == socket.AF_NETLINK:
+            return True
+        if self.sock.family not in FAMILY_NAMES:
+            raise OSError(errno.EAFNOSUPPORT, f"socket family {self.sock.family}")
+        return False
+
+    def connect(self):
+        if self.local_family():
+            fd, raw = self.sock.fd, self.decoded["addr"] or b""
+            return None, {}, _value(lambda: _libc_net.connect(fd, raw)), False
+        target = _netaddr.parse(self.sock.family, self.decoded["addr"] or b"", "connect")
+        fd = self.sock.fd
+        if target == _netaddr.DISCONNECT:
+            return None, {}, _value(lambda: _libc_net.connect(fd, b"\0\0" + b"\0" * 14)), False
+        if target.family == "unix":
+            tool, args, address = self.unix(target, "connect")
+            return tool, args, self.as_agent(lambda: _libc_net.connect(fd, address)), False
+        redirected = self.redirect(target)
+        if redirected is not None:
+            return None, {}, _value(lambda: _libc_net.connect(fd, redirected.sockaddr())), False
+        args, guarded = self.inet_args(target)
+        via = self.intercepted(args, target, guarded)
+        if via is not None:
+            return "net/connect", args, _value(lambda: _connect_via(fd, target, via)), guarded
+        return "net/connect", args, _value(lambda: _libc_net.connect(fd, target.sockaddr())), guarded
+
+    def intercepted(self, args: dict, target: Target, guarded: bool):
+        """The egress proxy's (address, register) when it inspects this TCP connection, else None."""
+        if self.ctx.intercept is None or guarded or self.sock.kind != socket.SOCK_STREAM:
+            return None
+        name = args["host"] if args["host"] != target.ip else None
+        return self.ctx.intercept(name, target.ip, target.port, "inet6" if target.v6_socket else "inet")
+
+    def bind(self):
+        if self.local_family():
+            fd, raw = self.sock.fd, self.decoded["addr"] or b""
+            return None, {}, _value(lambda: _libc_net.bind(fd, raw)), False
+        target = _netaddr.parse(self.sock.family, self.decoded["addr"] or b"", "bind")
+        fd = self.sock.fd
+        if target == _netaddr.UNNAMED:
+            return None, {}, _value(lambda: _libc_net.bind(fd, b"\x01\x00")), False
+        if target.family == "unix":
+            tool, args, address = self.unix(target, "bind")
+            return tool, args, self.as_agent(lambda: _libc_net.bind(fd, address)), False
+        args, _ = self.inet_args(target, with_host=False)
+        return "net/listen", args, _value(lambda: _libc_net.bind(fd, target.sockaddr())), False
+
+    def send(self, name: bytes | None, perform: Callable[[bytes | None], int]):
+        """A send to ``name`` (None: the connected peer). TCP ignores an address unless
+        MSG_FASTOPEN makes the send a connect."""
+        flags = self.decoded.get("msg_flags", 0)
+        stream_inet = self.sock.family != socket.AF_UNIX and self.sock.kind == socket.SOCK_STREAM
+        if name is None or (stream_inet and not flags & MSG_FASTOPEN):
+            return None, {}, _value(lambda: perform(None)), False
+        if self.local_family():
+            return None, {}, _value(lambda: perform(name)), False
+        datagram = self.sock.kind == socket.SOCK_DGRAM
+        target = _netaddr.parse(self.sock.family, name, "send", datagram=datagram)
+        if target == _netaddr.NO_ADDRESS:
+            return None, {}, _value(lambda: perform(None)), False
+        if target == _netaddr.UNNAMED:
+            raise OSError(errno.EINVAL, "send to an unnamed unix address")
+        if target.family == "unix":
+            tool, args, address = self.unix(target, "send")
+            return tool, args, self.as_agent(lambda: perform(address)), False
+        redirected = self.redirect(target)
+        if redirected is not None:
+            return None, {}, _value(lambda: perform(redirected.sockaddr())), False
+        tool = "net/connect" if stream_inet else "net/send"
+        args, guarded = self.inet_args(target)
+        if stream_inet and self.intercepted(args, target, guarded) is not None:
+            # TCP Fast Open would carry data past the egress: such hosts take a plain connect().
+            raise OSError(errno.EOPNOTSUPP, "TCP Fast Open to a host the egress inspects")
+        return tool, args, _value(lambda: perform(target.sockaddr())), guarded
+
+    def sendto(self):
+        fd, data, flags = self.sock.fd, self.decoded["data"], self.decoded["msg_flags"]
+        return self.send(self.decoded["addr"], lambda address: _libc_net.sendto(fd, data, flags, address))
+
+    def sendmsg(self):
+        fd, flags, data = self.sock.fd, self.decoded["msg_flags"], self.decoded["data"]
+        control = translate_control(self.pid, self.decoded["control"], self.fds)
+        return self.send(self.decoded["name"], lambda address: _libc_net.sendmsg(fd, address, data, control, flags))
+
+    def sendmmsg(self):
+        if self.decoded["vlen"] == 0:
+            return None, {}, _value(lambda: 0), False
+        tool, args, action, guarded = self.sendmsg()
+        pid, where = self.pid, self.decoded["msg_len_at"]
+
+        def first_message() -> NetResult:
+            sent = action().value
+            _libc_net.write_u32(pid, where, sent)  # as the kernel fills in msg_len
+            return NetResult("value", 1)
+        return tool, args, first_message, guarded
+
+
+def _connect_via(fd: int, target: Target, via) -> None:
+    """Connect to the egress proxy; register where the socket was going under its local address
+    (assigned by connect, even one still in progress)."""
+    (proxy_ip, proxy_port), register = via
+    try:
+        _libc_net.connect(fd, target.with_ip_port(proxy_ip, proxy_port).sockaddr())
+    finally:
+        probe = socket.socket(fileno=fd)
+        try:
+            local = probe.getsockname()
+        finally:
+            probe.detach()
+        register(local)
+
+
+def prepare(pid: int, decoded: dict, ctx: NetContext) -> NetOp:
+    """Resolve (never perform) one decoded network syscall of task ``pid``; OSError(errno)
+    when it fails before any decision (a bad fd or address), as natively."""
+    if decoded["syscall"] == "socket":
+        return _create_socket(decoded)
+    sock = _duplicate(pid, decoded["fd"])
+    fds = [sock.fd]
+    try:
+        tool, args, action, guarded = getattr(_Builder(ctx, pid, decoded, sock, fds), decoded["syscall"])()
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return NetOp(tool, args, action, fds, guarded)
