@@ -1,4 +1,6 @@
-"""The audit log: JSON Lines, one object per decision, durable before the syscall is answered."""
+"""The audit log: JSON Lines, one object per decision, durable before the syscall is answered;
+and ``AuditTrail``, the callable the supervisor is given, which writes the chained store
+(launcher/audit_store.py) and the JSON Lines file before it returns."""
 
 from __future__ import annotations
 
@@ -7,35 +9,72 @@ import os
 import threading
 from datetime import datetime, timezone
 
-# Keys every record carries, in this order; a missing one is written as null.
-FIELDS = ("time", "session", "pid", "syscall", "tool", "args", "effect", "rule_id", "reason_code",
+# Keys every record carries, in this order; a missing one is written as null ("kind": "decision").
+FIELDS = ("time", "kind", "session", "pid", "syscall", "tool", "args", "effect", "rule_id", "reason_code",
           "reason", "policy_version", "latency_us")
 
 
 class AuditLog:
     """Append-only writer; ``write(record)`` returns only after fsync, so the supervisor can
-    answer the syscall knowing the decision is on disk. Safe to call from many threads."""
+    answer the syscall knowing the decision is on disk. Safe to call from many threads: one
+    fsync covers every line written before it started, so concurrent writers share fsyncs."""
 
     def __init__(self, path: str):
         self.path = path
         # O_APPEND: each record lands at the end even if another process appends to the file.
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         self._lock = threading.Lock()
+        self._synced_cond = threading.Condition(self._lock)
+        self._written = self._synced = 0  # lines written, lines known to be on disk
+        self._syncing = False
+        self._failed: OSError | None = None
 
     def write(self, record: dict) -> None:
         line = encode(record)
         with self._lock:
-            if self._fd < 0:
-                raise ValueError(f"audit log {self.path} is closed")
+            self._check_usable()
             view = memoryview(line)
             while view:  # a regular file takes it in one write; loop for the exceptional short write
                 view = view[os.write(self._fd, view):]
+            self._written += 1
+            mine = self._written
+            while self._synced < mine:
+                self._check_usable()
+                if self._syncing:  # a running fsync may have started before our write: wait, recheck
+                    self._synced_cond.wait()
+                    continue
+                self._sync_locked()
+
+    def _check_usable(self) -> None:
+        if self._fd < 0:
+            raise ValueError(f"audit log {self.path} is closed")
+        if self._failed is not None:
+            # After a failed fsync Linux may report the next one as a success although the data
+            # is lost: nothing written from then on counts as durable.
+            raise OSError(self._failed.errno, f"audit log {self.path} failed earlier: {self._failed.strerror}")
+
+    def _sync_locked(self) -> None:
+        """fsync with the lock released, so other threads can append lines the next fsync covers."""
+        self._syncing, covered = True, self._written
+        self._lock.release()
+        try:
             os.fsync(self._fd)
+        except OSError as err:
+            self._lock.acquire()
+            self._failed = err
+            raise
+        else:
+            self._lock.acquire()
+            self._synced = covered
+        finally:
+            self._syncing = False
+            self._synced_cond.notify_all()
 
     __call__ = write  # the supervisor's audit(record) callback
 
     def close(self) -> None:
         with self._lock:
+            self._synced_cond.wait_for(lambda: not self._syncing)
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -47,18 +86,50 @@ class AuditLog:
         self.close()
 
 
-def encode(record: dict) -> bytes:
-    """One JSON object on one line; the known fields first, then any extra ones."""
+class AuditTrail:
+    """``trail(record)`` writes the record to the store, then to the JSON Lines file (with the
+    store's seq and hash, an anchor kept outside the store), each durable before it returns;
+    a record that cannot be written raises, and the supervisor then refuses the call."""
+
+    def __init__(self, store=None, log: AuditLog | None = None):
+        self.store, self.log = store, log
+
+    def __call__(self, record: dict) -> None:
+        record = normalize(record)  # once, so both copies carry the same time
+        if self.store is not None:
+            seq, digest = self.store.append(record)
+            record = {**record, "seq": seq, "hash": digest}
+        if self.log is not None:
+            self.log.write(record)
+
+    def close(self) -> None:
+        for sink in (self.log, self.store):
+            if sink is not None:
+                sink.close()
+
+
+def normalize(record: dict) -> dict:
+    """The record as plain JSON values: known fields first, then extra ones; time in ISO 8601
+    UTC, kind "decision" unless given, effect by name, bytes as escaped text. Idempotent."""
     out = {key: record.get(key) for key in FIELDS}
     out.update((k, v) for k, v in record.items() if k not in out)
     if out["time"] is None:
         out["time"] = now_iso()
     elif isinstance(out["time"], (int, float)):
         out["time"] = iso(out["time"])
+    if out["kind"] is None:
+        out["kind"] = "decision"
     effect = out.get("effect")
     if effect is not None and not isinstance(effect, str):
         out["effect"] = getattr(effect, "value", str(effect))
-    text = json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=_jsonable) + "\n"
+    # A round trip turns tuples into lists and non-string keys into strings, so the record read
+    # back from the store is the record that was hashed.
+    return json.loads(json.dumps(out, allow_nan=False, default=_jsonable))
+
+
+def encode(record: dict) -> bytes:
+    """One JSON object on one line; the known fields first, then any extra ones."""
+    text = json.dumps(normalize(record), ensure_ascii=False, separators=(",", ":")) + "\n"
     return text.encode("utf-8", "backslashreplace")  # a lone surrogate (undecodable path) stays visible
 
 

@@ -15,11 +15,12 @@ RECORD = {"time": 1767322800.25, "session": "s1", "pid": 42, "syscall": "openat"
 
 
 def test_record_is_one_line_with_fields_in_order():
-    """Known fields come first in the documented order; time becomes ISO 8601 UTC; effect its name."""
+    """Known fields come first in the documented order; time becomes ISO 8601 UTC; effect its name;
+    kind defaults to decision."""
     line = encode(RECORD)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert list(json.loads(line)) == list(FIELDS)
-    assert json.loads(line) == {**RECORD, "time": "2026-01-02T03:00:00.250000Z", "effect": "DENY"}
+    assert json.loads(line) == {**RECORD, "time": "2026-01-02T03:00:00.250000Z", "kind": "decision", "effect": "DENY"}
 
 
 def test_missing_fields_are_null_and_extras_kept():
