@@ -1,11 +1,13 @@
 """Cost of trapped and untrapped syscalls: native vs the supervisor vs strace, in one run.
 
     python3 bench/bench_trap.py [--rounds 5] [--opens 20000] [--getpids 2000000] [--loop 2000]
-    python3 bench/bench_trap.py --stages 5000   # where one trapped open spends its time
+    python3 bench/bench_trap.py --stages 5000 [--same-cpu]   # where one trapped open spends its time
 
 Needs root (a cgroup v2 directory for the exec freezer), gcc and strace
 (`apt-get install -y strace`). Configurations run interleaved, round by round, and
 each figure is the median over rounds; ratios are against native in the same run.
+The open loop also runs under `python_floor` (the least a Python supervisor can do per
+open) to show how much of the cost is the mechanism and how much our handling.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,8 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policy.decision import Decision, Effect  # noqa: E402
+from sandbox import notify, placement, seccomp, traced  # noqa: E402
+from sandbox._libc import process_vm_readv  # noqa: E402
 from sandbox.seccomp import ALLOW  # noqa: E402
-from tests.sandbox.conftest import CGROUP2_ROOT, run_sandboxed  # noqa: E402
+from tests.sandbox.conftest import CGROUP2_ROOT, run_sandboxed, spawn_filtered  # noqa: E402
 
 OPEN_LOOP = r"""
 #include <fcntl.h>
@@ -50,6 +55,8 @@ int main(int argc, char **argv) {
     return 0;
 }
 """
+# Every filesystem and exec row of the table; the loops below make no network calls.
+TRAPPED = tuple(row.name for row in traced.TABLE if not row.tool.startswith("net/"))
 TRAPPED_FOR_STRACE = "trace=execve,execveat,open,openat,openat2,creat,unlink,unlinkat,rename,renameat,renameat2,mkdir"
 
 
@@ -85,17 +92,55 @@ class Cgroup:
 
 @contextlib.contextmanager
 def same_cpu(wanted: bool):
-    """Pin this thread, hence the supervisor threads it starts and the agent it forks, to
-    the CPU it is on (affinity is per thread and inherited); restore afterwards."""
+    """What `run --same-cpu` does: pin this thread, hence the supervisor threads it starts
+    and the agent it forks, to the CPU it is on (affinity is inherited); restore afterwards."""
     if not wanted:
         yield
         return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(before)})
+    before, _cpu = placement.pin_to_one_cpu()
     try:
         yield
     finally:
         os.sched_setaffinity(0, before)
+
+
+def python_floor(argv: list[str]) -> bytes:
+    """The least a Python supervisor can do per open: only openat trapped, then RECV, one
+    process_vm_readv of the path, open it ourselves, ADDFD. No policy, no resolution in the
+    agent's view, no ID_VALID: not safe, only the floor of the mechanism on this machine."""
+    out_r, out_w = os.pipe()
+    pid, listener = spawn_filtered(argv, seccomp.build_filter(["openat"], {}), None, out_w, 2)
+    os.close(out_w)
+    notify.set_sync_wakeup(listener)
+
+    def serve() -> None:
+        while True:
+            try:
+                call = notify.recv(listener)
+            except OSError:
+                return  # the agent is gone
+            path = process_vm_readv(call.pid, call.args[1], 4096 - call.args[1] % 4096).split(b"\0", 1)[0]
+            try:
+                fd = os.open(path, (call.args[2] & 0xFFFFFFFF) | os.O_CLOEXEC)
+            except OSError as err:
+                notify.send_error(listener, call.id, err.errno)
+                continue
+            try:
+                notify.addfd_send(listener, call.id, fd, False)
+            except OSError:
+                pass
+            os.close(fd)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    os.waitpid(pid, 0)
+    out = b""
+    while chunk := os.read(out_r, 4096):
+        out += chunk
+    os.close(out_r)
+    os.close(listener)
+    server.join(5)
+    return out
 
 
 def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
@@ -109,10 +154,13 @@ def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
         # "sandboxed-same-cpu": supervisor threads and agent all on one CPU.
         decided = {"fs/read": ALLOW, "shell/exec": ALLOW} if mode.endswith("read-exec") else {}
         with same_cpu(mode.endswith("same-cpu")):
-            run = run_sandboxed(argv, permit, cgroup=cgroups.fresh(), kernel_decided=decided)
+            run = run_sandboxed(argv, permit, trapped=TRAPPED, cgroup=cgroups.fresh(), kernel_decided=decided)
         if run.status != 0:
             raise RuntimeError(f"sandboxed {argv} failed: {run.stderr.decode()}")
         out = run.stdout
+    elif mode.startswith("python-floor"):
+        with same_cpu(mode.endswith("same-cpu")):
+            out = python_floor(argv)
     elif mode == "strace":
         out = subprocess.run(["strace", "-f", "-qq", "-o", "/dev/null", *argv], capture_output=True, check=True).stdout
     else:  # strace with a seccomp-bpf prefilter on the same syscalls we trap
@@ -139,7 +187,7 @@ def report(title: str, unit: str, medians: dict[str, float]) -> list[str]:
     return lines + [""]
 
 
-def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup) -> list[str]:
+def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: bool) -> list[str]:
     """Median time per stage of one trapped open inside the supervisor (wrappers add ~1 µs each)."""
     from sandbox import fsops, notify, supervisor
 
@@ -172,13 +220,17 @@ def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup) -> list[s
                                (fsops.FsOp, "close", "FsOp.close")):
         wrap(owner, name, label)
     try:
-        run = run_sandboxed([loop, target, str(calls)], permit, cgroup=cgroups.fresh())
+        with same_cpu(pinned):
+            run = run_sandboxed([loop, target, str(calls)], permit, trapped=TRAPPED, cgroup=cgroups.fresh())
     finally:
         for owner, name, original in reversed(patched):
             setattr(owner, name, original)
-    lines = [f"### stages of one trapped open ({calls} calls; loop {run.stdout.decode().strip()} µs/call)", "",
+    where = "agent and supervisor on one CPU" if pinned else "no pinning"
+    lines = [f"### stages of one trapped open ({calls} calls, {where}; loop {run.stdout.decode().strip()} µs/call)",
+             "",
              "| stage | median µs |", "|---|---|"]
-    lines += [f"| {label} | {statistics.median(values) / 1000:.1f} |" for label, values in samples.items()]
+    lines += [f"| {label} | {statistics.median(values) / 1000:.1f} |" if values else f"| {label} | (not reached) |"
+              for label, values in samples.items()]
     return lines + [""]
 
 
@@ -190,8 +242,10 @@ def main() -> None:
     parser.add_argument("--loop", type=int, default=2000)
     parser.add_argument("--stages", type=int, default=0, metavar="CALLS",
                         help="only time the stages of CALLS trapped opens inside the supervisor")
+    parser.add_argument("--same-cpu", action="store_true", help="with --stages: as `run --same-cpu` places them")
     options = parser.parse_args()
     modes = ["native", "sandboxed", "sandboxed-same-cpu", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
+    floor = ["python-floor", "python-floor-same-cpu"]  # for the open loop only: they trap openat alone
     cgroups = Cgroup()
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -199,10 +253,11 @@ def main() -> None:
             target = Path(tmp) / "file"
             target.write_text("x")
             if options.stages:
-                print("\n".join(stage_timings(loop, str(target), options.stages, cgroups)))
+                print("\n".join(stage_timings(loop, str(target), options.stages, cgroups, options.same_cpu)))
                 return
             lines = report(f"open+close loop ({options.opens} calls, per call)", "µs/call",
-                           measure("open", [loop, str(target), str(options.opens)], modes, options.rounds, cgroups))
+                           measure("open", [loop, str(target), str(options.opens)], modes + floor, options.rounds,
+                                   cgroups))
             lines += report(f"untrapped getpid loop ({options.getpids} calls, per call)", "µs/call",
                             measure("getpid", [loop, "-", str(options.getpids)], modes, options.rounds, cgroups))
             bash = ["/bin/bash", "-c", f"for i in $(seq {options.loop}); do /bin/true; done"]

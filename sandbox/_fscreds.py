@@ -61,39 +61,52 @@ def _fields(status: bytes) -> dict[bytes, bytes]:
     return out
 
 
-class _StatusFiles:
-    """One thread's open /proc/<tid>/status files, re-read with pread(0) on every call.
+class _TaskFiles:
+    """One thread's open /proc/<tid> directory and status file per agent task.
 
-    Reading is per call (credentials and umask change at any syscall); only the open is
-    saved. An fd names the task it was opened for, never a later task that reuses the
-    number: once that task is reaped pread fails (ESRCH) and the number is opened
-    afresh, exactly as without the cache. Per thread, so no fd is closed under a reader."""
+    Status is re-read with pread(0) on every call (credentials and umask change at any
+    syscall); only the opens are saved. Both fds name the task they were opened for,
+    never a later task that reuses the number: once that task is reaped pread fails
+    (ESRCH) and the number is opened afresh, exactly as without the cache. Per thread,
+    so no fd is closed under a reader."""
 
     KEEP = 2  # tasks per thread (bounds fds held by threads blocked on a defer)
 
     def __init__(self):
-        self.fds: dict[int, int] = {}
+        self.fds: dict[int, tuple[int, int]] = {}  # tid -> (O_PATH /proc/<tid>, status)
 
     def read(self, tid: int) -> bytes:
-        fd = self.fds.get(tid)
-        if fd is not None:
+        kept = self.fds.get(tid)
+        if kept is not None:
             try:
-                return os.pread(fd, _STATUS_SIZE, 0)
+                return os.pread(kept[1], _STATUS_SIZE, 0)
             except OSError:
-                del self.fds[tid]
-                os.close(fd)
+                self._drop(tid)
         if len(self.fds) >= self.KEEP:
             self.clear()
         try:
-            fd = os.open(b"/proc/%d/status" % tid, os.O_RDONLY | os.O_CLOEXEC)
+            directory = os.open(b"/proc/%d" % tid, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise OSError(errno.ESRCH, f"agent task {tid} is gone") from None
-        self.fds[tid] = fd
-        return os.pread(fd, _STATUS_SIZE, 0)
+        try:
+            status = os.open(b"status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=directory)
+        except BaseException:
+            os.close(directory)
+            raise
+        self.fds[tid] = (directory, status)
+        return os.pread(status, _STATUS_SIZE, 0)
+
+    def directory(self, tid: int) -> int | None:
+        kept = self.fds.get(tid)
+        return None if kept is None else kept[0]
+
+    def _drop(self, tid: int) -> None:
+        for fd in self.fds.pop(tid):
+            os.close(fd)
 
     def clear(self) -> None:
         while self.fds:
-            os.close(self.fds.popitem()[1])
+            self._drop(next(iter(self.fds)))
 
     def __del__(self) -> None:  # its thread ended: nobody else knows these fds
         self.clear()
@@ -103,14 +116,21 @@ _thread = threading.local()
 
 
 def keep_status_files() -> None:
-    """From now on this thread keeps agents' status files open between calls (a
-    supervisor worker: it saves an open and a close per call)."""
-    if getattr(_thread, "status_files", None) is None:
-        _thread.status_files = _StatusFiles()
+    """From now on this thread keeps agents' /proc/<tid> directory and status file open
+    between calls (a supervisor worker: it saves opens and path walks on every call)."""
+    if getattr(_thread, "task_files", None) is None:
+        _thread.task_files = _TaskFiles()
+
+
+def task_directory(tid: int) -> int | None:
+    """This thread's kept O_PATH fd of /proc/<tid>, valid while it reads that task's
+    status in the current call (read_identity opened or re-checked it), else None."""
+    files = getattr(_thread, "task_files", None)
+    return None if files is None else files.directory(tid)
 
 
 def _read_status(tid: int) -> bytes:
-    files = getattr(_thread, "status_files", None)
+    files = getattr(_thread, "task_files", None)
     if files is not None:
         return files.read(tid)
     try:

@@ -97,6 +97,43 @@ def locate(view: AgentView, base: int | Start, path: bytes | None, *, follow: bo
     return obj
 
 
+_REWRITTEN_PREFIXES = (b"/proc", b"/dev/fd", b"/dev/std")  # see AgentView.rewrite
+
+
+def plain_path(path: bytes) -> bytes | None:
+    """``path`` normalised when resolving it needs no start directory, no '..', no
+    trailing-slash rule and no /proc or /dev rewrite; else None (the general walk)."""
+    if not path.startswith(b"/") or b".." in path or path.endswith((b"/", b"/.")):
+        return None
+    if b"//" in path or b"/./" in path:
+        path = b"/" + b"/".join(part for part in path.split(b"/") if part not in (b"", b"."))
+    return None if path.startswith(_REWRITTEN_PREFIXES) else path
+
+
+def locate_plain(view: AgentView, path: bytes, *, follow: bool, writes: bool, oflags: int = 0) -> Obj | None:
+    """``locate`` for the common case, or None when the general walk must decide.
+
+    An absolute path without '..' that resolves with no symlink at all names, in the
+    agent's root, exactly its normalised spelling: that is the agent-visible path, with
+    no need to ask the kernel for the object's name. A symlink on the way (ELOOP) hands
+    over to the general walk; any other error is the one the general walk would meet
+    first, since both visit the same components up to it."""
+    normal = plain_path(path)
+    if normal is None:
+        return None
+    nofollow = 0 if follow else os.O_NOFOLLOW
+    try:
+        with acting_as(view.agent, umask=False):
+            fd = view.walk(None, normal, oflags | nofollow, lf.RESOLVE_NO_SYMLINKS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    obj = Obj(fd, normal)
+    view.check_proc(obj.fd, obj.path, writes)
+    return obj
+
+
 def locate_slot(view: AgentView, base: int | Start, path: bytes | None, kind: str, *, resolve: int = 0) -> Slot:
     """Resolve the parent of ``path`` and keep its last component (never '.', '..' or empty)."""
     if not path:

@@ -31,7 +31,7 @@ import stat
 
 from sandbox import _fsflags as ff
 from sandbox import _libc_fs as lf
-from sandbox._fslocate import Obj, Slot, creation_slot, file_type, locate, locate_slot
+from sandbox._fslocate import Obj, Slot, creation_slot, file_type, locate, locate_plain, locate_slot
 from sandbox._resolve import AgentView, fail, own_fd_dir
 
 _ALWAYS = os.O_CLOEXEC | os.O_NOCTTY
@@ -107,7 +107,7 @@ def build_open(view: AgentView, decoded: dict):
     if creating and directory and not ff.is_tmpfile(flags):
         raise fail(errno.EINVAL, "O_CREAT with O_DIRECTORY")  # as Linux answers since 6.4
     if ff.is_tmpfile(flags) or not creating:
-        obj = locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
+        obj = _existing(view, base, path, follow, writes, resolve, directory)
         kind = _check_existing(obj, flags, creating=False)
         target, action = obj.path, (lambda: reopen(obj, flags, kind))
     elif flags & os.O_EXCL:
@@ -115,7 +115,7 @@ def build_open(view: AgentView, decoded: dict):
         target, action = slot.path, (lambda: create(slot, flags, mode))
     else:
         try:
-            obj = locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
+            obj = _existing(view, base, path, follow, writes, resolve, directory)
         except FileNotFoundError:
             slot = creation_slot(view, base, path, follow=follow, resolve=resolve)
             target, action = slot.path, (lambda: create(slot, flags, mode))
@@ -125,6 +125,16 @@ def build_open(view: AgentView, decoded: dict):
     creates = ff.creates(flags)  # only creation reads the umask
     args = {"path": os.fsdecode(target), "flags": ff.open_flag_names(flags), "mode": mode if creates else None}
     return ("fs/write" if writes else "fs/read"), args, action, bool(flags & os.O_CLOEXEC), creates
+
+
+def _existing(view: AgentView, base: int, path: bytes, follow: bool, writes: bool, resolve: int,
+              directory: int) -> Obj:
+    """The existing object an open names: the plain-path shortcut when it applies."""
+    if not resolve:
+        obj = locate_plain(view, path, follow=follow, writes=writes, oflags=directory)
+        if obj is not None:
+            return obj
+    return locate(view, base, path, follow=follow, writes=writes, resolve=resolve, oflags=directory)
 
 
 def _check_existing(obj: Obj, flags: int, *, creating: bool) -> int:

@@ -42,7 +42,7 @@ import threading
 from dataclasses import dataclass, field
 
 from sandbox import _libc_fs as lf
-from sandbox._fscreds import AgentIdentity
+from sandbox._fscreds import AgentIdentity, task_directory
 
 PATH_FD = os.O_PATH | os.O_CLOEXEC
 _EAGAIN_RETRIES = 8
@@ -103,15 +103,14 @@ class AgentView:
 
     agent: AgentIdentity
     root_fd: int = -1
-    root_host: bytes = b"/"
     owned: list[int] = field(default_factory=list)
+    _root_host: bytes | None = None
 
     @classmethod
     def open(cls, agent: AgentIdentity) -> "AgentView":
         view = cls(agent)
         try:
-            view.root_fd = view.keep(os.open(f"/proc/{agent.tid}/root", PATH_FD | os.O_DIRECTORY))
-            view.root_host = host_name(view.root_fd)
+            view.root_fd = view.keep(view._proc_open(b"root", PATH_FD | os.O_DIRECTORY))
         except FileNotFoundError:
             view.close()
             raise fail(errno.ESRCH, f"agent task {agent.tid}") from None
@@ -119,6 +118,20 @@ class AgentView:
             view.close()
             raise
         return view
+
+    def _proc_open(self, name: bytes, flags: int) -> int:
+        """Open /proc/<tid>/<name>, through the thread's kept /proc/<tid> fd when it has one."""
+        directory = task_directory(self.agent.tid)
+        if directory is None:
+            return os.open(b"/proc/%d/%s" % (self.agent.tid, name), flags)
+        return os.open(name, flags, dir_fd=directory)
+
+    @property
+    def root_host(self) -> bytes:
+        """The kernel's name for the agent's root as we see it (read once, on first need)."""
+        if self._root_host is None:
+            self._root_host = host_name(self.root_fd)
+        return self._root_host
 
     def keep(self, fd: int) -> int:
         self.owned.append(fd)
@@ -141,11 +154,11 @@ class AgentView:
 
     def agent_link(self, link: str) -> int:
         """O_PATH fd to what the agent's magic link /proc/<tid>/<link> points at."""
-        return self.keep(os.open(f"/proc/{self.agent.tid}/{link}", PATH_FD))
+        return self.keep(self._proc_open(os.fsencode(link), PATH_FD))
 
     def start(self, dirfd: int) -> Start:
         if dirfd == lf.AT_FDCWD:
-            return Start(self.keep(os.open(f"/proc/{self.agent.tid}/cwd", PATH_FD)))
+            return Start(self.keep(self._proc_open(b"cwd", PATH_FD)))
         return Start(self.agent_fd(dirfd))
 
     # -- agent-visible names -------------------------------------------------------

@@ -13,17 +13,25 @@ read and the kernel's copy. Sequence (one exec decision at a time):
 
 Any timeout kills the whole cgroup: after CONTINUE we cannot tell whether argv has
 been copied, so thawing could run a rewritten command.
+
+Most execs need no freeze at all: a single-threaded process exec'ing an ELF file is
+decided under VerifiedExec (below), which checks what the kernel copied instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import threading
 import time
+
+from sandbox import _libc_ptrace as pt
+from sandbox.memory import RemoteMemory
 
 FREEZE_TIMEOUT = 2.0
 EXEC_TIMEOUT = 10.0
@@ -73,10 +81,14 @@ def _write(path: str, value: str) -> None:
 class CgroupFreezer:
     """The v2 cgroup ``directory`` that holds every agent task (and its sub-cgroups)."""
 
-    def __init__(self, directory: str, freeze_timeout: float = FREEZE_TIMEOUT, exec_timeout: float = EXEC_TIMEOUT):
+    def __init__(self, directory: str, freeze_timeout: float = FREEZE_TIMEOUT, exec_timeout: float = EXEC_TIMEOUT,
+                 self_test_parent: str | None = None):
+        """``self_test_parent``: where the first freeze() runs self_test() (once per process),
+        so that a run whose execs never need the freezer never pays for it."""
         if not os.path.exists(os.path.join(directory, "cgroup.freeze")):
             raise FreezeError(f"{directory}: no cgroup.freeze (not a cgroup v2 directory below the root)")
         self.directory = directory
+        self.self_test_parent = self_test_parent
         self.freeze_timeout = freeze_timeout
         self.exec_timeout = exec_timeout
 
@@ -92,6 +104,8 @@ class CgroupFreezer:
 
     def freeze(self, holder: int) -> None:
         """Freeze, then wait until every task except ``holder`` is stopped."""
+        if self.self_test_parent is not None:
+            self_test(self.self_test_parent)  # raises FreezeError: the exec is then denied
         _write(os.path.join(self.directory, "cgroup.freeze"), "1")
         self._wait(lambda: all(is_stopped(t) for t in self.threads() if t != holder), self.freeze_timeout,
                    "tasks did not stop", lambda: {t: task_state(t) for t in self.threads() if t != holder
@@ -210,3 +224,199 @@ class Gate:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+# ---- verified exec: only the holder is traced, and what the kernel copied is checked --------
+
+ELF_MAGIC = b"\x7fELF"
+AT_EXECFN = 31  # auxv entry: address of the filename the kernel copied onto the new stack
+SPIN = 0.002  # seconds of sched_yield polling for the exec stop before sleeping between polls
+STAT_PPID, STAT_THREADS = 1, 17  # /proc/PID/stat fields 4 and 20, counted after "comm"
+UNVERIFIABLE_PREFIXES = ("/proc/", "/dev/fd/")  # magic links: the supervisor's view differs
+
+
+class ExecChanged(FreezeError):
+    """The exec'd image differs from what was decided; the holder was killed before it ran."""
+
+
+class VerifiedExec:
+    """One exec decided without freezing the sandbox, for a single-threaded holder that
+    execve()s an ELF file.
+
+    The holder alone is seized (PTRACE_O_TRACEEXEC) and interrupted before CONTINUE. The
+    kernel then performs the exec and stops the new image at PTRACE_EVENT_EXEC, before its
+    first instruction. There we compare what the kernel actually used with the decision:
+    the executable (/proc/PID/exe), the argv copied onto the new stack (/proc/PID/cmdline),
+    the filename as passed (AT_EXECFN), the working directory and, when the decision named
+    the program by its content, the program the executed file is. Any difference, whoever
+    caused it (a process writing a shared mapping or /proc/PID/mem, a renamed symlink, a
+    CLONE_FS sibling's chdir), kills the holder before it runs; on a match it is detached.
+    So no task needs to be frozen: a rewrite between our read and the kernel's copy can
+    only turn a permitted exec into a killed one, never into an undecided one.
+
+    Why the conditions: the holder must not be the supervisor's own child (the parent's
+    waitpid() would take the tracer's stops; in launch() every agent task descends from
+    init). A multi-threaded exec moves the holder's tid (de_thread), so it takes the freezer;
+    a single-threaded holder stays single-threaded, as only its own threads could add one
+    and it is held. A script runs its interpreter, and the loader the program named in its
+    argv, so the file that matters is not /proc/PID/exe; execveat names its file by
+    descriptor. Pid reuse: the holder is held in the notification, so its pid stays its own
+    while ID_VALID holds, which is checked after the seize. The agent cannot trace the holder itself (the filter denies
+    ptrace) and the tracer-only stop is invisible to the holder's parent.
+    """
+
+    def __init__(self, pid: int, exe: str, cwd: str, argv: list[bytes], execfn: bytes, timeout: float = EXEC_TIMEOUT):
+        self.pid, self.exe, self.cwd = pid, exe, cwd
+        self.cmdline = b"".join(arg + b"\0" for arg in argv)
+        self.execfn = execfn
+        self.timeout = timeout
+        self.attached = False
+        # (how to name the file behind /proc/PID/exe, the name decided): a same-path swap of
+        # the file's content is caught by naming the executed file again, as the decision did.
+        self.identity: tuple = (None, None)
+
+    @classmethod
+    def for_exec(cls, pid: int, decoded: dict, args: dict) -> "VerifiedExec | None":
+        """A verifier when this exec qualifies (see the class doc), else None."""
+        if decoded.get("syscall") != "execve" or not decoded.get("argv") or not decoded.get("path"):
+            return None  # argc 0 gets an empty argv[0] from the kernel: left to the freezer
+        if args.get("runs") or args.get("anonymous"):
+            return None  # the loader or an interpreter runs another file the decision named
+        if any(p.startswith(UNVERIFIABLE_PREFIXES) for p in (args["path"], args["requested"])):
+            return None
+        try:
+            stat = _read_start(f"/proc/{pid}/stat", 512)
+            fields = stat[stat.rfind(b")") + 2:].split()
+            # One thread; and not our own child, whose stops our own waitpid() calls could take.
+            if fields[STAT_THREADS] != b"1" or int(fields[STAT_PPID]) == os.getpid():
+                return None
+            if _read_start(f"/proc/{pid}/root{args['path']}", len(ELF_MAGIC)) != ELF_MAGIC:
+                return None
+        except OSError:
+            return None
+        return cls(pid, args["path"], args["cwd"], decoded["argv"], decoded["path"])
+
+    def attach(self) -> None:
+        """Seize and interrupt the holder; raises OSError (e.g. EPERM: already traced)."""
+        pt.seize(self.pid, pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_EXITKILL)
+        self.attached = True
+        pt.interrupt(self.pid)
+
+    def finish(self, continued: bool) -> None:
+        """After the answer: wait for the holder's first stop, check an exec, detach.
+        Raises ExecChanged (holder killed) on a mismatch, FreezeError on a timeout."""
+        if not self.attached:
+            return
+        status = self._next_status()
+        if status is None or not os.WIFSTOPPED(status):
+            return  # gone: nothing of the new image ran
+        event = pt.stop_event(status)
+        if event == pt.PTRACE_EVENT_EXEC:
+            problem = self._difference() if continued else "an exec although it was refused"
+            if problem:
+                self._kill()
+                raise ExecChanged(f"pid {self.pid}: {problem}; killed before it ran")
+            self._detach(0)  # also drops the pending interrupt
+        else:  # the exec failed (or was refused): stopped on its way back to user space
+            self._detach(os.WSTOPSIG(status) if event == 0 else 0)
+        self.attached = False
+
+    def abandon(self) -> None:
+        """Undo a partial attach: take the holder's stop (or exit) and let it go."""
+        try:
+            self.finish(continued=False)
+        except FreezeError:
+            pass
+
+    def _next_status(self) -> int | None:
+        start = time.monotonic()
+        delay = 50e-6
+        while True:
+            try:
+                status = pt.poll_wait(self.pid)
+            except ChildProcessError:
+                return None
+            if status is not None:
+                return status
+            elapsed = time.monotonic() - start
+            if elapsed > self.timeout:
+                self._kill()
+                raise FreezeError(f"pid {self.pid}: exec did not finish within {self.timeout:.1f}s; killed")
+            if elapsed < SPIN:
+                os.sched_yield()
+            else:  # a slow exec (a large binary, a busy disk): stop burning a CPU it may need
+                time.sleep(delay)
+                delay = min(delay * 2, 0.001)
+
+    def _difference(self) -> str:
+        proc = f"/proc/{self.pid}/"
+        try:
+            root = os.readlink(proc + "root")
+            exe, cwd = (_inside(root, os.readlink(proc + name)) for name in ("exe", "cwd"))
+            cmdline = _read_start(proc + "cmdline", len(self.cmdline) + 1)
+            execfn = self._execfn()
+        except OSError as err:
+            return f"the new image cannot be inspected ({err.strerror})"
+        identify, decided_identity = self.identity
+        try:
+            identity = identify(proc + "exe") if identify else None
+        except OSError as err:
+            return f"the new image cannot be identified ({err.strerror})"
+        for what, seen, decided in (("executable", exe, self.exe), ("argv", cmdline, self.cmdline),
+                                    ("path", execfn, self.execfn), ("cwd", cwd, self.cwd),
+                                    ("program", identity, decided_identity)):
+            if seen != decided:
+                return f"{what} {seen!r} is not the decided {decided!r}"
+        return ""
+
+    def _execfn(self) -> bytes:
+        auxv = _read_start(f"/proc/{self.pid}/auxv", 1024)
+        for key, value in struct.iter_unpack("=QQ", auxv[:len(auxv) // 16 * 16]):
+            if key == AT_EXECFN:
+                return RemoteMemory(self.pid).cstring(value)
+        return b""
+
+    def _detach(self, signum: int) -> None:
+        try:
+            pt.detach(self.pid, signum)
+        except OSError as err:
+            if err.errno != errno.ESRCH:
+                self._kill()
+                raise FreezeError(f"pid {self.pid}: cannot detach ({err.strerror}); killed") from err
+            self._take_exit()  # killed meanwhile: a traced zombie only its tracer can release
+
+    def _kill(self) -> None:
+        """SIGKILL the stopped holder and take its exit, so its parent can reap it."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._take_exit()
+
+    def _take_exit(self) -> None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                status = pt.poll_wait(self.pid)
+            except ChildProcessError:
+                break
+            if status is not None and not os.WIFSTOPPED(status):
+                break
+            os.sched_yield()
+        self.attached = False
+
+
+def _read_start(path: str, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of ``path`` (one read: /proc files answer whole)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _inside(root: str, host_path: str) -> str:
+    """A /proc readlink in the agent's view (as sandbox.decode.exec.agent_view, root given)."""
+    if root == "/" or not (host_path == root or host_path.startswith(root + "/")):
+        return host_path
+    return host_path[len(root):] or "/"

@@ -21,7 +21,9 @@ What a decision is about:
   symlink is the file it would create;
 - hard links: ``path`` is the object linked, ``dest`` the new name. A hard link
   gives a second name to an inode, and later calls are decided on the name they
-  use, so policies must deny fs/link into and out of protected trees.
+  use, so the supervisor also decides fs/read and fs/write of ``path`` for a hard
+  link or a rename: a file the agent may not read or write under its name gets no
+  other name.
 
 Tool-call args: always ``path`` (absolute, normalised, as the agent sees it;
 for an fd without a name the kernel's name such as ``pipe:[42]``), ``flags``
@@ -34,8 +36,14 @@ SECCOMP_IOCTL_NOTIF_ID_VALID after prepare() (the task, hence the /proc entries
 opened, was still the one that trapped) and before perform(). Each calling thread
 gets its own cwd/root/umask the first time (``unshare(CLONE_FS)``). A long-lived
 thread may call ``keep_task_files()`` once: it then keeps each agent task's
-/proc/<tid>/status open between calls and re-reads it on every call (see
-``_fscreds._StatusFiles``) instead of opening it anew.
+/proc/<tid> directory and status file open between calls, re-reads the status on
+every call and opens the root, cwd and fd links through the kept directory (see
+``_fscreds._TaskFiles``) instead of walking /proc anew.
+
+Plain absolute paths (no '..', no /proc or /dev/fd rewrite) of opens are first walked
+with RESOLVE_NO_SYMLINKS: when no symlink is met, the normalised spelling is the
+agent-visible path and no name is asked of the kernel (``_fslocate.locate_plain``);
+any symlink hands the call to the general walk.
 
 Known differences from the kernel acting for the agent itself: a blocking
 write-open of a FIFO without a reader fails with ENXIO instead of waiting;
@@ -325,8 +333,8 @@ _FD_RESULT = {"open", "openat", "openat2", "creat"}
 
 
 def keep_task_files() -> None:
-    """Let this long-lived thread (a supervisor worker) keep each agent task's status
-    file open between calls; it is still read on every call."""
+    """Let this long-lived thread (a supervisor worker) keep each agent task's /proc
+    directory and status file open between calls; the status is still read on every call."""
     keep_status_files()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import shlex
 import stat
 
@@ -46,8 +47,22 @@ def lexical_absolute(base: str, path: str) -> str:
     return "/" + joined.lstrip("/")  # normpath keeps a leading "//"; the agent's root is "/"
 
 
+PROC_SELF = re.compile(r"/proc/(self|thread-self)")
+PROC_MAGIC = re.compile(r"/proc/\d+(/task/\d+)?/(fd/\d+|exe)")  # links to files, not to paths
+
+
+def _proc_self(pid: int, which: str) -> str:
+    """What /proc/self (or thread-self) names for task ``pid`` in its own pid namespace."""
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    tgid, tid = fields["NStgid"].split()[-1], fields["NSpid"].split()[-1]
+    return tgid if which == "self" else f"{tgid}/task/{tid}"
+
+
 def resolve_in_root(pid: int, path: str) -> str:
-    """Resolve every symlink of absolute ``path`` inside the agent's root."""
+    """Resolve every symlink of absolute ``path`` inside the agent's root. /proc/self means the
+    agent; a /proc/N/fd/K or /proc/N/exe magic link is the file itself (returned as is: open it
+    through the agent's root to reach that file)."""
     host_root = _host_root(pid)
     pending = [part for part in path.split("/") if part]
     pending.reverse()
@@ -62,7 +77,14 @@ def resolve_in_root(pid: int, path: str) -> str:
                 resolved.pop()
             continue
         candidate = "/" + "/".join(resolved + [part])
+        if PROC_SELF.fullmatch(candidate):
+            pending.extend(reversed(_proc_self(pid, part).split("/")))
+            continue
         info = os.lstat(host_root + candidate)
+        if PROC_MAGIC.fullmatch(candidate) and stat.S_ISLNK(info.st_mode):
+            if pending:
+                raise OSError(errno.ENOTDIR, f"{candidate}: not a directory")
+            return candidate
         if not stat.S_ISLNK(info.st_mode):
             if pending and not stat.S_ISDIR(info.st_mode):
                 raise OSError(errno.ENOTDIR, f"{candidate}: not a directory")
@@ -78,12 +100,15 @@ def resolve_in_root(pid: int, path: str) -> str:
     return "/" + "/".join(resolved)
 
 
-def exec_arguments(decoded: dict) -> dict:
-    """{path, requested, argv, cmd, program, cwd} for a decoded exec; OSError(errno) if the
+def exec_arguments(decoded: dict, identity=None) -> dict:
+    """{path, requested, argv, cmd, program, cwd} for a decoded exec, plus with an
+    ``identity`` (sandbox.exec_identity.ExecIdentity) the program named by content, ``sha256``
+    when content was compared, ``anonymous`` for a file with no name (memfd, deleted) and
+    ``runs``: the interpreters and loaded programs the exec also runs. OSError(errno) if the
     executable cannot be resolved (the exec could not succeed either)."""
     cwd, resolved, requested = resolve_executable(decoded)
     argv = [os.fsdecode(arg) for arg in decoded["argv"]]
-    return {
+    args = {
         "path": resolved,
         "requested": requested,
         "argv": argv,
@@ -91,6 +116,30 @@ def exec_arguments(decoded: dict) -> dict:
         "program": posixpath.basename(resolved),
         "cwd": cwd,
     }
+    if identity is not None:
+        pid = decoded["pid"]
+        host_path = _executable_host_path(decoded, resolved)
+        program, digest, fd = identity.program(host_path, resolved, args["program"])
+        try:
+            anonymous = os.fstat(fd).st_nlink == 0
+        finally:
+            os.close(fd)
+        args["program"] = program
+        if digest:
+            args["sha256"] = digest
+        if anonymous:
+            args["anonymous"] = True
+        resolve = lambda path, base: resolve_in_root(pid, posixpath.join(base, path))  # noqa: E731
+        args["runs"] = identity.also_runs(args, host_path, _host_root(pid), resolve)
+    return args
+
+
+def _executable_host_path(decoded: dict, resolved: str) -> str:
+    """Where the supervisor opens the file an exec runs: the fd itself for AT_EMPTY_PATH."""
+    pid = decoded["pid"]
+    if os.fsdecode(decoded["path"]) == "" and decoded.get("at_flags", 0) & AT_EMPTY_PATH:
+        return f"/proc/{pid}/fd/{decoded.get('dirfd', AT_FDCWD)}"
+    return _host_root(pid) + resolved
 
 
 def resolve_executable(decoded: dict) -> tuple[str, str, str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -105,3 +107,133 @@ def test_freeze_stops_every_task_and_thaw_resumes_them(cgroup_dir):
         for task in (spinner, sleeper):
             task.kill()
             task.wait()
+
+
+# A single-threaded child execs (so the supervisor uses freeze.VerifiedExec, not the freezer)
+# while another process rewrites what it execs: the path and argv through a shared mapping,
+# or the symlink the path names, by rename. Prints the tally like exec_race ("enoent": a torn,
+# half-rewritten path that names no file; "killed": the check after the kernel's copy saw a change).
+SEPARATE_PROCESS_RACE = r'''
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+mode, allowed, denied, tries = sys.argv[1], sys.argv[2].encode(), sys.argv[3].encode(), int(sys.argv[4])
+shared = mmap.mmap(-1, 4096)  # MAP_SHARED: the flipper's writes land in the child's memory
+base = ctypes.addressof(ctypes.c_char.from_buffer(shared))
+PATH, ARG1, ARGV = 0, 256, 512
+link = os.path.join(os.path.dirname(allowed), b"prog-%d" % os.getpid())
+ctypes.c_uint64.from_address(base + ARGV).value = base + PATH
+ctypes.c_uint64.from_address(base + ARGV + 8).value = base + ARG1
+def put(path, arg):
+    shared[PATH:PATH + len(path) + 1] = path + b"\0"
+    shared[ARG1:ARG1 + 5] = arg + b"\0"
+def point(target):
+    os.symlink(target, link + b".new")
+    os.rename(link + b".new", link)
+put(link if mode == "symlink" else allowed, b"okay")
+point(allowed)
+flipper = os.fork()
+if flipper == 0:
+    while True:
+        if mode == "memory":
+            put(denied, b"evil"); put(allowed, b"okay")
+        else:
+            point(denied); point(allowed)
+tally = dict(tries=0, allowed=0, bypass_path=0, bypass_argv=0, eperm=0, enoent=0, killed=0, other=0)
+for _ in range(tries):
+    child = os.fork()
+    if child == 0:
+        libc.execve(ctypes.c_void_p(base + PATH), ctypes.c_void_p(base + ARGV), None)
+        os._exit(100 + ctypes.get_errno())
+    status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    key = {0: "allowed", 42: "bypass_path", 43: "bypass_argv", 101: "eperm", 102: "enoent", -9: "killed"}.get(status, "other")
+    tally["tries"] += 1
+    tally[key] += 1
+os.kill(flipper, 9)
+os.waitpid(flipper, 0)
+for leftover in (link, link + b".new"):
+    if os.path.lexists(leftover):
+        os.unlink(leftover)
+print(" ".join(f"{k}={v}" for k, v in tally.items()))
+'''
+
+
+def separate_process_race(programs, mode: str, tries: int, cgroup_dir=None):
+    argv = [sys.executable, "-c", SEPARATE_PROCESS_RACE, mode, *programs, str(tries)]
+    if cgroup_dir is None:
+        return tally(subprocess.run(argv, capture_output=True, timeout=120).stdout), None
+    run = run_sandboxed(argv, exec_policy, trapped=("execve", "execveat"), cgroup=cgroup_dir, timeout=120)
+    assert run.status == 0, run.stderr
+    return tally(run.stdout), run.stats
+
+
+@pytest.mark.parametrize("mode", ["memory", "symlink"])
+def test_native_separate_process_race_runs_denied_commands(programs, mode):
+    """Without the sandbox the flipping process gets a denied command run (the harness works)."""
+    counts, _ = separate_process_race(programs, mode, 1000)
+    assert counts["bypass_path"] + counts["bypass_argv"] > 0
+
+
+@pytest.mark.parametrize("mode", ["memory", "symlink"])
+def test_verified_exec_never_runs_a_denied_command(programs, cgroup_dir, mode):
+    """1,000 execs of a single-threaded child under a racing rewrite by another process, each
+    checked after the kernel's copy (no freeze): zero bypasses."""
+    counts, stats = separate_process_race(programs, mode, 1000, cgroup_dir)
+    print(f"verified execs, {mode} race: {counts}")  # shown with -s
+    assert counts["tries"] == 1000
+    assert (counts["bypass_path"], counts["bypass_argv"], counts["other"]) == (0, 0, 0)
+    assert counts["allowed"] > 0 and counts["eperm"] > 0
+    assert stats["exec_verified"] >= 1000
+
+
+def test_an_exec_changed_after_its_decision_is_killed_before_it_runs(programs, cgroup_dir, tmp_path):
+    """The policy permits `prog` -> aaaa and, while deciding, repoints prog at dddd: the kernel
+    execs dddd, the check at PTRACE_EVENT_EXEC sees it, and the child dies before dddd runs."""
+    allowed, denied = programs
+    link = tmp_path / "prog"
+    link.symlink_to(allowed)
+
+    def swap_while_deciding(call):
+        if call.tool == "shell/exec" and call.args["program"] == "aaaa":
+            (tmp_path / "next").symlink_to(denied)
+            os.replace(tmp_path / "next", link)
+        return exec_policy(call)
+
+    run = run_sandboxed(["/bin/sh", "-c", f'"{link}" okay; echo "status=$?"'], swap_while_deciding,
+                        trapped=("execve", "execveat"), cgroup=cgroup_dir, timeout=60)
+    assert run.status == 0, run.stderr
+    assert run.stdout == b"status=137\n"  # SIGKILL, not dddd's 42
+    assert run.stats["exec_changed"] == 1
+    changed = [r for r in run.audit if r["reason_code"] == "EXEC_CHANGED"]
+    assert len(changed) == 1 and "/dddd' is not the decided" in changed[0]["reason"]
+
+
+def test_a_script_is_decided_with_the_agent_frozen(cgroup_dir, tmp_path):
+    """A #! script runs its interpreter, so /proc/PID/exe cannot be checked: the freezer decides
+    it, while the ELF /bin/true forked by the same shell is verified."""
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    run = run_sandboxed(["/bin/sh", "-c", f'"{script}"; /bin/true; echo done'], exec_policy,
+                        trapped=("execve", "execveat"), cgroup=cgroup_dir, timeout=60)
+    assert (run.status, run.stdout) == (0, b"hello\ndone\n")
+    assert run.stats["permitted"] == 3  # sh itself, the script, /bin/true
+    assert run.stats["exec_verified"] == 1  # /bin/true only
+
+
+def test_a_file_replaced_after_its_decision_by_a_system_program_is_killed(cgroup_dir, tmp_path):
+    """Same path, new content: while `prog` (a copy of /bin/true) is decided, a copy of /usr/bin/id
+    is renamed over it; the executed file is named `id` by content, so the child dies unrun."""
+    prog = tmp_path / "prog"
+    shutil.copy("/bin/true", prog)
+
+    def swap_while_deciding(call):
+        if call.tool == "shell/exec" and call.args["path"] == str(prog):
+            shutil.copy("/usr/bin/id", tmp_path / "next")
+            os.replace(tmp_path / "next", prog)
+        return exec_policy(call)
+
+    run = run_sandboxed(["/bin/sh", "-c", f'"{prog}"; echo "status=$?"'], swap_while_deciding,
+                        trapped=("execve", "execveat"), cgroup=cgroup_dir, timeout=60)
+    assert (run.status, run.stdout) == (0, b"status=137\n")  # killed: id's output never appears
+    changed = [r for r in run.audit if r["reason_code"] == "EXEC_CHANGED"]
+    assert len(changed) == 1 and "program ('id'" in changed[0]["reason"]

@@ -1,0 +1,217 @@
+"""What an exec will run, whatever it was called: the program behind a copy, a rename, a hard
+link, a memfd, the dynamic loader or a shebang.
+
+A policy such as ``deny! shell/* when args.program == "curl"`` must not be dodged by
+``cp /usr/bin/curl /tmp/fetch``. So ``program`` is the name of the system program the file *is*:
+an index of the system directories, built when the sandbox starts (before the agent can write
+anything), maps each inode to its name, and each file size to the files of that size; a file
+that is not a known inode but has a known size is compared by SHA-256. A file that matches
+nothing keeps its own basename.
+
+The kernel runs more than the file named when the file is a script (``#!`` names an
+interpreter, up to four levels) or when the file is the dynamic loader (its first non-option
+argument is the program it loads and runs). Those are returned by ``also_runs`` so the
+supervisor decides them too: an exec is permitted only when every program it runs is.
+
+Reads happen while the agent is frozen (or before a verified exec), through
+/proc/PID/root, so the agent's view is what is identified."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import posixpath
+import re
+import stat
+import threading
+import time
+
+SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin", "/lib64",
+               "/usr/lib64", "/lib", "/usr/lib")  # the last ones hold the dynamic loader
+LOADER_NAME = re.compile(r"(ld-linux[-\w.]*|ld-musl-[\w.]+|ld)\.so(\.\d+)*")
+LOADER_OPTIONS_WITH_VALUE = frozenset({"--library-path", "--preload", "--audit", "--argv0", "--inhibit-rpath",
+                                       "--glibc-hwcaps-prepend", "--glibc-hwcaps-mask"})
+MAX_INTERPRETER_DEPTH = 4  # the kernel's BINPRM_MAX_RECURSION
+SHEBANG_MAX = 256  # the kernel reads at most this much of the #! line
+HASH_CHUNK = 1 << 20
+LISTING_TIMEOUT = 30.0
+
+
+class ProgramIndex:
+    """The system programs as they were when the sandbox started; ``identify`` names an open file.
+
+    At start only the names are listed (cheap, before the agent runs). A file that is one of
+    those names and unchanged since the start (its ctime, which a write, chmod, link or rename
+    updates and nobody can set back, is older) is that program. Anything else is compared by
+    content with the listed programs of the same size (the sizes are read on first need)."""
+
+    def __init__(self, root: str = "/"):
+        self.root = root.rstrip("/")
+        self.started = time.time()
+        self._names: dict[str, str] = {}  # path at start (as the agent sees it) -> program name
+        for directory in SYSTEM_DIRS:
+            try:
+                entries = os.listdir(self.root + directory)
+            except OSError:
+                continue
+            for name in entries:
+                if directory.endswith("lib") and not LOADER_NAME.fullmatch(name):
+                    continue  # of the library directories only the loader runs as a program
+                self._names[f"{directory}/{name}"] = name
+        self._by_size: dict[int, list[str]] | None = None
+        self._digests: dict[tuple, str] = {}  # file identity -> sha256
+        self._lock = threading.Lock()
+
+    def identify(self, fd: int, path: str, fallback: str) -> tuple[str, str | None]:
+        """(program name, sha256 or None when not needed) of the open file ``fd`` at ``path``."""
+        info = os.fstat(fd)
+        known = self._names.get(path)
+        if known is not None and info.st_ctime < self.started:
+            return known, None
+        candidates = self._sizes().get(info.st_size, [])
+        if not candidates:
+            return fallback, None
+        digest = self._digest_fd(fd, info)
+        for candidate in candidates:
+            try:
+                if self._digest_path(self.root + candidate) == digest:
+                    return self._names[candidate], digest
+            except OSError:
+                continue
+        return fallback, digest
+
+    def _sizes(self) -> dict[int, list[str]]:
+        with self._lock:
+            if self._by_size is None:
+                sizes: dict[int, list[str]] = {}
+                for path in self._names:
+                    try:
+                        info = os.stat(self.root + path)
+                    except OSError:
+                        continue
+                    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
+                        sizes.setdefault(info.st_size, []).append(path)
+                self._by_size = sizes
+            return self._by_size
+
+    def _digest_fd(self, fd: int, info: os.stat_result) -> str:
+        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        with self._lock:
+            cached = self._digests.get(key)
+        if cached is None:
+            cached = _sha256(fd)
+            with self._lock:
+                self._digests[key] = cached
+        return cached
+
+    def _digest_path(self, path: str) -> str:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self._digest_fd(fd, os.fstat(fd))
+        finally:
+            os.close(fd)
+
+
+def _sha256(fd: int) -> str:
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, HASH_CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def open_executable(host_path: str) -> int:
+    """The file an exec names, opened read-only as the supervisor (root) sees it."""
+    return os.open(host_path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def shebang(fd: int) -> tuple[str, list[str]] | None:
+    """(interpreter, [optional argument]) from a ``#!`` line, or None for a binary."""
+    head = os.pread(fd, SHEBANG_MAX, 0)
+    if not head.startswith(b"#!"):
+        return None
+    line = head[2:].split(b"\n", 1)[0].strip(b" \t")
+    if not line:
+        return None
+    interpreter, _, rest = line.replace(b"\t", b" ").partition(b" ")
+    rest = rest.strip(b" ")
+    return os.fsdecode(interpreter), ([os.fsdecode(rest)] if rest else [])
+
+
+def loader_target(argv: list[str]) -> tuple[str, list[str]] | None:
+    """(program, its argv) that the dynamic loader will run, from the loader's own argv."""
+    index = 1
+    while index < len(argv):
+        word = argv[index]
+        if word in LOADER_OPTIONS_WITH_VALUE:
+            index += 2
+        elif word.startswith("--"):
+            if word in ("--list", "--verify", "--help", "--version", "--list-tunables", "--list-diagnostics"):
+                return None  # runs nothing
+            index += 1
+        else:
+            return word, argv[index:]
+    return None
+
+
+def is_loader(program: str) -> bool:
+    return bool(LOADER_NAME.fullmatch(program))
+
+
+class ExecIdentity:
+    """Names exec'd files and lists what else an exec runs, for one sandbox. Construct it
+    before the agent runs its own code (it lists the system programs)."""
+
+    def __init__(self, root: str = "/"):
+        # Listed on a thread (~3-15 ms) while the sandbox starts: the agent's first exec, before
+        # which it runs none of its own code, waits for it (``program``).
+        self._index: ProgramIndex | None = None
+        self._ready = threading.Event()
+        threading.Thread(target=self._list, args=(root,), name="program-index", daemon=True).start()
+
+    def _list(self, root: str) -> None:
+        try:
+            self._index = ProgramIndex(root)
+        finally:
+            self._ready.set()
+
+    def program(self, host_path: str, path: str, fallback: str) -> tuple[str, str | None, int]:
+        """(program, sha256 or None, fd the caller closes) of the file at ``host_path``, which
+        the agent calls ``path``; OSError (the exec is refused) if the listing failed."""
+        self._ready.wait(LISTING_TIMEOUT)
+        if self._index is None:
+            raise OSError(errno.EAGAIN, "the list of system programs is not ready")
+        fd = open_executable(host_path)
+        try:
+            name, digest = self._index.identify(fd, path, fallback)
+        except BaseException:
+            os.close(fd)
+            raise
+        return name, digest, fd
+
+    def also_runs(self, args: dict, host_path: str, host_root: str, resolve) -> list[dict]:
+        """The programs an exec with tool-call ``args`` (of the file at ``host_path``) runs
+        besides that file: [{path, program, argv, via}], innermost interpreter last.
+        ``resolve(path, base)`` resolves a path as the agent would, or raises OSError."""
+        found: list[dict] = []
+        path, program, argv = args["path"], args["program"], list(args["argv"])
+        for _ in range(MAX_INTERPRETER_DEPTH + 1):
+            fd = open_executable(host_path)
+            try:
+                interp = shebang(fd)
+            finally:
+                os.close(fd)
+            if interp is not None:
+                interpreter, extra = interp
+                via, path, argv = "shebang", resolve(interpreter, "/"), [interpreter, *extra, path, *argv[1:]]
+            elif is_loader(program) and (target := loader_target(argv)) is not None:
+                via, path, argv = "loader", resolve(target[0], args.get("cwd") or "/"), target[1]
+            else:
+                return found
+            host_path = host_root + path
+            program, digest, fd = self.program(host_path, path, posixpath.basename(path))
+            os.close(fd)
+            found.append({"path": path, "program": program, "argv": argv, "via": via,
+                          **({"sha256": digest} if digest else {})})
+        raise OSError(errno.ELOOP, "too many levels of interpreters")

@@ -1,0 +1,35 @@
+"""CPU placement of the sandbox: optionally the agent and the supervisor on one CPU.
+
+A trapped open costs the agent a round trip through the supervisor and back, and
+SECCOMP_IOCTL_NOTIF_ADDFD adds a third hand-over. When the two sides run on different
+CPUs each hand-over is a cross-CPU wake-up, which on a VM whose idle vCPUs halt costs
+tens of microseconds; on one CPU it is a plain context switch (docs/benchmarks.md).
+Pinning is opt-in (``run --same-cpu``): it confines every agent task, however many
+threads or processes it starts, to that single CPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def current_cpu() -> int:
+    """The CPU the calling thread runs on (field 39 of /proc/thread-self/stat)."""
+    with open("/proc/thread-self/stat", "rb") as f:
+        stat = f.read()
+    # The command name (field 2) may hold spaces or parentheses: count after its last ')'.
+    return int(stat[stat.rindex(b")") + 2:].split()[36])
+
+
+def pin_to_one_cpu() -> tuple[set[int], int]:
+    """Confine the calling thread, and every thread or child it creates from now on, to
+    the CPU it is on (or the first it may use); returns (the previous set, the CPU)."""
+    before = os.sched_getaffinity(0)
+    try:
+        cpu = current_cpu()
+    except (OSError, ValueError, IndexError):  # no procfs: any allowed CPU does
+        cpu = min(before)
+    if cpu not in before:
+        cpu = min(before)
+    os.sched_setaffinity(0, {cpu})
+    return before, cpu

@@ -1,0 +1,70 @@
+"""Opt-in placement of the agent and the supervisor on one CPU (run --same-cpu)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+from policy.decision import Decision, Effect
+from sandbox import placement, traced
+from sandbox.launch import launch
+from sandbox.spec import SandboxSpec
+
+
+def in_thread(body):
+    """Run ``body`` in a fresh thread (affinity is per thread: the test's own stays as it is)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = body()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def test_current_cpu_follows_the_affinity():
+    """Pinned to each allowed CPU in turn, current_cpu() reports that CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+
+    def body():
+        seen = []
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            seen.append(placement.current_cpu())
+        return seen
+    assert in_thread(body) == cpus
+
+
+def test_pinning_reaches_later_threads_and_children():
+    """After pin_to_one_cpu a new thread and a child process may use only that CPU."""
+    def body():
+        before, cpu = placement.pin_to_one_cpu()
+        later = {}
+        thread = threading.Thread(target=lambda: later.update(cpus=os.sched_getaffinity(0)))
+        thread.start()
+        thread.join()
+        child = subprocess.run(["grep", "Cpus_allowed_list", "/proc/self/status"], capture_output=True,
+                               check=True).stdout
+        return before, cpu, later["cpus"], child
+    before, cpu, thread_cpus, child = in_thread(body)
+    assert (before, thread_cpus, child) == (os.sched_getaffinity(0), {cpu}, f"Cpus_allowed_list:\t{cpu}\n".encode())
+
+
+@pytest.mark.kernel
+def test_launch_with_same_cpu_pins_the_agent_and_restores_the_launcher(capfd):
+    """With same_cpu the agent may use one CPU only; launch() gives the launcher its CPUs back."""
+    before = os.sched_getaffinity(0)
+    spec = SandboxSpec(argv=["grep", "-c", "^Cpus_allowed_list:\t[0-9]*$", "/proc/self/status"],
+                       trapped=frozenset(row.name for row in traced.TABLE), same_cpu=True)
+    status = launch(spec, lambda call: Decision(Effect.PERMIT, rule_id="test-permit"))
+    assert (status, capfd.readouterr().out, os.sched_getaffinity(0)) == (0, "1\n", before)
