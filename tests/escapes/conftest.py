@@ -1,0 +1,117 @@
+"""Shared fixtures for the escape suite: compiled probes, a secret file, native and sandboxed runs.
+
+Every escape test first runs its probe natively (as root, outside the sandbox) to show the
+technique works on this machine, then under `faramesh-sandbox run --audit-all` to show it is
+stopped, asserting the audit record (a policy decision) or the kernel's refusal (the filter).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+C_DIR = Path(__file__).parent / "c"
+SECRET = "TOPSECRET-4711"
+PERMIT_ALL = "agent a {\n  default permit\n}\n"
+DENY_SECRET = ('agent a {\n  default permit\n'
+               '  deny! fs/* when args.path endsWith "/secret.txt" reason: "the secret is off limits"\n}\n')
+SIGSYS = 31
+
+
+@dataclass
+class Outcome:
+    status: int  # exit code, or -signal for the native runs
+    stdout: str
+    stderr: str
+    audit: list = field(default_factory=list)
+
+    def denials(self, tool_prefix: str = "") -> list[dict]:
+        """Audit records with effect DENY whose tool starts with ``tool_prefix``."""
+        return [r for r in self.audit if r.get("effect") == "DENY" and r.get("tool", "").startswith(tool_prefix)]
+
+    def lines(self) -> dict[str, str]:
+        """``key=value`` lines printed by a probe, as a dict."""
+        return dict(line.split("=", 1) for line in self.stdout.splitlines() if "=" in line)
+
+    def explain(self) -> str:
+        denied = [(r["syscall"], r["tool"], r["args"].get("path") or r["args"].get("ip"), r["reason_code"])
+                  for r in self.denials()]
+        return f"status={self.status} stdout={self.stdout[-800:]!r} stderr={self.stderr[-800:]!r} denied={denied}"
+
+
+@pytest.fixture(scope="session")
+def cbin(tmp_path_factory):
+    """Compile tests/escapes/c/NAME.c on first use (extra gcc flags allowed); returns its path."""
+    out = tmp_path_factory.mktemp("escbin")
+    os.chmod(out, 0o755)
+    built: dict[tuple, str] = {}
+
+    def build(name: str, *flags: str) -> str:
+        key = (name, *flags)
+        if key not in built:
+            target = out / (name + ("-" + str(len(built)) if flags else ""))
+            subprocess.run(["gcc", "-O2", "-pthread", "-o", str(target), str(C_DIR / f"{name}.c"), *flags],
+                           check=True, capture_output=True)
+            built[key] = str(target)
+        return built[key]
+
+    return build
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A file named secret.txt that DENY_SECRET forbids, holding SECRET."""
+    os.chmod(tmp_path, 0o755)
+    path = tmp_path / "secret.txt"
+    path.write_text(SECRET + "\n")
+    return path
+
+
+def native(argv, *, timeout: float = 60, **kwargs) -> Outcome:
+    """Run ``argv`` outside the sandbox, as root."""
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout, **kwargs)
+    return Outcome(done.returncode, done.stdout, done.stderr)
+
+
+def launcher_argv(policy_file: Path, audit_file: Path, argv, options=()) -> list[str]:
+    return [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--audit", str(audit_file),
+            "--audit-all", "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--", *[str(a) for a in argv]]
+
+
+def sandboxed(policy_text: str, argv, workdir: Path, *, options=(), timeout: float = 60, **kwargs) -> Outcome:
+    """`faramesh-sandbox run --policy P --audit A --audit-all [options] -- argv`, in ``workdir``;
+    the agent's exit status is the launcher's (128+N for signal N). The config file (and any
+    [limits] in it) is not read: only ``options`` apply."""
+    policy_file, audit_file = workdir / "escape-policy.fpl", workdir / "escape-audit.jsonl"
+    policy_file.write_text(policy_text)
+    audit_file.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FARAMESH_SANDBOX_CONFIG": str(workdir / "no-config.toml"),
+           **kwargs.pop("env", {})}
+    done = subprocess.run(launcher_argv(policy_file, audit_file, argv, options), capture_output=True, text=True,
+                          cwd=workdir, env=env, timeout=timeout, **kwargs)
+    records = [json.loads(line) for line in audit_file.read_text().splitlines() if line.strip()]
+    return Outcome(done.returncode, done.stdout, done.stderr, records)
+
+
+def start_sandboxed(policy_text: str, argv, workdir: Path) -> tuple[subprocess.Popen, Path]:
+    """Start a sandboxed run without waiting; returns the launcher process and its audit file."""
+    policy_file, audit_file = workdir / "escape-policy.fpl", workdir / "escape-audit.jsonl"
+    policy_file.write_text(policy_text)
+    audit_file.write_text("")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FARAMESH_SANDBOX_CONFIG": str(workdir / "no-config.toml")}
+    proc = subprocess.Popen(launcher_argv(policy_file, audit_file, argv), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=workdir, env=env)
+    return proc, audit_file
+
+
+def finish(proc: subprocess.Popen, audit_file: Path, timeout: float = 60) -> Outcome:
+    out, err = proc.communicate(timeout=timeout)
+    records = [json.loads(line) for line in audit_file.read_text().splitlines() if line.strip()]
+    return Outcome(proc.returncode, out, err, records)

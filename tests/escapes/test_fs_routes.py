@@ -1,0 +1,121 @@
+"""Reaching a denied file by another syscall or another name: legacy and alternate open calls,
+`..`, symlinks, /proc magic links, dangling symlinks, hard links and renames."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.escapes.conftest import DENY_SECRET, SECRET, native, sandboxed
+
+pytestmark = pytest.mark.kernel
+READ_SYSCALLS = ["open", "openat", "openat2", "fdpath", "dirfd"]
+EACCES = 13
+ELOOP = 40
+
+
+def test_every_open_syscall_is_decided(cbin, secret, tmp_path):
+    """open, openat, openat2, an O_PATH reopen via /proc/self/fd and a dirfd-relative openat all hit the policy."""
+    probe = cbin("fs_open")
+    script = f'for how in {" ".join(READ_SYSCALLS)}; do {probe} $how {secret}; done'
+    assert native(["sh", "-c", script]).lines() == {f"{how}:0": f"read:{SECRET}" for how in READ_SYSCALLS}
+    run = sandboxed(DENY_SECRET, ["sh", "-c", script], tmp_path)
+    assert run.lines() == {f"{how}:0": f"errno:{EACCES}" for how in READ_SYSCALLS}, run.explain()
+    # open, openat, openat2, the O_PATH openat (refused before any /proc reopen), the dirfd openat
+    assert sorted((r["syscall"], r["args"]["path"], r["reason_code"]) for r in run.denials("fs/read")) == [
+        (syscall, str(secret), "FPL_STRICT_DENY") for syscall in ("open", "openat", "openat", "openat", "openat2")]
+
+
+@pytest.mark.parametrize("how", ["creat", "write"])
+def test_creating_a_denied_file_is_refused(cbin, tmp_path, how):
+    """creat(2) and openat(O_CREAT) of a denied name create it natively, never in the sandbox."""
+    target = tmp_path / "native" / "secret.txt"
+    target.parent.mkdir()
+    assert native([cbin("fs_open"), how, target]).stdout == f"{how}:0=wrote\n"
+    target = tmp_path / "secret.txt"
+    run = sandboxed(DENY_SECRET, [cbin("fs_open"), how, target], tmp_path)
+    assert run.stdout == f"{how}:0=errno:{EACCES}\n", run.explain()
+    assert not target.exists()
+    assert [(r["tool"], r["args"]["path"], r["reason_code"]) for r in run.denials("fs/")] == [
+        ("fs/write", str(target), "FPL_STRICT_DENY")]
+
+
+def tricky_names(tmp_path, secret) -> list[str]:
+    """Names that reach secret.txt without ending in it."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "innocent.txt").symlink_to("secret.txt")
+    (tmp_path / "alias").symlink_to(".")
+    (tmp_path / "rootlink").symlink_to("/")
+    return ["sub/../secret.txt", "innocent.txt", "alias/secret.txt", f"rootlink{secret}",
+            f"{tmp_path}/./sub/..//secret.txt"]
+
+
+def test_dotdot_and_symlinks_resolve_to_the_denied_file(cbin, secret, tmp_path):
+    """`..`, file and directory symlinks and a symlink to / are decided on the resolved path."""
+    names = tricky_names(tmp_path, secret)
+    argv = [cbin("fs_open"), "openat", *names]
+    assert native(argv, cwd=tmp_path).lines() == {f"openat:{i}": f"read:{SECRET}" for i in range(len(names))}
+    run = sandboxed(DENY_SECRET, argv, tmp_path)
+    assert run.lines() == {f"openat:{i}": f"errno:{EACCES}" for i in range(len(names))}, run.explain()
+    assert [(r["args"]["path"], r["reason_code"]) for r in run.denials("fs/read")] == [
+        (str(secret), "FPL_STRICT_DENY")] * len(names)
+
+
+MAGIC_LINKS = ["/proc/self/root{secret}", "/proc/self/cwd/secret.txt", "/proc/thread-self/cwd/secret.txt",
+               "/dev/fd/{dirfd}/secret.txt"]
+
+
+def test_proc_magic_links_are_refused(cbin, secret, tmp_path):
+    """/proc/*/root, /proc/*/cwd and an fd link to a directory reach the secret natively; the supervisor's
+    resolver refuses every magic link but the agent's own /proc/PID/fd/N (ELOOP, sandbox/_resolve.py)."""
+    names = [name.format(secret=secret, dirfd=3) for name in MAGIC_LINKS]
+    script = f'exec 3<{tmp_path}; exec {cbin("fs_open")} openat "$@"'
+    argv = ["sh", "-c", script, "fs_open", *names]
+    assert native(argv, cwd=tmp_path).lines() == {f"openat:{i}": f"read:{SECRET}" for i in range(len(names))}
+    run = sandboxed(DENY_SECRET, argv, tmp_path)
+    expected = {f"openat:{i}": f"errno:{ELOOP}" for i in range(len(names))}
+    expected[f"openat:{len(names) - 1}"] = f"errno:{EACCES}"  # /dev/fd/3/... is the agent's own fd: decided
+    assert run.lines() == expected, run.explain()
+    assert [(r["args"]["path"], r["reason_code"]) for r in run.denials("fs/read")] == [
+        (str(secret), "FPL_STRICT_DENY")]
+
+
+def test_write_through_a_dangling_symlink_is_decided_on_its_target(cbin, tmp_path):
+    """A dangling `notes.txt -> secret.txt` creates the secret natively; in the sandbox the target is decided."""
+    for where in ("native", "boxed"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "notes.txt").symlink_to("secret.txt")
+    assert native([cbin("fs_open"), "write", tmp_path / "native" / "notes.txt"]).stdout == "write:0=wrote\n"
+    assert (tmp_path / "native" / "secret.txt").read_text() == "pwned\n"
+    run = sandboxed(DENY_SECRET, [cbin("fs_open"), "write", tmp_path / "boxed" / "notes.txt"], tmp_path)
+    assert run.stdout == f"write:0=errno:{EACCES}\n", run.explain()
+    assert not (tmp_path / "boxed" / "secret.txt").exists()
+    assert [(r["tool"], r["args"]["path"]) for r in run.denials("fs/")] == [
+        ("fs/write", str(tmp_path / "boxed" / "secret.txt"))]
+
+
+READ_ONLY_DENY = ('agent a {\n  default permit\n'
+                  '  deny! fs/read when args.path endsWith "/secret.txt" reason: "do not read the secret"\n}\n')
+
+
+@pytest.mark.parametrize("new_name", ["ln secret.txt alias.txt", "mv secret.txt alias.txt"])
+def test_a_new_name_for_a_read_denied_file_does_not_unlock_it(tmp_path, secret, new_name):
+    """Under `deny! fs/read` of the secret, a hard link or rename to another name must not make it readable."""
+    script = f"{new_name}; cat alias.txt"
+    (tmp_path / "native").mkdir()
+    (tmp_path / "native" / "secret.txt").write_text(SECRET + "\n")
+    assert native(["sh", "-c", script], cwd=tmp_path / "native").stdout == SECRET + "\n"
+    run = sandboxed(READ_ONLY_DENY, ["sh", "-c", script], tmp_path)
+    assert SECRET not in run.stdout, run.explain()
+    assert run.denials("fs/") != [], run.explain()
+    assert {r["reason_code"] for r in run.denials("fs/")} == {"FPL_STRICT_DENY"}
+
+
+def test_open_by_handle_at_is_refused(cbin, secret, tmp_path):
+    """name_to_handle_at + open_by_handle_at read the secret natively by inode; in the sandbox both are EPERM."""
+    assert native([cbin("by_handle"), secret]).stdout == f"read={SECRET}\n"
+    run = sandboxed(DENY_SECRET, [cbin("by_handle"), secret], tmp_path)
+    assert (run.status, run.stdout) == (1, "name_to_handle_at=-1 errno=1\nopen_by_handle_at=-1 errno=1\n"), \
+        run.explain()
+    assert os.path.exists(secret)
