@@ -7,7 +7,8 @@ import json
 import os
 import platform
 
-from sandbox import probe
+from launcher import term
+from sandbox import landlock, limits, probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,8 @@ def main(args: argparse.Namespace) -> int:
         "machine": platform.machine(),
         "uid": os.geteuid(),
         "run_possible": runnable,
+        "limits": limits.mechanisms(),  # resource limit -> how `run` would enforce it here
+        "landlock_floor": landlock.doctor_summary(),  # docs/landlock.md
     }
     if args.json:
         print(json.dumps({**header, "checks": [c.to_dict() for c in checks]}, indent=2))
@@ -31,9 +34,14 @@ def main(args: argparse.Namespace) -> int:
     print(f"faramesh-sandbox doctor: Linux {header['kernel']} {header['machine']}, as {who}")
     width = max(len(c.name) for c in checks)
     for check in checks:
-        print(f"  {check.status:<8} {check.name:<{width}}  {check.detail}")
+        style = "ok" if check.status == probe.OK else ("error" if check.essential else "warning")
+        print(f"  {term.paint(f'{check.status:<8}', style)} {check.name:<{width}}  {check.detail}")
         if check.status != probe.OK:
             print(f"  {'':<8} {'':<{width}}  without it: {check.degrades}")
+    print(f"Landlock floor: {header['landlock_floor']}")
+    print("resource limits (run --memory/--pids/--cpus/--files/--timeout):")
+    for name, how in header["limits"].items():
+        print(f"  {name:<8} {how if how != limits.NONE else 'cannot be enforced here: run refuses this limit'}")
     verdict = "run can enforce policies here" if runnable else "run cannot start here (an essential check failed)"
-    print(f"verdict: {verdict}")
+    print(f"verdict: {term.paint(verdict, 'ok' if runnable else 'error')}")
     return 0 if runnable else 1

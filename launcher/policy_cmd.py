@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import policy
+from launcher import term
 from policy.ast import Span
 from policy.errors import Diagnostic, PolicyError
 from policy.parser import MAX_SOURCE_BYTES
@@ -64,7 +65,7 @@ def check_main(args) -> int:
     sources = [(f, _read(f)) for f in args.files]
     diags = sorted(policy.check_sources(sources), key=lambda d: d.sort_key)
     _print_diagnostics(diags, args.json)
-    if not args.json and not any(d.severity == "error" for d in diags):
+    if not args.json and not term.quiet() and not any(d.severity == "error" for d in diags):
         print(f"ok: {len(sources)} file{'s' if len(sources) != 1 else ''} valid", file=sys.stderr)
     return EXIT_INVALID if any(d.severity == "error" for d in diags) else EXIT_OK
 
@@ -155,6 +156,8 @@ def eval_main(args) -> int:
 def add_fmt_arguments(parser) -> None:
     parser.add_argument("file", metavar="FILE")
     parser.add_argument("--write", "-w", action="store_true", help="rewrite FILE in place")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"file", "changed", "formatted"} (the canonical text) instead of the text')
 
 
 def fmt_main(args) -> int:
@@ -165,12 +168,14 @@ def fmt_main(args) -> int:
         _print_diagnostics(exc.diagnostics, False)
         return EXIT_INVALID
     out = policy.format_document(doc)
+    if args.json:
+        print(json.dumps({"file": args.file, "changed": out.encode() != text, "formatted": out}))
     if args.write:
         try:
             Path(args.file).write_text(out)
         except OSError as exc:
             return _usage_error(f"cannot write {args.file}: {exc.strerror}", "check the path and permissions, "
                                 "or print to stdout without --write")
-    else:
+    elif not args.json:
         sys.stdout.write(out)
     return EXIT_OK

@@ -7,16 +7,24 @@ policy is invalid (one line on stderr says what failed, with a hint)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
 
 import policy
-from launcher.audit import AuditLog
+from launcher import approvals, cleanup, control, limits_cfg, notify, term
+from launcher.audit import AuditLog, AuditTrail
+from launcher.audit_store import AuditStore, AuditStoreError, default_path
+from launcher.report import EXIT_VIOLATIONS, RunReport
+from launcher.run_dns import parse_upstream, start_dns
+from launcher.run_egress import add_arguments as add_egress_arguments, start_egress
+from launcher.sdk_run import serve_run
 from policy.decision import Decision, deny
-from sandbox import traced
+from sandbox import landlock, traced
 from sandbox.errors import SandboxError
 from sandbox.launch import EXIT_SETUP, launch
+from sandbox.netops import NetContext
 from sandbox.seccomp import ALLOW
 from sandbox.spec import SandboxSpec
 
@@ -28,16 +36,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", action="append", default=[], metavar="FILE",
                         help="FPL policy file; repeat to layer policies (later ones can only tighten)")
     parser.add_argument("--audit", metavar="PATH", help="append one JSON line per decision to PATH")
+    store = parser.add_mutually_exclusive_group()
+    store.add_argument("--audit-db", metavar="PATH",
+                       help=f"the hash-chained audit store (default: $FARAMESH_AUDIT_DB, else {default_path()})")
+    store.add_argument("--no-audit-db", action="store_true",
+                       help="keep no audit store (docs/audit.md says when that makes sense)")
     parser.add_argument("--approve-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="deny a deferred call nobody approved after this long (default 300)")
+    parser.add_argument("--max-pending", type=int, default=approvals.DEFAULT_MAX_PENDING, metavar="N",
+                        help="deny at once a deferred call beyond N waiting ones "
+                             f"(default {approvals.DEFAULT_MAX_PENDING}); docs/approvals.md")
+    parser.add_argument("--no-prompt", action="store_true",
+                        help="never ask on this terminal; answer with `faramesh-sandbox approvals`")
+    parser.add_argument("--report", metavar="FILE",
+                        help="write a JSON summary of the run (every deny and defer) to FILE; traps every "
+                             "category, as --audit-all (docs/ci.md)")
+    parser.add_argument("--fail-on-deny", action="store_true",
+                        help=f"exit {EXIT_VIOLATIONS} when the agent succeeded but any call was denied or deferred")
     parser.add_argument("--audit-all", action="store_true",
                         help="trap every category, even ones the policy decides unconditionally")
+    parser.add_argument("--dns-upstream", action="append", default=[], metavar="IP[:PORT]",
+                        help="resolver the agent's lookups are forwarded to (repeatable; default: the "
+                             "nameservers of this host's /etc/resolv.conf)")
+    parser.add_argument("--no-sdk-socket", action="store_true",
+                        help="no socket for agents using the faramesh SDK (docs/sdk.md)")
+    parser.add_argument("--same-cpu", action="store_true",
+                        help="run the agent and the supervisor on one CPU: cheaper trapped calls on an idle "
+                             "machine, but the agent gets a single core (docs/run.md)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print set-up notes on stderr")
+    parser.add_argument("--json", action="store_true",
+                        help="when the agent exits, print the run's summary (as --report writes it) as one JSON "
+                             "line on stderr; stdout stays the agent's. Traps every category, as --report")
+    limits_cfg.add_arguments(parser)
+    add_egress_arguments(parser)
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD [ARGS...]",
                         help="the program to run and its arguments")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, wrap_decide=None) -> int:
+    """``wrap_decide(decide) -> decide``: how `learn` records calls while deciding them."""
     command = list(args.command)
     if command[:1] == ["--"]:
         command = command[1:]
@@ -48,7 +85,24 @@ def main(args: argparse.Namespace) -> int:
                                         "permits everything while still auditing")
     if not args.approve_timeout >= 0:
         return _fail(f"--approve-timeout {args.approve_timeout} is negative", "give seconds, e.g. 300")
-    layers = []
+    if args.report and not os.access(os.path.dirname(os.path.abspath(args.report)), os.W_OK):
+        return _fail(f"cannot write report {args.report}", "the directory must exist and be writable")
+    for upstream in args.dns_upstream:
+        try:
+            parse_upstream(upstream)
+        except ValueError as err:
+            return _fail(f"--dns-upstream {upstream}: {err}", "give an IP address, e.g. 192.0.2.53 or [2001:db8::53]:5353")
+    if args.max_pending < 0:
+        return _fail(f"--max-pending {args.max_pending} is negative", "give a count, e.g. 16")
+    try:
+        channels = notify.load_channels()
+    except notify.ConfigError as err:
+        return _fail(str(err), "see docs/approvals.md for the [notify.NAME] format")
+    try:
+        limits = limits_cfg.resolve(args)
+    except (limits_cfg.LimitError, notify.ConfigError) as err:
+        return _fail(str(err), "see the Limits section of docs/run.md")
+    layers, sources = [], []  # sources: (path, text), for the egress (docs/egress.md)
     for path in args.policy:
         try:
             with open(path, encoding="utf-8") as f:
@@ -58,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
                          "check the path given to --policy")
         try:
             layers.append(policy.load_policy(text, path))
+            sources.append((path, text))
         except policy.PolicyError as err:
             print(err.render(), file=sys.stderr)
             return EXIT_SETUP
@@ -67,37 +122,143 @@ def main(args: argparse.Namespace) -> int:
         cwd = os.getcwd()
     except OSError as err:
         return _fail(f"cannot read the working directory: {err.strerror}", "cd to a directory that exists")
-    engine = policy.Engine(layers, policy.SessionStore())
+    engine = policy.Engine(layers, policy.SessionStore(), defer_ttl=args.approve_timeout)
+    decide = _fail_closed(engine.decide if wrap_decide is None else wrap_decide(engine.decide))
     session_id = secrets.token_hex(6)
     spec = SandboxSpec(
         argv=command,
         cwd=cwd,
         trapped=frozenset(row.name for row in traced.TABLE),
-        kernel_decided={} if args.audit_all else kernel_decided(engine),
+        kernel_decided={} if args.audit_all or args.report or args.fail_on_deny or args.json else kernel_decided(engine),
         approve_timeout=args.approve_timeout,
         audit_all=args.audit_all,
         session_id=session_id,
         verbose=args.verbose,
+        same_cpu=args.same_cpu,
+        net=NetContext.for_host(),  # the DNS stub adds names= and dns_redirect= (docs/network.md)
+        limits=limits,
     )
     audit = None
     if args.audit:
         try:
-            audit = AuditLog(args.audit)
+            audit = AuditTrail(log=AuditLog(args.audit))
         except OSError as err:
             return _fail(f"cannot open audit log {args.audit}: {err.strerror}",
                          "the directory must exist and be writable")
+    if not args.no_audit_db:
+        try:
+            audit = audit or AuditTrail()
+            audit.store = AuditStore(args.audit_db or default_path())
+        except AuditStoreError as err:
+            audit.close()
+            return _fail(str(err), "pass --audit-db PATH (a writable place), or --no-audit-db")
+        _hide_store(spec, args.audit_db or default_path())
+    spec.landlock, floor_lines = landlock.for_run(engine.envelope, spec.kernel_decided)  # docs/landlock.md
     if args.verbose:
         print(f"faramesh-sandbox: session {session_id}, {len(layers)} policy layer(s), "
               f"{len(spec.trapped)} trapped syscalls, decided in the kernel: "
               f"{', '.join(sorted(spec.kernel_decided)) or 'none'}", file=sys.stderr)
+        for line in floor_lines:
+            print(f"faramesh-sandbox: {line}", file=sys.stderr)
+    sdk = dns = egress = report = None
+    if args.report or args.fail_on_deny or args.json:  # sees every record: syscalls, lookups, SDK calls, approvals
+        report = RunReport(session_id, command, args.policy)
+        audit = report.tee(audit)
+    status_line = None
+    if term.StatusLine.wanted():  # live counts on the terminal (docs/run.md, Terminal output)
+        counter = term.DecisionCounter()
+        audit = counter.tee(audit)
+        status_line = term.StatusLine(counter, sys.stderr.fileno())
+    try:  # forks the reaper: before any thread exists; it removes what the run leaves (docs/run.md)
+        record = cleanup.record_run(session_id, control.private_dir(control.runtime_dir()))
+    except (cleanup.CleanupError, control.ControlError) as err:
+        print(f"faramesh-sandbox: warning: {err}; a launcher killed by SIGKILL would leave files behind",
+              file=sys.stderr)
+        record = cleanup.NoRecord()
+    service = _start_approvals(spec, args, channels)  # forks: before any thread exists
+    approve = service.approver(audit) if service is not None else None
+    if status_line is not None and approve is not None:
+        approve = status_line.counter.approvals(approve)  # counts the calls waiting for a human
     try:
-        return launch(spec, _fail_closed(engine.decide), audit=audit)
+        if not args.no_sdk_socket:  # same engine, session and audit as the syscalls
+            sdk = serve_run(spec, decide, audit=audit, approve=approve)
+            record.add("tree", sdk.host_dir)
+            spec.net = spec.net.trusting(sdk.agent_socket_path)  # the SDK socket is the sandbox's own
+        dns = start_dns(spec, decide, audit, args.dns_upstream)
+        egress = start_egress(spec, decide, audit, approve, sources, args)
+        hooks = [part.start for part in (dns, egress) if part is not None] + ([sdk.serve] if sdk is not None else [])
+        hooks += [status_line.start] if status_line is not None else []
+        status = launch(spec, decide, audit=audit, approve=approve,
+                        started=lambda: [hook() for hook in hooks])
+        if status_line is not None:
+            status_line.stop()
+        return _finish_report(report, args, status)
     except SandboxError as err:
         print(f"faramesh-sandbox: {err.render()}", file=sys.stderr)
         return EXIT_SETUP
     finally:
+        if status_line is not None:
+            status_line.stop()  # erased before anything else is printed
+        if dns is not None:
+            dns.close()
+        if egress is not None:
+            egress.close()
+        if sdk is not None:
+            sdk.close()
+        if service is not None:
+            service.close()
         if audit is not None:
             audit.close()
+        record.finish()
+
+
+def _start_approvals(spec: SandboxSpec, args: argparse.Namespace, channels: dict):
+    """The approval service (docs/approvals.md), its directory hidden from the agent; without it
+    a deferred call waits out --approve-timeout and is denied."""
+    try:
+        directory = control.private_dir(control.runtime_dir())
+        service = approvals.ApprovalService(spec.session_id, directory, max_pending=args.max_pending,
+                                            prompt=not args.no_prompt, channels=channels)
+    except (control.ControlError, approvals.ServiceError) as err:
+        print(f"faramesh-sandbox: warning: approvals unavailable ({err}); deferred calls are denied "
+              "after --approve-timeout", file=sys.stderr)
+        return None
+    spec.hidden.append(directory)
+    return service
+
+
+def _hide_store(spec: SandboxSpec, path: str) -> None:
+    """Keep the agent out of the audit store: its directory is covered by an empty tmpfs inside
+    the sandbox when the store has the directory to itself (docs/audit.md)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    try:
+        dedicated = all(entry.startswith(name) for entry in os.listdir(directory))
+    except OSError:
+        dedicated = False
+    if dedicated and directory != "/":
+        spec.hidden.append(directory)
+    else:
+        print(f"faramesh-sandbox: warning: the audit store's directory {directory} holds other files, so the "
+              "agent is not kept out of it — hint: give --audit-db a directory of its own", file=sys.stderr)
+
+
+def _finish_report(report: RunReport | None, args: argparse.Namespace, status: int) -> int:
+    if report is None:
+        return status
+    if args.json:
+        print(json.dumps(report.summary(status), default=str), file=sys.stderr, flush=True)
+    if args.report:
+        try:
+            report.write(args.report, status)
+        except OSError as err:
+            print(f"faramesh-sandbox: cannot write report {args.report}: {err.strerror} — hint: the directory "
+                  "must exist and be writable", file=sys.stderr)
+            return EXIT_SETUP
+    if args.fail_on_deny and status == 0 and report.violated:
+        print(f"faramesh-sandbox: {len(report.violations)} call(s) denied or deferred (--fail-on-deny)",
+              file=sys.stderr)
+        return EXIT_VIOLATIONS
+    return status
 
 
 def kernel_decided(engine) -> dict[str, int]:
@@ -106,6 +267,8 @@ def kernel_decided(engine) -> dict[str, int]:
     --audit-all turns this off)."""
     decided = {}
     for tool in sorted({t for row in traced.TABLE for t in row.tool.split("|")}):
+        if tool.startswith("net/"):
+            continue  # always the supervisor's: DNS redirect and address guard (docs/network.md)
         effect = engine.static_effect(tool)
         if effect is policy.Effect.PERMIT:
             decided[tool] = ALLOW

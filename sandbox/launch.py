@@ -20,9 +20,11 @@ import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
-from sandbox import _libc, _libc_ns, cgroups, mounts, namespaces, seccomp, supervisor
+from sandbox import (_libc, _libc_ns, _nethandover, cgroups, landlock, limits, mounts, namespaces, placement,
+                     seccomp, supervisor)
 from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
 
@@ -47,6 +49,7 @@ class _Run:
     other_end: socket.socket | None = None  # init: the launcher's end, closed at once
     init_pid: int = 0
     listener: int | None = None  # agent: the seccomp listener until it is handed over
+    limits: limits.Enforcer | None = None  # launcher: resource limits (sandbox/limits.py)
 
 
 # ---- stages run in the launcher -------------------------------------------------------------
@@ -55,7 +58,13 @@ def _build_filter(run: _Run) -> None:
     """Built before any fork, so a bad filter never leaves a half-made sandbox behind."""
     if not run.spec.seccomp:
         return
-    run.program = seccomp.build_filter(sorted(run.spec.trapped), dict(run.spec.kernel_decided))
+    key = (tuple(sorted(run.spec.trapped)), tuple(sorted(run.spec.kernel_decided.items())))
+    if key not in _FILTERS:  # a few ms with libseccomp; the same spec gives the same program
+        _FILTERS[key] = seccomp.build_filter(list(key[0]), dict(key[1]))
+    run.program = _FILTERS[key]
+
+
+_FILTERS: dict[tuple, bytes] = {}  # (trapped, kernel_decided) -> BPF program, per process
 
 
 def _create_cgroup(run: _Run) -> None:
@@ -71,10 +80,18 @@ def _create_cgroup(run: _Run) -> None:
                             "agent's tasks with ptrace instead")
 
 
+def _prepare_limits(run: _Run) -> None:
+    """Limits are written before clone3, so init is born under the v2 ones (v1: see limits_join)."""
+    run.limits = limits.Enforcer(run.spec.limits, run.spec.session_id or str(os.getpid()), run.cgroup_dir)
+    run.limits.prepare()
+    run.notes.extend(f"{name} limit via {how}" for name, how in sorted(run.limits.used.items()))
+    run.notes.extend(run.limits.skipped)
+
+
 def _clone_init(run: _Run) -> None:
     """One clone3 makes every namespace and places init in the cgroup: the launcher itself keeps
     the host's view, and no running task is ever migrated between cgroups."""
-    threads = len(os.listdir("/proc/self/task"))
+    threads = _thread_count()
     if threads > 1:
         # clone3 bypasses libc's fork handlers: a lock (malloc's) held by another thread at that
         # instant would stay locked forever in init. os.fork() callers have the same rule in C.
@@ -96,6 +113,17 @@ def _clone_init(run: _Run) -> None:
         run.sock, run.init_pid = launcher_end, pid
         return
     run.sock, run.other_end, run.role = sandbox_end, launcher_end, "init"
+
+
+def _thread_count(settle: float = 0.1) -> int:
+    """Our threads; a joined thread (a previous run's supervisor) may still be leaving the kernel
+    for a moment after join() returned, so an excess is re-counted for up to ``settle`` seconds."""
+    deadline = time.monotonic() + settle
+    while True:
+        threads = len(os.listdir("/proc/self/task"))
+        if threads == 1 or threading.active_count() > 1 or time.monotonic() > deadline:
+            return threads
+        time.sleep(0.001)
 
 
 def _map_user(run: _Run) -> None:
@@ -156,6 +184,13 @@ def _no_new_privs(run: _Run) -> None:
     _libc.set_no_new_privs()
 
 
+def _restrict_landlock(run: _Run) -> None:
+    # The kernel floor under the supervisor (docs/landlock.md): exec, and anything the agent
+    # runs itself, stays inside what some rule of the policy could permit.
+    if run.spec.landlock is not None:
+        landlock.apply(run.spec.landlock)
+
+
 def _install_filter(run: _Run) -> None:
     if run.spec.seccomp:
         # Last step before exec: from here on every trapped syscall waits for the supervisor.
@@ -168,7 +203,7 @@ def _hand_over_listener(run: _Run) -> None:
     if run.listener is None:
         run.sock.send(b"ready")  # namespaces only
     else:
-        socket.send_fds(run.sock, [b"listener"], [run.listener])
+        _nethandover.offer_listener(run.sock, run.listener)  # sendmsg is trapped from here on
         os.close(run.listener)
         run.listener = None
     run.sock.close()
@@ -179,7 +214,9 @@ def _hand_over_listener(run: _Run) -> None:
 STAGES = (
     ("filter", "launcher", _build_filter),
     ("cgroup", "launcher", _create_cgroup),
+    ("limits", "launcher", _prepare_limits),
     ("clone_init", "launcher", _clone_init),
+    ("limits_join", "launcher", lambda run: run.limits.join(run.init_pid)),
     ("die_with_launcher", "init", _die_with_launcher),
     ("close_fds", "init", _close_fds),  # nothing of the launcher's stays reachable via /proc/1/fd
     ("map_user", "launcher", _map_user),
@@ -192,7 +229,9 @@ STAGES = (
     ("restore_signals", "agent", _restore_signals),
     ("chdir", "agent", _chdir),
     ("close_fds", "agent", _close_fds),
+    ("rlimits", "agent", lambda run: run.limits.apply_rlimits()),  # not in init: RLIMIT_AS would bind its Python
     ("no_new_privs", "agent", _no_new_privs),
+    ("landlock", "agent", _restrict_landlock),  # before the filter: its syscalls are not trapped
     ("seccomp", "agent", _install_filter),
     ("hand_over_listener", "agent", _hand_over_listener),
 )
@@ -302,14 +341,17 @@ def _kill(pid: int, signum: int) -> None:
 
 # ---- the launcher's side --------------------------------------------------------------------
 
-def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
-    """Run ``spec.argv`` in the sandbox, deciding trapped syscalls with ``decide``.
+def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) -> int:
+    """Run ``spec.argv`` in the sandbox, deciding trapped syscalls with ``decide``;
+    ``started()`` runs in the launcher once the sandbox exists (threads may start from then on).
 
     Returns the agent's exit status (128+N for signal N, 126/127 when CMD cannot run);
     raises SandboxError when the sandbox cannot be set up. Call it from a single-threaded process:
     the supervisor's threads start only once the sandbox exists, and are gone when it returns."""
     run = _Run(spec)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)  # children inherit it until they choose
+    # Before any clone or thread: the agent and the supervisor's threads inherit the affinity.
+    old_cpus, cpu = placement.pin_to_one_cpu() if spec.same_cpu else (None, None)
     try:
         _run_stages(run)
         if run.role != "launcher":  # the agent: every stage done, become CMD
@@ -319,13 +361,19 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None) -> int:
         if spec.verbose:
             user = "user, " if spec.wants_user_namespace() else ""
             run.notes.append(f"namespaces {user}{', '.join(sorted(spec.namespaces))}; agent is pid 2")
+            if cpu is not None:
+                run.notes.append(f"agent and supervisor run on CPU {cpu} only (--same-cpu)")
             for line in run.notes:
                 print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
-        return _supervise(run, decide, audit, approve)
+        if started is not None:
+            started()
+        return run.limits.exit_status(_supervise(run, decide, audit, approve))
     finally:
         if run.role == "launcher":
             _tear_down(run)
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            if old_cpus is not None:
+                os.sched_setaffinity(0, old_cpus)
 
 
 def _supervise(run: _Run, decide, audit, approve) -> int:
@@ -339,7 +387,7 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         sup = supervisor.Supervisor(reserved, decide, session_id=run.spec.session_id, audit=audit,
                                     approve=approve, approve_timeout=run.spec.approve_timeout,
                                     cgroup_dir=run.cgroup_dir,
-                                    pidns_of=None if run.cgroup_dir else run.init_pid)
+                                    pidns_of=None if run.cgroup_dir else run.init_pid, net=run.spec.net)
         listener = _receive_listener(run)
         os.dup2(listener, reserved, inheritable=False)
         os.close(listener)
@@ -355,10 +403,10 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
 
 def _receive_listener(run: _Run) -> int | None:
     """The agent's first word: its listener fd, "ready", or a stage error from any sandbox process."""
-    msg, fds, _flags, _addr = socket.recv_fds(run.sock, 4096, 1)
+    msg, listener = _nethandover.take_listener(run.sock)
     run.sock.close()
-    if fds and run.spec.seccomp:
-        return fds[0]
+    if listener is not None and run.spec.seccomp:
+        return listener
     if msg == b"ready" and not run.spec.seccomp:
         return None
     status = _reap(run.init_pid)
@@ -396,11 +444,16 @@ class _Serving:
         # process starts single-threaded again.
         for thread in set(threading.enumerate()) - self.before:
             thread.join(timeout=1.0)
+        self.sup.close()
 
 
 def _wait_init(run: _Run, serving: _Serving | None) -> int:
     while True:
-        info = signal.sigtimedwait(_WAITED, 0.25)
+        info = signal.sigtimedwait(_WAITED, run.limits.remaining(0.25))
+        if run.limits.expired():  # --timeout: init's death takes the whole pid namespace along
+            _kill(run.init_pid, signal.SIGKILL)
+            status, run.init_pid = _reap(run.init_pid), 0
+            return status
         if serving is not None and serving.failed:
             _kill(run.init_pid, signal.SIGKILL)  # fail closed: no supervisor, no agent
             return _reap(run.init_pid)
@@ -427,5 +480,7 @@ def _tear_down(run: _Run) -> None:
             pass
     if run.sock is not None:
         run.sock.close()
+    if run.limits is not None:
+        run.limits.close()  # reads which limit fired: before the cgroups go
     if run.cgroup_dir:
         cgroups.destroy(run.cgroup_dir)

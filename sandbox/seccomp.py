@@ -40,6 +40,17 @@ class Ne:
 
 
 @dataclass(frozen=True)
+class Ge:
+    """arg >= value over all 64 bits (a negative ``int`` reads as huge: it matches)."""
+
+    arg: int
+    value: int
+
+    def compile(self) -> pyseccomp.Arg:
+        return pyseccomp.Arg(self.arg, pyseccomp.GE, self.value)
+
+
+@dataclass(frozen=True)
 class MaskedEq:
     """(arg & mask) == value over all 64 bits; a 32-bit mask ignores the high half,
     which is right for arguments the kernel reads as ``unsigned int``."""
@@ -69,6 +80,7 @@ CLONE_NAMESPACE_FLAGS = {
     "CLONE_NEWNET": 0x40000000,
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+USERFAULTFD_IOC_NEW = 0xAA00  # /dev/userfaultfd: the same userfaultfd, reached by ioctl
 PERSONALITY_QUERY = 0xFFFFFFFF
 SECCOMP_FILTER_FLAG_NEW_LISTENER = _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER
 
@@ -87,6 +99,29 @@ def _personality_rules() -> list[Rule]:
         note = "anything but 0 and the 0xffffffff query"
         rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1 << bit),), note))
         rules.append(Rule("personality", EPERM, (MaskedEq(0, pair, 1),), note))
+    return rules
+
+
+# Internet sockets live in the supervisor's (the host's) network namespace. Their ioctls and
+# netfilter socket options act on that namespace with the caller's capabilities, so an agent
+# running as root could change the host's interfaces, routes or firewall through them.
+SOCKET_IOCTL_BLOCKS = ((0xFFFFFFFC, 0x8900), (0xFFFFFFFF, 0x8904), (0xFFFFFFF8, 0x8908), (0xFFFFFFF0, 0x8910),
+                       (0xFFFFFFE0, 0x8920), (0xFFFFFFC0, 0x8940), (0xFFFFFF80, 0x8980))  # 0x89xx but 0x8905-7
+SOL_SOCKET, SOL_IP, SOL_IPV6, SO_MARK = 1, 0, 41, 36
+NETFILTER_IP_OPTNAMES = 64  # IPT_BASE_CTL and up: iptables, arptables, ebtables, ipset, IPVS
+NETFILTER_IPV6_OPTNAMES = (0xFFFFFFF8, 64)  # IP6T_SO_SET_REPLACE .. IP6T_SO_GET_REVISION_TARGET
+
+
+def _host_socket_rules() -> list[Rule]:
+    note_ioctl = "SIOC* interface and route ioctls (0x89xx but SIOCATMARK, SIOCGSTAMP[NS])"
+    rules = [Rule("ioctl", EPERM, (MaskedEq(1, mask, value),), note_ioctl) for mask, value in SOCKET_IOCTL_BLOCKS]
+    for name in ("setsockopt", "getsockopt"):
+        rules.append(Rule(name, EPERM, (MaskedEq(1, 0xFFFFFFFF, SOL_IP), Ge(2, NETFILTER_IP_OPTNAMES)),
+                          "netfilter options"))
+        rules.append(Rule(name, EPERM, (MaskedEq(1, 0xFFFFFFFF, SOL_IPV6), MaskedEq(2, *NETFILTER_IPV6_OPTNAMES)),
+                          "netfilter options"))
+    rules.append(Rule("setsockopt", EPERM, (MaskedEq(1, 0xFFFFFFFF, SOL_SOCKET), MaskedEq(2, 0xFFFFFFFF, SO_MARK)),
+                      "SO_MARK"))
     return rules
 
 
@@ -109,9 +144,14 @@ HARDENING_RULES: tuple[Rule, ...] = tuple(
     # A nested listener would let the agent supervise (and answer for) its own children.
     + [Rule("seccomp", EPERM, (MaskedEq(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER),),
             "NEW_LISTENER")]
+    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, USERFAULTFD_IOC_NEW),), "/dev/userfaultfd")]
     + _deny_all(EPERM, "acct", "swapon", "swapoff", "reboot", "quotactl", "quotactl_fd", "lookup_dcookie")
+    # Root inside the sandbox is root on the host's clock, kernel log and I/O ports.
+    + _deny_all(EPERM, "clock_settime", "settimeofday", "clock_adjtime", "adjtimex", "syslog", "iopl", "ioperm",
+                "vhangup")
     # Path-based attribute writes newer than the trapped table: refused until decoded.
     + _deny_all(ENOSYS, "setxattrat", "removexattrat", "file_setattr")
+    + _host_socket_rules()
 )
 
 
@@ -133,6 +173,58 @@ WRITE_OPEN_MASK = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
 NOTIFY = pyseccomp.NOTIFY
 
 
+AF_UNIX, AF_INET, AF_INET6, AF_NETLINK = 1, 2, 10, 16
+FAMILY_RANGE = 64  # AF_MAX is 46 in Linux 6.18; larger values fail in the kernel anyway
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, SOCK_PACKET, SOCK_TYPE_MASK = 1, 2, 3, 10, 0xF
+NETLINK_ROUTE = 0
+REFUSED_TYPE_ERRNO = {SOCK_RAW: errno.EPERM, SOCK_PACKET: errno.EPERM}  # as without CAP_NET_RAW
+
+
+def _family(value: int) -> MaskedEq:
+    return MaskedEq(0, 0xFFFFFFFF, value)  # the kernel reads ``int family``
+
+
+def socket_rules(trap_internet: bool) -> list[tuple[int, tuple]]:
+    """socket(): AF_UNIX in the kernel; AF_NETLINK only as NETLINK_ROUTE (per network
+    namespace); AF_INET/AF_INET6 stream and datagram to the supervisor (``trap_internet``)
+    or, untrapped, in the kernel inside the agent's own namespace; raw and packet types EPERM;
+    other internet types ESOCKTNOSUPPORT; every other family EAFNOSUPPORT."""
+    rules: list[tuple[int, tuple]] = []
+    for family in range(FAMILY_RANGE):
+        if family in (AF_INET, AF_INET6):
+            for kind in range(SOCK_TYPE_MASK + 1):
+                if kind in (SOCK_STREAM, SOCK_DGRAM):
+                    action = NOTIFY if trap_internet else ALLOW
+                else:
+                    action = errno_action(REFUSED_TYPE_ERRNO.get(kind, errno.ESOCKTNOSUPPORT))
+                if action != ALLOW:
+                    rules.append((action, (_family(family), MaskedEq(1, SOCK_TYPE_MASK, kind))))
+        elif family == AF_NETLINK:
+            rules.append((errno_action(errno.EPROTONOSUPPORT), (_family(family), Ne(2, NETLINK_ROUTE))))
+        elif family != AF_UNIX:
+            rules.append((errno_action(errno.EAFNOSUPPORT), (_family(family),)))
+    return rules
+
+
+def socketpair_rules() -> list[tuple[int, tuple]]:
+    """socketpair(): AF_UNIX only (a 64-bit compare: stray high bits are refused too)."""
+    return [(errno_action(errno.EAFNOSUPPORT), (Ne(0, AF_UNIX),))]
+
+
+NO_ADDRESS_ARG = {"sendto": 4}  # sendto(fd, buf, len, flags, NULL, 0) is a plain send
+
+
+def net_trap_rules(name: str) -> list[tuple[int, tuple]]:
+    """Network syscalls always go to the supervisor, whatever the policy decides statically:
+    DNS to the stub is redirected and guarded addresses need an explicit rule, which the
+    kernel cannot see. A sendto without an address is a connected send: kernel-allowed."""
+    if name == "socket":
+        return socket_rules(trap_internet=True)
+    if name in NO_ADDRESS_ARG:
+        return [(NOTIFY, (Ne(NO_ADDRESS_ARG[name], 0),))]
+    return [(NOTIFY, ())]
+
+
 def _action(decided: int) -> int:
     return ALLOW if decided == ALLOW else errno_action(decided)
 
@@ -143,6 +235,8 @@ def trap_rules(name: str, tools: Mapping[str, int]) -> list[tuple[int, tuple]]:
     from writing ones by their flags register (``int``: a 32-bit mask is exact)."""
     row = traced.BY_NAME.get(name)
     tool = row.tool if row else ""
+    if tool in (traced.NET_TOOL, traced.SOCKET_TOOL):
+        return net_trap_rules(name)
     if tool != traced.OPEN_TOOL:
         return [(_action(tools[tool]) if tool in tools else NOTIFY, ())]
     read = _action(tools["fs/read"]) if "fs/read" in tools else NOTIFY
@@ -197,6 +291,11 @@ def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | Non
     for name, err in sorted(kernel_decided.items()):
         if err != ALLOW:
             program.add_rule(_action(err), _syscall_id(name))
+    for name, rules in (("socket", socket_rules(trap_internet=False)), ("socketpair", socketpair_rules())):
+        if name not in trapped and name not in kernel_decided:
+            for action, matchers in rules:
+                if action != ALLOW:
+                    program.add_rule(action, _syscall_id(name), *(m.compile() for m in matchers))
     fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
     with open(fd, "w+b") as sink:
         program.export_bpf(sink)

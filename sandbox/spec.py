@@ -24,7 +24,17 @@ class SandboxSpec:
     audit_all: bool = False
     session_id: str = ""
     cgroup: bool = True  # put every agent task into a fresh cgroup v2 directory
+    # (host directory, existing sandbox directory) bind-mounted nosuid,nodev,noexec in the agent's mounts
+    binds: list[tuple[str, str]] = field(default_factory=list)
+    # path in the sandbox -> content shown read-only there over an existing file (e.g. /etc/resolv.conf)
+    files: dict[str, bytes] = field(default_factory=dict)
+    # host directories the agent must not reach (control sockets): each covered by an empty tmpfs
+    hidden: list[str] = field(default_factory=list)
+    net: object | None = None  # sandbox.netops.NetContext; None: no DNS names, no redirect, loopback guarded
     verbose: bool = False
+    same_cpu: bool = False  # agent and supervisor on one CPU: cheaper traps when idle, one core (sandbox/placement.py)
+    landlock: object | None = None  # sandbox.landlock.Plan applied in the agent; None: no Landlock floor
+    limits: object | None = None  # sandbox.limits.Limits; None: no resource limits
 
     def wants_user_namespace(self) -> bool:
         if self.user_namespace is None:

@@ -4,9 +4,11 @@ TOCTOU rule: a decision that depends on a pointer argument is never followed by
 CONTINUE while another task could rewrite that memory. Filesystem calls are decoded
 once, resolved and performed by sandbox.fsops on the agent's behalf, and the result
 is injected (ADDFD) or returned; the agent's memory is never read again. An exec
-cannot be performed for the agent, so it is decided with every agent task frozen
-(sandbox.freeze) and only then CONTINUEd. Everything fails closed: a decode error,
-an exception in decide(), a freezer problem or a timeout denies.
+cannot be performed for the agent: it is either verified (freeze.VerifiedExec: the new
+image is stopped before its first instruction and compared with the decision, killed on
+any difference) or decided with every agent task frozen (sandbox.freeze) and only then
+CONTINUEd. Everything fails closed: a decode error, an exception in decide(), a freezer
+problem or a timeout denies.
 
 Threads: one receiver thread takes a notification and handles it itself (no hand-off
 on the fast path). Before a handler blocks on a human (defer) it makes a new thread the
@@ -19,7 +21,9 @@ from __future__ import annotations
 import collections
 import errno
 import os
+import posixpath
 import select
+import shlex
 import threading
 import time
 from typing import Callable
@@ -28,10 +32,14 @@ from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
 from sandbox import freeze, notify, ptrace_freeze
 from sandbox.decode import UnknownSyscall, decode, row_for
-from sandbox.decode.exec import exec_arguments, resolve_executable
+from sandbox.decode.exec import exec_arguments
+from sandbox.exec_identity import ExecIdentity
 from sandbox.traced import Role, refusal_errno
 
 from sandbox.fsops import keep_task_files
+from sandbox.netops import NetContext
+from sandbox.netops import prepare as net_prepare
+from sandbox._netguard import guard_decision
 from sandbox.fsops import prepare as fs_prepare
 
 MAX_THREADS = 256  # live threads; beyond it a stalled receiver is not replaced
@@ -39,15 +47,17 @@ STALL = 0.02  # seconds a receiver may spend on one notification before another 
 WATCH_INTERVAL = 0.005
 FREEZER_CHECK_TIMEOUT = 10.0
 APPROVAL_POLL = 0.5  # seconds between liveness checks while a defer waits
-PATH_ONLY = frozenset({Role.ARGV, Role.ENVP})  # the unfrozen first look needs only the path
+NO_ENVP = frozenset({Role.ENVP})  # no decision reads the environment
 
 
 class Supervisor:
     def __init__(self, listener_fd: int, decide: Callable[[ToolCall], Decision], *, session_id: str = "",
                  audit: Callable[[dict], None] | None = None,
                  approve: Callable[[ToolCall, Decision, float], bool] | None = None,
-                 approve_timeout: float = 300.0, cgroup_dir: str | None = None, pidns_of: int | None = None):
+                 approve_timeout: float = 300.0, cgroup_dir: str | None = None, pidns_of: int | None = None,
+                 net: NetContext | None = None):
         self.listener = listener_fd
+        self.net = net if net is not None else NetContext()
         self.decide = decide
         self.session_id = session_id
         self.audit = audit
@@ -55,11 +65,11 @@ class Supervisor:
         self.approve_timeout = approve_timeout
         self.stats: collections.Counter = collections.Counter()
         self.sync_wakeup = False
-        # The freezer self-test (a helper process, ~10 ms) runs while the agent starts up;
-        # the first exec decision waits for it.
         # cgroup v2 freezer when a cgroup holds the agent, else ptrace stop-all over the agent's
         # pid namespace (pidns_of: a task in it, as the launcher sees it), else none: execs denied.
         self.freezer: freeze.CgroupFreezer | ptrace_freeze.PtraceFreezer | None = None
+        # Lists the system programs before the agent runs anything (sandbox.exec_identity).
+        self.exec_identity = ExecIdentity()
         self.freeze_problem = "the freezer self-test did not finish"
         self._freezer_ready = threading.Event()
         # Not a daemon: an exiting process waits for it, so its helper and scratch cgroup go.
@@ -99,8 +109,17 @@ class Supervisor:
         with self._count_lock:
             self._stopped = True
             self._settled.notify_all()
+            if self._stop_write >= 0:
+                os.write(self._stop_write, b"x")
         self._done.set()
-        os.write(self._stop_write, b"x")
+
+    def close(self) -> None:
+        """Release the stop pipe once no worker polls it (a launcher runs many sandboxes)."""
+        with self._count_lock:
+            if self._live == 0 and self._stop_write >= 0:
+                os.close(self._stop_read)
+                os.close(self._stop_write)
+                self._stop_read = self._stop_write = -1
 
     def _new_receiver(self) -> None:
         """Start a thread that takes over receiving (caller holds _count_lock)."""
@@ -128,6 +147,13 @@ class Supervisor:
                     self._new_receiver()
 
     def _worker(self) -> None:
+        try:
+            self._work()
+        finally:
+            with self._count_lock:
+                self._live -= 1
+
+    def _work(self) -> None:
         me = threading.current_thread()
         if keep_task_files is not None:
             keep_task_files()
@@ -137,7 +163,6 @@ class Supervisor:
         while True:
             with self._count_lock:
                 if self._receiver is not me:
-                    self._live -= 1
                     return  # replaced while handling a slow notification
             with self._receive_lock:
                 notification = None if self._done.is_set() else self._receive(poller)
@@ -182,10 +207,7 @@ class Supervisor:
             return
         refusal = refusal_errno(row.tool)
         try:
-            if row.tool == "shell/exec":
-                self._handle_exec(notification, started)
-            else:
-                self._handle_fs(notification, started)
+            _HANDLERS[row.tool.split("/", 1)[0]](self, notification, started)
         except Exception as err:  # fail closed on anything unforeseen
             self._fail(notification, refusal, row.tool, "SUPERVISOR_ERROR", f"{type(err).__name__}: {err}", started)
 
@@ -212,6 +234,8 @@ class Supervisor:
                 return
             call = self._call(op.tool, op.args, notification.pid)
             decision = self._settle(call, self._decide(call), notification)
+            if not self._still_waiting(notification):
+                return
             # The decision is on record before anything is done: an unrecordable permit is a deny.
             decision = self._record(notification, decoded["syscall"], call, decision, started)
             if not decision.permitted:
@@ -229,6 +253,50 @@ class Supervisor:
         finally:
             op.close()
 
+    def _handle_net(self, notification: notify.Notification, started: float) -> None:
+        # Performed on our duplicate of the agent's socket (sandbox/netops.py), never CONTINUEd.
+        # No exec gate: a network call changes no file an exec decision reads (a unix bind
+        # makes a socket inode, which cannot be executed), and a connect may block for long.
+        try:
+            decoded = decode(notification)
+            op = net_prepare(notification.pid, decoded, self.net)
+        except OSError as err:  # a bad fd, address or buffer fails as it would natively
+            self.stats["unresolved"] += 1
+            notify.send_error(self.listener, notification.id, err.errno or errno.EFAULT)
+            return
+        try:
+            if not notify.id_valid(self.listener, notification.id):
+                self.stats["gone"] += 1  # the pid may name another process now: nothing read counts
+                return
+            if op.tool is not None:
+                call = self._call(op.tool, op.args, notification.pid)
+                decision = self._decide(call)
+                if op.guarded:
+                    decision = guard_decision(call, decision, self._decide, self.net.probes)
+                decision = self._settle(call, decision, notification)
+                if not self._still_waiting(notification):
+                    return
+                decision = self._record(notification, decoded["syscall"], call, decision, started)
+                if not decision.permitted:
+                    notify.send_error(self.listener, notification.id, refusal_errno(op.tool))
+                    return
+            try:
+                result = op.perform()
+            except OSError as err:
+                notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
+                return
+            self._deliver(notification, result, result.cloexec)
+        finally:
+            op.close()
+
+    def _still_waiting(self, notification: notify.Notification) -> bool:
+        """After a slow decision: is the task still in the call? A task that died (or was
+        signalled out of it) meanwhile gets nothing done on its behalf."""
+        if notify.id_valid(self.listener, notification.id):
+            return True
+        self.stats["gone"] += 1
+        return False
+
     def _deliver(self, notification: notify.Notification, result, cloexec: bool) -> None:
         if result.kind != "fd":
             notify.send_value(self.listener, notification.id, result.value)
@@ -242,18 +310,75 @@ class Supervisor:
             os.close(result.value)
 
     def _handle_exec(self, notification: notify.Notification, started: float) -> None:
-        # A first look without freezing only answers execs that cannot succeed anyway
-        # (execvp walks PATH); it never leads to CONTINUE.
+        # A first look without freezing answers execs that cannot succeed anyway (execvp walks
+        # PATH); it leads to CONTINUE only through freeze.VerifiedExec, which checks the new
+        # image against the decision before it runs.
         try:
-            resolve_executable(decode(notification, skip=PATH_ONLY))
+            decoded = decode(notification, skip=NO_ENVP)
+        except OSError:  # unreadable memory: the frozen read below records the error
+            self._decide_with_freezer(notification, started)
+            return
+        try:
+            args = exec_arguments(decoded, self.exec_identity)
         except OSError as err:
             self.stats["unresolved"] += 1
             notify.send_error(self.listener, notification.id, err.errno or errno.ENOENT)
             return
+        verified = freeze.VerifiedExec.for_exec(notification.pid, decoded, args)
+        if verified is not None:
+            verified.identity = (lambda exe: self._program_of(exe, args), (args["program"], args.get("sha256")))
+            call = self._call("shell/exec", args, notification.pid)
+            decision = self._settle(call, self._decide(call), notification)
+            if self._decide_verified(notification, decoded["syscall"], call, decision, verified, started):
+                return
+            # The holder could not be traced: the freezer re-reads and compares with this decision.
+            self._decide_with_freezer(notification, started, call, decision)
+            return
+        self._decide_with_freezer(notification, started)
+
+    def _decide_verified(self, notification, syscall, call, decision, verified, started) -> bool:
+        """Answer an exec under freeze.VerifiedExec; False (nothing answered, nothing recorded)
+        when the holder cannot be traced."""
+        with self._exec_lock, self._gate.exclusive():
+            if decision.permitted:
+                try:
+                    verified.attach()
+                except OSError:
+                    verified.abandon()
+                    return False
+            continued = False
+            try:
+                if not notify.id_valid(self.listener, notification.id):
+                    self.stats["gone"] += 1
+                    return True
+                decision = self._record(notification, syscall, call, decision, started)
+                if not decision.permitted:
+                    notify.send_error(self.listener, notification.id, errno.EPERM)
+                else:
+                    continued = notify.send_continue(self.listener, notification.id)
+                self.stats["exec_verified"] += 1
+            finally:
+                try:
+                    verified.finish(continued)
+                except freeze.FreezeError as err:  # the holder has been killed: on record too
+                    self.stats["exec_changed"] += 1
+                    self._record(notification, syscall, call, deny("EXEC_CHANGED", str(err)), started)
+            return True
+
+    def _program_of(self, host_path: str, args: dict) -> tuple[str, str | None]:
+        """(program, sha256) of the file at ``host_path`` named as exec_arguments named ``args``."""
+        program, digest, fd = self.exec_identity.program(host_path, args["path"], posixpath.basename(args["path"]))
+        os.close(fd)
+        return program, digest
+
+    def _decide_with_freezer(self, notification, started, approved_call=None, approval=None) -> None:
         self._freezer_ready.wait(FREEZER_CHECK_TIMEOUT)
         if self.freezer is None:
             self._fail(notification, errno.EPERM, "shell/exec", "EXEC_FREEZE_UNAVAILABLE",
                        f"cannot freeze the agent for an exec decision: {self.freeze_problem}", started)
+            return
+        if approved_call is not None:
+            self._decide_frozen(notification, started, approved_call=approved_call, approval=approval)
             return
         call, decision = self._decide_frozen(notification, started)
         if decision is None or decision.effect is not Effect.DEFER:
@@ -277,7 +402,7 @@ class Supervisor:
             answered = False
             try:
                 decoded = decode(notification)
-                call = self._call("shell/exec", exec_arguments(decoded), notification.pid)
+                call = self._call("shell/exec", exec_arguments(decoded, self.exec_identity), notification.pid)
                 if not notify.id_valid(self.listener, notification.id):
                     self.stats["gone"] += 1
                     return call, None
@@ -312,6 +437,15 @@ class Supervisor:
         return ToolCall(tool=tool, args=full, session_id=self.session_id, timestamp=time.time())
 
     def _decide(self, call: ToolCall) -> Decision:
+        decision = self._decide_one(call)
+        # What else the call amounts to is decided too (_implied_calls); the first of them that is
+        # not permitted (a deny before a defer) answers for the call.
+        also = [self._decide_one(self._call(tool, args, call.args.get("pid", 0))) for tool, args in _implied_calls(call)]
+        refusals = [d for d in (decision, *also) if not d.permitted]
+        refusals.sort(key=lambda d: d.effect is Effect.DEFER)
+        return refusals[0] if refusals else decision
+
+    def _decide_one(self, call: ToolCall) -> Decision:
         try:
             decision = self.decide(call)
         except Exception as err:
@@ -332,13 +466,24 @@ class Supervisor:
                 time.sleep(min(APPROVAL_POLL, max(0.0, deadline - time.monotonic())))
             return _replace(decision, Effect.DENY, "APPROVAL_TIMEOUT",
                             f"not approved within {self.approve_timeout:g}s ({decision.reason})")
+        # An approver with answer() also says why (who approved, TOO_MANY_PENDING, expiry...).
+        answer = getattr(self.approve, "answer", None)
         try:
-            approved = self.approve(call, decision, self.approve_timeout) is True
+            if answer is not None:
+                result = answer(call, decision, self.approve_timeout)
+                approved = isinstance(result, Decision) and result.effect is Effect.PERMIT
+                code, reason = (result.reason_code, result.reason) if isinstance(result, Decision) else \
+                    ("APPROVAL_ERROR", f"answer() returned {type(result).__name__}, not a Decision")
+            else:
+                approved = self.approve(call, decision, self.approve_timeout) is True
+                code, reason = ("APPROVAL_GRANTED", f"approved ({decision.reason})") if approved else \
+                    ("APPROVAL_DENIED", f"approval refused ({decision.reason})")
         except Exception as err:
             return _replace(decision, Effect.DENY, "APPROVAL_ERROR", f"approval failed: {type(err).__name__}: {err}")
-        if approved:
-            return _replace(decision, Effect.PERMIT, "APPROVAL_GRANTED", f"approved ({decision.reason})")
-        return _replace(decision, Effect.DENY, "APPROVAL_DENIED", f"approval refused ({decision.reason})")
+        if approved and not notify.id_valid(self.listener, notification.id):
+            # The task died while it waited: nothing may be done on its behalf (its pid may be reused).
+            return _replace(decision, Effect.DENY, "TASK_GONE", "the task ended while it waited for approval")
+        return _replace(decision, Effect.PERMIT if approved else Effect.DENY, code, reason)
 
     def _fail(self, notification, err: int, tool: str, reason_code: str, reason: str, started: float) -> None:
         self.stats["errors"] += 1
@@ -379,13 +524,35 @@ class Supervisor:
             return False
 
 
+def _implied_calls(call: ToolCall) -> list[tuple[str, dict]]:
+    """Calls a call amounts to besides itself: an exec runs its #! interpreters and the program
+    the loader loads; a hard link or rename gives the file a new name, so whoever may not read
+    or write it under the old name may not give it one (a symlink grants nothing: calls through
+    it are decided on the file it names)."""
+    if call.tool == "shell/exec":
+        return [("shell/exec", _run_args(run, call.args)) for run in call.args.get("runs") or ()]
+    if call.tool in ("fs/link", "fs/rename") and "target" not in call.args:
+        via = call.tool.split("/")[1]
+        source = {"path": call.args.get("path"), "flags": [], "mode": None, "via": via}
+        return [("fs/read", source), ("fs/write", source)]
+    return []
+
+
+def _run_args(run: dict, args: dict) -> dict:
+    """The shell/exec arguments of a program an exec also runs (``args["runs"]``)."""
+    return {"path": run["path"], "requested": run["path"], "argv": run["argv"], "cmd": shlex.join(run["argv"]),
+            "program": run["program"], "cwd": args.get("cwd"), "via": run["via"],
+            **({"sha256": run["sha256"]} if "sha256" in run else {})}
+
+
 def _replace(decision: Decision, effect: Effect, reason_code: str, reason: str) -> Decision:
     return Decision(effect, rule_id=decision.rule_id, reason_code=reason_code, reason=reason,
                     policy_version=decision.policy_version, layer=decision.layer)
 
 
 def _make_freezer(cgroup_dir: str | None, pidns_of: int | None = None):
-    """The exec freezer after its self-test, or None and why (exec permits then fail closed)."""
+    """The exec freezer (its self-test runs at its first freeze), or None and why (exec permits
+    then fail closed)."""
     if not cgroup_dir:
         if pidns_of is None:
             return None, "no cgroup v2 directory and no agent pid namespace were given"
@@ -394,8 +561,12 @@ def _make_freezer(cgroup_dir: str | None, pidns_of: int | None = None):
         except Exception as err:  # fail closed: no freezer, exec permits denied
             return None, f"{type(err).__name__}: {err}"
     try:
-        freezer = freeze.CgroupFreezer(cgroup_dir)
-        freeze.self_test(os.path.dirname(os.path.abspath(cgroup_dir)))
-        return freezer, ""
+        # The self-test (a helper process, ~10 ms) runs at the first freeze: execs that
+        # freeze.VerifiedExec handles never need it.
+        return freeze.CgroupFreezer(cgroup_dir, self_test_parent=os.path.dirname(os.path.abspath(cgroup_dir))), ""
     except Exception as err:  # any failure leaves exec decisions failing closed
         return None, f"{type(err).__name__}: {err}"
+
+
+# Handlers by tool category (the part of a traced.py tool before the slash).
+_HANDLERS = {"shell": Supervisor._handle_exec, "fs": Supervisor._handle_fs, "net": Supervisor._handle_net}

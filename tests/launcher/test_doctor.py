@@ -50,7 +50,9 @@ def test_table_names_each_check_and_a_verdict():
     assert result.returncode == 0
     assert lines[0].startswith("faramesh-sandbox doctor: Linux ")
     assert lines[0].endswith(", as root")
-    assert len(lines) == 2 + len(NAMES)
+    assert len(lines) == 2 + len(NAMES) + 1 + 6  # the Landlock floor line; a header and one line per limit
+    assert lines[len(NAMES) + 1].startswith("Landlock floor: ")
+    assert [line.split()[0] for line in lines[len(NAMES) + 3:-1]] == ["memory", "pids", "cpus", "files", "timeout"]
     assert lines[-1] == "verdict: run can enforce policies here"
     assert lines[1].split() == ["ok", "seccomp", "user", "notification", "listener", "round", "trip:", "RECV,",
                                 "ID_VALID,", "answer", "reached", "the", "trapped", "process"]

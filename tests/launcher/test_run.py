@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -76,13 +77,21 @@ def test_output_passes_through(permit):
 
 
 def test_verbose_run_describes_the_sandbox(permit):
-    """-v prints the session, the agent's cgroup and its namespaces before the agent's own output."""
+    """-v prints the session, the Landlock floor, the agent's cgroup, its limits and namespaces
+    before the agent's own output."""
     result = cli("run", "-v", "--policy", str(permit), "--", "sh", "-c", "echo hi >&2")
     session = result.stderr.split()[2].rstrip(",")
     assert (result.returncode, result.stderr) == (0, (
         f"faramesh-sandbox: session {session}, 1 policy layer(s), {len(traced.TABLE)} trapped syscalls, "
         "decided in the kernel: none\n"
+        "faramesh-sandbox: Landlock ABI 7 floor: fs rights handled: none\n"
+        "faramesh-sandbox:   Landlock scopes: signals and abstract unix sockets stay inside the sandbox\n"
+        "faramesh-sandbox:   Landlock: not handled, a rule can permit them anywhere: execute, read_file, read_dir, "
+        "write_file, truncate, make_reg, make_char, make_block, make_fifo, make_sock, make_sym, make_dir, "
+        "remove_file, remove_dir\n"
+        "faramesh-sandbox:   Landlock: TCP connect and bind not handled: a rule can permit any port\n"
         f"faramesh-sandbox: agent cgroup /sys/fs/cgroup/unified/faramesh-{session}\n"
+        f"faramesh-sandbox: pids limit via cgroup v1 /sys/fs/cgroup/pids/faramesh-{session}\n"
         "faramesh-sandbox: namespaces ipc, mount, net, pid, uts; agent is pid 2\n"
         "hi\n"))
 
@@ -172,18 +181,24 @@ def test_ctrl_c_reaches_the_agent_exactly_once(permit):
 
 
 def test_launcher_death_takes_the_whole_sandbox(permit):
-    """SIGKILL of the launcher leaves no process of the sandbox behind, not even in its cgroup."""
+    """SIGKILL of the launcher leaves no process of the sandbox behind, and its cgroup goes too."""
     proc = start_cli("run", "--policy", str(permit), "--", "sh", "-c", "sleep 60 & sleep 60 & echo ready; wait")
     assert proc.stdout.readline() == "ready\n"
     tree = psutil.Process(proc.pid).children(recursive=True)
-    assert len(tree) == 4  # init, sh, two sleeps
-    cgroup = Path(cgroups.v2_mount()) / cgroups.own_v2_path(Path(f"/proc/{tree[0].pid}/cgroup").read_text()).lstrip("/")
+    cgroup_of = {p.pid: Path(f"/proc/{p.pid}/cgroup").read_text() for p in tree}
+    sandboxed = [p for p in tree if "/faramesh-" in cgroup_of[p.pid]]
+    assert len(sandboxed) == 4  # init, sh, two sleeps
+    init = min(sandboxed, key=lambda p: p.pid)
+    cgroup = Path(cgroups.v2_mount()) / cgroups.own_v2_path(cgroup_of[init.pid]).lstrip("/")
     proc.kill()
     proc.wait()
-    gone, alive = psutil.wait_procs(tree, timeout=5)
-    assert (len(gone), alive) == (4, [])
-    assert (cgroup / "cgroup.procs").read_text() == ""
-    cgroup.rmdir()  # the launcher could not: a SIGKILLed process runs no clean-up
+    gone, alive = psutil.wait_procs(tree, timeout=5)  # the sandbox, the approval service, the reaper
+    assert (len(gone), alive) == (len(tree), [])
+    for _ in range(100):  # the reaper removes the cgroup once the launcher is gone
+        if not cgroup.exists():
+            break
+        time.sleep(0.05)
+    assert not cgroup.exists()
 
 
 def _in_child(body) -> tuple[int, str, str]:
@@ -253,13 +268,17 @@ def test_non_root_run_decides_execs_with_the_ptrace_freezer():
     shared = Path(tempfile.mkdtemp(prefix="faramesh-nonroot-", dir="/tmp"))  # pytest's tmp is root-only
     try:
         shared.chmod(0o777)
+        (shared / "store").mkdir(mode=0o777)
+        (shared / "store").chmod(0o777)
         (shared / "p.fpl").write_text('agent a {\n  default permit\n  deny shell/exec when args.program == "false"\n}\n')
         audit = shared / "audit.jsonl"
 
         def body() -> int:
             _become_nobody()
             os.chdir("/")
+            os.environ["FARAMESH_SANDBOX_RUNTIME_DIR"] = str(shared / "run")
             return cli_in_process("run", "--policy", str(shared / "p.fpl"), "--audit", str(audit),
+                                  "--audit-db", str(shared / "store" / "audit.db"),
                                   "--", "/bin/sh", "-c", "/bin/true && echo permitted; /bin/false; echo denied=$?")
         status, out, err = _in_child(body)
         assert (status, out) == (0, "permitted\ndenied=126\n"), err

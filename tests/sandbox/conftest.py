@@ -21,6 +21,7 @@ import pytest
 
 from policy.decision import Decision, Effect
 from sandbox import _libc, seccomp, traced
+from sandbox._nethandover import offer_listener, take_listener
 from sandbox.supervisor import Supervisor
 
 C_DIR = Path(__file__).parent / "c"
@@ -109,7 +110,7 @@ def spawn_filtered(argv, program: bytes, cgroup: str | None, stdout: int, stderr
             os.dup2(stderr, 2)
             _libc.set_no_new_privs()
             listener = seccomp.install(program)
-            socket.send_fds(child_sock, [b"L"], [listener])
+            offer_listener(child_sock, listener)  # sendmsg is trapped now: no SCM_RIGHTS
             os.close(listener)
             child_sock.close()
             os.execve(path, list(argv), environ)
@@ -118,12 +119,12 @@ def spawn_filtered(argv, program: bytes, cgroup: str | None, stdout: int, stderr
         finally:
             os._exit(127)
     child_sock.close()
-    _msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 1, 1)
+    _msg, listener = take_listener(parent_sock)
     parent_sock.close()
-    if not fds:
+    if listener is None:
         os.waitpid(pid, 0)
         raise RuntimeError("the child did not send its listener fd")
-    return pid, fds[0]
+    return pid, listener
 
 
 def _status(raw: int) -> int:

@@ -123,10 +123,14 @@ def test_a_threaded_launcher_is_refused(capfd):
 
 
 def test_stages_run_in_a_fixed_security_order():
-    """One ordered list: init is tied to the launcher first, no_new_privs right before the filter, filter last."""
-    assert [(name, role) for name, role, _step in STAGES] == [
-        ("filter", "launcher"), ("cgroup", "launcher"), ("clone_init", "launcher"), ("die_with_launcher", "init"),
-        ("close_fds", "init"),        ("map_user", "launcher"), ("release_init", "launcher"), ("await_release", "init"), ("mounts", "init"),
-        ("hostname", "init"), ("loopback", "init"), ("fork_agent", "init"), ("restore_signals", "agent"),
-        ("chdir", "agent"), ("close_fds", "agent"), ("no_new_privs", "agent"), ("seccomp", "agent"),
-        ("hand_over_listener", "agent")]
+    """One ordered list: init is tied to the launcher first and forks the agent last; the agent sets
+    no_new_privs before the filter, and the filter and the hand-over come last."""
+    stages = [(name, role) for name, role, _step in STAGES]
+    at = {pair: index for index, pair in enumerate(stages)}
+    of = {role: [name for name, r in stages if r == role] for role in ("launcher", "init", "agent")}
+    assert (of["init"][0], of["init"][-1]) == ("die_with_launcher", "fork_agent")
+    assert of["agent"][-2:] == ["seccomp", "hand_over_listener"]
+    assert at["no_new_privs", "agent"] < at["seccomp", "agent"]
+    assert at["filter", "launcher"] < at["cgroup", "launcher"] < at["clone_init", "launcher"]
+    assert at["close_fds", "init"] < at["map_user", "launcher"] < at["release_init", "launcher"]
+    assert at["release_init", "launcher"] < at["await_release", "init"] < at["mounts", "init"]
