@@ -22,6 +22,7 @@ import collections
 import errno
 import os
 import posixpath
+import secrets
 import select
 import shlex
 import threading
@@ -434,7 +435,9 @@ class Supervisor:
 
     def _call(self, tool: str, args: dict, pid: int) -> ToolCall:
         full = dict(args, pid=pid, session=self.session_id)
-        return ToolCall(tool=tool, args=full, session_id=self.session_id, timestamp=time.time())
+        # A call id of its own gives each deferred call its own defer token (fpl-reference §12).
+        return ToolCall(tool=tool, args=full, session_id=self.session_id, call_id=secrets.token_hex(8),
+                        timestamp=time.time())
 
     def _decide(self, call: ToolCall) -> Decision:
         decision = self._decide_one(call)

@@ -6,6 +6,7 @@ import glob
 import os
 import re
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -31,6 +32,17 @@ def session_leftovers(session: str, runtime: Path, launcher_pid: int) -> list[st
     return found
 
 
+def _children(patience: float = 10.0) -> list[int]:
+    """This process's descendants, once those on their way out (a reaper, an approval service
+    finishing after its run) have had time to go."""
+    deadline = time.monotonic() + patience
+    while True:
+        alive = [p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.05)
+
+
 def host_state(tmp: Path, runtime: Path) -> dict:
     """This process's fds, threads, children and mounts, plus the run's temp and runtime dirs."""
     fds = {}
@@ -46,5 +58,5 @@ def host_state(tmp: Path, runtime: Path) -> dict:
                    if line.split()[4].split("/")[1:3] != ["run", "netns"]],  # named netns: other programs
         "fds": fds,
         "threads": threading.active_count(),
-        "children": [p.pid for p in psutil.Process().children(recursive=True)],
+        "children": _children(),
     }

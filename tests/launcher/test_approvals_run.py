@@ -29,8 +29,8 @@ def tick():
     n = 0
     while not stop.is_set():
         n += 1
-        with open(progress, "w") as f:
-            f.write(str(n))
+        with open(progress, "r+" if n > 1 else "w") as f:  # never truncated: a reader sees a whole count
+            f.write(f"{n:012d}")
         time.sleep(0.05)
 def write(name):
     try:
