@@ -13,7 +13,7 @@ PROC_CGROUP = "/proc/self/cgroup"
 
 def v2_mount(mountinfo: str | None = None) -> str | None:
     """The cgroup2 mount point: /sys/fs/cgroup on pure v2 hosts, /sys/fs/cgroup/unified on hybrid ones."""
-    text = mountinfo if mountinfo is not None else _read(MOUNTINFO)
+    text = mountinfo if mountinfo is not None else read_file(MOUNTINFO)
     for line in text.splitlines():
         before, _, after = line.partition(" - ")
         if after.split(" ", 1)[0] == "cgroup2":
@@ -23,7 +23,7 @@ def v2_mount(mountinfo: str | None = None) -> str | None:
 
 def v1_mounts(mountinfo: str | None = None) -> dict[str, str]:
     """cgroup v1 controller -> mount point (a mount binding several controllers lists each)."""
-    text = mountinfo if mountinfo is not None else _read(MOUNTINFO)
+    text = mountinfo if mountinfo is not None else read_file(MOUNTINFO)
     found: dict[str, str] = {}
     for line in text.splitlines():
         before, _, after = line.partition(" - ")
@@ -37,7 +37,7 @@ def v1_mounts(mountinfo: str | None = None) -> dict[str, str]:
 
 def own_v2_path(proc_cgroup: str | None = None) -> str:
     """This process's place in the v2 hierarchy (the ``0::`` line of /proc/self/cgroup)."""
-    text = proc_cgroup if proc_cgroup is not None else _read(PROC_CGROUP)
+    text = proc_cgroup if proc_cgroup is not None else read_file(PROC_CGROUP)
     for line in text.splitlines():
         if line.startswith("0::"):
             return line[3:] or "/"
@@ -63,7 +63,7 @@ def join(cgroup_dir: str, pid: int) -> None:
     """Move ``pid`` (with all its threads) into the cgroup; children it forks later stay in it."""
     target = os.path.join(cgroup_dir, "cgroup.procs")
     try:
-        _write(target, str(pid))
+        write_file(target, str(pid))
     except OSError as err:
         raise OSError(err.errno, f"write({target}, {pid}): {os.strerror(err.errno)}") from None
 
@@ -74,7 +74,7 @@ def destroy(cgroup_dir: str, timeout: float = 2.0) -> None:
         return
     kill_file = os.path.join(cgroup_dir, "cgroup.kill")
     try:  # only the agent's tasks were ever placed in this directory
-        _write(kill_file, "1")  # 5.14+: one atomic kill of the whole subtree, frozen tasks included
+        write_file(kill_file, "1")  # 5.14+: one atomic kill of the whole subtree, frozen tasks included
     except OSError:
         for pid in _pids(cgroup_dir):
             try:
@@ -96,7 +96,7 @@ def destroy(cgroup_dir: str, timeout: float = 2.0) -> None:
 
 def _pids(cgroup_dir: str) -> list[int]:
     try:
-        return [int(x) for x in _read(os.path.join(cgroup_dir, "cgroup.procs")).split()]
+        return [int(x) for x in read_file(os.path.join(cgroup_dir, "cgroup.procs")).split()]
     except OSError:
         return []
 
@@ -105,12 +105,12 @@ def _unescape(path: str) -> str:
     return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
-def _read(path: str) -> str:
+def read_file(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
 
 
-def _write(path: str, text: str) -> None:
+def write_file(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     try:
         os.write(fd, text.encode())

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from sandbox import cgroups
+from sandbox.cgroups import read_file, write_file
 from sandbox._limits_files import CONTROLLER_OF, EVENTS, V1_FILES, V2_FILES, fired_message
 from sandbox.errors import SandboxError
 
@@ -214,7 +215,7 @@ class Enforcer:
 def _event_count(name: str, directory: str, v2: bool) -> int:
     v2_file, v1_file, key = EVENTS[name]
     try:
-        text = _read(os.path.join(directory, v2_file if v2 else v1_file))
+        text = read_file(os.path.join(directory, v2_file if v2 else v1_file))
     except OSError:
         return 0  # the cgroup is gone: nothing can be said about it
     for line in text.splitlines():
@@ -234,7 +235,7 @@ def _v2_has(controller: str, v2_dir: str | None) -> bool:
     if directory is None:
         return False
     try:
-        return controller in _read(os.path.join(directory, "cgroup.controllers")).split()
+        return controller in read_file(os.path.join(directory, "cgroup.controllers")).split()
     except OSError:
         return False
 
@@ -246,11 +247,11 @@ def _enable_v2(controller: str, v2_dir: str) -> bool:
     if not _v2_has(controller, v2_dir):
         return False
     try:
-        if controller not in _read(os.path.join(parent, "cgroup.subtree_control")).split():
-            _write(os.path.join(parent, "cgroup.subtree_control"), f"+{controller}")
+        if controller not in read_file(os.path.join(parent, "cgroup.subtree_control")).split():
+            write_file(os.path.join(parent, "cgroup.subtree_control"), f"+{controller}")
     except OSError:
         return False
-    return controller in _read(os.path.join(v2_dir, "cgroup.controllers")).split()
+    return controller in read_file(os.path.join(v2_dir, "cgroup.controllers")).split()
 
 
 def _v1_parent(controller: str) -> str | None:
@@ -258,7 +259,7 @@ def _v1_parent(controller: str) -> str | None:
     mount = cgroups.v1_mounts().get(controller)
     if mount is None:
         return None
-    for line in _read(cgroups.PROC_CGROUP).splitlines():
+    for line in read_file(cgroups.PROC_CGROUP).splitlines():
         _, names, path = line.split(":", 2)
         if controller in names.split(","):
             return os.path.normpath(os.path.join(mount, path.lstrip("/")))
@@ -280,19 +281,7 @@ def _write_if_present(path: str, text: str, required: bool) -> None:
     if not required and not os.path.exists(path):
         return
     try:
-        _write(path, text)
+        write_file(path, text)
     except OSError as err:
         raise OSError(err.errno, f"write({path}, {text}): {os.strerror(err.errno)}") from None
 
-
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
-def _write(path: str, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)

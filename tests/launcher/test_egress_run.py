@@ -9,18 +9,17 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from launcher import control
 from sandbox.egress.ca import CertificateAuthority
+from tests.launcher.scratch_netns import SERVER_IP, server_in_scratch_netns
 from tests.sandbox import dns_fake
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_IP, HOST_SIDE_IP = "198.18.0.2", "198.18.0.1"  # benchmarking range, in a namespace the test makes
 PYTHON = os.path.realpath(sys.executable)
 SECRET = "sk_live_held_by_the_launcher"
 
@@ -105,32 +104,9 @@ def scratch_https_server(tmp_path: Path, name: str, script: str, *args: str):
     (tmp_path / "server.pem").write_bytes(authority.leaf_pem(name))
     (tmp_path / "upstream-ca.pem").write_bytes(authority.cert_pem)
     (tmp_path / "server.py").write_text(script)
-    ns, veth = f"fe-{uuid.uuid4().hex[:8]}", f"fe{uuid.uuid4().hex[:8]}"
-    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
-    run("ip", "netns", "add", ns)
-    server = None
-    try:
-        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        run("ip", "addr", "add", f"{HOST_SIDE_IP}/30", "dev", veth)
-        run("ip", "link", "set", veth, "up")
-        run("ip", "-n", ns, "addr", "add", f"{SERVER_IP}/30", "dev", "eth0")
-        run("ip", "-n", ns, "link", "set", "eth0", "up")
-        run("ip", "-n", ns, "link", "set", "lo", "up")  # the readiness probe below connects from inside
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(tmp_path / "server.py"), SERVER_IP,
-                                   str(tmp_path / "server.pem"), *args], stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            probe = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
-                                    f"import socket; socket.create_connection(('{SERVER_IP}', 443), 1)"],
-                                   capture_output=True)
-            if probe.returncode == 0:
-                break
+    command = [sys.executable, str(tmp_path / "server.py"), SERVER_IP, str(tmp_path / "server.pem"), *args]
+    with server_in_scratch_netns(command, 443):
         yield tmp_path / "upstream-ca.pem"
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
 def fake_dns() -> dns_fake.FakeUpstream:

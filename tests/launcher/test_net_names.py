@@ -7,18 +7,16 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
+from tests.launcher.scratch_netns import SERVER_IP, server_in_scratch_netns
 from tests.sandbox import dns_fake
 from tests.sandbox.test_net_connect import Greeter
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_IP = "198.18.0.2"  # benchmarking range, inside a network namespace the test creates
-HOST_SIDE_IP = "198.18.0.1"
 
 AGENT = r"""
 import socket, sys, urllib.request
@@ -48,39 +46,13 @@ POLICY = """agent a {
 
 
 @pytest.fixture
-def scratch_server():
+def scratch_server(tmp_path_factory):
     """An HTTP server on SERVER_IP:8080 in its own network namespace, routed from the host by a veth."""
-    ns, veth = f"fs-{uuid.uuid4().hex[:8]}", f"fv{uuid.uuid4().hex[:8]}"
-    run = lambda *cmd: subprocess.run(cmd, check=True, capture_output=True)  # noqa: E731
-    run("ip", "netns", "add", ns)
-    server = None
-    try:
-        run("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        run("ip", "addr", "add", f"{HOST_SIDE_IP}/30", "dev", veth)
-        run("ip", "link", "set", veth, "up")
-        run("ip", "-n", ns, "addr", "add", f"{SERVER_IP}/30", "dev", "eth0")
-        run("ip", "-n", ns, "link", "set", "eth0", "up")
-        run("ip", "-n", ns, "link", "set", "lo", "up")
-        site = Path(f"/tmp/{ns}")
-        site.mkdir()
-        (site / "index.html").write_text("hello from svc\n")
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "8080",
-                                   "--bind", SERVER_IP, "--directory", str(site)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            probe = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c",
-                                    f"import socket; socket.create_connection(('{SERVER_IP}', 8080), 1)"],
-                                   capture_output=True)
-            if probe.returncode == 0:
-                break
+    site = tmp_path_factory.mktemp("site")
+    (site / "index.html").write_text("hello from svc\n")
+    command = [sys.executable, "-m", "http.server", "8080", "--bind", SERVER_IP, "--directory", str(site)]
+    with server_in_scratch_netns(command, 8080):
         yield
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "link", "del", veth], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["rm", "-rf", f"/tmp/{ns}"])
 
 
 @pytest.fixture

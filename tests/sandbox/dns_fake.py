@@ -33,10 +33,16 @@ class FakeUpstream:
 
     def __init__(self):
         self.seen: list[tuple[str, str, str, int]] = []  # (name, type, transport, id)
-        self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
-        self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.tcp.bind(self.udp.getsockname())  # dnspython falls back to TCP on the same port
+        for _ in range(50):  # dnspython falls back to TCP on the same port: find one free for both
+            self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.udp.bind(("127.0.0.1", 0))
+            self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                self.tcp.bind(self.udp.getsockname())
+                break
+            except OSError:
+                self.udp.close()
+                self.tcp.close()
         self.tcp.listen(16)
         self.address = self.udp.getsockname()
         self._pool = ThreadPoolExecutor(16)
