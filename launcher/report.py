@@ -15,7 +15,8 @@ import time
 REPORT_VERSION = 1
 VIOLATION_EFFECTS = ("DENY", "DEFER")
 EXIT_VIOLATIONS = 3  # --fail-on-deny: the agent succeeded but the policy refused something
-KEPT_ARGS = ("path", "dest", "cmd", "program", "host", "ip", "port", "family", "protocol", "type", "flags")
+KEPT_ARGS = ("path", "dest", "cmd", "program", "host", "ip", "port", "family", "protocol", "type", "flags",
+             "amount", "currency")
 
 
 class RunReport:
