@@ -173,3 +173,22 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
     out_path.unlink()
     err_path.unlink()
     return run
+
+
+def in_thread(body):
+    """Run ``body`` in a fresh thread and return its result or raise its exception (per-thread state
+    such as affinity or kept task files stays out of the test's own thread)."""
+    outcome = {}
+
+    def run():
+        try:
+            outcome["value"] = body()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

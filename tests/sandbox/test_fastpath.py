@@ -6,13 +6,13 @@ import errno
 import os
 import subprocess
 import sys
-import threading
 
 from sandbox import _fsflags as ff
 from sandbox import _fscreds
 from sandbox._resolve import host_name, own_fd_dir
 from sandbox.fsops import keep_task_files
 from tests.sandbox.fs_agents import fd_count, waiting_agent
+from tests.sandbox.conftest import in_thread
 
 # A child that applies "umask <octal>" or "fsuid <n>" lines from stdin to itself, then acks.
 _CHANGER = (
@@ -29,21 +29,7 @@ _CHANGER = (
 
 def in_kept_thread(body):
     """Run ``body`` in a fresh thread that keeps task files, as a supervisor worker does."""
-    outcome = {}
-
-    def run():
-        keep_task_files()
-        try:
-            outcome["value"] = body()
-        except BaseException as exc:  # re-raised in the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return in_thread(lambda: (keep_task_files(), body())[1])
 
 
 def test_kept_status_file_sees_umask_and_fsuid_changes():

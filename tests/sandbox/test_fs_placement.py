@@ -12,24 +12,7 @@ from policy.decision import Decision, Effect
 from sandbox import placement, traced
 from sandbox.launch import launch
 from sandbox.spec import SandboxSpec
-
-
-def in_thread(body):
-    """Run ``body`` in a fresh thread (affinity is per thread: the test's own stays as it is)."""
-    outcome = {}
-
-    def run():
-        try:
-            outcome["value"] = body()
-        except BaseException as exc:  # re-raised in the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+from tests.sandbox.conftest import in_thread
 
 
 def test_current_cpu_follows_the_affinity():

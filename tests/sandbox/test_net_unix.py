@@ -7,30 +7,22 @@ import socket
 import threading
 
 from sandbox import netops
-from tests.sandbox.test_net_connect import net_records, run_python
+from tests.sandbox.test_net_connect import Greeter, net_records, run_python
 
 UNIX_RULES = ('deny net/connect when args.path endsWith "docker.sock"\n'
               ' permit net/connect when args.family == "unix"\n'
               ' permit net/listen when args.path endsWith "/allowed.sock"')
 
 
-class UnixGreeter:
+class UnixGreeter(Greeter):
+    """Greeter's hello, on a unix socket at ``path``."""
+
     def __init__(self, path: str):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         self.sock.listen(8)
         self.accepted = 0
         threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.sendall(b"hello")
-            conn.close()
 
 
 CONNECT_ALL = """
