@@ -12,10 +12,15 @@ from __future__ import annotations
 import ctypes
 import os
 
-from sandbox._libc import syscall
+from sandbox._libc import syscall_number
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PIDFD_THREAD = os.O_EXCL  # pidfd_open(2): the pid names a thread, not only a thread-group leader
+_PIDFD_GETFD = syscall_number("pidfd_getfd")
+# This module's own CDLL: the prototype set here binds no other module's syscall().
+_syscall3 = _libc.syscall
+_syscall3.restype = ctypes.c_long
+_syscall3.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_uint]
 
 
 def _check(result: int, call: str) -> int:
@@ -37,7 +42,7 @@ def pidfd_open_task(tid: int) -> int:
 
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     """Our own duplicate (same open file description) of the task's fd ``target_fd``, close-on-exec."""
-    return syscall("pidfd_getfd", pidfd, target_fd, 0)
+    return _check(_syscall3(_PIDFD_GETFD, pidfd, target_fd, 0), f"pidfd_getfd({pidfd}, {target_fd}, 0)")
 
 
 _libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]

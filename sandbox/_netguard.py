@@ -76,8 +76,10 @@ def guard_decision(call: ToolCall, decision: Decision, decide: Callable[[ToolCal
     permitting rule would permit any address alike."""
     if decision.effect is not Effect.PERMIT:
         return decision
-    key = (decision.layer, decision.rule_id, call.tool,
-           tuple(sorted((k, v) for k, v in call.args.items() if k not in ("pid", "session"))))
+    args = dict(call.args)
+    args.pop("pid", None)
+    args.pop("session", None)
+    key = (decision.layer, decision.rule_id, call.tool, frozenset(args.items()))
     names_it = cache.get(key) if cache is not None else None
     if names_it is None:
         names_it = _names_the_address(call, decision, decide)

@@ -15,6 +15,7 @@ and unnamed unix addresses) and the action to perform once it is permitted.
 
 from __future__ import annotations
 
+import _socket
 import dataclasses
 import errno
 import os
@@ -28,6 +29,7 @@ from sandbox import _libc_net, _netaddr
 from sandbox._netaddr import Target
 from sandbox._netguard import ProbeCache, guarded_address, no_names
 from sandbox._netmsg import translate_control
+from sandbox._netpidfd import TaskFiles
 from sandbox._netunix import UnixPath
 
 STUB_ADDRESS = "127.0.0.53"  # sandbox.dns_stub.STUB_ADDRESS: the agent's resolv.conf names it
@@ -59,6 +61,7 @@ class NetContext:
     # None: TCP connections the egress inspects go to its proxy instead (docs/egress.md)
     intercept: Callable[[str | None, str, int, str], tuple[tuple[str, int], Callable] | None] | None = None
     probes: ProbeCache = field(default_factory=ProbeCache, compare=False)
+    task_files: TaskFiles = field(default_factory=TaskFiles, compare=False)  # one pidfd per agent task
 
     @classmethod
     def for_host(cls, names: Callable[[str], str | None] | None = None,
@@ -82,15 +85,22 @@ class NetResult:
 
 
 class NetOp:
-    """One prepared call; holds our duplicate of the agent's socket until close()."""
+    """One prepared call; holds our duplicate of the agent's socket until it is performed
+    (or close()). ``reads_task``: preparing it read the task's fd table, memory or /proc,
+    which count only if the notification is still valid afterwards (a socket() reads none)."""
 
     def __init__(self, tool: str | None, args: dict, action: Callable[[], NetResult], fds: list[int],
-                 guarded: bool = False):
-        self.tool, self.args, self.guarded = tool, args, guarded
+                 guarded: bool = False, reads_task: bool = True):
+        self.tool, self.args, self.guarded, self.reads_task = tool, args, guarded, reads_task
         self._action, self._fds = action, fds
 
     def perform(self) -> NetResult:
-        return self._action()
+        """Run the call, then drop our duplicates before the agent is answered: the agent's
+        own close() of the socket stays the last one (a TCP close is its cost, as natively)."""
+        try:
+            return self._action()
+        finally:
+            self.close()
 
     def close(self) -> None:
         while self._fds:
@@ -118,21 +128,24 @@ def _create_socket(decoded: dict) -> NetOp:
         raise OSError(errno.EPROTONOSUPPORT, f"socket({domain}, {requested:#x}, {proto})")
 
     def create() -> NetResult:
-        made = socket.socket(domain, kind | (requested & SOCK_NONBLOCK), proto)
+        made = _socket.socket(domain, kind | (requested & SOCK_NONBLOCK), proto)
         return NetResult("fd", made.detach(), cloexec=bool(requested & SOCK_CLOEXEC))
-    return NetOp(None, {}, create, [])
+    return NetOp(None, {}, create, [], reads_task=False)
 
 
-def _duplicate(pid: int, number: int) -> _Socket:
-    pidfd = _libc_net.pidfd_open_task(pid)
+def socket_kind(fd: int) -> tuple[int, int, int]:
+    """(family, type, protocol) of socket ``fd``: SO_DOMAIN, SO_TYPE, SO_PROTOCOL; ENOTSOCK otherwise."""
+    probe = _socket.socket(fileno=fd)  # the C type: plain ints, none of socket.socket's wrapping
     try:
-        fd = _libc_net.pidfd_getfd(pidfd, number)
+        return probe.family, probe.type, probe.proto
     finally:
-        os.close(pidfd)
-    try:
-        probe = socket.socket(fileno=fd)  # reads SO_DOMAIN/SO_TYPE/SO_PROTOCOL; ENOTSOCK otherwise
-        family, kind, proto = probe.family, probe.type, probe.proto
         probe.detach()
+
+
+def _duplicate(ctx: NetContext, pid: int, number: int) -> _Socket:
+    fd = ctx.task_files.duplicate(pid, number)
+    try:
+        family, kind, proto = socket_kind(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -183,6 +196,10 @@ class _Builder:
         if resolved is None:
             return _value(call)
         return lambda: NetResult("value", resolved.run_as_agent(call) or 0)
+
+    def agent_fd(self, number: int) -> int:
+        """Our duplicate of the agent's fd ``number`` (an SCM_RIGHTS fd it sends)."""
+        return self.ctx.task_files.duplicate(self.pid, number)
 
     # -- calls ---------------------------------------------------------------------
 
@@ -270,7 +287,7 @@ class _Builder:
 
     def sendmsg(self):
         fd, flags, data = self.sock.fd, self.decoded["msg_flags"], self.decoded["data"]
-        control = translate_control(self.pid, self.decoded["control"], self.fds)
+        control = translate_control(self.agent_fd, self.decoded["control"], self.fds)
         return self.send(self.decoded["name"], lambda address: _libc_net.sendmsg(fd, address, data, control, flags))
 
     def sendmmsg(self):
@@ -306,7 +323,7 @@ def prepare(pid: int, decoded: dict, ctx: NetContext) -> NetOp:
     when it fails before any decision (a bad fd or address), as natively."""
     if decoded["syscall"] == "socket":
         return _create_socket(decoded)
-    sock = _duplicate(pid, decoded["fd"])
+    sock = _duplicate(ctx, pid, decoded["fd"])
     fds = [sock.fd]
     try:
         tool, args, action, guarded = getattr(_Builder(ctx, pid, decoded, sock, fds), decoded["syscall"])()
