@@ -23,7 +23,6 @@ import sys
 import threading
 import tomllib
 import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
@@ -108,6 +107,8 @@ def _send_command(channel: Channel, body: bytes) -> None:
 
 
 def _send_webhook(channel: Channel, body: bytes) -> None:
+    import urllib.request  # ~20 ms (http.client, email, ssl): only when a webhook is posted
+
     request = urllib.request.Request(channel.webhook, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=channel.timeout) as response:

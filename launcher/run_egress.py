@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import importlib.util
 import os
-import ssl
 import sys
 from pathlib import Path
 from typing import Callable
@@ -205,6 +204,8 @@ def start_egress(spec: SandboxSpec, decide, audit, approve, sources: list[tuple[
         raise SandboxError("start_egress", "the sandbox CA needs a mount namespace to be trusted",
                            "pass --no-egress to decide connections as net/connect only")
     upstream_ca = getattr(args, "egress_upstream_ca", None)
+    import ssl  # ~10 ms: only for runs whose policy names an HTTP API
+
     try:
         upstream = ssl.create_default_context(cafile=upstream_ca)
     except (OSError, ssl.SSLError) as err:

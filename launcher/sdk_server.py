@@ -15,7 +15,6 @@ import socket
 import struct
 import threading
 import time
-import uuid
 from typing import Callable
 
 from launcher import sdk_protocol as wire
@@ -175,6 +174,8 @@ class SdkServer:
     # -- decisions ------------------------------------------------------------------
 
     def _govern(self, request: wire.Request, pid: int | None) -> dict:
+        import uuid  # ~5 ms to import: only once an SDK call arrives
+
         started = time.monotonic()
         call = ToolCall(tool=request.tool, args=request.args, session_id=self.session_id,
                         agent_id=request.agent_id, call_id=request.call_id or uuid.uuid4().hex,

@@ -6,10 +6,10 @@ Every failure raises OSError whose text names the call and its arguments, then t
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The process's own symbols (libc included): ctypes.util.find_library would run ldconfig (~5 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
 
@@ -87,7 +87,7 @@ class _CloneArgs(ctypes.Structure):
 
 # A PyDLL call keeps the GIL across clone3, so the child never inherits a GIL that another
 # thread held at that instant; PyOS_BeforeFork/AfterFork_* are exactly what os.fork() runs.
-_libc_keep_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc_keep_gil = ctypes.PyDLL(None, use_errno=True)
 _libc_keep_gil.syscall.restype = ctypes.c_long
 _SYS_CLONE3 = 435  # the same number on x86_64 and aarch64
 
