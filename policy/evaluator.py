@@ -36,6 +36,7 @@ from policy.canonical import NulByte, canonical_args, canonical_tool, literal_ar
 from policy.compiler import CompiledPolicy, CompiledRule
 from policy.decision import Decision, Effect, deny
 from policy._static import static_effect
+from policy._purity import decision_keys
 from policy._envelope import Envelope, envelope
 from policy.session import SessionStore
 
@@ -97,6 +98,11 @@ class Engine:
         """Every value argument ``key`` of a ``tool`` call can have when the call is permitted
         or deferred (an over-approximation; policy/_envelope.py)."""
         return envelope(self.layers, tool, key)
+
+    def decision_keys(self, tool: str) -> frozenset[str] | None:
+        """Argument names that decide every call to ``tool``: calls agreeing on them get the
+        same decision whatever else differs (preconditions: policy/_purity.py), or None."""
+        return decision_keys(self.layers, tool)
 
     @staticmethod
     def _default_decision(index: int, layer: CompiledPolicy) -> Decision:
