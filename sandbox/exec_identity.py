@@ -26,6 +26,7 @@ import re
 import stat
 import threading
 import time
+from typing import NamedTuple
 
 SYSTEM_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin", "/lib64",
                "/usr/lib64", "/lib", "/usr/lib")  # the last ones hold the dynamic loader
@@ -60,19 +61,27 @@ class ProgramIndex:
                     continue  # of the library directories only the loader runs as a program
                 self._names[f"{directory}/{name}"] = name
         self._by_size: dict[int, list[str]] | None = None
-        self._digests: dict[tuple, str] = {}  # file identity -> sha256
+        self._digests: dict[tuple, str] = {}  # system program identity -> sha256
         self._lock = threading.Lock()
 
-    def identify(self, fd: int, path: str, fallback: str) -> tuple[str, str | None]:
-        """(program name, sha256 or None when not needed) of the open file ``fd`` at ``path``."""
-        info = os.fstat(fd)
+    def identify(self, fd: int, path: str, fallback: str,
+                 info: os.stat_result | None = None) -> tuple[str, str | None]:
+        """(program name, sha256 or None when not needed) of the open file ``fd`` at ``path``
+        (``info``: its fstat, when the caller has it).
+
+        The file's own content is hashed afresh on every call, never taken from a cache keyed
+        by its stat: a write through a shared writable mapping dirtied before our fstat changes
+        the content without touching ctime or mtime. Only the system programs' digests are
+        cached (the agent cannot write them)."""
+        if info is None:
+            info = os.fstat(fd)
         known = self._names.get(path)
         if known is not None and info.st_ctime < self.started:
             return known, None
         candidates = self._sizes().get(info.st_size, [])
         if not candidates:
             return fallback, None
-        digest = self._digest_fd(fd, info)
+        digest = _sha256(fd)
         for candidate in candidates:
             try:
                 if self._digest_path(self.root + candidate) == digest:
@@ -95,20 +104,19 @@ class ProgramIndex:
                 self._by_size = sizes
             return self._by_size
 
-    def _digest_fd(self, fd: int, info: os.stat_result) -> str:
-        key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        with self._lock:
-            cached = self._digests.get(key)
-        if cached is None:
-            cached = _sha256(fd)
-            with self._lock:
-                self._digests[key] = cached
-        return cached
-
     def _digest_path(self, path: str) -> str:
+        """The sha256 of system program ``path``, cached by its identity and times."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return self._digest_fd(fd, os.fstat(fd))
+            info = os.fstat(fd)
+            key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+            with self._lock:
+                cached = self._digests.get(key)
+            if cached is None:
+                cached = _sha256(fd)
+                with self._lock:
+                    self._digests[key] = cached
+            return cached
         finally:
             os.close(fd)
 
@@ -126,9 +134,9 @@ def open_executable(host_path: str) -> int:
     return os.open(host_path, os.O_RDONLY | os.O_CLOEXEC)
 
 
-def shebang(fd: int) -> tuple[str, list[str]] | None:
-    """(interpreter, [optional argument]) from a ``#!`` line, or None for a binary."""
-    head = os.pread(fd, SHEBANG_MAX, 0)
+def shebang(head: bytes) -> tuple[str, list[str]] | None:
+    """(interpreter, [optional argument]) from a file's first SHEBANG_MAX bytes (a ``#!``
+    line), or None for a binary."""
     if not head.startswith(b"#!"):
         return None
     line = head[2:].split(b"\n", 1)[0].strip(b" \t")
@@ -157,6 +165,15 @@ def loader_target(argv: list[str]) -> tuple[str, list[str]] | None:
 
 def is_loader(program: str) -> bool:
     return bool(LOADER_NAME.fullmatch(program))
+
+
+class Examined(NamedTuple):
+    """An exec'd file as the decision saw it: its name by content, the stat the name was
+    derived from (VerifiedExec compares the executed file with it) and its first bytes."""
+    program: str
+    sha256: str | None
+    info: os.stat_result
+    head: bytes
 
 
 class ExecIdentity:
@@ -190,18 +207,35 @@ class ExecIdentity:
             raise
         return name, digest, fd
 
-    def also_runs(self, args: dict, host_path: str, host_root: str, resolve) -> list[dict]:
-        """The programs an exec with tool-call ``args`` (of the file at ``host_path``) runs
-        besides that file: [{path, program, argv, via}], innermost interpreter last.
-        ``resolve(path, base)`` resolves a path as the agent would, or raises OSError."""
+    def examine(self, host_path: str, path: str, fallback: str) -> Examined:
+        """The file at ``host_path`` (the agent's ``path``), opened once: named, stat'ed and
+        its head read from the same open file. OSError as ``program``."""
+        self._ready.wait(LISTING_TIMEOUT)
+        if self._index is None:
+            raise OSError(errno.EAGAIN, "the list of system programs is not ready")
+        fd = open_executable(host_path)
+        try:
+            info = os.fstat(fd)
+            name, digest = self._index.identify(fd, path, fallback, info)
+            return Examined(name, digest, info, os.pread(fd, SHEBANG_MAX, 0))
+        finally:
+            os.close(fd)
+
+    def also_runs(self, args: dict, host_path: str, host_root: str, resolve, head: bytes | None = None) -> list[dict]:
+        """The programs an exec with tool-call ``args`` (of the file at ``host_path``, whose
+        first bytes are ``head`` when already read) runs besides that file: [{path, program,
+        argv, via}], innermost interpreter last. ``resolve(path, base)`` resolves a path as
+        the agent would, or raises OSError."""
         found: list[dict] = []
         path, program, argv = args["path"], args["program"], list(args["argv"])
         for _ in range(MAX_INTERPRETER_DEPTH + 1):
-            fd = open_executable(host_path)
-            try:
-                interp = shebang(fd)
-            finally:
-                os.close(fd)
+            if head is None:
+                fd = open_executable(host_path)
+                try:
+                    head = os.pread(fd, SHEBANG_MAX, 0)
+                finally:
+                    os.close(fd)
+            interp, head = shebang(head), None
             if interp is not None:
                 interpreter, extra = interp
                 via, path, argv = "shebang", resolve(interpreter, "/"), [interpreter, *extra, path, *argv[1:]]

@@ -229,14 +229,17 @@ class Gate:
 # ---- verified exec: only the holder is traced, and what the kernel copied is checked --------
 
 ELF_MAGIC = b"\x7fELF"
-AT_EXECFN = 31  # auxv entry: address of the filename the kernel copied onto the new stack
 SPIN = 0.002  # seconds of sched_yield polling for the exec stop before sleeping between polls
-STAT_PPID, STAT_THREADS = 1, 17  # /proc/PID/stat fields 4 and 20, counted after "comm"
+AT_EXECFN = 31  # auxv entry: address of the filename the kernel copied onto the new stack
 UNVERIFIABLE_PREFIXES = ("/proc/", "/dev/fd/")  # magic links: the supervisor's view differs
 
 
 class ExecChanged(FreezeError):
     """The exec'd image differs from what was decided; the holder was killed before it ran."""
+
+
+def _file_key(info: os.stat_result) -> tuple:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
 class VerifiedExec:
@@ -246,13 +249,20 @@ class VerifiedExec:
     The holder alone is seized (PTRACE_O_TRACEEXEC) and interrupted before CONTINUE. The
     kernel then performs the exec and stops the new image at PTRACE_EVENT_EXEC, before its
     first instruction. There we compare what the kernel actually used with the decision:
-    the executable (/proc/PID/exe), the argv copied onto the new stack (/proc/PID/cmdline),
-    the filename as passed (AT_EXECFN), the working directory and, when the decision named
-    the program by its content, the program the executed file is. Any difference, whoever
-    caused it (a process writing a shared mapping or /proc/PID/mem, a renamed symlink, a
-    CLONE_FS sibling's chdir), kills the holder before it runs; on a match it is detached.
-    So no task needs to be frozen: a rewrite between our read and the kernel's copy can
-    only turn a permitted exec into a killed one, never into an undecided one.
+    the executable (/proc/PID/exe), the argv and the filename it copied onto the new stack
+    (/proc/PID/cmdline and AT_EXECFN), the working directory and the program the executed
+    file is. Any difference, whoever caused it (a process writing a shared mapping or
+    /proc/PID/mem, a renamed symlink, a CLONE_FS sibling's chdir or chroot), kills the holder
+    before it runs; on a match it is detached. So no task needs to be frozen: a rewrite
+    between our read and the kernel's copy can only turn a permitted exec into a killed one,
+    never into an undecided one.
+
+    The program: from the exec on, the executed file cannot be written (ETXTBSY), so its
+    content at the stop is the content that runs. When the decision named it without reading
+    its content (a system program unchanged since start, or a size no system program has),
+    the name depends only on the path, ctime and size, so the same inode with the same stat
+    has the same name. When content was compared (``sha256``), it is hashed again at the stop:
+    a write through a shared mapping dirtied before our read changes no time stamp.
 
     Why the conditions: the holder must not be the supervisor's own child (the parent's
     waitpid() would take the tracer's stops; in launch() every agent task descends from
@@ -261,40 +271,41 @@ class VerifiedExec:
     and it is held. A script runs its interpreter, and the loader the program named in its
     argv, so the file that matters is not /proc/PID/exe; execveat names its file by
     descriptor. Pid reuse: the holder is held in the notification, so its pid stays its own
-    while ID_VALID holds, which is checked after the seize. The agent cannot trace the holder itself (the filter denies
-    ptrace) and the tracer-only stop is invisible to the holder's parent.
+    while ID_VALID holds, which is checked after the seize. The agent cannot trace the holder
+    itself (the filter denies ptrace) and the tracer-only stop is invisible to the holder's parent.
     """
 
-    def __init__(self, pid: int, exe: str, cwd: str, argv: list[bytes], execfn: bytes, timeout: float = EXEC_TIMEOUT):
-        self.pid, self.exe, self.cwd = pid, exe, cwd
+    def __init__(self, pid: int, exe: str, cwd: str, argv: list[bytes], execfn: bytes, root: str = "/",
+                 timeout: float = EXEC_TIMEOUT):
+        self.pid, self.exe, self.cwd, self.root = pid, exe, cwd, root
+        # What /proc/PID/exe and cwd must read, as the supervisor sees them.
+        self.exe_link, self.cwd_link = _outside(root, exe), _outside(root, cwd)
         self.cmdline = b"".join(arg + b"\0" for arg in argv)
         self.execfn = execfn
         self.timeout = timeout
         self.attached = False
-        # (how to name the file behind /proc/PID/exe, the name decided): a same-path swap of
-        # the file's content is caught by naming the executed file again, as the decision did.
-        self.identity: tuple = (None, None)
+        # (how to name the file behind /proc/PID/exe, the name decided, the decided file's stat
+        # or None): see the class doc for when the stat is enough.
+        self.identity: tuple = (None, None, None)
 
     @classmethod
-    def for_exec(cls, pid: int, decoded: dict, args: dict) -> "VerifiedExec | None":
-        """A verifier when this exec qualifies (see the class doc), else None."""
+    def for_exec(cls, pid: int, decoded: dict, args: dict, seen: dict) -> "VerifiedExec | None":
+        """A verifier when this exec qualifies (see the class doc), else None. ``seen``: what
+        sandbox.decode.exec.exec_arguments read (the agent's root and the examined file)."""
         if decoded.get("syscall") != "execve" or not decoded.get("argv") or not decoded.get("path"):
             return None  # argc 0 gets an empty argv[0] from the kernel: left to the freezer
         if args.get("runs") or args.get("anonymous"):
             return None  # the loader or an interpreter runs another file the decision named
         if any(p.startswith(UNVERIFIABLE_PREFIXES) for p in (args["path"], args["requested"])):
             return None
-        try:
-            stat = _read_start(f"/proc/{pid}/stat", 512)
-            fields = stat[stat.rfind(b")") + 2:].split()
-            # One thread; and not our own child, whose stops our own waitpid() calls could take.
-            if fields[STAT_THREADS] != b"1" or int(fields[STAT_PPID]) == os.getpid():
-                return None
-            if _read_start(f"/proc/{pid}/root{args['path']}", len(ELF_MAGIC)) != ELF_MAGIC:
-                return None
-        except OSError:
+        examined = seen.get("examined")
+        if examined is None or not examined.head.startswith(ELF_MAGIC):
             return None
-        return cls(pid, args["path"], args["cwd"], decoded["argv"], decoded["path"])
+        if not _single_threaded_stranger(pid):
+            return None
+        verifier = cls(pid, args["path"], args["cwd"], decoded["argv"], decoded["path"], seen["root"])
+        verifier.identity = (None, (examined.program, examined.sha256), examined.info)
+        return verifier
 
     def attach(self) -> None:
         """Seize and interrupt the holder; raises OSError (e.g. EPERM: already traced)."""
@@ -351,30 +362,38 @@ class VerifiedExec:
     def _difference(self) -> str:
         proc = f"/proc/{self.pid}/"
         try:
-            root = os.readlink(proc + "root")
-            exe, cwd = (_inside(root, os.readlink(proc + name)) for name in ("exe", "cwd"))
-            cmdline = _read_start(proc + "cmdline", len(self.cmdline) + 1)
-            execfn = self._execfn()
+            exe, cwd = os.readlink(proc + "exe"), os.readlink(proc + "cwd")
+            cmdline, execfn = self._copied()
+            executed = os.stat(proc + "exe")
         except OSError as err:
             return f"the new image cannot be inspected ({err.strerror})"
-        identify, decided_identity = self.identity
+        for what, seen, decided in (("executable", exe, self.exe_link), ("argv", cmdline, self.cmdline),
+                                    ("path", execfn, self.execfn), ("cwd", cwd, self.cwd_link)):
+            if seen != decided:
+                if what in ("executable", "cwd"):
+                    seen, decided = _inside(self.root, seen), _inside(self.root, decided)
+                return f"{what} {seen!r} is not the decided {decided!r}"
+        identify, decided_identity, decided_info = self.identity
+        if decided_identity[1] is None and decided_info is not None and \
+                _file_key(executed) == _file_key(decided_info):
+            return ""  # named without its content, and the same file unchanged: the same name
         try:
             identity = identify(proc + "exe") if identify else None
         except OSError as err:
             return f"the new image cannot be identified ({err.strerror})"
-        for what, seen, decided in (("executable", exe, self.exe), ("argv", cmdline, self.cmdline),
-                                    ("path", execfn, self.execfn), ("cwd", cwd, self.cwd),
-                                    ("program", identity, decided_identity)):
-            if seen != decided:
-                return f"{what} {seen!r} is not the decided {decided!r}"
+        if identity != decided_identity:
+            return f"program {identity!r} is not the decided {decided_identity!r}"
         return ""
 
-    def _execfn(self) -> bytes:
+    def _copied(self) -> tuple[bytes, bytes]:
+        """(argv strings, filename) as the kernel copied them onto the new image's stack.
+        /proc/PID/cmdline and auxv (AT_EXECFN) are cheaper to read than /proc/PID/stat."""
+        cmdline = _read_start(f"/proc/{self.pid}/cmdline", len(self.cmdline) + 1)
         auxv = _read_start(f"/proc/{self.pid}/auxv", 1024)
         for key, value in struct.iter_unpack("=QQ", auxv[:len(auxv) // 16 * 16]):
             if key == AT_EXECFN:
-                return RemoteMemory(self.pid).cstring(value)
-        return b""
+                return cmdline, RemoteMemory(self.pid).cstring(value)
+        return cmdline, b""
 
     def _detach(self, signum: int) -> None:
         try:
@@ -406,6 +425,22 @@ class VerifiedExec:
         self.attached = False
 
 
+def _single_threaded_stranger(pid: int) -> bool:
+    """``pid`` has one thread and is not our own child (whose stops our own waitpid() calls
+    could take). Two cheap calls instead of a /proc/PID/stat read: procfs gives the task
+    directory 2 + the thread count links, and waitid() on a process that is not our child
+    fails with ECHILD (WNOWAIT: a child's exit stays for its own waiter)."""
+    try:
+        if os.stat(f"/proc/{pid}/task").st_nlink != 2 + 1:
+            return False
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    except OSError:
+        return False
+    return False  # our own child
+
+
 def _read_start(path: str, size: int) -> bytes:
     """Up to ``size`` bytes from the start of ``path`` (one read: /proc files answer whole)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -413,6 +448,13 @@ def _read_start(path: str, size: int) -> bytes:
         return os.read(fd, size)
     finally:
         os.close(fd)
+
+
+def _outside(root: str, path: str) -> str:
+    """An agent-view path as the supervisor sees it (the inverse of _inside)."""
+    if root == "/":
+        return path
+    return root if path == "/" else root + path
 
 
 def _inside(root: str, host_path: str) -> str:

@@ -319,15 +319,16 @@ class Supervisor:
         except OSError:  # unreadable memory: the frozen read below records the error
             self._decide_with_freezer(notification, started)
             return
+        seen: dict = {}
         try:
-            args = exec_arguments(decoded, self.exec_identity)
+            args = exec_arguments(decoded, self.exec_identity, seen)
         except OSError as err:
             self.stats["unresolved"] += 1
             notify.send_error(self.listener, notification.id, err.errno or errno.ENOENT)
             return
-        verified = freeze.VerifiedExec.for_exec(notification.pid, decoded, args)
+        verified = freeze.VerifiedExec.for_exec(notification.pid, decoded, args, seen)
         if verified is not None:
-            verified.identity = (lambda exe: self._program_of(exe, args), (args["program"], args.get("sha256")))
+            verified.identity = (lambda exe: self._program_of(exe, args), *verified.identity[1:])
             call = self._call("shell/exec", args, notification.pid)
             decision = self._settle(call, self._decide(call), notification)
             if self._decide_verified(notification, decoded["syscall"], call, decision, verified, started):

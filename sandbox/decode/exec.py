@@ -22,9 +22,11 @@ def _host_root(pid: int) -> str:
     return f"/proc/{pid}/root"
 
 
-def agent_view(pid: int, host_path: str) -> str:
-    """Turn a path as the supervisor sees it (a /proc readlink) into the agent's view."""
-    root = os.readlink(_host_root(pid))
+def agent_view(pid: int, host_path: str, root: str | None = None) -> str:
+    """Turn a path as the supervisor sees it (a /proc readlink) into the agent's view
+    (``root``: the agent's root as the supervisor sees it, when already read)."""
+    if root is None:
+        root = os.readlink(_host_root(pid))
     if root == "/":
         return host_path
     if host_path == root or host_path.startswith(root + "/"):
@@ -32,11 +34,11 @@ def agent_view(pid: int, host_path: str) -> str:
     return host_path  # outside the agent's root: shown as is (e.g. "pipe:[123]")
 
 
-def base_directory(pid: int, dirfd: int) -> str:
+def base_directory(pid: int, dirfd: int, root: str | None = None) -> str:
     """The directory a relative path starts from: the cwd, or what ``dirfd`` names."""
     link = f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}"
     try:
-        return agent_view(pid, os.readlink(link))
+        return agent_view(pid, os.readlink(link), root)
     except FileNotFoundError:
         raise OSError(errno.EBADF, f"bad directory fd {dirfd} in pid {pid}") from None
 
@@ -77,11 +79,12 @@ def resolve_in_root(pid: int, path: str) -> str:
                 resolved.pop()
             continue
         candidate = "/" + "/".join(resolved + [part])
-        if PROC_SELF.fullmatch(candidate):
+        in_proc = candidate.startswith("/proc/")  # the regular expressions only match there
+        if in_proc and PROC_SELF.fullmatch(candidate):
             pending.extend(reversed(_proc_self(pid, part).split("/")))
             continue
         info = os.lstat(host_root + candidate)
-        if PROC_MAGIC.fullmatch(candidate) and stat.S_ISLNK(info.st_mode):
+        if in_proc and PROC_MAGIC.fullmatch(candidate) and stat.S_ISLNK(info.st_mode):
             if pending:
                 raise OSError(errno.ENOTDIR, f"{candidate}: not a directory")
             return candidate
@@ -100,13 +103,18 @@ def resolve_in_root(pid: int, path: str) -> str:
     return "/" + "/".join(resolved)
 
 
-def exec_arguments(decoded: dict, identity=None) -> dict:
+def exec_arguments(decoded: dict, identity=None, seen: dict | None = None) -> dict:
     """{path, requested, argv, cmd, program, cwd} for a decoded exec, plus with an
     ``identity`` (sandbox.exec_identity.ExecIdentity) the program named by content, ``sha256``
     when content was compared, ``anonymous`` for a file with no name (memfd, deleted) and
     ``runs``: the interpreters and loaded programs the exec also runs. OSError(errno) if the
-    executable cannot be resolved (the exec could not succeed either)."""
-    cwd, resolved, requested = resolve_executable(decoded)
+    executable cannot be resolved (the exec could not succeed either).
+
+    ``seen`` (a dict) receives what the arguments were derived from, for freeze.VerifiedExec:
+    ``root`` (the agent's root as the supervisor sees it) and, with an identity, ``examined``
+    (sandbox.exec_identity.Examined of the file)."""
+    root = os.readlink(_host_root(decoded["pid"]))
+    cwd, resolved, requested = resolve_executable(decoded, root)
     argv = [os.fsdecode(arg) for arg in decoded["argv"]]
     args = {
         "path": resolved,
@@ -119,18 +127,18 @@ def exec_arguments(decoded: dict, identity=None) -> dict:
     if identity is not None:
         pid = decoded["pid"]
         host_path = _executable_host_path(decoded, resolved)
-        program, digest, fd = identity.program(host_path, resolved, args["program"])
-        try:
-            anonymous = os.fstat(fd).st_nlink == 0
-        finally:
-            os.close(fd)
-        args["program"] = program
-        if digest:
-            args["sha256"] = digest
-        if anonymous:
+        examined = identity.examine(host_path, resolved, args["program"])
+        args["program"] = examined.program
+        if examined.sha256:
+            args["sha256"] = examined.sha256
+        if examined.info.st_nlink == 0:
             args["anonymous"] = True
         resolve = lambda path, base: resolve_in_root(pid, posixpath.join(base, path))  # noqa: E731
-        args["runs"] = identity.also_runs(args, host_path, _host_root(pid), resolve)
+        args["runs"] = identity.also_runs(args, host_path, _host_root(pid), resolve, examined.head)
+        if seen is not None:
+            seen["examined"] = examined
+    if seen is not None:
+        seen["root"] = root
     return args
 
 
@@ -142,18 +150,21 @@ def _executable_host_path(decoded: dict, resolved: str) -> str:
     return _host_root(pid) + resolved
 
 
-def resolve_executable(decoded: dict) -> tuple[str, str, str]:
-    """(cwd, resolved path, requested path) of a decoded exec, in the agent's view."""
+def resolve_executable(decoded: dict, root: str | None = None) -> tuple[str, str, str]:
+    """(cwd, resolved path, requested path) of a decoded exec, in the agent's view (``root``:
+    the agent's root as the supervisor sees it, when already read)."""
     pid = decoded["pid"]
-    cwd = base_directory(pid, AT_FDCWD)
+    if root is None:
+        root = os.readlink(_host_root(pid))
+    cwd = base_directory(pid, AT_FDCWD, root)
     dirfd = decoded.get("dirfd", AT_FDCWD)
     raw_path = os.fsdecode(decoded["path"])
     if raw_path == "" and decoded.get("at_flags", 0) & AT_EMPTY_PATH:
-        requested = resolved = base_directory(pid, dirfd)  # the fd itself, e.g. a memfd
+        requested = resolved = base_directory(pid, dirfd, root)  # the fd itself, e.g. a memfd
     elif raw_path == "":
         raise OSError(errno.ENOENT, "empty executable path")
     else:
-        base = base_directory(pid, dirfd)
+        base = cwd if dirfd == AT_FDCWD else base_directory(pid, dirfd, root)
         requested = lexical_absolute(base, raw_path)
         # Resolve the unnormalised path: "link/.." must climb from the link's target.
         resolved = resolve_in_root(pid, posixpath.join(base, raw_path))
