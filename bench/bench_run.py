@@ -206,8 +206,8 @@ def report(start: dict[str, tuple[float, float, float]], latencies: dict[str, li
               "and argv, resolving the path inside the agent's root and naming the program by content "
               "(sandbox.decode.exec, sandbox.exec_identity), checking that the exec qualifies, the policy "
               "decision, two ptrace calls, ID_VALID and the audit record; after CONTINUE, the kernel's exec, "
-              "then reading back what it copied (/proc/PID/exe, cwd, cmdline, auxv, the program's identity) "
-              "and the detach.", ""]
+              "then the check of what it runs against the decision (sandbox.freeze.VerifiedExec: the "
+              "executable and cwd as the supervisor sees them, the program's identity) and the detach.", ""]
     return "\n".join(lines)
 
 

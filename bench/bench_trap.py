@@ -2,12 +2,15 @@
 
     python3 bench/bench_trap.py [--rounds 5] [--opens 20000] [--getpids 2000000] [--loop 2000]
     python3 bench/bench_trap.py --stages 5000 [--same-cpu]   # where one trapped open spends its time
+    python3 bench/bench_trap.py --exec-stages 2000           # where one verified exec spends its time
+    python3 bench/bench_trap.py --exec-floors 5              # the bash loop with parts of the exec path removed
 
 Needs root (a cgroup v2 directory for the exec freezer), gcc and strace
 (`apt-get install -y strace`). Configurations run interleaved, round by round, and
 each figure is the median over rounds; ratios are against native in the same run.
-The open loop also runs under `python_floor` (the least a Python supervisor can do per
-open) to show how much of the cost is the mechanism and how much our handling.
+The open loop also runs with the compiled fast path for repeated reads (sandbox/fastpath.py)
+and under `python_floor` (the least a Python supervisor can do per open) to show how much of
+the cost is the mechanism and how much our handling.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ TRAPPED_FOR_STRACE = "trace=execve,execveat,open,openat,openat2,creat,unlink,unl
 
 def permit(call):
     return Decision(Effect.PERMIT, rule_id="bench")
+
+
+def path_only(tool: str) -> frozenset:
+    """What Engine.decision_keys says of a policy such as `deny fs/read when args.path == ...`."""
+    return frozenset({"path"})
 
 
 def build(workdir: Path) -> str:
@@ -151,10 +159,13 @@ def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
     elif mode.startswith("sandboxed"):
         # "sandboxed": every table syscall trapped; "sandboxed-kernel-read-exec": a policy that
         # permits fs/read and shell/exec unconditionally, compiled into the filter;
-        # "sandboxed-same-cpu": supervisor threads and agent all on one CPU.
+        # "sandboxed-same-cpu": supervisor threads and agent all on one CPU; "-compiled": repeated
+        # reads answered by the compiled fast path (a policy whose fs/read decision reads only the path).
         decided = {"fs/read": ALLOW, "shell/exec": ALLOW} if mode.endswith("read-exec") else {}
+        keys = path_only if "compiled" in mode else None
         with same_cpu(mode.endswith("same-cpu")):
-            run = run_sandboxed(argv, permit, trapped=TRAPPED, cgroup=cgroups.fresh(), kernel_decided=decided)
+            run = run_sandboxed(argv, permit, trapped=TRAPPED, cgroup=cgroups.fresh(), kernel_decided=decided,
+                                decision_keys=keys)
         if run.status != 0:
             raise RuntimeError(f"sandboxed {argv} failed: {run.stderr.decode()}")
         out = run.stdout
@@ -234,6 +245,129 @@ def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: b
     return lines + [""]
 
 
+def exec_stage_timings(loops: int, cgroups: Cgroup) -> list[str]:
+    """Median and mean time per stage of one exec decision (freeze.VerifiedExec) inside the
+    supervisor, for `bash -c 'for ...; do /bin/true; done'` with only the execs trapped."""
+    from sandbox import exec_identity, freeze, notify, supervisor
+    from sandbox.decode import exec as decode_exec
+
+    samples: dict[str, list[int]] = {}
+    patched = []
+
+    def wrap(owner, name: str, label: str, clock=time.perf_counter_ns) -> None:
+        original = getattr(owner, name)
+        kept = samples.setdefault(label, [])
+
+        def timed_call(*args, **kwargs):
+            start = clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                kept.append(clock() - start)
+        patched.append((owner, name, original))
+        setattr(owner, name, timed_call)
+
+    wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
+    wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")
+    for owner, name, label in ((supervisor, "decode", "decode (path and argv)"),
+                               (supervisor, "exec_arguments", "exec_arguments (all of the below)"),
+                               (decode_exec, "resolve_executable", "- resolve in the agent's root"),
+                               (exec_identity.ExecIdentity, "examine", "- open, name and read the file"),
+                               (exec_identity.ExecIdentity, "also_runs", "- interpreters and loader"),
+                               (freeze.VerifiedExec, "for_exec", "VerifiedExec.for_exec (/proc/PID/stat)"),
+                               (supervisor.Supervisor, "_call", "ToolCall"),
+                               (supervisor.Supervisor, "_decide", "decide()"),
+                               (freeze.VerifiedExec, "attach", "PTRACE_SEIZE + PTRACE_INTERRUPT"),
+                               (notify, "id_valid", "ID_VALID ioctl"),
+                               (supervisor.Supervisor, "_record", "audit record"),
+                               (notify, "send_continue", "CONTINUE ioctl (the agent may run the exec on our CPU)"),
+                               (freeze.VerifiedExec, "_next_status", "waiting for PTRACE_EVENT_EXEC"),
+                               (freeze.VerifiedExec, "_difference", "checking the new image"),
+                               (freeze.VerifiedExec, "_detach", "PTRACE_DETACH")):
+        wrap(owner, name, label)
+    # The handler table holds the function itself: point it at the class attribute again.
+    handlers = dict(supervisor._HANDLERS)
+    supervisor._HANDLERS["shell"] = supervisor.Supervisor._handle_exec
+    bash = ["/bin/bash", "-c", f"for i in $(seq {loops}); do /bin/true; done"]
+    try:
+        started = time.perf_counter()
+        run = run_sandboxed(bash, permit, trapped=("execve", "execveat"), cgroup=cgroups.fresh())
+        seconds = time.perf_counter() - started
+    finally:
+        supervisor._HANDLERS.update(handlers)
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
+    lines = [f"### stages of one verified exec ({loops} loop iterations in {seconds:.2f} s, "
+             f"{run.stats['exec_verified']} verified, load average {os.getloadavg()[0]:.2f})", "",
+             "| stage | median µs | mean µs |", "|---|---|---|"]
+    lines += [f"| {label} | {statistics.median(values) / 1000:.1f} | {statistics.mean(values) / 1000:.1f} |"
+              if values else f"| {label} | (not reached) | |" for label, values in samples.items()]
+    return lines + [""]
+
+
+@contextlib.contextmanager
+def exec_path_cut_to(level: str):
+    """The supervisor with only part of the exec path (not safe: for measuring the rest):
+    "floor" answers CONTINUE at once; "trace" also seizes the holder, waits for its exec stop
+    and detaches; "decide" decodes, names and decides but neither traces nor checks."""
+    from sandbox import freeze, notify, supervisor
+
+    saved = [(supervisor.Supervisor, "_handle", supervisor.Supervisor._handle),
+             (freeze.VerifiedExec, "attach", freeze.VerifiedExec.attach),
+             (freeze.VerifiedExec, "finish", freeze.VerifiedExec.finish)]
+
+    def trace_only(self, notification) -> None:
+        if not freeze._single_threaded_stranger(notification.pid):  # bash itself is our child
+            notify.send_continue(self.listener, notification.id)
+            return
+        verifier = freeze.VerifiedExec(notification.pid, "", "", [b"-"], b"")
+        verifier.attach()
+        notify.send_continue(self.listener, notification.id)
+        verifier._difference = lambda: ""
+        verifier.finish(True)
+    if level == "floor":
+        supervisor.Supervisor._handle = lambda self, notification: notify.send_continue(self.listener, notification.id)
+    elif level == "trace":
+        supervisor.Supervisor._handle = trace_only
+    elif level == "decide":
+        freeze.VerifiedExec.attach = lambda self: None
+        freeze.VerifiedExec.finish = lambda self, continued: None
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def exec_floors(rounds: int, loops: int, cgroups: Cgroup) -> list[str]:
+    """The bash loop natively and under the supervisor with its exec path cut to each level."""
+    bash = ["/bin/bash", "-c", f"for i in $(seq {loops}); do /bin/true; done"]
+    levels = {"CONTINUE at once (receiver floor)": "floor",
+              "+ seize, wait for the exec stop, detach (no decode, decision or check)": "trace",
+              "decode, name and decide, CONTINUE (no ptrace, no check)": "decide",
+              "everything (VerifiedExec)": "full"}
+    samples: dict[str, list[float]] = {"native": [], **{name: [] for name in levels}}
+    for _ in range(rounds):
+        started = time.perf_counter()
+        subprocess.run(bash, check=True)
+        samples["native"].append(time.perf_counter() - started)
+        for name, level in levels.items():
+            with exec_path_cut_to(level):
+                started = time.perf_counter()
+                run = run_sandboxed(bash, permit, trapped=("execve", "execveat"), cgroup=cgroups.fresh())
+                samples[name].append(time.perf_counter() - started)
+            if run.status != 0:
+                raise SystemExit(f"{name}: the loop exited {run.status}")
+    native = statistics.median(samples["native"])
+    lines = [f"### the exec path cut short ({loops} iterations, median of {rounds}, "
+             f"load average {os.getloadavg()[0]:.2f} at the end)", "",
+             "| supervisor does | s | × native | added ms per exec |", "|---|---|---|---|"]
+    for name, values in samples.items():
+        median = statistics.median(values)
+        lines.append(f"| {name} | {median:.2f} | {median / native:.2f} | {(median - native) / loops * 1000:+.3f} |")
+    return lines + [""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -243,15 +377,26 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=0, metavar="CALLS",
                         help="only time the stages of CALLS trapped opens inside the supervisor")
     parser.add_argument("--same-cpu", action="store_true", help="with --stages: as `run --same-cpu` places them")
+    parser.add_argument("--exec-floors", type=int, default=0, metavar="ROUNDS",
+                        help="only run the --loop bash loop with the exec path cut short, ROUNDS rounds")
+    parser.add_argument("--exec-stages", type=int, default=0, metavar="LOOPS",
+                        help="only time the stages of the exec decisions of a bash loop of LOOPS /bin/true")
     options = parser.parse_args()
     modes = ["native", "sandboxed", "sandboxed-same-cpu", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
-    floor = ["python-floor", "python-floor-same-cpu"]  # for the open loop only: they trap openat alone
+    # For the open loop only: the compiled fast path, and the floors, which trap openat alone.
+    floor = ["sandboxed-compiled", "sandboxed-compiled-same-cpu", "python-floor", "python-floor-same-cpu"]
     cgroups = Cgroup()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             loop = build(Path(tmp))
             target = Path(tmp) / "file"
             target.write_text("x")
+            if options.exec_floors:
+                print("\n".join(exec_floors(options.exec_floors, options.loop, cgroups)))
+                return
+            if options.exec_stages:
+                print("\n".join(exec_stage_timings(options.exec_stages, cgroups)))
+                return
             if options.stages:
                 print("\n".join(stage_timings(loop, str(target), options.stages, cgroups, options.same_cpu)))
                 return

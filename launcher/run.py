@@ -54,7 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fail-on-deny", action="store_true",
                         help=f"exit {EXIT_VIOLATIONS} when the agent succeeded but any call was denied or deferred")
     parser.add_argument("--audit-all", action="store_true",
-                        help="trap every category, even ones the policy decides unconditionally")
+                        help="trap every category, even ones the policy decides unconditionally, and "
+                             "answer every call in Python with its record written first")
+    parser.add_argument("--fast-repeats", action="store_true",
+                        help="answer repeated identical reads in compiled code and write their audit "
+                             "records just after (within 20 ms); docs/run.md")
     parser.add_argument("--dns-upstream", action="append", default=[], metavar="IP[:PORT]",
                         help="resolver the agent's lookups are forwarded to (repeatable; default: the "
                              "nameservers of this host's /etc/resolv.conf)")
@@ -124,6 +128,8 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         return _fail(f"cannot read the working directory: {err.strerror}", "cd to a directory that exists")
     engine = policy.Engine(layers, policy.SessionStore(), defer_ttl=args.approve_timeout)
     decide = _fail_closed(engine.decide if wrap_decide is None else wrap_decide(engine.decide))
+    if wrap_decide is None:  # learn mode must see every call: nothing is repeated for it
+        decide.decision_keys = engine.decision_keys
     session_id = secrets.token_hex(6)
     spec = SandboxSpec(
         argv=command,
@@ -132,6 +138,7 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         kernel_decided={} if args.audit_all or args.report or args.fail_on_deny or args.json else kernel_decided(engine),
         approve_timeout=args.approve_timeout,
         audit_all=args.audit_all,
+        fast_repeats=args.fast_repeats,
         session_id=session_id,
         verbose=args.verbose,
         same_cpu=args.same_cpu,

@@ -23,8 +23,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sandbox import (_libc, _libc_ns, _nethandover, cgroups, landlock, limits, mounts, namespaces, placement,
-                     seccomp, supervisor)
+from sandbox import (_libc, _libc_ns, _nethandover, cgroups, fastpath, landlock, limits, mounts, namespaces,
+                     placement, seccomp, supervisor)
 from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
 
@@ -50,6 +50,8 @@ class _Run:
     init_pid: int = 0
     listener: int | None = None  # agent: the seccomp listener until it is handed over
     limits: limits.Enforcer | None = None  # launcher: resource limits (sandbox/limits.py)
+    decision_keys: object = None  # Engine.decision_keys when repeated reads may be answered in C
+    watch_credentials: bool = False  # the filter sends credential calls to the fast path (sandbox/fastpath.py)
 
 
 # ---- stages run in the launcher -------------------------------------------------------------
@@ -58,13 +60,13 @@ def _build_filter(run: _Run) -> None:
     """Built before any fork, so a bad filter never leaves a half-made sandbox behind."""
     if not run.spec.seccomp:
         return
-    key = (tuple(sorted(run.spec.trapped)), tuple(sorted(run.spec.kernel_decided.items())))
+    key = (tuple(sorted(run.spec.trapped)), tuple(sorted(run.spec.kernel_decided.items())), run.watch_credentials)
     if key not in _FILTERS:  # a few ms with libseccomp; the same spec gives the same program
-        _FILTERS[key] = seccomp.build_filter(list(key[0]), dict(key[1]))
+        _FILTERS[key] = seccomp.build_filter(list(key[0]), dict(key[1]), watch_credentials=key[2])
     run.program = _FILTERS[key]
 
 
-_FILTERS: dict[tuple, bytes] = {}  # (trapped, kernel_decided) -> BPF program, per process
+_FILTERS: dict[tuple, bytes] = {}  # (trapped, kernel_decided, watch_credentials) -> BPF program, per process
 
 
 def _create_cgroup(run: _Run) -> None:
@@ -349,6 +351,9 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
     raises SandboxError when the sandbox cannot be set up. Call it from a single-threaded process:
     the supervisor's threads start only once the sandbox exists, and are gone when it returns."""
     run = _Run(spec)
+    if not spec.audit_all:
+        run.decision_keys = getattr(decide, "decision_keys", None)
+        run.watch_credentials = fastpath.wanted(run.decision_keys, audit is not None, spec.fast_repeats)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)  # children inherit it until they choose
     # Before any clone or thread: the agent and the supervisor's threads inherit the affinity.
     old_cpus, cpu = placement.pin_to_one_cpu() if spec.same_cpu else (None, None)
@@ -381,17 +386,20 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         _receive_listener(run)
         return exit_code(_wait_init(run, None))
     reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    before = set(threading.enumerate())  # the supervisor's threads, its constructor's included, are joined
     try:
         # Built while the sandbox sets itself up, so the constructor's freezer self-test (a few ms)
         # overlaps it; the listener then takes over the reserved descriptor number.
         sup = supervisor.Supervisor(reserved, decide, session_id=run.spec.session_id, audit=audit,
                                     approve=approve, approve_timeout=run.spec.approve_timeout,
                                     cgroup_dir=run.cgroup_dir,
-                                    pidns_of=None if run.cgroup_dir else run.init_pid, net=run.spec.net)
+                                    pidns_of=None if run.cgroup_dir else run.init_pid, net=run.spec.net,
+                                    decision_keys=run.decision_keys, fast_repeats=run.spec.fast_repeats,
+                                    credentials_watched=run.watch_credentials)
         listener = _receive_listener(run)
         os.dup2(listener, reserved, inheritable=False)
         os.close(listener)
-        serving = _Serving(sup)
+        serving = _Serving(sup, before)
         status = _wait_init(run, serving)
         serving.finish()
     finally:
@@ -419,9 +427,8 @@ def _receive_listener(run: _Run) -> int | None:
 class _Serving:
     """The supervisor on its own thread; the launcher's main thread keeps signals and reaping."""
 
-    def __init__(self, sup):
-        self.sup, self.error = sup, None
-        self.before = set(threading.enumerate())
+    def __init__(self, sup, before: set[threading.Thread]):
+        self.sup, self.error, self.before = sup, None, before
         self.thread = threading.Thread(target=self._serve, name="supervisor", daemon=True)
         self.thread.start()
 

@@ -142,6 +142,15 @@ def landlock_check() -> Check:
     return Check("Landlock", OK, f"ABI {abi}", degrades)
 
 
+def compiled_reads_check() -> Check:
+    degrades = "repeated reads are answered in Python (several times slower each)"
+    from sandbox import fastpath  # the extension is a build product, not a kernel feature
+    if fastpath.available():
+        return Check("compiled fast path", OK, "sandbox._fastpath is built", degrades)
+    return Check("compiled fast path", MISSING, "sandbox._fastpath was not built (reinstall with gcc and the "
+                 "Python headers present)", degrades)
+
+
 # ---- cgroups ----------------------------------------------------------------------------------
 
 def cgroup_checks() -> list[Check]:
@@ -234,7 +243,8 @@ def sysctl_checks() -> list[Check]:
 
 
 def run_all() -> list[Check]:
-    return [*seccomp_checks(), landlock_check(), *cgroup_checks(), *namespace_checks(), *sysctl_checks()]
+    return [*seccomp_checks(), landlock_check(), *cgroup_checks(), *namespace_checks(), *sysctl_checks(),
+            compiled_reads_check()]
 
 
 def _read(path: str) -> str:

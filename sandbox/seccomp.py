@@ -166,6 +166,20 @@ def _syscall_id(name: str) -> int:
     return number
 
 
+# Calls that change a task's credentials or root, and the prctl options that change what
+# capabilities its next exec keeps. With watch_credentials they reach the supervisor, which notes
+# the change and lets them run: nothing is decided on their arguments (sandbox/fastpath.py
+# remembers the agent's identity and root until a task makes one of them).
+CREDENTIAL_CALLS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
+                    "setgroups", "capset", "chroot")
+CAPABILITY_PRCTLS = (24, 28, 47)  # PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT
+
+
+def credential_numbers() -> frozenset[int]:
+    """Syscall numbers of CREDENTIAL_CALLS and prctl."""
+    return frozenset(_syscall_id(name) for name in (*CREDENTIAL_CALLS, "prctl"))
+
+
 # Opens whose flags are a register argument: the filter can tell reads from writes.
 OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
 WRITE_OPEN_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
@@ -261,9 +275,11 @@ def _check_disjoint(trapped: set[str], kernel_decided: Mapping[str, int]) -> Non
         raise ValueError(f"syscalls {both} are both trapped and kernel_decided; choose one")
 
 
-def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | None = None) -> bytes:
+def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | None = None,
+                 watch_credentials: bool = False) -> bytes:
     """Compile the filter: USER_NOTIF for ``trapped``, ALLOW or ERRNO(errno) for
-    ``kernel_decided``, the hardening rules, and KILL_PROCESS for any other arch and x32.
+    ``kernel_decided``, the hardening rules, and KILL_PROCESS for any other arch and x32;
+    with ``watch_credentials`` also USER_NOTIF for CREDENTIAL_CALLS and CAPABILITY_PRCTLS.
 
     ``kernel_decided`` keys are syscall names, or tool categories of sandbox/traced.py
     ("fs/read", "shell/exec"...) that the policy decides unconditionally: trapped syscalls
@@ -291,6 +307,11 @@ def build_filter(trapped: Iterable[str], kernel_decided: Mapping[str, int] | Non
     for name, err in sorted(kernel_decided.items()):
         if err != ALLOW:
             program.add_rule(_action(err), _syscall_id(name))
+    if watch_credentials:
+        for name in CREDENTIAL_CALLS:
+            program.add_rule(NOTIFY, _syscall_id(name))
+        for option in CAPABILITY_PRCTLS:
+            program.add_rule(NOTIFY, _syscall_id("prctl"), MaskedEq(0, 0xFFFFFFFF, option).compile())
     for name, rules in (("socket", socket_rules(trap_internet=False)), ("socketpair", socketpair_rules())):
         if name not in trapped and name not in kernel_decided:
             for action, matchers in rules:

@@ -22,6 +22,7 @@ class SandboxSpec:
     kernel_decided: dict[str, int] = field(default_factory=dict)  # syscall -> 0 (allow) or errno
     approve_timeout: float = 300.0
     audit_all: bool = False
+    fast_repeats: bool = False  # repeated reads answered in C, recorded just after (sandbox/fastpath.py)
     session_id: str = ""
     cgroup: bool = True  # put every agent task into a fresh cgroup v2 directory
     # (host directory, existing sandbox directory) bind-mounted nosuid,nodev,noexec in the agent's mounts

@@ -31,7 +31,7 @@ from typing import Callable
 
 from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
-from sandbox import freeze, notify, ptrace_freeze
+from sandbox import fastpath, freeze, notify, ptrace_freeze, seccomp
 from sandbox.decode import UnknownSyscall, decode, row_for
 from sandbox.decode.exec import exec_arguments
 from sandbox.exec_identity import ExecIdentity
@@ -56,7 +56,8 @@ class Supervisor:
                  audit: Callable[[dict], None] | None = None,
                  approve: Callable[[ToolCall, Decision, float], bool] | None = None,
                  approve_timeout: float = 300.0, cgroup_dir: str | None = None, pidns_of: int | None = None,
-                 net: NetContext | None = None):
+                 net: NetContext | None = None, decision_keys: Callable[[str], frozenset | None] | None = None,
+                 fast_repeats: bool = False, credentials_watched: bool = False):
         self.listener = listener_fd
         self.net = net if net is not None else NetContext()
         self.decide = decide
@@ -69,12 +70,13 @@ class Supervisor:
         # cgroup v2 freezer when a cgroup holds the agent, else ptrace stop-all over the agent's
         # pid namespace (pidns_of: a task in it, as the launcher sees it), else none: execs denied.
         self.freezer: freeze.CgroupFreezer | ptrace_freeze.PtraceFreezer | None = None
-        # Lists the system programs before the agent runs anything (sandbox.exec_identity).
-        self.exec_identity = ExecIdentity()
         self.freeze_problem = "the freezer self-test did not finish"
         self._freezer_ready = threading.Event()
         # Not a daemon: an exiting process waits for it, so its helper and scratch cgroup go.
         threading.Thread(target=self._check_freezer, args=(cgroup_dir, pidns_of), name="freezer-self-test").start()
+        # Lists the system programs before the agent runs anything (sandbox.exec_identity); started
+        # last, because while its thread lists, starting any other thread waits behind it.
+        self.exec_identity = ExecIdentity()
         self._receive_lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._settled = threading.Condition(self._count_lock)
@@ -83,6 +85,12 @@ class Supervisor:
         self._gate = freeze.Gate()  # fs performs are shared, a frozen exec decision exclusive
         self._done = threading.Event()
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
+        # Repeated read-only opens answered in C (sandbox/fastpath.py); with an audit sink only
+        # when the caller accepts their records being written just after the answer.
+        self.fast = fastpath.FastOpens.create(listener_fd, self._stop_read, decision_keys, credentials_watched) \
+            if fastpath.wanted(decision_keys, audit is not None, fast_repeats) else None
+        self._credential_calls = seccomp.credential_numbers() if credentials_watched else frozenset()
+        self._fast_records_lock = threading.Lock()
         self._receiver: threading.Thread | None = None  # the one thread that receives
         self._busy: dict[threading.Thread, float] = {}  # handler thread -> when it started
         self._live = 0  # worker threads still running
@@ -102,9 +110,15 @@ class Supervisor:
         with self._count_lock:
             self._new_receiver()
         threading.Thread(target=self._watchdog, name="supervisor-watchdog", daemon=True).start()
+        if self.fast is not None:
+            threading.Thread(target=self._drain_fast, name="supervisor-fast-records", daemon=True).start()
         self._done.wait()
         with self._count_lock:  # let handlers still answering dead tasks finish their audit
             self._settled.wait_for(lambda: not self._busy or self._stopped, timeout=5.0)
+        if self.fast is not None:
+            with self._receive_lock:  # the last receiver has left the fast path
+                self._write_fast_records()
+                self.stats.update(self.fast.stats())
 
     def stop(self) -> None:
         with self._count_lock:
@@ -118,6 +132,8 @@ class Supervisor:
         """Release the stop pipe once no worker polls it (a launcher runs many sandboxes)."""
         with self._count_lock:
             if self._live == 0 and self._stop_write >= 0:
+                if self.fast is not None:
+                    self.fast.close()
                 os.close(self._stop_read)
                 os.close(self._stop_write)
                 self._stop_read = self._stop_write = -1
@@ -181,6 +197,8 @@ class Supervisor:
 
     def _receive(self, poller: select.poll) -> notify.Notification | None:
         """The next notification, or None once every filtered task is gone or on stop()."""
+        if self.fast is not None:
+            return self.fast.receive()  # answers repeated opens itself, returns the rest
         while True:
             events = dict(poller.poll())
             if self._stop_read in events:
@@ -201,6 +219,9 @@ class Supervisor:
     def _handle(self, notification: notify.Notification) -> None:
         started = time.monotonic()
         self.stats["received"] += 1
+        if notification.nr in self._credential_calls:  # watched for the fast path, decided by nobody
+            notify.send_continue(self.listener, notification.id)
+            return
         try:
             row = row_for(notification)
         except UnknownSyscall as err:
@@ -234,11 +255,15 @@ class Supervisor:
                 self.stats["gone"] += 1
                 return
             call = self._call(op.tool, op.args, notification.pid)
-            decision = self._settle(call, self._decide(call), notification)
+            decided = self._decide(call)
+            decision = self._settle(call, decided, notification)
             if not self._still_waiting(notification):
                 return
             # The decision is on record before anything is done: an unrecordable permit is a deny.
-            decision = self._record(notification, decoded["syscall"], call, decision, started)
+            recorded = self._record(notification, decoded["syscall"], call, decision, started)
+            if self.fast is not None and recorded is decided:  # neither deferred nor unrecordable
+                self.fast.learn(decoded, op.tool, op.args, decided)
+            decision = recorded
             if not decision.permitted:
                 notify.send_error(self.listener, notification.id, errno.EACCES)
                 return
@@ -512,6 +537,24 @@ class Supervisor:
                 self._write_audit(notification, syscall, call, decision, started)
         self.stats["permitted" if decision.permitted else "denied"] += 1
         return decision
+
+    def _drain_fast(self) -> None:
+        while not self._done.wait(fastpath.DRAIN_INTERVAL):
+            self._write_fast_records()
+
+    def _write_fast_records(self) -> None:
+        with self._fast_records_lock:  # the drain thread, and serve() once more at the end
+            self._write_records(self.fast.records(self.session_id))
+
+    def _write_records(self, records: list[dict]) -> None:
+        for record in records:
+            self.stats["permitted" if record["effect"] == Effect.PERMIT.value else "denied"] += 1
+            if self.audit is None:
+                continue
+            try:
+                self.audit(record)
+            except Exception:
+                self.stats["audit_errors"] += 1
 
     def _write_audit(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> bool:
         record = {

@@ -17,6 +17,14 @@ elif command -v dnf >/dev/null 2>&1; then
     if [ -n "$missing" ]; then $SUDO dnf install -y -q $missing; fi
 fi
 PY="${PYTHON:-python3}"
+# The compiled fast path (setup.py) needs Python's headers; a distribution's Python keeps them apart.
+if ! "$PY" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then
+    if command -v apt-get >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-dev >/dev/null
+    elif command -v dnf >/dev/null 2>&1; then
+        $SUDO dnf install -y -q python3-devel
+    fi
+fi
 "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 # Kernel tests need root; the suite runs as root in CI.
 exec "$PY" -m pytest -q "$@"

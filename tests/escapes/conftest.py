@@ -1,8 +1,10 @@
 """Shared fixtures for the escape suite: compiled probes, a secret file, native and sandboxed runs.
 
 Every escape test first runs its probe natively (as root, outside the sandbox) to show the
-technique works on this machine, then under `faramesh-sandbox run --audit-all` to show it is
-stopped, asserting the audit record (a policy decision) or the kernel's refusal (the filter).
+technique works on this machine, then under `faramesh-sandbox run` to show it is stopped,
+asserting the audit record (a policy decision) or the kernel's refusal (the filter). Each runs
+twice: with every call answered in Python (`--audit-all`) and with repeated reads answered by
+the compiled fast path (`--fast-repeats`, every category trapped).
 """
 
 from __future__ import annotations
@@ -80,13 +82,30 @@ def native(argv, *, timeout: float = 60, **kwargs) -> Outcome:
     return Outcome(done.returncode, done.stdout, done.stderr)
 
 
+# How the supervisor answers: every call in Python with its record first (--audit-all), or
+# repeated reads in compiled code (--fast-repeats; --report keeps every category trapped).
+ANSWERING = {"python": ("--audit-all",), "compiled": ("--fast-repeats", "--report", os.devnull)}
+
+
+@pytest.fixture(autouse=True, params=sorted(ANSWERING))
+def answering(request, monkeypatch):
+    """Each escape is tried against both ways of answering."""
+    monkeypatch.setattr(sys.modules[__name__], "MODE", request.param)
+    return request.param
+
+
+MODE = "python"
+
+
 def launcher_argv(policy_file: Path, audit_file: Path, argv, options=()) -> list[str]:
     return [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--audit", str(audit_file),
-            "--audit-all", "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--", *[str(a) for a in argv]]
+            *ANSWERING[MODE], "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--",
+            *[str(a) for a in argv]]
 
 
 def sandboxed(policy_text: str, argv, workdir: Path, *, options=(), timeout: float = 60, **kwargs) -> Outcome:
-    """`faramesh-sandbox run --policy P --audit A --audit-all [options] -- argv`, in ``workdir``;
+    """`faramesh-sandbox run --policy P --audit A --audit-all [options] -- argv` (or with the
+    compiled fast path: ``answering``), in ``workdir``;
     the agent's exit status is the launcher's (128+N for signal N). The config file (and any
     [limits] in it) is not read: only ``options`` apply."""
     policy_file, audit_file = workdir / "escape-policy.fpl", workdir / "escape-audit.jsonl"

@@ -133,10 +133,11 @@ def _status(raw: int) -> int:
 
 def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decided=None, cgroup=None,
                   approve=None, approve_timeout=300.0, supervise=True, timeout=120.0, tmp=None, env=None,
-                  audit_sink=None) -> Run:
+                  audit_sink=None, decision_keys=None) -> Run:
     """Run ``argv`` under the filter; with ``supervise`` a Supervisor answers its notifications,
-    otherwise the listener is closed at once (as if the supervisor had died)."""
-    program = seccomp.build_filter(trapped, kernel_decided or {})
+    otherwise the listener is closed at once (as if the supervisor had died). ``decision_keys``
+    turns on the compiled fast path for repeated reads (sandbox/fastpath.py)."""
+    program = seccomp.build_filter(trapped, kernel_decided or {}, watch_credentials=decision_keys is not None)
     tmp = Path(tmp or "/tmp")
     out_path, err_path = tmp / f"out-{uuid.uuid4().hex}", tmp / f"err-{uuid.uuid4().hex}"
     out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -151,7 +152,8 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
     serving = None
     if supervise:
         supervisor = Supervisor(listener, decide, session_id="test", audit=audit_sink or audit.append, approve=approve,
-                                approve_timeout=approve_timeout, cgroup_dir=cgroup)
+                                approve_timeout=approve_timeout, cgroup_dir=cgroup, decision_keys=decision_keys,
+                                fast_repeats=decision_keys is not None, credentials_watched=decision_keys is not None)
         serving = threading.Thread(target=supervisor.serve, daemon=True)
         serving.start()
     else:

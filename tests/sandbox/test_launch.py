@@ -134,3 +134,19 @@ def test_stages_run_in_a_fixed_security_order():
     assert at["filter", "launcher"] < at["cgroup", "launcher"] < at["clone_init", "launcher"]
     assert at["close_fds", "init"] < at["map_user", "launcher"] < at["release_init", "launcher"]
     assert at["release_init", "launcher"] < at["await_release", "init"] < at["mounts", "init"]
+
+
+def test_supervisor_threads_are_gone_when_launch_returns(capfd, monkeypatch):
+    """Threads the supervisor's constructor starts are joined too, so the next launch() finds one thread."""
+    from sandbox import supervisor
+
+    make_freezer = supervisor._make_freezer
+
+    def slow_make_freezer(*args):  # outlives the agent: its exec is verified, not frozen
+        threading.Event().wait(0.2)
+        return make_freezer(*args)
+
+    monkeypatch.setattr(supervisor, "_make_freezer", slow_make_freezer)
+    assert run(["/bin/true"]) == 0
+    assert (threading.active_count(), len(os.listdir("/proc/self/task"))) == (1, 1)
+    assert run(["/bin/true"]) == 0
