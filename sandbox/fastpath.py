@@ -37,6 +37,9 @@ except ImportError:  # built without a C compiler: every call is answered in Pyt
 DRAIN_INTERVAL = 0.02  # seconds between writes of the fast path's records
 CACHEABLE_KEYS = frozenset({"path", "flags", "mode"})  # what an open's arguments hold besides pid and session
 MAX_ENTRIES = 4096  # distinct (path, flags) decisions remembered
+# Answers whose records are not written yet; beyond it calls go to Python (bounds what a killed
+# launcher can lose, docs/audit.md).
+MAX_UNRECORDED = 1024
 # Denials that say evaluation failed (a timeout under load, an engine fault), not what the policy
 # says of the call: never repeated.
 FAILED_EVALUATION = frozenset({"ENGINE_ERROR", "DECIDE_ERROR", "EXPR_RUNTIME_ERROR", "POLICY_EVAL_TIMEOUT"})
@@ -79,7 +82,7 @@ class FastOpens:
             listener=listener, stop_fd=stop_fd, nr_open=_number("open"), nr_openat=_number("openat"),
             arch=AUDIT_ARCH[platform.machine()], valid_flags=ff.VALID_OPEN_FLAGS, fsuid=fsuid, fsgid=fsgid,
             groups=list(groups), caps=caps, record=True, watched=watched,
-            entries=MAX_ENTRIES)
+            entries=MAX_ENTRIES, ring=MAX_UNRECORDED)
         self._entries: list[tuple[dict, Decision]] = []
         self._index: dict[tuple[bytes, int, Effect], int] = {}
         self._lock = threading.Lock()
@@ -93,7 +96,10 @@ class FastOpens:
         filter was built with watch_credentials."""
         if not wanted(decision_keys, False, True):
             return None
-        return cls(listener, stop_fd, credentials_watched)
+        try:
+            return cls(listener, stop_fd, credentials_watched)
+        except (ValueError, OSError, MemoryError):  # e.g. more supplementary groups than it compares
+            return None
 
     def receive(self) -> notify.Notification | None:
         """The next notification Python must answer (see the module doc)."""
@@ -134,6 +140,10 @@ class FastOpens:
                 "latency_us": round(latency_ns / 1000),
             })
         return out
+
+    def suspend(self) -> None:
+        """Answer nothing more in C (the records cannot be written): Python answers everything."""
+        self.native.suspend()
 
     def stats(self) -> dict[str, int]:
         return self.native.stats()

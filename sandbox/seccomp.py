@@ -133,6 +133,9 @@ HARDENING_RULES: tuple[Rule, ...] = tuple(
     + _deny_all(EPERM, "mount", "umount2", "pivot_root", "move_mount", "open_tree", "open_tree_attr",
                 "fsopen", "fsmount", "fsconfig", "fspick", "mount_setattr")
     + _deny_all(EPERM, "unshare", "setns")
+    # Paths are decided as the agent sees them from its root: a chroot("/etc") would make
+    # /etc/shadow "/shadow" to every path rule.
+    + _deny_all(EPERM, "chroot")
     + [Rule("clone", EPERM, (MaskedEq(0, flag, flag),), "CLONE_NEW* flags") for flag in CLONE_NAMESPACE_FLAGS.values()]
     + _deny_all(EPERM, "keyctl", "add_key", "request_key", "userfaultfd")
     + _personality_rules()
@@ -166,12 +169,12 @@ def _syscall_id(name: str) -> int:
     return number
 
 
-# Calls that change a task's credentials or root, and the prctl options that change what
-# capabilities its next exec keeps. With watch_credentials they reach the supervisor, which notes
-# the change and lets them run: nothing is decided on their arguments (sandbox/fastpath.py
-# remembers the agent's identity and root until a task makes one of them).
+# Calls that change a task's credentials, and the prctl options that change what capabilities
+# its next exec keeps. With watch_credentials they reach the supervisor, which notes the change
+# and lets them run: nothing is decided on their arguments (sandbox/fastpath.py remembers the
+# agent's identity until a task makes one of them).
 CREDENTIAL_CALLS = ("setuid", "setgid", "setreuid", "setregid", "setresuid", "setresgid", "setfsuid", "setfsgid",
-                    "setgroups", "capset", "chroot")
+                    "setgroups", "capset")
 CAPABILITY_PRCTLS = (24, 28, 47)  # PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_CAP_AMBIENT
 
 

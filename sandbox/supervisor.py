@@ -544,7 +544,11 @@ class Supervisor:
 
     def _write_fast_records(self) -> None:
         with self._fast_records_lock:  # the drain thread, and serve() once more at the end
-            self._write_records(self.fast.records(self.session_id))
+            try:
+                self._write_records(self.fast.records(self.session_id))
+            except Exception:  # fail closed: nothing more is answered where it cannot be recorded
+                self.stats["audit_errors"] += 1
+                self.fast.suspend()
 
     def _write_records(self, records: list[dict]) -> None:
         for record in records:
@@ -554,7 +558,9 @@ class Supervisor:
             try:
                 self.audit(record)
             except Exception:
+                # From now on Python answers every call, and denies a permit it cannot record.
                 self.stats["audit_errors"] += 1
+                self.fast.suspend()
 
     def _write_audit(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> bool:
         record = {

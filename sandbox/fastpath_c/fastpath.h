@@ -69,13 +69,16 @@ typedef struct {
     KeptTask kept[KEPT_TASKS];
     uint32_t next_kept;
     int watched[MAX_WATCHED], nwatched;
-    int recheck_always; /* a task changed credentials or root, or nothing would tell us it did */
+    int recheck_always; /* a task changed or differs in credentials, or nothing would tell us */
+    int suspended;      /* the records cannot be written: every call goes to Python */
     int shared_root;    /* every task's root while none has: opened from the first task's */
     unsigned long long hits, denied, gone, misses, ring_full, status_reads, credential_calls;
 } FastPath;
 
 int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started);
 int fp_agent_root(FastPath *self, int tid, int *owned);
+int fp_keep_root(FastPath *self, int root);
+void fp_forget_task(FastPath *self, int tid);
 void fp_drop_task(KeptTask *task);
 void fp_credential_change(FastPath *self, const struct seccomp_notif *n);
 int fp_watched(FastPath *self, int nr);

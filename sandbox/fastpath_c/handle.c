@@ -105,18 +105,17 @@ static int read_only_open(FastPath *self, const struct seccomp_notif *n, char *p
 }
 
 /* The object at path in the agent's root, opened with flags, or -1: a symlink on the way,
- * any error, procfs, or a type Python treats specially (devices, sockets). A FIFO or file is
- * opened non-blocking, so the supervisor never waits for a peer (as sandbox._fsopen does),
- * and left blocking afterwards when the agent asked so. */
+ * any error, procfs, or a type Python treats specially (devices, sockets). It is opened
+ * non-blocking (a FIFO must not make the receiver wait for a peer, as in sandbox._fsopen), and
+ * left blocking afterwards when the agent asked so. */
 static int open_in_root(int root, const char *path, uint32_t flags) {
     struct open_how how = {
         .flags = (flags & O_PATH ? flags : flags | O_NONBLOCK | O_NOCTTY) | O_CLOEXEC,
         .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
     };
-    int fd;
-    do
-        fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
-    while (fd < 0 && errno == EAGAIN);
+    /* Any error, EAGAIN too (a lease being broken, a rename racing the walk): Python answers,
+     * on a thread of its own, as the kernel would. */
+    int fd = (int)syscall(SYS_openat2, root, path, &how, sizeof how);
     if (fd < 0)
         return -1;
     struct statfs fs;
@@ -144,7 +143,7 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
     Slot *slot = fp_find_slot(self, path, (uint32_t)length, flags, hash);
     int found = slot->path != NULL, entry = slot->entry, deny = slot->deny;
     pthread_mutex_unlock(&self->table_lock);
-    if (!found || (self->record && !ring_has_room(self))) {
+    if (!found || self->suspended || (self->record && !ring_has_room(self))) {
         self->ring_full += found;
         return MISS;
     }
@@ -157,9 +156,12 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
         int gone = errno == ENOENT;
         if (owned)
             close(root);
+        fp_forget_task(self, (int)n->pid);
         self->gone += gone;
         return gone ? ANSWERED : MISS; /* a task that is gone needs no answer */
     }
+    if (owned)
+        owned = fp_keep_root(self, root);
     int fd = open_in_root(root, path, deny ? O_PATH | (flags & (O_DIRECTORY | O_NOFOLLOW)) : flags);
     if (owned)
         close(root);

@@ -21,6 +21,10 @@
 /* -- Python methods ------------------------------------------------------------ */
 
 static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
+    if (!self->slots || !self->ring) {
+        PyErr_SetString(PyExc_RuntimeError, "FastPath was not initialised");
+        return NULL;
+    }
     struct seccomp_notif n;
     struct pollfd fds[2] = {{self->listener, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
     int outcome = 0; /* 1: a notification for Python, 0: none any more, -1: error (errno) */
@@ -144,9 +148,16 @@ static void release(FastPath *self) {
 }
 
 static PyObject *FastPath_close(FastPath *self, PyObject *unused) {
+    Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->task_lock); /* never under a receive() still handling a call */
     release(self);
     pthread_mutex_unlock(&self->task_lock);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_suspend(FastPath *self, PyObject *unused) {
+    self->suspended = 1; /* read by the receiver on its next call: plain int, set once */
     Py_RETURN_NONE;
 }
 
@@ -220,8 +231,6 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->slot_mask = size - 1, self->max_entries = entries, self->ring_size = ring;
-    for (int i = 0; i < KEPT_TASKS; i++)
-        self->kept[i] = (KeptTask){0, -1, -1, 0};
     return 0;
 }
 
@@ -229,7 +238,9 @@ static PyObject *FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     FastPath *self = (FastPath *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->shared_root = -1;
+    self->shared_root = self->listener = self->stop_fd = -1;
+    for (int i = 0; i < KEPT_TASKS; i++)
+        self->kept[i] = (KeptTask){0, -1, -1, 0};
     pthread_mutex_init(&self->table_lock, NULL);
     pthread_mutex_init(&self->ring_lock, NULL);
     pthread_mutex_init(&self->task_lock, NULL);
@@ -259,6 +270,8 @@ static PyMethodDef FastPath_methods[] = {
      "The calls answered since the last drain: [(entry, pid, nr, result, wall_ns, latency_ns)]."},
     {"stats", (PyCFunction)FastPath_stats, METH_NOARGS, "Counters, by name."},
     {"close", (PyCFunction)FastPath_close, METH_NOARGS, "Close the fds this object keeps."},
+    {"suspend", (PyCFunction)FastPath_suspend, METH_NOARGS,
+     "From now on answer nothing: every notification goes to Python (the records cannot be written)."},
     {NULL, NULL, 0, NULL},
 };
 

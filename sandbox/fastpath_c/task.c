@@ -50,13 +50,17 @@ static KeptTask *task_for(FastPath *self, int tid) {
     }
     status[length] = '\0';
     task->same = acts_as_we_do(self, status);
+    if (!task->same)
+        self->recheck_always = 1; /* tasks differ: nothing may be assumed of the next one */
     return task->same ? task : NULL;
 }
 
-/* The agent's root to resolve in for task tid (*owned: the caller closes it), or -1 when the
- * task does not act exactly as we do. While no task has made a watched call, every task has
- * the agent's first credentials and root (chroot is watched too; mount, pivot_root, unshare
- * and setns are refused by the filter), so one status read and one root serve them all. */
+/* The agent's root to resolve in for task tid, or -1 when the task does not act exactly as we
+ * do. *owned: the caller closes it, or publishes it with fp_keep_root() once ID_VALID has shown
+ * that tid still names the task that trapped. While no task has made a watched call and no
+ * task was seen to differ, every task has the agent's first credentials and root (chroot,
+ * mount, pivot_root, unshare and setns are refused by the filter), so one status read and one
+ * root serve them all. */
 int fp_agent_root(FastPath *self, int tid, int *owned) {
     *owned = 0;
     if (!self->recheck_always && self->shared_root >= 0)
@@ -69,17 +73,30 @@ int fp_agent_root(FastPath *self, int tid, int *owned) {
         fp_drop_task(task);
         return -1;
     }
-    if (!self->recheck_always)
-        self->shared_root = root;
-    else
-        *owned = 1;
+    *owned = 1;
     return root;
 }
 
-/* A task is about to change its credentials (set*id, setgroups, capset), its root (chroot)
- * or, for prctl, the capabilities a later exec gives: from now on every call reads the task's
- * status and root (tasks may differ, and a thread that execs takes over its leader's number),
- * then the call runs. CONTINUE is safe here: nothing is decided on its arguments. */
+/* After ID_VALID: an owned root may serve every later call (see fp_agent_root); returns
+ * whether the caller still owns it. */
+int fp_keep_root(FastPath *self, int root) {
+    if (self->recheck_always || self->shared_root >= 0)
+        return 1;
+    self->shared_root = root;
+    return 0;
+}
+
+/* ID_VALID failed: the task is gone and its number may come back as another task. */
+void fp_forget_task(FastPath *self, int tid) {
+    for (int i = 0; i < KEPT_TASKS; i++)
+        if (self->kept[i].tid == tid)
+            fp_drop_task(&self->kept[i]);
+}
+
+/* A task is about to change its credentials (set*id, setgroups, capset) or, for prctl, the
+ * capabilities a later exec gives: from now on every call reads the task's status and root
+ * (tasks may differ, and a thread that execs takes over its leader's number), then the call
+ * runs. CONTINUE is safe here: nothing is decided on its arguments. */
 void fp_credential_change(FastPath *self, const struct seccomp_notif *n) {
     self->credential_calls++;
     self->recheck_always = 1;

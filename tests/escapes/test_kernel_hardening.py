@@ -1,10 +1,12 @@
 """Syscalls the static filter refuses in the kernel, whatever the policy says: personality,
-TIOCSTI, the keyrings, userfaultfd, namespaces and mounts, a second seccomp listener.
+TIOCSTI, the keyrings, userfaultfd, namespaces and mounts, chroot, a second seccomp listener.
 
 These refusals are not policy decisions: they leave no audit record, so each test asserts the
 errno the kernel returned, after showing the same call succeeds natively (as root)."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 
@@ -62,3 +64,30 @@ def test_nested_listener_and_own_filters_do_not_lift_mediation(cbin, secret, tmp
     assert run.lines() == {"listener": EPERM, "allow_filter": "ok", "dumpable": "ok", "read": EACCES}, run.explain()
     assert [(r["tool"], r["args"]["path"], r["reason_code"]) for r in run.denials()] == [
         ("fs/read", str(secret), "FPL_STRICT_DENY")]
+
+
+CHROOT_PROBE = """
+import os, sys
+vault = sys.argv[1]
+try:
+    os.chroot(vault)
+except OSError as err:
+    print("chroot=errno:%d" % err.errno)
+    sys.exit(0)
+print("chroot=ok")
+print("read=" + open("/key").read().strip())
+"""
+
+
+def test_chroot_cannot_rename_a_denied_path(tmp_path):
+    """chroot into a denied directory would make its files look like "/key" to every path rule;
+    natively it reads the key, in the sandbox chroot is EPERM."""
+    vault = tmp_path / "vault"
+    vault.mkdir(mode=0o755)
+    (vault / "key").write_text(SECRET + "\n")
+    argv = [sys.executable, "-S", "-c", CHROOT_PROBE, vault]
+    assert native(argv).lines() == {"chroot": "ok", "read": SECRET}
+    policy = ('agent a {\n  default permit\n'
+              f'  deny! fs/* when args.path startsWith "{vault}" reason: "the vault is off limits"\n}}\n')
+    run = sandboxed(policy, argv, tmp_path)
+    assert (run.status, run.lines()) == (0, {"chroot": EPERM}), run.explain()

@@ -20,7 +20,7 @@ PARSER = launcher.cli.build_parser()  # built before forking: nothing may load l
 NAMES = ["seccomp user notification", "seccomp ADDFD", "seccomp WAIT_KILLABLE_RECV", "seccomp SYNC_WAKE_UP",
          "Landlock", "cgroup v2", "cgroup v2 directory for the agent", "cgroup v1", "unprivileged user namespaces",
          "pid namespace", "mount namespace", "net namespace", "uts namespace", "ipc namespace",
-         "io_uring_disabled sysctl", "YAMA ptrace_scope"]
+         "io_uring_disabled sysctl", "YAMA ptrace_scope", "compiled fast path"]
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
@@ -40,7 +40,7 @@ def test_json_report_as_root_on_this_kernel():
     assert checks["cgroup v2"]["detail"] == "/sys/fs/cgroup/unified, controllers: hugetlb"
     assert checks["unprivileged user namespaces"]["detail"] == "unshare(CLONE_NEWUSER) as uid 65534 succeeded"
     assert [c["essential"] for c in report["checks"]] == [True, True, True, False, False, False, False, False,
-                                                          False, True, True, True, True, True, False, False]
+                                                          False, True, True, True, True, True, False, False, False]
 
 
 def test_table_names_each_check_and_a_verdict():

@@ -317,20 +317,48 @@ def test_failed_evaluation_is_not_repeated(files):
     assert seen.count(str(public)) == 2
 
 
-def test_chroot_is_seen(files, tmp_path):
-    """After a chroot the same path names another file: the next read returns the jail's
-    file, as natively, not the one C opened before."""
+def test_chroot_is_refused(files, tmp_path):
+    """chroot fails with EPERM (paths are decided as seen from the agent's root), and reads
+    repeated in C before and after it still return the file the path names."""
     public, _secret = files
-    jail = tmp_path / "jail"
-    inside = jail / str(public).lstrip("/")
-    inside.parent.mkdir(parents=True)
-    inside.write_text("jail text")
     run = run_sandboxed(agent(f"""
         import os
         for _ in range(10):
             assert open({str(public)!r}).read() == "public text"
-        os.chroot({str(jail)!r})
-        print(open({str(public)!r}).read())
+        try:
+            os.chroot({str(tmp_path)!r})
+            print("chrooted")
+        except PermissionError:
+            print("refused", open({str(public)!r}).read())
     """), secret_denied("/nonexistent"), trapped=OPENS, decision_keys=path_keys)
-    assert run.stdout == b"jail text\n"
-    assert run.stats["fast_credential_calls"] == 1
+    assert run.stdout == b"refused public text\n"
+    assert run.stats["fast_hits"] >= 10
+
+
+def test_unwritable_records_stop_the_fast_path(files):
+    """Once a record of an answer given in C cannot be written, C answers nothing more: the
+    next reads go to Python, which denies a permit it cannot record."""
+    public, _secret = files
+    written = []
+
+    def sink(record):  # the disk fills up after the third record of the file
+        if record["args"].get("path") == str(public):
+            if len(written) >= 3:
+                raise OSError(28, "No space left on device")
+            written.append(record)
+    run = run_sandboxed(agent(f"""
+        import time
+        results = []
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            try:
+                open({str(public)!r}).close()
+                results.append("ok")
+            except PermissionError:
+                results.append("denied")
+            time.sleep(0.001)
+        first = results.index("denied")
+        print(first > 0, set(results[first:]) == {{"denied"}})
+    """), secret_denied("/nonexistent"), trapped=OPENS, decision_keys=path_keys, audit_sink=sink)
+    assert run.stdout == b"True True\n"
+    assert run.stats["audit_errors"] >= 1
