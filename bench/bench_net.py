@@ -15,7 +15,6 @@ the median over rounds of the per-round median (latency) or total (throughput).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import subprocess
@@ -53,18 +52,7 @@ def start_sink(binary: str, out: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("the sink did not start")
 
 
-@contextlib.contextmanager
-def same_cpu(wanted: bool):
-    """What `run --same-cpu` does: pin this thread, hence the supervisor threads it starts
-    and the agent it forks, to the CPU it is on (affinity is inherited); restore afterwards."""
-    if not wanted:
-        yield
-        return
-    before, _cpu = placement.pin_to_one_cpu()
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
+same_cpu = placement.on_one_cpu  # what `run --same-cpu` does, for the duration of one run
 
 
 def run(argv: list[str], mode: str, decide) -> bytes:

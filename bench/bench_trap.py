@@ -98,18 +98,7 @@ class Cgroup:
         os.rmdir(self.parent)
 
 
-@contextlib.contextmanager
-def same_cpu(wanted: bool):
-    """What `run --same-cpu` does: pin this thread, hence the supervisor threads it starts
-    and the agent it forks, to the CPU it is on (affinity is inherited); restore afterwards."""
-    if not wanted:
-        yield
-        return
-    before, _cpu = placement.pin_to_one_cpu()
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
+same_cpu = placement.on_one_cpu  # what `run --same-cpu` does, for the duration of one run
 
 
 def python_floor(argv: list[str]) -> bytes:
@@ -198,16 +187,14 @@ def report(title: str, unit: str, medians: dict[str, float]) -> list[str]:
     return lines + [""]
 
 
-def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: bool) -> list[str]:
-    """Median time per stage of one trapped open inside the supervisor (wrappers add ~1 µs each)."""
-    from sandbox import fsops, notify, supervisor
-
+def stage_timer():
+    """(samples, patched, wrap): ``wrap(owner, name, label[, clock])`` times every call of
+    ``owner.name`` into ``samples[label]`` (ns) and notes it in ``patched`` for restoring."""
     samples: dict[str, list[int]] = {}
-    patched = []
+    patched: list[tuple] = []
 
     def wrap(owner, name: str, label: str, clock=time.perf_counter_ns) -> None:
         original = getattr(owner, name)
-
         kept = samples.setdefault(label, [])
 
         def timed_call(*args, **kwargs):
@@ -218,6 +205,14 @@ def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: b
                 kept.append(clock() - start)
         patched.append((owner, name, original))
         setattr(owner, name, timed_call)
+    return samples, patched, wrap
+
+
+def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: bool) -> list[str]:
+    """Median time per stage of one trapped open inside the supervisor (wrappers add ~1 µs each)."""
+    from sandbox import fsops, notify, supervisor
+
+    samples, patched, wrap = stage_timer()
 
     wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
     wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")
@@ -251,21 +246,7 @@ def exec_stage_timings(loops: int, cgroups: Cgroup) -> list[str]:
     from sandbox import exec_identity, freeze, notify, supervisor
     from sandbox.decode import exec as decode_exec
 
-    samples: dict[str, list[int]] = {}
-    patched = []
-
-    def wrap(owner, name: str, label: str, clock=time.perf_counter_ns) -> None:
-        original = getattr(owner, name)
-        kept = samples.setdefault(label, [])
-
-        def timed_call(*args, **kwargs):
-            start = clock()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                kept.append(clock() - start)
-        patched.append((owner, name, original))
-        setattr(owner, name, timed_call)
+    samples, patched, wrap = stage_timer()
 
     wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
     wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")

@@ -10,6 +10,7 @@ threads or processes it starts, to that single CPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 
@@ -33,3 +34,17 @@ def pin_to_one_cpu() -> tuple[set[int], int]:
         cpu = min(before)
     os.sched_setaffinity(0, {cpu})
     return before, cpu
+
+
+@contextlib.contextmanager
+def on_one_cpu(wanted: bool = True):
+    """With ``wanted``: the calling thread, hence the threads it starts and the processes it
+    forks meanwhile (affinity is inherited), on one CPU; the previous set restored afterwards."""
+    if not wanted:
+        yield
+        return
+    before, _cpu = pin_to_one_cpu()
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
