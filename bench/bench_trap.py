@@ -187,9 +187,12 @@ def report(title: str, unit: str, medians: dict[str, float]) -> list[str]:
     return lines + [""]
 
 
-def stage_timer():
-    """(samples, patched, wrap): ``wrap(owner, name, label[, clock])`` times every call of
-    ``owner.name`` into ``samples[label]`` (ns) and notes it in ``patched`` for restoring."""
+@contextlib.contextmanager
+def timed_stages(stages):
+    """Time every call of the supervisor's handler (CPU time and wall) and of each (owner, name,
+    label) in ``stages``; yields {label: [ns, ...]} and puts the originals back afterwards."""
+    from sandbox import supervisor
+
     samples: dict[str, list[int]] = {}
     patched: list[tuple] = []
 
@@ -205,32 +208,32 @@ def stage_timer():
                 kept.append(clock() - start)
         patched.append((owner, name, original))
         setattr(owner, name, timed_call)
-    return samples, patched, wrap
+
+    wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
+    wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")
+    for owner, name, label in stages:
+        wrap(owner, name, label)
+    try:
+        yield samples
+    finally:
+        for owner, name, original in reversed(patched):
+            setattr(owner, name, original)
 
 
 def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: bool) -> list[str]:
     """Median time per stage of one trapped open inside the supervisor (wrappers add ~1 µs each)."""
     from sandbox import fsops, notify, supervisor
 
-    samples, patched, wrap = stage_timer()
-
-    wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
-    wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")
-    for owner, name, label in ((supervisor, "decode", "decode (memory read)"),
-                               (supervisor, "fs_prepare", "fsops.prepare"),
-                               (notify, "id_valid", "ID_VALID ioctl"),
-                               (supervisor.Supervisor, "_call", "ToolCall"),
-                               (supervisor.Supervisor, "_record", "audit record"),
-                               (fsops.FsOp, "perform", "FsOp.perform"),
-                               (notify, "addfd_send", "ADDFD ioctl"),
-                               (fsops.FsOp, "close", "FsOp.close")):
-        wrap(owner, name, label)
-    try:
-        with same_cpu(pinned):
-            run = run_sandboxed([loop, target, str(calls)], permit, trapped=TRAPPED, cgroup=cgroups.fresh())
-    finally:
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
+    stages = ((supervisor, "decode", "decode (memory read)"),
+              (supervisor, "fs_prepare", "fsops.prepare"),
+              (notify, "id_valid", "ID_VALID ioctl"),
+              (supervisor.Supervisor, "_call", "ToolCall"),
+              (supervisor.Supervisor, "_record", "audit record"),
+              (fsops.FsOp, "perform", "FsOp.perform"),
+              (notify, "addfd_send", "ADDFD ioctl"),
+              (fsops.FsOp, "close", "FsOp.close"))
+    with timed_stages(stages) as samples, same_cpu(pinned):
+        run = run_sandboxed([loop, target, str(calls)], permit, trapped=TRAPPED, cgroup=cgroups.fresh())
     where = "agent and supervisor on one CPU" if pinned else "no pinning"
     lines = [f"### stages of one trapped open ({calls} calls, {where}; loop {run.stdout.decode().strip()} µs/call)",
              "",
@@ -246,38 +249,32 @@ def exec_stage_timings(loops: int, cgroups: Cgroup) -> list[str]:
     from sandbox import exec_identity, freeze, notify, supervisor
     from sandbox.decode import exec as decode_exec
 
-    samples, patched, wrap = stage_timer()
-
-    wrap(supervisor.Supervisor, "_handle", "whole handler (CPU time)", time.thread_time_ns)
-    wrap(supervisor.Supervisor, "_handle", "whole handler (wall)")
-    for owner, name, label in ((supervisor, "decode", "decode (path and argv)"),
-                               (supervisor, "exec_arguments", "exec_arguments (all of the below)"),
-                               (decode_exec, "resolve_executable", "- resolve in the agent's root"),
-                               (exec_identity.ExecIdentity, "examine", "- open, name and read the file"),
-                               (exec_identity.ExecIdentity, "also_runs", "- interpreters and loader"),
-                               (freeze.VerifiedExec, "for_exec", "VerifiedExec.for_exec (/proc/PID/stat)"),
-                               (supervisor.Supervisor, "_call", "ToolCall"),
-                               (supervisor.Supervisor, "_decide", "decide()"),
-                               (freeze.VerifiedExec, "attach", "PTRACE_SEIZE + PTRACE_INTERRUPT"),
-                               (notify, "id_valid", "ID_VALID ioctl"),
-                               (supervisor.Supervisor, "_record", "audit record"),
-                               (notify, "send_continue", "CONTINUE ioctl (the agent may run the exec on our CPU)"),
-                               (freeze.VerifiedExec, "_next_status", "waiting for PTRACE_EVENT_EXEC"),
-                               (freeze.VerifiedExec, "_difference", "checking the new image"),
-                               (freeze.VerifiedExec, "_detach", "PTRACE_DETACH")):
-        wrap(owner, name, label)
-    # The handler table holds the function itself: point it at the class attribute again.
-    handlers = dict(supervisor._HANDLERS)
-    supervisor._HANDLERS["shell"] = supervisor.Supervisor._handle_exec
+    stages = ((supervisor, "decode", "decode (path and argv)"),
+              (supervisor, "exec_arguments", "exec_arguments (all of the below)"),
+              (decode_exec, "resolve_executable", "- resolve in the agent's root"),
+              (exec_identity.ExecIdentity, "examine", "- open, name and read the file"),
+              (exec_identity.ExecIdentity, "also_runs", "- interpreters and loader"),
+              (freeze.VerifiedExec, "for_exec", "VerifiedExec.for_exec (/proc/PID/stat)"),
+              (supervisor.Supervisor, "_call", "ToolCall"),
+              (supervisor.Supervisor, "_decide", "decide()"),
+              (freeze.VerifiedExec, "attach", "PTRACE_SEIZE + PTRACE_INTERRUPT"),
+              (notify, "id_valid", "ID_VALID ioctl"),
+              (supervisor.Supervisor, "_record", "audit record"),
+              (notify, "send_continue", "CONTINUE ioctl (the agent may run the exec on our CPU)"),
+              (freeze.VerifiedExec, "_next_status", "waiting for PTRACE_EVENT_EXEC"),
+              (freeze.VerifiedExec, "_difference", "checking the new image"),
+              (freeze.VerifiedExec, "_detach", "PTRACE_DETACH"))
     bash = ["/bin/bash", "-c", f"for i in $(seq {loops}); do /bin/true; done"]
-    try:
-        started = time.perf_counter()
-        run = run_sandboxed(bash, permit, trapped=("execve", "execveat"), cgroup=cgroups.fresh())
-        seconds = time.perf_counter() - started
-    finally:
-        supervisor._HANDLERS.update(handlers)
-        for owner, name, original in reversed(patched):
-            setattr(owner, name, original)
+    handlers = dict(supervisor._HANDLERS)
+    with timed_stages(stages) as samples:
+        # The handler table holds the function itself: point it at the class attribute again.
+        supervisor._HANDLERS["shell"] = supervisor.Supervisor._handle_exec
+        try:
+            started = time.perf_counter()
+            run = run_sandboxed(bash, permit, trapped=("execve", "execveat"), cgroup=cgroups.fresh())
+            seconds = time.perf_counter() - started
+        finally:
+            supervisor._HANDLERS.update(handlers)
     lines = [f"### stages of one verified exec ({loops} loop iterations in {seconds:.2f} s, "
              f"{run.stats['exec_verified']} verified, load average {os.getloadavg()[0]:.2f})", "",
              "| stage | median µs | mean µs |", "|---|---|---|"]
