@@ -21,6 +21,7 @@ import math
 import os
 import re
 import tomllib
+from decimal import Decimal
 
 from launcher import notify
 from sandbox.limits import Limits
@@ -32,6 +33,9 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}
 MIN_MEMORY = 8 << 20  # below this even a shell cannot start
 MIN_FILES = 16  # init and the agent need a few descriptors of their own before exec
 MIN_PIDS = 2  # init and the agent
+MAX_MEMORY = 4096 << 40  # 4096T: more than x86_64 or arm64 can address physically
+MAX_FILES = 2147483584  # the largest fs.nr_open the kernel accepts: RLIMIT_NOFILE cannot exceed it
+MAX_PIDS = 4194304  # PID_MAX_LIMIT: cgroup pids.max refuses more
 DEFAULTS = {"pids": 1024}  # a fork bomb is bounded even in a run given no limits
 
 
@@ -46,10 +50,12 @@ def parse_size(text) -> int:
         match = _SIZE.match(str(text)) if isinstance(text, str) else None
         if match is None:
             raise LimitError(f"memory {text!r} is not a size — write e.g. 512M, 2G or a number of bytes")
-        value = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+        value = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]  # exact, and never inf
+    if value > MAX_MEMORY:
+        raise LimitError(f"memory {text!r} is above the maximum of {MAX_MEMORY >> 40}T — write e.g. 512M")
     if value < MIN_MEMORY:
         raise LimitError(f"memory {text!r} is below the {MIN_MEMORY >> 20}M minimum — write e.g. 512M")
-    return value
+    return int(value)
 
 
 def parse_duration(text) -> float:
@@ -65,14 +71,18 @@ def parse_duration(text) -> float:
     return value
 
 
-def parse_count(name: str, minimum: int):
+def parse_count(name: str, minimum: int, maximum: int):
     def parse(text) -> int:
         try:
             value = text if isinstance(text, int) and not isinstance(text, bool) else int(str(text), 10)
         except ValueError:
-            raise LimitError(f"{name} {text!r} is not a whole number — write e.g. {minimum * 128}") from None
+            if not str(text).strip().isdigit():
+                raise LimitError(f"{name} {text!r} is not a whole number — write e.g. {minimum * 128}") from None
+            value = maximum + 1  # too many digits for int(): certainly too large
         if value < minimum:
             raise LimitError(f"{name} {text!r} is below the minimum of {minimum}")
+        if value > maximum:
+            raise LimitError(f"{name} {text!r} is above the maximum of {maximum}")
         return value
     return parse
 
@@ -88,8 +98,8 @@ def parse_cpus(text) -> float:
 
 
 PARSERS = {
-    "memory": parse_size, "pids": parse_count("pids", MIN_PIDS), "cpus": parse_cpus,
-    "files": parse_count("files", MIN_FILES), "timeout": parse_duration,
+    "memory": parse_size, "pids": parse_count("pids", MIN_PIDS, MAX_PIDS), "cpus": parse_cpus,
+    "files": parse_count("files", MIN_FILES, MAX_FILES), "timeout": parse_duration,
 }
 HELP = {
     "memory": "memory for the whole sandbox, e.g. 512M (cgroup memory; RLIMIT_AS per process as a fallback)",

@@ -43,7 +43,9 @@ STAGE_DESCRIPTIONS = {
     "restore_signals": "reset signal handling for the agent",
     "chdir": "enter the working directory",
     "close_fds": "close inherited file descriptors",
+    "rlimits": "apply the resource limits",
     "no_new_privs": "set no_new_privs",
+    "landlock": "apply the Landlock rules",
     "seccomp": "install the seccomp filter",
     "hand_over_listener": "hand the seccomp listener to the supervisor",
     "startup": "start the sandbox",
@@ -74,6 +76,8 @@ HINTS = {
                      "(5.19+); see `faramesh-sandbox doctor`",
     ("filter", None): "the trapped syscall list and the hardening rules disagree; this is a bug",
     ("chdir", None): "run from a directory that exists",
+    ("rlimits", 1): "raising a hard limit needs CAP_SYS_RESOURCE, and --files may not exceed "
+                    "fs.nr_open (sysctl fs.nr_open): lower the limit",
 }
 
 

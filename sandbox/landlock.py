@@ -266,19 +266,32 @@ def _elf_interpreter(f, head: bytes) -> str | None:
 
 
 def apply(found: Plan) -> None:
-    """Enforce ``found`` on the calling thread and its future children. A path that is gone
-    (another mount view) is ruled by its nearest existing parent."""
+    """Enforce ``found`` on the calling thread and its future children."""
+    ruleset = build_ruleset(found)
+    if ruleset is None:
+        return
+    try:
+        ll.restrict_self(ruleset)
+    finally:
+        os.close(ruleset)
+
+
+def build_ruleset(found: Plan) -> int | None:
+    """The ruleset fd (close-on-exec) enforcing ``found``, for ``landlock_restrict_self`` in this
+    mount namespace; None when it would restrict nothing. A path that is gone (another mount view)
+    is ruled by its nearest existing parent."""
     if not (found.fs_handled or found.net_handled or found.scoped):
-        return  # the kernel refuses an empty ruleset, and it would restrict nothing
+        return None  # the kernel refuses an empty ruleset, and it would restrict nothing
     ruleset = ll.create_ruleset(found.abi, found.fs_handled, found.net_handled, found.scoped)
     try:
         for path, rights in sorted(found.paths.items()):
             _add_path(ruleset, path, rights & found.fs_handled)
         for port, rights in sorted(found.ports.items()):
             ll.add_port_rule(ruleset, port, rights & found.net_handled)
-        ll.restrict_self(ruleset)
-    finally:
+    except BaseException:
         os.close(ruleset)
+        raise
+    return ruleset
 
 
 def _add_path(ruleset: int, path: str, rights: int) -> None:

@@ -5,7 +5,9 @@ Process tree, host view:
     launcher   host namespaces; runs the supervisor on the seccomp listener
      └ init    pid 1 of the new pid namespace, born there (and in the agent's cgroup) by clone3:
         │      forwards signals, reaps orphans, exits with the agent's status
-        └ agent  pid 2: no_new_privs, seccomp filter, then execve(CMD) (itself trapped and decided)
+        └ agent  pid 2: no_new_privs, seccomp filter, then execve(CMD) (itself trapped and decided);
+                 set up in C between clone and execve when sandbox._spawn is built (sandbox/agent_spawn.py),
+                 else by the Python stages in a forked copy of init
 
 Everything dies with the launcher: init has PR_SET_PDEATHSIG=SIGKILL, the pid namespace kills
 every task when init dies, and the launcher kills the cgroup when the run ends.
@@ -23,8 +25,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sandbox import (_libc, _libc_ns, _nethandover, cgroups, fastpath, landlock, limits, mounts, namespaces,
-                     placement, seccomp, supervisor)
+from sandbox import (_libc, _libc_ns, _nethandover, agent_spawn, cgroups, fastpath, landlock, limits, mounts,
+                     namespaces, placement, seccomp, supervisor)
 from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
 
@@ -153,6 +155,11 @@ def _await_release(run: _Run) -> None:
 
 
 def _fork_agent(run: _Run) -> None:
+    if agent_spawn.available():  # the agent rows below run in C between clone and execve
+        pid = agent_spawn.start(run, AGENT_STAGES, agent_spawn.exec_target(
+            run.spec.argv, _agent_env(run.spec), run.spec.cwd, _find_program))
+        run.sock.close()
+        _wait_and_forward(pid)  # init: never returns
     pid = os.fork()
     if pid:
         run.sock.close()
@@ -237,6 +244,7 @@ STAGES = (
     ("seccomp", "agent", _install_filter),
     ("hand_over_listener", "agent", _hand_over_listener),
 )
+AGENT_STAGES = tuple(stage for stage, role, _step in STAGES if role == "agent")  # sandbox._spawn's order
 
 
 def _as_error(stage: str, exc: BaseException) -> SandboxError:
@@ -274,7 +282,7 @@ def _report_and_exit(run: _Run, error: SandboxError) -> None:
 def _exec_agent(run: _Run) -> None:
     """execve(CMD) with shell-like results: 127 when not found, 126 when it cannot run."""
     argv = run.spec.argv
-    env = run.spec.env if run.spec.env is not None else dict(os.environ)
+    env = _agent_env(run.spec)
     try:
         path = _find_program(argv[0], env.get("PATH", os.defpath))
         os.execve(path, argv, env)
@@ -288,15 +296,21 @@ def _exec_agent(run: _Run) -> None:
         os._exit(EXIT_CANNOT_RUN)
 
 
-def _find_program(name: str, search_path: str) -> str:
-    """PATH search without trying each candidate with execve (each attempt would be a decision)."""
+def _agent_env(spec: SandboxSpec) -> dict:
+    return spec.env if spec.env is not None else dict(os.environ)
+
+
+def _find_program(name: str, search_path: str, cwd: str | None = None) -> str:
+    """PATH search without trying each candidate with execve (each attempt would be a decision);
+    relative candidates are looked up in ``cwd`` when given (the agent's, before it got there)."""
     if "/" in name:
         return name
     denied = None
     for directory in search_path.split(os.pathsep):
         candidate = os.path.join(directory or ".", name)
-        if os.path.isfile(candidate):
-            if os.access(candidate, os.X_OK):
+        seen_as = os.path.join(cwd, candidate) if cwd else candidate
+        if os.path.isfile(seen_as):
+            if os.access(seen_as, os.X_OK):
                 return candidate
             denied = denied or candidate
     if denied:
@@ -396,7 +410,14 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
                                     pidns_of=None if run.cgroup_dir else run.init_pid, net=run.spec.net,
                                     decision_keys=run.decision_keys, fast_repeats=run.spec.fast_repeats,
                                     credentials_watched=run.watch_credentials)
-        listener = _receive_listener(run)
+        try:
+            listener = _receive_listener(run)
+        except BaseException:
+            # Set-up failed: any thread the constructor started must end before this process may
+            # launch again, single-threaded.
+            _join_new_threads(before)
+            sup.close()
+            raise
         os.dup2(listener, reserved, inheritable=False)
         os.close(listener)
         serving = _Serving(sup, before)
@@ -449,9 +470,13 @@ class _Serving:
             self.thread.join(timeout=2.0)
         # The supervisor's own workers end with it; wait for them so the next launch() in this
         # process starts single-threaded again.
-        for thread in set(threading.enumerate()) - self.before:
-            thread.join(timeout=1.0)
+        _join_new_threads(self.before)
         self.sup.close()
+
+
+def _join_new_threads(before: set[threading.Thread]) -> None:
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=1.0)
 
 
 def _wait_init(run: _Run, serving: _Serving | None) -> int:

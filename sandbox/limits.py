@@ -162,6 +162,10 @@ class Enforcer:
         if self.limits.timeout is not None:
             self.deadline = time.monotonic() + self.limits.timeout
 
+    def rlimit_list(self) -> list[tuple[int, int]]:
+        """(resource, value) for each rlimit ``apply_rlimits`` sets, soft and hard alike."""
+        return sorted(self.rlimits.items())
+
     def apply_rlimits(self) -> None:
         """In the agent, just before exec: soft and hard limit alike, so it cannot raise them
         (unless it holds CAP_SYS_RESOURCE); its children inherit them."""

@@ -20,7 +20,8 @@ PARSER = launcher.cli.build_parser()  # built before forking: nothing may load l
 NAMES = ["seccomp user notification", "seccomp ADDFD", "seccomp WAIT_KILLABLE_RECV", "seccomp SYNC_WAKE_UP",
          "Landlock", "cgroup v2", "cgroup v2 directory for the agent", "cgroup v1", "unprivileged user namespaces",
          "pid namespace", "mount namespace", "net namespace", "uts namespace", "ipc namespace",
-         "io_uring_disabled sysctl", "YAMA ptrace_scope", "compiled fast path"]
+         "io_uring_disabled sysctl", "YAMA ptrace_scope", "compiled fast path",
+         "compiled start-up"]
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
@@ -40,7 +41,8 @@ def test_json_report_as_root_on_this_kernel():
     assert checks["cgroup v2"]["detail"] == "/sys/fs/cgroup/unified, controllers: hugetlb"
     assert checks["unprivileged user namespaces"]["detail"] == "unshare(CLONE_NEWUSER) as uid 65534 succeeded"
     assert [c["essential"] for c in report["checks"]] == [True, True, True, False, False, False, False, False,
-                                                          False, True, True, True, True, True, False, False, False]
+                                                          False, True, True, True, True, True, False, False, False,
+                                                          False]
 
 
 def test_table_names_each_check_and_a_verdict():
@@ -106,3 +108,28 @@ def test_a_probe_that_hangs_is_killed_and_counts_as_missing(monkeypatch):
     result = probe.in_child(time.sleep, 30)
     assert time.monotonic() - started < 5
     assert result == {"error": "probe process died (wait status 0x9)", "errno": None}
+
+
+def test_compiled_start_up_row_says_which_set_up_runs(monkeypatch):
+    """The row is ok with sandbox._spawn built and missing, naming the Python fallback, without it."""
+    from sandbox import agent_spawn
+    built = probe.compiled_spawn_check()
+    monkeypatch.setattr(agent_spawn, "_spawn", None)
+    fallback = probe.compiled_spawn_check()
+    assert (built.status, built.detail) == (
+        "ok", "sandbox._spawn is built: the agent is set up in C between clone and execve")
+    assert (fallback.status, fallback.detail) == (
+        "missing", "sandbox._spawn was not built (reinstall with gcc and the Python headers present)")
+    assert fallback.degrades == ("the agent is set up in a forked copy of the Python process "
+                                 "(start-up about 4-6 ms slower)")
+
+
+def test_compiled_start_up_row_names_a_stage_list_that_differs(monkeypatch):
+    """An extension built with other stages than sandbox.launch's is reported missing, saying why."""
+    from sandbox import agent_spawn
+    monkeypatch.setattr(agent_spawn._spawn, "STAGES", ("chdir", "restore_signals"))
+    check = probe.compiled_spawn_check()
+    assert (check.status, check.detail) == (
+        "missing", "sandbox._spawn runs the stages ('chdir', 'restore_signals'), not sandbox.launch's "
+                   "('restore_signals', 'chdir', 'close_fds', 'rlimits', 'no_new_privs', 'landlock', 'seccomp', "
+                   "'hand_over_listener') (rebuild it: python3 setup.py build_ext --inplace)")

@@ -30,6 +30,14 @@ def test_sizes(text, value):
     assert limits_cfg.parse_size(text) == value
 
 
+@pytest.mark.parametrize(("name", "text", "value"), [
+    ("memory", "4096T", 4096 << 40), ("files", "2147483584", 2147483584), ("pids", "4194304", 4194304),
+])
+def test_each_maximum_itself_is_accepted(name, text, value):
+    """The largest value of each bounded limit is still a valid limit."""
+    assert limits_cfg.PARSERS[name](text) == value
+
+
 @pytest.mark.parametrize(("text", "value"), [("10m", 600.0), ("90s", 90.0), ("1h", 3600.0), ("2.5", 2.5),
                                              ("500ms", 0.5), (30, 30.0)])
 def test_durations(text, value):
@@ -45,6 +53,11 @@ def test_durations(text, value):
     ("pids", "1", "pids '1' is below the minimum of 2"),
     ("files", "many", "files 'many' is not a whole number — write e.g. 2048"),
     ("cpus", "0", "cpus '0' must be a number from 0.01 up — write e.g. 1.5"),
+    ("memory", "4097T", "memory '4097T' is above the maximum of 4096T — write e.g. 512M"),
+    ("memory", "1" + "0" * 400 + "G", "memory '1" + "0" * 400 + "G' is above the maximum of 4096T — write e.g. 512M"),
+    ("files", "18446744073709551693", "files '18446744073709551693' is above the maximum of 2147483584"),
+    ("files", "9" * 5000, f"files '{'9' * 5000}' is above the maximum of 2147483584"),
+    ("pids", 4194305, "pids 4194305 is above the maximum of 4194304"),
 ])
 def test_bad_values_say_what_to_write(name, text, message):
     """A malformed value names the limit and gives an example of a good one."""
@@ -95,3 +108,10 @@ def test_bad_option_names_the_option(config):
     with pytest.raises(limits_cfg.LimitError) as caught:
         limits_cfg.resolve(args(memory="big"))
     assert str(caught.value) == "--memory 'big' is not a size — write e.g. 512M, 2G or a number of bytes"
+
+
+def test_an_option_beyond_the_kernels_range_names_the_option_and_the_maximum(config):
+    """--files 2**64+77 is refused with its maximum, not passed on to wrap around to 77 in the kernel."""
+    with pytest.raises(limits_cfg.LimitError) as caught:
+        limits_cfg.resolve(args(files="18446744073709551693"))
+    assert str(caught.value) == "--files '18446744073709551693' is above the maximum of 2147483584"
