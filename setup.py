@@ -8,7 +8,9 @@ says which is in use).
 
 from setuptools import Extension, setup
 
-SOURCES = ["sandbox/fastpath_c/module.c", "sandbox/fastpath_c/handle.c", "sandbox/fastpath_c/task.c"]
+SOURCES = ["sandbox/fastpath_c/module.c", "sandbox/fastpath_c/handle.c", "sandbox/fastpath_c/task.c",
+           "sandbox/fastpath_c/connect.c", "sandbox/fastpath_c/exec.c",
+           "sandbox/fastpath_c/exec_stop.c"]
 WARNINGS = ["-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-unused-parameter"]
 
 setup(ext_modules=[Extension("sandbox._fastpath", SOURCES, depends=["sandbox/fastpath_c/fastpath.h"], optional=True,

@@ -7,9 +7,11 @@ Needs root and gcc. The agent (tests/sandbox/c/net_bench.c) connects to, or stre
 native sink on 127.0.0.1; under the supervisor its socket() is created on the host side and
 each connect is a decision (`permit net/connect host: 127.0.0.1 port: P`: the address guard
 adds a second, probing decision). Only the network rows are trapped, so the figures are the
-network path alone. Configurations run interleaved, round by round: native, supervised, and
-supervised with the supervisor and the agent on one CPU (as `run --same-cpu`); each figure is
-the median over rounds of the per-round median (latency) or total (throughput).
+network path alone. Configurations run interleaved, round by round: native; supervised with
+repeated connects answered in C (sandbox/fastpath_net.py, as `run --fast-repeats` does) and
+with every call answered in Python; each of those also with the supervisor and the agent on one
+CPU (as `run --same-cpu`). Each figure is the median over rounds of the per-round median
+(latency) or total (throughput).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from tests.sandbox.conftest import run_sandboxed  # noqa: E402
 
 SOURCE = Path(__file__).resolve().parents[1] / "tests" / "sandbox" / "c" / "net_bench.c"
 NET_TRAPPED = tuple(row.name for row in traced.TABLE if row.tool.startswith("net/"))
-MODES = ("native", "supervised", "supervised-same-cpu")
+MODES = ("native", "supervised", "supervised-python", "supervised-same-cpu", "supervised-same-cpu-python")
 
 
 def build(out: Path) -> str:
@@ -58,8 +60,10 @@ same_cpu = placement.on_one_cpu  # what `run --same-cpu` does, for the duration 
 def run(argv: list[str], mode: str, decide) -> bytes:
     if mode == "native":
         return subprocess.run(argv, check=True, capture_output=True).stdout
-    with same_cpu(mode.endswith("same-cpu")):
-        result = run_sandboxed(argv, decide, trapped=NET_TRAPPED, timeout=600, audit_sink=lambda record: None)
+    compiled = None if mode.endswith("python") else decide.__self__.decision_keys  # repeated connects in C
+    with same_cpu("same-cpu" in mode):
+        result = run_sandboxed(argv, decide, trapped=NET_TRAPPED, timeout=600, audit_sink=lambda record: None,
+                               decision_keys=compiled)
     if result.status != 0:
         raise SystemExit(f"sandboxed run failed: {result.explain()}")
     return result.stdout
@@ -149,8 +153,8 @@ def stage_timings(binary: str, port: int, decide, calls: int, pinned: bool, stag
     for owner, name, label in _stage_points() if stages else ():
         wrap(owner, name, label)
     try:
-        out = run([binary, "connect", str(port), str(calls)], "supervised-same-cpu" if pinned else "supervised",
-                  decide)
+        mode = "supervised-same-cpu-python" if pinned else "supervised-python"  # the stages are Python's
+        out = run([binary, "connect", str(port), str(calls)], mode, decide)
     finally:
         for owner, name, original in reversed(patched):
             setattr(owner, name, original)

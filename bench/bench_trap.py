@@ -244,9 +244,9 @@ def stage_timings(loop: str, target: str, calls: int, cgroups: Cgroup, pinned: b
 
 
 def exec_stage_timings(loops: int, cgroups: Cgroup) -> list[str]:
-    """Median and mean time per stage of one exec decision (freeze.VerifiedExec) inside the
+    """Median and mean time per stage of one exec decision (exec_verify.VerifiedExec) inside the
     supervisor, for `bash -c 'for ...; do /bin/true; done'` with only the execs trapped."""
-    from sandbox import exec_identity, freeze, notify, supervisor
+    from sandbox import exec_identity, exec_verify, notify, supervisor
     from sandbox.decode import exec as decode_exec
 
     stages = ((supervisor, "decode", "decode (path and argv)"),
@@ -254,16 +254,16 @@ def exec_stage_timings(loops: int, cgroups: Cgroup) -> list[str]:
               (decode_exec, "resolve_executable", "- resolve in the agent's root"),
               (exec_identity.ExecIdentity, "examine", "- open, name and read the file"),
               (exec_identity.ExecIdentity, "also_runs", "- interpreters and loader"),
-              (freeze.VerifiedExec, "for_exec", "VerifiedExec.for_exec (/proc/PID/stat)"),
+              (exec_verify.VerifiedExec, "for_exec", "VerifiedExec.for_exec (/proc/PID/stat)"),
               (supervisor.Supervisor, "_call", "ToolCall"),
               (supervisor.Supervisor, "_decide", "decide()"),
-              (freeze.VerifiedExec, "attach", "PTRACE_SEIZE + PTRACE_INTERRUPT"),
+              (exec_verify.VerifiedExec, "attach", "PTRACE_SEIZE + PTRACE_INTERRUPT"),
               (notify, "id_valid", "ID_VALID ioctl"),
               (supervisor.Supervisor, "_record", "audit record"),
               (notify, "send_continue", "CONTINUE ioctl (the agent may run the exec on our CPU)"),
-              (freeze.VerifiedExec, "_next_status", "waiting for PTRACE_EVENT_EXEC"),
-              (freeze.VerifiedExec, "_difference", "checking the new image"),
-              (freeze.VerifiedExec, "_detach", "PTRACE_DETACH"))
+              (exec_verify.VerifiedExec, "_next_status", "waiting for PTRACE_EVENT_EXEC"),
+              (exec_verify.VerifiedExec, "_difference", "checking the new image"),
+              (exec_verify.VerifiedExec, "_detach", "PTRACE_DETACH"))
     bash = ["/bin/bash", "-c", f"for i in $(seq {loops}); do /bin/true; done"]
     handlers = dict(supervisor._HANDLERS)
     with timed_stages(stages) as samples:
@@ -288,17 +288,17 @@ def exec_path_cut_to(level: str):
     """The supervisor with only part of the exec path (not safe: for measuring the rest):
     "floor" answers CONTINUE at once; "trace" also seizes the holder, waits for its exec stop
     and detaches; "decide" decodes, names and decides but neither traces nor checks."""
-    from sandbox import freeze, notify, supervisor
+    from sandbox import exec_verify, notify, supervisor
 
     saved = [(supervisor.Supervisor, "_handle", supervisor.Supervisor._handle),
-             (freeze.VerifiedExec, "attach", freeze.VerifiedExec.attach),
-             (freeze.VerifiedExec, "finish", freeze.VerifiedExec.finish)]
+             (exec_verify.VerifiedExec, "attach", exec_verify.VerifiedExec.attach),
+             (exec_verify.VerifiedExec, "finish", exec_verify.VerifiedExec.finish)]
 
     def trace_only(self, notification) -> None:
-        if not freeze._single_threaded_stranger(notification.pid):  # bash itself is our child
+        if not exec_verify._single_threaded_stranger(notification.pid):  # bash itself is our child
             notify.send_continue(self.listener, notification.id)
             return
-        verifier = freeze.VerifiedExec(notification.pid, "", "", [b"-"], b"")
+        verifier = exec_verify.VerifiedExec(notification.pid, "", "", [b"-"], b"")
         verifier.attach()
         notify.send_continue(self.listener, notification.id)
         verifier._difference = lambda: ""
@@ -308,8 +308,8 @@ def exec_path_cut_to(level: str):
     elif level == "trace":
         supervisor.Supervisor._handle = trace_only
     elif level == "decide":
-        freeze.VerifiedExec.attach = lambda self: None
-        freeze.VerifiedExec.finish = lambda self, continued: None
+        exec_verify.VerifiedExec.attach = lambda self: None
+        exec_verify.VerifiedExec.finish = lambda self, continued: None
     try:
         yield
     finally:

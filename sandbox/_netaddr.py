@@ -4,7 +4,8 @@
 kernel would for a socket of the given family and call, including its compatibility rules:
 an AF_UNSPEC address disconnects on connect(), is an IPv4 address for an IPv4 datagram
 send and bind, and means "no address" for an IPv6 datagram send; an IPv4 address on an IPv6
-socket (and an IPv4-mapped IPv6 address) reaches IPv4. The supervisor then performs the call
+datagram socket (and an IPv4-mapped IPv6 address) reaches IPv4, while an IPv6 stream socket
+refuses an IPv4 address. The supervisor then performs the call
 with ``Target.sockaddr()``, bytes rebuilt from the decided values only, so what was decided
 is exactly what the kernel acts on.
 """
@@ -17,6 +18,7 @@ import struct
 from typing import NamedTuple
 
 SOCKADDR_STORAGE = 128
+SIN6_LEN_RFC2133 = 24  # a sockaddr_in6 without the scope id: the least IPv6 takes
 MAPPED_PREFIX = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
 SUN_PATH_MAX = 108
 _FAMILY = struct.Struct("=H")  # sa_family, host order
@@ -71,7 +73,7 @@ def _inet(raw: bytes, v6_socket: bool) -> Target:
 
 
 def _inet6(raw: bytes) -> Target:
-    if len(raw) < 24:  # SIN6_LEN_RFC2133: without the scope id
+    if len(raw) < SIN6_LEN_RFC2133:
         raise _fail(errno.EINVAL, f"sockaddr_in6 of {len(raw)} bytes")
     padded = raw[:_IN6.size].ljust(_IN6.size, b"\0")
     _family, port, flowinfo, packed, scope_id = _IN6.unpack(padded)
@@ -126,6 +128,9 @@ def parse(sock_family: int, raw: bytes, call: str, datagram: bool = False) -> Ta
     if family == socket.AF_INET:
         if v6 and call == "bind":
             raise _fail(errno.EINVAL, "IPv4 address to bind an IPv6 socket")
+        if v6 and not datagram:  # TCP over IPv6 takes only sockaddr_in6 (tcp_v6_connect); UDP maps it
+            raise _fail(errno.EINVAL if len(raw) < SIN6_LEN_RFC2133 else errno.EAFNOSUPPORT,
+                        "IPv4 address on an IPv6 stream socket")
         return _inet(raw, v6)
     if family == socket.AF_INET6 and v6:
         return _inet6(raw)

@@ -4,9 +4,9 @@ link, a memfd, the dynamic loader or a shebang.
 A policy such as ``deny! shell/* when args.program == "curl"`` must not be dodged by
 ``cp /usr/bin/curl /tmp/fetch``. So ``program`` is the name of the system program the file *is*:
 an index of the system directories, built when the sandbox starts (before the agent can write
-anything), maps each inode to its name, and each file size to the files of that size; a file
-that is not a known inode but has a known size is compared by SHA-256. A file that matches
-nothing keeps its own basename.
+anything), maps each path to its name, and each file size to the files of that size; a file
+that is not a listed, unchanged path but has a known size is compared by SHA-256. A file that
+matches nothing keeps its own basename.
 
 The kernel runs more than the file named when the file is a script (``#!`` names an
 interpreter, up to four levels) or when the file is the dynamic loader (its first non-option
@@ -36,33 +36,46 @@ LOADER_OPTIONS_WITH_VALUE = frozenset({"--library-path", "--preload", "--audit",
 MAX_INTERPRETER_DEPTH = 4  # the kernel's BINPRM_MAX_RECURSION
 SHEBANG_MAX = 256  # the kernel reads at most this much of the #! line
 HASH_CHUNK = 1 << 20
-LISTING_TIMEOUT = 30.0
+CLOCK_REALTIME_COARSE = 5  # linux/time.h; file times come from this clock (Python 3.11 has no name for it)
 
 
 class ProgramIndex:
     """The system programs as they were when the sandbox started; ``identify`` names an open file.
 
-    At start only the names are listed (cheap, before the agent runs). A file that is one of
-    those names and unchanged since the start (its ctime, which a write, chmod, link or rename
-    updates and nobody can set back, is older) is that program. Anything else is compared by
-    content with the listed programs of the same size (the sizes are read on first need)."""
+    At start only the names are listed (each directory once, however many of SYSTEM_DIRS lead
+    to it: about 1 ms), before the agent runs anything. A file that is one of those names and
+    unchanged since the start (its ctime, which a write, chmod, link or rename updates and nobody
+    can set back, is older) is that program. Anything else is compared by content with the listed
+    programs of the same size (the sizes are read on first need)."""
 
     def __init__(self, root: str = "/"):
         self.root = root.rstrip("/")
-        self.started = time.time()
-        self._names: dict[str, str] = {}  # path at start (as the agent sees it) -> program name
+        # The coarse wall clock, the one file times come from: a file changed after this, even
+        # within the same clock tick, has a ctime of at least ``started``.
+        self.started = time.clock_gettime_ns(CLOCK_REALTIME_COARSE)
+        self._entries: dict[str, frozenset[str]] = {}  # system directory -> its names at start
+        listed: dict[tuple[int, int], frozenset[str]] = {}
         for directory in SYSTEM_DIRS:
             try:
-                entries = os.listdir(self.root + directory)
+                info = os.stat(self.root + directory)
+                identity = (info.st_dev, info.st_ino)
+                if identity not in listed:
+                    listed[identity] = frozenset(os.listdir(self.root + directory))
             except OSError:
                 continue
-            for name in entries:
-                if directory.endswith("lib") and not LOADER_NAME.fullmatch(name):
-                    continue  # of the library directories only the loader runs as a program
-                self._names[f"{directory}/{name}"] = name
-        self._by_size: dict[int, list[str]] | None = None
+            self._entries[directory] = listed[identity]
+        self._by_size: dict[int, list[tuple[str, str]]] | None = None  # size -> [(path, name)]
         self._digests: dict[tuple, str] = {}  # system program identity -> sha256
         self._lock = threading.Lock()
+
+    def listed(self, path: str) -> str | None:
+        """The program name of ``path`` if it was a system program's path at start."""
+        directory, _, name = path.rpartition("/")
+        if name not in self._entries.get(directory, ()):
+            return None
+        if directory.endswith("lib") and not LOADER_NAME.fullmatch(name):
+            return None  # of the library directories only the loader runs as a program
+        return name
 
     def identify(self, fd: int, path: str, fallback: str,
                  info: os.stat_result | None = None) -> tuple[str, str | None]:
@@ -75,32 +88,36 @@ class ProgramIndex:
         cached (the agent cannot write them)."""
         if info is None:
             info = os.fstat(fd)
-        known = self._names.get(path)
-        if known is not None and info.st_ctime < self.started:
+        known = self.listed(path)
+        if known is not None and info.st_ctime_ns < self.started:
             return known, None
         candidates = self._sizes().get(info.st_size, [])
         if not candidates:
             return fallback, None
         digest = _sha256(fd)
-        for candidate in candidates:
+        for candidate, name in candidates:
             try:
                 if self._digest_path(self.root + candidate) == digest:
-                    return self._names[candidate], digest
+                    return name, digest
             except OSError:
                 continue
         return fallback, digest
 
-    def _sizes(self) -> dict[int, list[str]]:
+    def _sizes(self) -> dict[int, list[tuple[str, str]]]:
         with self._lock:
             if self._by_size is None:
-                sizes: dict[int, list[str]] = {}
-                for path in self._names:
-                    try:
-                        info = os.stat(self.root + path)
-                    except OSError:
-                        continue
-                    if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
-                        sizes.setdefault(info.st_size, []).append(path)
+                sizes: dict[int, list[tuple[str, str]]] = {}
+                for directory, names in self._entries.items():
+                    for name in names:
+                        path = f"{directory}/{name}"
+                        if self.listed(path) is None:
+                            continue
+                        try:
+                            info = os.stat(self.root + path)
+                        except OSError:
+                            continue
+                        if stat.S_ISREG(info.st_mode) and info.st_mode & 0o111:
+                            sizes.setdefault(info.st_size, []).append((path, name))
                 self._by_size = sizes
             return self._by_size
 
@@ -178,27 +195,21 @@ class Examined(NamedTuple):
 
 class ExecIdentity:
     """Names exec'd files and lists what else an exec runs, for one sandbox. Construct it
-    before the agent runs its own code (it lists the system programs)."""
+    before the agent runs its own code: it lists the system programs (about 1 ms, while the
+    agent is still being set up)."""
 
     def __init__(self, root: str = "/"):
-        # Listed on a thread (~3-15 ms) while the sandbox starts: the agent's first exec, before
-        # which it runs none of its own code, waits for it (``program``).
-        self._index: ProgramIndex | None = None
-        self._ready = threading.Event()
-        threading.Thread(target=self._list, args=(root,), name="program-index", daemon=True).start()
+        self._index = ProgramIndex(root)
 
-    def _list(self, root: str) -> None:
-        try:
-            self._index = ProgramIndex(root)
-        finally:
-            self._ready.set()
+    @property
+    def started(self) -> int:
+        """When the system programs were listed (CLOCK_REALTIME_COARSE ns): a file whose ctime is
+        older is unchanged since."""
+        return self._index.started
 
     def program(self, host_path: str, path: str, fallback: str) -> tuple[str, str | None, int]:
         """(program, sha256 or None, fd the caller closes) of the file at ``host_path``, which
-        the agent calls ``path``; OSError (the exec is refused) if the listing failed."""
-        self._ready.wait(LISTING_TIMEOUT)
-        if self._index is None:
-            raise OSError(errno.EAGAIN, "the list of system programs is not ready")
+        the agent calls ``path``; OSError (the exec is refused) if it cannot be read."""
         fd = open_executable(host_path)
         try:
             name, digest = self._index.identify(fd, path, fallback)
@@ -210,9 +221,6 @@ class ExecIdentity:
     def examine(self, host_path: str, path: str, fallback: str) -> Examined:
         """The file at ``host_path`` (the agent's ``path``), opened once: named, stat'ed and
         its head read from the same open file. OSError as ``program``."""
-        self._ready.wait(LISTING_TIMEOUT)
-        if self._index is None:
-            raise OSError(errno.EAGAIN, "the list of system programs is not ready")
         fd = open_executable(host_path)
         try:
             info = os.fstat(fd)

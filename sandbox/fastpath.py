@@ -13,6 +13,9 @@ supervisor drains every DRAIN_INTERVAL seconds and when it stops). So with an au
 fast path is used only when the caller accepts that repeated decisions are recorded after the
 answer (``run --fast-repeats``, docs/run.md); a decision seen for the first time always goes
 through Python and is on record before it takes effect.
+
+Repeated connects are answered the same way (sandbox/fastpath_net.py), repeated execs too
+(sandbox/fastpath_exec.py).
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from typing import Callable
 
 from policy.decision import Decision, Effect
 from sandbox import _fsflags as ff
-from sandbox import notify, seccomp
+from sandbox import fastpath_exec, fastpath_net, notify, seccomp
 from sandbox._fscreds import _ours
 from sandbox._libc import syscall_number
 from sandbox.bpf import AUDIT_ARCH
+from sandbox.netops import NetContext
+from sandbox.traced import refusal_errno
 
 try:
     from sandbox import _fastpath
@@ -36,6 +41,9 @@ except ImportError:  # built without a C compiler: every call is answered in Pyt
 
 DRAIN_INTERVAL = 0.02  # seconds between writes of the fast path's records
 CACHEABLE_KEYS = frozenset({"path", "flags", "mode"})  # what an open's arguments hold besides pid and session
+# tool -> the arguments its decision may read for the compiled receiver to repeat it
+REPEATABLE_KEYS = {"fs/read": CACHEABLE_KEYS, "net/connect": fastpath_net.CONNECT_KEYS,
+                   "shell/exec": fastpath_exec.EXEC_KEYS}
 MAX_ENTRIES = 4096  # distinct (path, flags) decisions remembered
 # Answers whose records are not written yet; beyond it calls go to Python (bounds what a killed
 # launcher can lose, docs/audit.md).
@@ -58,22 +66,32 @@ def _number(name: str) -> int:
 
 
 def wanted(decision_keys: Callable[[str], frozenset | None] | None, audited: bool, fast_repeats: bool) -> bool:
-    """Whether a supervisor would answer repeated reads in C (then the filter should watch
+    """Whether a supervisor would answer repeated calls in C (then the filter should watch
     credential calls): the extension is built, the caller accepts records written just after
-    the answer or keeps none, and the policy's fs/read decisions read only path, flags and mode."""
+    the answer or keeps none, and the policy's fs/read decisions read only path, flags and mode
+    or its net/connect decisions only the address (sandbox/fastpath_net.py)."""
     if _fastpath is None or decision_keys is None or (audited and not fast_repeats):
         return False
+    return any(repeatable(decision_keys, tool) for tool in REPEATABLE_KEYS)
+
+
+def repeatable(decision_keys, tool: str) -> bool:
+    """Whether the policy's decisions for ``tool`` read only the call's own arguments that the
+    compiled receiver keys them by (Engine.decision_keys)."""
+    if decision_keys is None:
+        return False
     try:
-        keys = decision_keys("fs/read")
+        keys = decision_keys(tool)
     except Exception:  # no analysis, no reuse
         return False
-    return keys is not None and keys <= CACHEABLE_KEYS
+    return keys is not None and keys <= REPEATABLE_KEYS[tool]
 
 
 class FastOpens:
     """The compiled receiver and the decisions it repeats; one per supervisor."""
 
-    def __init__(self, listener: int, stop_fd: int, credentials_watched: bool):
+    def __init__(self, listener: int, stop_fd: int, credentials_watched: bool, opens: bool = True,
+                 net: NetContext | None = None, programs_started: int | None = None):
         fsuid, fsgid, groups, caps = _ours()
         # Watched credential calls let C remember that a task acts as we do; unwatched, it reads
         # the task's /proc status on every call.
@@ -82,33 +100,63 @@ class FastOpens:
             listener=listener, stop_fd=stop_fd, nr_open=_number("open"), nr_openat=_number("openat"),
             arch=AUDIT_ARCH[platform.machine()], valid_flags=ff.VALID_OPEN_FLAGS, fsuid=fsuid, fsgid=fsgid,
             groups=list(groups), caps=caps, record=True, watched=watched,
-            entries=MAX_ENTRIES, ring=MAX_UNRECORDED)
+            entries=MAX_ENTRIES, ring=MAX_UNRECORDED, nr_connect=_number("connect") if net is not None else -1,
+            nr_socket=_number("socket") if net is not None else -1,
+            connects=fastpath_net.MAX_CONNECTS, nr_execve=_number("execve") if programs_started else -1,
+            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0)
+        self.opens = opens
         self._entries: list[tuple[dict, Decision]] = []
         self._index: dict[tuple[bytes, int, Effect], int] = {}
         self._lock = threading.Lock()
         self._syscalls = {_number(name): name for name in _OPENS}
+        # net: connects are repeated too (None: the policy or the network context rules it out)
+        self.connects = None if net is None else fastpath_net.FastConnects(
+            self.native, net, refusal_errno("net/connect"), FAILED_EVALUATION, fastpath_net.MAX_CONNECT_RECORDS)
+        self._nr_connect = _number("connect")
+        # programs_started: the exec program index's start (None: execs are not repeated)
+        self.execs = None if not programs_started else fastpath_exec.FastExecs(
+            self.native, FAILED_EVALUATION, programs_started)
+        self._nr_execve = _number("execve")
 
     @classmethod
     def create(cls, listener: int, stop_fd: int, decision_keys: Callable[[str], frozenset | None] | None,
-               credentials_watched: bool = False):
+               credentials_watched: bool = False, net: NetContext | None = None,
+               programs_started: int | None = None):
         """A FastOpens when the extension is built and the policy's fs/read decisions read only
-        path, flags and mode; else None (Python answers everything). ``credentials_watched``: the
-        filter was built with watch_credentials."""
+        path, flags and mode, or (given ``net``) its net/connect decisions only the address and
+        the network context allows repeating them, or (given ``programs_started``, the exec program
+        index's start) its shell/exec decisions only the call's own arguments; else None (Python
+        answers everything). ``credentials_watched``: the filter was built with watch_credentials."""
         if not wanted(decision_keys, False, True):
             return None
+        opens = repeatable(decision_keys, "fs/read")
+        if programs_started is not None and not repeatable(decision_keys, "shell/exec"):
+            programs_started = None
+        if net is not None and not (repeatable(decision_keys, "net/connect") and net.intercept is None
+                                    and net.names_followed):
+            net = None
+        if not opens and net is None and programs_started is None:
+            return None
         try:
-            return cls(listener, stop_fd, credentials_watched)
+            return cls(listener, stop_fd, credentials_watched, opens, net, programs_started)
         except (ValueError, OSError, MemoryError):  # e.g. more supplementary groups than it compares
             return None
 
-    def receive(self) -> notify.Notification | None:
-        """The next notification Python must answer (see the module doc)."""
+    def receive(self) -> notify.Notification | fastpath_net.PendingConnect | fastpath_exec.PendingExec | None:
+        """The next notification Python must answer (see the module doc), or a decided TCP
+        connect for the receiving thread to perform (it may wait for long: fastpath_net)."""
         raw = self.native.receive()
-        return None if raw is None else notify.Notification(*raw[:6], tuple(raw[6]))
+        if raw is None:
+            return None
+        if type(raw[0]) is tuple:  # a permitted exec to finish: (job, entry, notification)
+            return fastpath_exec.PendingExec(self.native, *raw)
+        if len(raw) == 3:
+            return fastpath_net.PendingConnect(self.native, *raw)
+        return notify.Notification(*raw[:6], tuple(raw[6]))
 
     def learn(self, decoded: dict, tool: str, args: dict, decision: Decision) -> None:
         """Repeat ``decision`` for later opens like this one, when it is one the fast path repeats."""
-        if tool != "fs/read" or decoded.get("syscall") not in _OPENS:
+        if not self.opens or tool != "fs/read" or decoded.get("syscall") not in _OPENS:
             return
         if decision.effect not in (Effect.PERMIT, Effect.DENY) or decision.reason_code in FAILED_EVALUATION:
             return
@@ -131,10 +179,19 @@ class FastOpens:
         """Audit records of the calls answered since the last call, oldest first."""
         out = []
         for entry, pid, nr, _result, wall_ns, latency_ns in self.native.drain():
-            template, decision = self._entries[entry]
+            if nr == self._nr_connect and self.connects is not None:
+                syscall, tool = "connect", "net/connect"
+                args, decision = self.connects.record(entry, session_id, pid)
+            elif nr == self._nr_execve and self.execs is not None:
+                syscall, tool = "execve", "shell/exec"
+                args, decision = self.execs.record(entry, session_id, pid)
+            else:
+                syscall, tool = self._syscalls.get(nr, str(nr)), "fs/read"
+                template, decision = self._entries[entry]
+                args = dict(template, pid=pid, session=session_id)
             out.append({
-                "time": wall_ns / 1e9, "session": session_id, "pid": pid, "syscall": self._syscalls.get(nr, str(nr)),
-                "tool": "fs/read", "args": dict(template, pid=pid, session=session_id),
+                "time": wall_ns / 1e9, "session": session_id, "pid": pid, "syscall": syscall,
+                "tool": tool, "args": args,
                 "effect": decision.effect.value, "rule_id": decision.rule_id, "reason_code": decision.reason_code,
                 "reason": decision.reason, "policy_version": decision.policy_version,
                 "latency_us": round(latency_ns / 1000),
@@ -149,4 +206,6 @@ class FastOpens:
         return self.native.stats()
 
     def close(self) -> None:
+        if self.connects is not None:
+            self.connects.close()
         self.native.close()

@@ -20,8 +20,9 @@ import dataclasses
 import errno
 import os
 import socket
+import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import psutil
 
@@ -31,6 +32,7 @@ from sandbox._netguard import ProbeCache, guarded_address, no_names
 from sandbox._netmsg import translate_control
 from sandbox._netpidfd import TaskFiles
 from sandbox._netunix import UnixPath
+from sandbox.dns_names import NameMap
 
 STUB_ADDRESS = "127.0.0.53"  # sandbox.dns_stub.STUB_ADDRESS: the agent's resolv.conf names it
 DNS_PORT = 53
@@ -62,6 +64,18 @@ class NetContext:
     intercept: Callable[[str | None, str, int, str], tuple[tuple[str, int], Callable] | None] | None = None
     probes: ProbeCache = field(default_factory=ProbeCache, compare=False)
     task_files: TaskFiles = field(default_factory=TaskFiles, compare=False)  # one pidfd per agent task
+    # The NameMap behind ``names`` when it is a NameMap's host_for (its changes can be followed), else None.
+    name_memory: NameMap | None = field(init=False, default=None, compare=False)
+
+    def __post_init__(self):
+        owner = getattr(self.names, "__self__", None)
+        if isinstance(owner, NameMap) and getattr(self.names, "__func__", None) is NameMap.host_for:
+            object.__setattr__(self, "name_memory", owner)
+
+    @property
+    def names_followed(self) -> bool:
+        """Whether a decision's ``host`` can be known to still hold: no names, or a NameMap's."""
+        return self.names is no_names or self.name_memory is not None
 
     @classmethod
     def for_host(cls, names: Callable[[str], str | None] | None = None,
@@ -84,14 +98,33 @@ class NetResult:
     cloexec: bool = False
 
 
+class Repeatable(NamedTuple):
+    """A plain connect the compiled receiver may answer again (sandbox/fastpath_net.py): the
+    socket's kind and the address bytes as the agent passed them, the address performed, the
+    DNS names' generation read before ``host`` was, and when the name used expires."""
+
+    domain: int
+    kind: int
+    protocol: int
+    address: bytes
+    target: bytes
+    generation: int
+    expires_ns: int  # time.monotonic_ns(); 0: no DNS name was used
+
+
+NAME_EXPIRY_MARGIN_NS = 1_000_000  # a remembered decision ends this much before its name does
+
+
 class NetOp:
     """One prepared call; holds our duplicate of the agent's socket until it is performed
     (or close()). ``reads_task``: preparing it read the task's fd table, memory or /proc,
-    which count only if the notification is still valid afterwards (a socket() reads none)."""
+    which count only if the notification is still valid afterwards (a socket() reads none).
+    ``repeatable``: set for a plain internet connect (see Repeatable)."""
 
     def __init__(self, tool: str | None, args: dict, action: Callable[[], NetResult], fds: list[int],
-                 guarded: bool = False, reads_task: bool = True):
+                 guarded: bool = False, reads_task: bool = True, repeatable: Repeatable | None = None):
         self.tool, self.args, self.guarded, self.reads_task = tool, args, guarded, reads_task
+        self.repeatable = repeatable
         self._action, self._fds = action, fds
 
     def perform(self) -> NetResult:
@@ -113,6 +146,7 @@ class _Socket:
     family: int
     kind: int  # SOCK_STREAM, SOCK_DGRAM...
     protocol: str
+    proto: int = 0  # SO_PROTOCOL
 
 
 def _value(call: Callable[[], int | None]) -> Callable[[], NetResult]:
@@ -135,9 +169,13 @@ def _create_socket(decoded: dict) -> NetOp:
 
 def socket_kind(fd: int) -> tuple[int, int, int]:
     """(family, type, protocol) of socket ``fd``: SO_DOMAIN, SO_TYPE, SO_PROTOCOL; ENOTSOCK otherwise."""
-    probe = _socket.socket(fileno=fd)  # the C type: plain ints, none of socket.socket's wrapping
+    # Family, type and protocol given, so the constructor calls nothing; the options are read
+    # without the socket's lock (getsockname, which the bare constructor calls, waits for it
+    # while holding the GIL: an agent thread blocked in a send would stall the supervisor).
+    probe = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
     try:
-        return probe.family, probe.type, probe.proto
+        return (probe.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN), probe.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE),
+                probe.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
     finally:
         probe.detach()
 
@@ -150,7 +188,7 @@ def _duplicate(ctx: NetContext, pid: int, number: int) -> _Socket:
         os.close(fd)
         raise
     name = PROTOCOLS.get(kind, {}).get(proto, "") if family != socket.AF_UNIX else UNIX_KINDS.get(kind, str(kind))
-    return _Socket(fd, family, kind, name or str(proto))
+    return _Socket(fd, family, kind, name or str(proto), proto)
 
 
 class _Builder:
@@ -159,6 +197,7 @@ class _Builder:
     def __init__(self, ctx: NetContext, pid: int, decoded: dict, sock: _Socket, fds: list[int]):
         self.ctx, self.pid, self.decoded, self.sock, self.fds = ctx, pid, decoded, sock, fds
         self.unix_path: UnixPath | None = None  # a resolved pathname: performed as the agent
+        self.repeatable: Repeatable | None = None
 
     # -- addresses ----------------------------------------------------------------
 
@@ -216,7 +255,8 @@ class _Builder:
         if self.local_family():
             fd, raw = self.sock.fd, self.decoded["addr"] or b""
             return None, {}, _value(lambda: _libc_net.connect(fd, raw)), False
-        target = _netaddr.parse(self.sock.family, self.decoded["addr"] or b"", "connect")
+        target = _netaddr.parse(self.sock.family, self.decoded["addr"] or b"", "connect",
+                                datagram=self.sock.kind == socket.SOCK_DGRAM)
         fd = self.sock.fd
         if target == _netaddr.DISCONNECT:
             return None, {}, _value(lambda: _libc_net.connect(fd, b"\0\0" + b"\0" * 14)), False
@@ -226,11 +266,33 @@ class _Builder:
         redirected = self.redirect(target)
         if redirected is not None:
             return None, {}, _value(lambda: _libc_net.connect(fd, redirected.sockaddr())), False
+        memory = self.ctx.name_memory
+        generation = memory.generation if memory is not None else 0  # before host is read
         args, guarded = self.inet_args(target)
         via = self.intercepted(args, target, guarded)
         if via is not None:
             return "net/connect", args, _value(lambda: _connect_via(fd, target, via)), guarded
-        return "net/connect", args, _value(lambda: _libc_net.connect(fd, target.sockaddr())), guarded
+        address = target.sockaddr()
+        self.repeatable = self.repeat(target, args, address, generation)
+        return "net/connect", args, _value(lambda: _libc_net.connect(fd, address)), guarded
+
+    def repeat(self, target: Target, args: dict, address: bytes, generation: int) -> Repeatable | None:
+        """What the compiled receiver needs to answer this connect again, or None: the egress
+        inspects connections (its proxy registers each), the socket is not TCP or UDP, or
+        the DNS names behind ``host`` cannot be followed."""
+        if self.ctx.intercept is not None or self.sock.protocol not in ("tcp", "udp") or not self.ctx.names_followed:
+            return None
+        expires_ns = 0
+        if args["host"] != target.ip:  # named by a lookup: the decision lasts as long as the name
+            looked_up_ns = time.monotonic_ns()  # before the lookup: the name lives at least ``left`` from here
+            found = self.ctx.name_memory.lookup(target.ip)
+            if found is None or found[0] != args["host"]:
+                return None
+            expires_ns = looked_up_ns + int(found[1] * 1e9) - NAME_EXPIRY_MARGIN_NS
+            if expires_ns <= 0:
+                return None
+        raw = self.decoded["addr"] or b""
+        return Repeatable(self.sock.family, self.sock.kind, self.sock.proto, raw, address, generation, expires_ns)
 
     def intercepted(self, args: dict, target: Target, guarded: bool):
         """The egress proxy's (address, register) when it inspects this TCP connection, else None."""
@@ -325,10 +387,11 @@ def prepare(pid: int, decoded: dict, ctx: NetContext) -> NetOp:
         return _create_socket(decoded)
     sock = _duplicate(ctx, pid, decoded["fd"])
     fds = [sock.fd]
+    builder = _Builder(ctx, pid, decoded, sock, fds)
     try:
-        tool, args, action, guarded = getattr(_Builder(ctx, pid, decoded, sock, fds), decoded["syscall"])()
+        tool, args, action, guarded = getattr(builder, decoded["syscall"])()
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    return NetOp(tool, args, action, fds, guarded)
+    return NetOp(tool, args, action, fds, guarded, repeatable=builder.repeatable)

@@ -4,7 +4,7 @@ TOCTOU rule: a decision that depends on a pointer argument is never followed by
 CONTINUE while another task could rewrite that memory. Filesystem calls are decoded
 once, resolved and performed by sandbox.fsops on the agent's behalf, and the result
 is injected (ADDFD) or returned; the agent's memory is never read again. An exec
-cannot be performed for the agent: it is either verified (freeze.VerifiedExec: the new
+cannot be performed for the agent: it is either verified (exec_verify.VerifiedExec: the new
 image is stopped before its first instruction and compared with the decision, killed on
 any difference) or decided with every agent task frozen (sandbox.freeze) and only then
 CONTINUEd. Everything fails closed: a decode error, an exception in decide(), a freezer
@@ -31,7 +31,7 @@ from typing import Callable
 
 from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
-from sandbox import fastpath, freeze, notify, ptrace_freeze, seccomp
+from sandbox import exec_verify, fastpath, fastpath_exec, fastpath_net, freeze, notify, ptrace_freeze, seccomp
 from sandbox.decode import UnknownSyscall, decode, row_for
 from sandbox.decode.exec import exec_arguments
 from sandbox.exec_identity import ExecIdentity
@@ -72,10 +72,9 @@ class Supervisor:
         self.freezer: freeze.CgroupFreezer | ptrace_freeze.PtraceFreezer | None = None
         self.freeze_problem = "the freezer self-test did not finish"
         self._freezer_ready = threading.Event()
-        # Not a daemon: an exiting process waits for it, so its helper and scratch cgroup go.
-        threading.Thread(target=self._check_freezer, args=(cgroup_dir, pidns_of), name="freezer-self-test").start()
-        # Lists the system programs before the agent runs anything (sandbox.exec_identity); started
-        # last, because while its thread lists, starting any other thread waits behind it.
+        self._check_freezer(cgroup_dir, pidns_of)  # cheap: its self-test runs at the first freeze
+        # Lists the system programs (about 1 ms, while the agent is being set up) before the agent
+        # runs anything (sandbox.exec_identity).
         self.exec_identity = ExecIdentity()
         self._receive_lock = threading.Lock()
         self._count_lock = threading.Lock()
@@ -85,9 +84,10 @@ class Supervisor:
         self._gate = freeze.Gate()  # fs performs are shared, a frozen exec decision exclusive
         self._done = threading.Event()
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
-        # Repeated read-only opens answered in C (sandbox/fastpath.py); with an audit sink only
-        # when the caller accepts their records being written just after the answer.
-        self.fast = fastpath.FastOpens.create(listener_fd, self._stop_read, decision_keys, credentials_watched) \
+        # Repeated read-only opens and connects answered in C (sandbox/fastpath.py, fastpath_net.py);
+        # with an audit sink only when the caller accepts their records being written just after the answer.
+        self.fast = fastpath.FastOpens.create(listener_fd, self._stop_read, decision_keys, credentials_watched,
+                                              self.net, self.exec_identity.started) \
             if fastpath.wanted(decision_keys, audit is not None, fast_repeats) else None
         self._credential_calls = seccomp.credential_numbers() if credentials_watched else frozenset()
         self._fast_records_lock = threading.Lock()
@@ -216,7 +216,18 @@ class Supervisor:
 
     # -- handling ----------------------------------------------------------------
 
-    def _handle(self, notification: notify.Notification) -> None:
+    def _handle(self, notification: notify.Notification | fastpath_net.PendingConnect
+                | fastpath_exec.PendingExec) -> None:
+        if type(notification) is fastpath_net.PendingConnect:  # decided and recorded in C: may block
+            notification.perform()
+            return
+        if type(notification) is fastpath_exec.PendingExec:  # a repeated permitted exec found in C
+            try:
+                self._finish_fast_exec(notification)
+            except Exception as err:  # fail closed on anything unforeseen, as for every handler
+                self._fail(notification.notification, errno.EPERM, "shell/exec", "SUPERVISOR_ERROR",
+                           f"{type(err).__name__}: {err}", time.monotonic())
+            return
         started = time.monotonic()
         self.stats["received"] += 1
         if notification.nr in self._credential_calls:  # watched for the fast path, decided by nobody
@@ -296,13 +307,16 @@ class Supervisor:
                 return
             if op.tool is not None:
                 call = self._call(op.tool, op.args, notification.pid)
-                decision = self._decide(call)
+                decided = self._decide(call)
                 if op.guarded:
-                    decision = guard_decision(call, decision, self._decide, self.net.probes)
-                decision = self._settle(call, decision, notification)
+                    decided = guard_decision(call, decided, self._decide, self.net.probes)
+                decision = self._settle(call, decided, notification)
                 if not self._still_waiting(notification):
                     return
                 decision = self._record(notification, decoded["syscall"], call, decision, started)
+                if op.repeatable is not None and decision is decided and self.fast is not None \
+                        and self.fast.connects is not None:  # neither deferred nor unrecordable
+                    self.fast.connects.learn(op.repeatable, op.tool, op.args, decided)
                 if not decision.permitted:
                     notify.send_error(self.listener, notification.id, refusal_errno(op.tool))
                     return
@@ -337,7 +351,7 @@ class Supervisor:
 
     def _handle_exec(self, notification: notify.Notification, started: float) -> None:
         # A first look without freezing answers execs that cannot succeed anyway (execvp walks
-        # PATH); it leads to CONTINUE only through freeze.VerifiedExec, which checks the new
+        # PATH); it leads to CONTINUE only through exec_verify.VerifiedExec, which checks the new
         # image against the decision before it runs.
         try:
             decoded = decode(notification, skip=NO_ENVP)
@@ -351,20 +365,22 @@ class Supervisor:
             self.stats["unresolved"] += 1
             notify.send_error(self.listener, notification.id, err.errno or errno.ENOENT)
             return
-        verified = freeze.VerifiedExec.for_exec(notification.pid, decoded, args, seen)
+        verified = exec_verify.VerifiedExec.for_exec(notification.pid, decoded, args, seen)
         if verified is not None:
             verified.identity = (lambda exe: self._program_of(exe, args), *verified.identity[1:])
             call = self._call("shell/exec", args, notification.pid)
-            decision = self._settle(call, self._decide(call), notification)
-            if self._decide_verified(notification, decoded["syscall"], call, decision, verified, started):
+            decided = self._decide(call)
+            decision = self._settle(call, decided, notification)
+            if self._decide_verified(notification, decoded["syscall"], call, decision, verified, started,
+                                     learnable=decision is decided):
                 return
             # The holder could not be traced: the freezer re-reads and compares with this decision.
             self._decide_with_freezer(notification, started, call, decision)
             return
         self._decide_with_freezer(notification, started)
 
-    def _decide_verified(self, notification, syscall, call, decision, verified, started) -> bool:
-        """Answer an exec under freeze.VerifiedExec; False (nothing answered, nothing recorded)
+    def _decide_verified(self, notification, syscall, call, decision, verified, started, learnable=False) -> bool:
+        """Answer an exec under exec_verify.VerifiedExec; False (nothing answered, nothing recorded)
         when the holder cannot be traced."""
         with self._exec_lock, self._gate.exclusive():
             if decision.permitted:
@@ -378,7 +394,10 @@ class Supervisor:
                 if not notify.id_valid(self.listener, notification.id):
                     self.stats["gone"] += 1
                     return True
-                decision = self._record(notification, syscall, call, decision, started)
+                recorded = self._record(notification, syscall, call, decision, started)
+                if learnable and recorded is decision and self.fast is not None and self.fast.execs is not None:
+                    self.fast.execs.learn(call.args, verified, decision)  # neither deferred nor unrecordable
+                decision = recorded
                 if not decision.permitted:
                     notify.send_error(self.listener, notification.id, errno.EPERM)
                 else:
@@ -391,6 +410,31 @@ class Supervisor:
                     self.stats["exec_changed"] += 1
                     self._record(notification, syscall, call, deny("EXEC_CHANGED", str(err)), started)
             return True
+
+    def _finish_fast_exec(self, pending: fastpath_exec.PendingExec) -> None:
+        """A permitted exec C found repeated: seized, recorded, CONTINUEd and checked at its exec
+        stop by C on this thread (the tracer), under the same lock and gate as _decide_verified."""
+        started, timeout = time.monotonic(), freeze.EXEC_TIMEOUT
+        try:
+            with self._exec_lock, self._gate.exclusive():
+                kind, err, gone, seen = pending.finish(timeout)
+        except freeze.FreezeError as err:  # fs operations never finished: nothing was done yet
+            self._fail(pending.notification, errno.EPERM, "shell/exec", "SUPERVISOR_ERROR",
+                       f"{type(err).__name__}: {err}", started)
+            return
+        if kind == fastpath_exec.UNTRACEABLE:  # nothing answered, nothing recorded: decided afresh
+            self._handle(pending.notification)
+            return
+        if gone:
+            self.stats["gone"] += 1
+        if kind:  # killed before it ran: on record after its permit
+            self.stats["exec_changed"] += 1
+            self._write_fast_records()
+            args, _decision = self.fast.execs.record(pending.entry, self.session_id, pending.pid)
+            call = self._call("shell/exec", {k: v for k, v in args.items() if k not in ("pid", "session")},
+                              pending.pid)
+            problem = self.fast.execs.problem(pending.entry, pending.pid, kind, err, seen, timeout)
+            self._record(pending.notification, "execve", call, deny("EXEC_CHANGED", problem), started)
 
     def _program_of(self, host_path: str, args: dict) -> tuple[str, str | None]:
         """(program, sha256) of the file at ``host_path`` named as exec_arguments named ``args``."""
@@ -531,6 +575,8 @@ class Supervisor:
         """Audit the decision before it takes effect; returns it, or a DENY when it could not be
         recorded (a permit nobody can account for is not granted)."""
         if self.audit is not None and not self._write_audit(notification, syscall, call, decision, started):
+            if self.fast is not None:  # what cannot be recorded here cannot be in C either
+                self.fast.suspend()
             if decision.permitted:
                 decision = _replace(decision, Effect.DENY, "AUDIT_WRITE_FAILED",
                                     f"the audit record could not be written ({decision.reason})")
@@ -615,7 +661,7 @@ def _make_freezer(cgroup_dir: str | None, pidns_of: int | None = None):
             return None, f"{type(err).__name__}: {err}"
     try:
         # The self-test (a helper process, ~10 ms) runs at the first freeze: execs that
-        # freeze.VerifiedExec handles never need it.
+        # exec_verify.VerifiedExec handles never need it.
         return freeze.CgroupFreezer(cgroup_dir, self_test_parent=os.path.dirname(os.path.abspath(cgroup_dir))), ""
     except Exception as err:  # any failure leaves exec decisions failing closed
         return None, f"{type(err).__name__}: {err}"

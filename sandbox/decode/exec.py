@@ -110,7 +110,7 @@ def exec_arguments(decoded: dict, identity=None, seen: dict | None = None) -> di
     ``runs``: the interpreters and loaded programs the exec also runs. OSError(errno) if the
     executable cannot be resolved (the exec could not succeed either).
 
-    ``seen`` (a dict) receives what the arguments were derived from, for freeze.VerifiedExec:
+    ``seen`` (a dict) receives what the arguments were derived from, for exec_verify.VerifiedExec:
     ``root`` (the agent's root as the supervisor sees it) and, with an identity, ``examined``
     (sandbox.exec_identity.Examined of the file)."""
     root = os.readlink(_host_root(decoded["pid"]))

@@ -18,7 +18,7 @@ int64_t fp_clock_ns(clockid_t clock) {
     return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int send_error(int listener, uint64_t id, int err) {
+int fp_send_error(int listener, uint64_t id, int err) {
     struct seccomp_notif_resp resp = {.id = id, .val = 0, .error = -err, .flags = 0};
     return ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
 }
@@ -57,6 +57,12 @@ static ssize_t read_path(pid_t pid, uint64_t addr, char *buf) {
     return -1;
 }
 
+/* Exactly length bytes at addr in pid, or -1 (unmapped, or the task is gone). */
+ssize_t fp_read_memory(pid_t pid, uint64_t addr, void *buf, size_t length) {
+    struct iovec local = {buf, length}, remote = {(void *)(uintptr_t)addr, length};
+    return process_vm_readv(pid, &local, 1, &remote, 1, 0) == (ssize_t)length ? (ssize_t)length : -1;
+}
+
 /* -- the decision table ------------------------------------------------------ */
 
 Slot *fp_find_slot(FastPath *self, const char *path, uint32_t length, uint32_t flags, uint64_t hash) {
@@ -70,9 +76,9 @@ Slot *fp_find_slot(FastPath *self, const char *path, uint32_t length, uint32_t f
 
 /* -- one notification --------------------------------------------------------- */
 
-static int queue_hit(FastPath *self, Hit hit) {
+int fp_queue_hit(FastPath *self, Hit hit) {
     pthread_mutex_lock(&self->ring_lock);
-    int ok = self->ring_count < self->ring_size;
+    int ok = self->ring_count + self->ring_reserved < self->ring_size;
     if (ok) {
         self->ring[(self->ring_head + self->ring_count) % self->ring_size] = hit;
         self->ring_count++;
@@ -81,11 +87,34 @@ static int queue_hit(FastPath *self, Hit hit) {
     return ok;
 }
 
-static int ring_has_room(FastPath *self) {
+int fp_ring_has_room(FastPath *self) {
     pthread_mutex_lock(&self->ring_lock);
-    int room = self->ring_count < self->ring_size;
+    int room = self->ring_count + self->ring_reserved < self->ring_size;
     pthread_mutex_unlock(&self->ring_lock);
     return room;
+}
+
+/* A place in the ring kept for a record written later (an exec handed to its finishing thread),
+ * so that the record can never find the ring full once the exec is under way: 1 if reserved. */
+int fp_reserve_hit(FastPath *self) {
+    pthread_mutex_lock(&self->ring_lock);
+    int ok = self->ring_count + self->ring_reserved < self->ring_size;
+    self->ring_reserved += ok;
+    pthread_mutex_unlock(&self->ring_lock);
+    return ok;
+}
+
+/* Releases a reservation, queueing hit into it when given one (hit.entry >= 0). */
+void fp_queue_reserved(FastPath *self, Hit hit, int reserved) {
+    if (!reserved)
+        return;
+    pthread_mutex_lock(&self->ring_lock);
+    self->ring_reserved--;
+    if (hit.entry >= 0) {
+        self->ring[(self->ring_head + self->ring_count) % self->ring_size] = hit;
+        self->ring_count++;
+    }
+    pthread_mutex_unlock(&self->ring_lock);
 }
 
 /* The open's path and flags when it is one this path handles, else 0. */
@@ -143,23 +172,16 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
     Slot *slot = fp_find_slot(self, path, (uint32_t)length, flags, hash);
     int found = slot->path != NULL, entry = slot->entry, deny = slot->deny;
     pthread_mutex_unlock(&self->table_lock);
-    if (!found || self->suspended || (self->record && !ring_has_room(self))) {
+    if (!found || self->suspended || (self->record && !fp_ring_has_room(self))) {
         self->ring_full += found;
         return MISS;
     }
     int owned, root = fp_agent_root(self, (int)n->pid, &owned);
     if (root < 0)
         return MISS;
-    /* What was read of /proc/<pid> and its memory belongs to the task that trapped only if it
-     * still waits: otherwise the pid may name another process now. */
-    if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &n->id) != 0) {
-        int gone = errno == ENOENT;
-        if (owned)
-            close(root);
-        fp_forget_task(self, (int)n->pid);
-        self->gone += gone;
-        return gone ? ANSWERED : MISS; /* a task that is gone needs no answer */
-    }
+    int outcome = fp_unless_waiting(self, n, root, owned);
+    if (outcome >= 0)
+        return outcome;
     if (owned)
         owned = fp_keep_root(self, root);
     int fd = open_in_root(root, path, deny ? O_PATH | (flags & (O_DIRECTORY | O_NOFOLLOW)) : flags);
@@ -174,18 +196,18 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
     }
     Hit hit = {entry, (int32_t)n->pid, n->data.nr, result, fp_clock_ns(CLOCK_REALTIME),
                fp_clock_ns(CLOCK_MONOTONIC) - started};
-    if (self->record && !queue_hit(self, hit)) {
+    if (self->record && !fp_queue_hit(self, hit)) {
         /* Unrecordable: a permit nobody can account for is not granted. */
         if (fd >= 0)
             close(fd);
         self->ring_full++;
-        send_error(self->listener, n->id, EACCES);
+        fp_send_error(self->listener, n->id, EACCES);
         return ANSWERED;
     }
     self->hits++;
     if (fd < 0) {
         self->denied += deny;
-        send_error(self->listener, n->id, -result);
+        fp_send_error(self->listener, n->id, -result);
         return ANSWERED;
     }
     uint32_t cloexec = (uint32_t)n->data.args[n->data.nr == self->nr_openat ? 2 : 1] & O_CLOEXEC;
@@ -194,7 +216,7 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
         .newfd_flags = cloexec ? O_CLOEXEC : 0,
     };
     if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0 && errno != ENOENT)
-        send_error(self->listener, n->id, errno); /* e.g. EMFILE: the agent gets the error */
+        fp_send_error(self->listener, n->id, errno); /* e.g. EMFILE: the agent gets the error */
     close(fd);
     return ANSWERED;
 }

@@ -13,6 +13,8 @@
  * not handle exactly as Python would (an agent acting with other credentials than ours,
  * a full record ring, a symlink, an unusual file type, a memory read that fails).
  *
+ * Repeated connects of internet sockets are answered the same way (connect.c).
+ *
  * Each answer is queued as a record (entry, pid, syscall, time, latency, result) for the
  * supervisor to audit (drain()); when the queue is full the call goes to Python instead.
  */
@@ -26,8 +28,10 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
         return NULL;
     }
     struct seccomp_notif n;
+    ConnectJob pending;
+    ExecJob exec_job;
     struct pollfd fds[2] = {{self->listener, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
-    int outcome = 0; /* 1: a notification for Python, 0: none any more, -1: error (errno) */
+    int outcome = 0; /* 1: a notification for Python, 2: a connect to perform, 0: none any more, -1: error */
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->task_lock);
@@ -52,8 +56,17 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
                 fp_credential_change(self, &n);
                 continue;
             }
-            if (fp_handle(self, &n, fp_clock_ns(CLOCK_MONOTONIC)) == ANSWERED)
+            int64_t started = fp_clock_ns(CLOCK_MONOTONIC);
+            int handled = n.data.nr == self->nr_connect ? fp_connect(self, &n, started, &pending)
+                          : n.data.nr == self->nr_socket ? fp_socket(self, &n)
+                          : n.data.nr == self->nr_execve ? fp_exec(self, &n, started, &exec_job)
+                                                         : fp_handle(self, &n, started);
+            if (handled == ANSWERED)
                 continue;
+            if (handled == PENDING || handled == PENDING_EXEC) {
+                outcome = handled == PENDING ? 2 : 3;
+                break;
+            }
             self->misses++;
             outcome = 1;
             break;
@@ -69,6 +82,19 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
     }
     if (outcome == 0)
         Py_RETURN_NONE;
+    if (outcome == 2)
+        return Py_BuildValue("(Kiy#)", (unsigned long long)pending.id, pending.sock, (const char *)pending.target,
+                             (Py_ssize_t)pending.length);
+    if (outcome == 3) /* a permitted exec for the caller to finish (exec.c): the job, and the notification */
+        return Py_BuildValue("((KiiILi)i(KkkiIK(KKKKKK)))", (unsigned long long)exec_job.id, exec_job.pid,
+                             exec_job.nr, exec_job.slot, (long long)exec_job.started, exec_job.reserved,
+                             exec_job.entry,
+                             (unsigned long long)n.id,
+                             (unsigned long)n.pid, (unsigned long)n.flags, n.data.nr, n.data.arch,
+                             (unsigned long long)n.data.instruction_pointer, (unsigned long long)n.data.args[0],
+                             (unsigned long long)n.data.args[1], (unsigned long long)n.data.args[2],
+                             (unsigned long long)n.data.args[3], (unsigned long long)n.data.args[4],
+                             (unsigned long long)n.data.args[5]);
     return Py_BuildValue("(KkkiIK(KKKKKK))", (unsigned long long)n.id, (unsigned long)n.pid,
                          (unsigned long)n.flags, n.data.nr, n.data.arch, (unsigned long long)n.data.instruction_pointer,
                          (unsigned long long)n.data.args[0], (unsigned long long)n.data.args[1],
@@ -105,6 +131,101 @@ static PyObject *FastPath_remember(FastPath *self, PyObject *args) {
     return PyBool_FromLong(stored);
 }
 
+static PyObject *FastPath_remember_connect(FastPath *self, PyObject *args) {
+    ConnectSlot learned;
+    memset(&learned, 0, sizeof learned);
+    const char *raw, *target;
+    Py_ssize_t raw_length, target_length;
+    int deny;
+    long long expires_ns;
+    unsigned long long generation;
+    if (!PyArg_ParseTuple(args, "iiiy#y#ipiLK", &learned.domain, &learned.type, &learned.protocol, &raw,
+                          &raw_length, &target, &target_length, &learned.entry, &deny, &learned.refusal,
+                          &expires_ns, &generation))
+        return NULL;
+    if (raw_length < 2 || raw_length > SOCKADDR_LIMIT || target_length < 2 || target_length > SOCKADDR_LIMIT ||
+        learned.refusal <= 0 || expires_ns < 0)
+        Py_RETURN_FALSE;
+    memcpy(learned.raw, raw, (size_t)raw_length);
+    memcpy(learned.target, target, (size_t)target_length);
+    learned.raw_length = (uint32_t)raw_length, learned.target_length = (uint32_t)target_length;
+    learned.deny = deny, learned.expires_ns = expires_ns;
+    return PyBool_FromLong(fp_remember_connect(self, &learned, generation));
+}
+
+static PyObject *FastPath_answer_connect(FastPath *self, PyObject *args) {
+    unsigned long long id;
+    int sock;
+    const char *target;
+    Py_ssize_t length;
+    if (!PyArg_ParseTuple(args, "Kiy#", &id, &sock, &target, &length))
+        return NULL;
+    if (length < 2 || length > SOCKADDR_LIMIT) {
+        close(sock);
+        PyErr_SetString(PyExc_ValueError, "a socket address is 2..128 bytes");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    fp_answer_connect(self->listener, id, sock, (const unsigned char *)target, (uint32_t)length);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_forget_connects(FastPath *self, PyObject *args) {
+    unsigned long long generation;
+    if (!PyArg_ParseTuple(args, "K", &generation))
+        return NULL;
+    fp_forget_connects(self, generation);
+    Py_RETURN_NONE;
+}
+
+static PyObject *FastPath_remember_exec(FastPath *self, PyObject *args) {
+    ExecSlot learned;
+    memset(&learned, 0, sizeof learned);
+    Py_ssize_t path_length, argv_length, cwd_length, exe_length;
+    unsigned long long dev, ino;
+    long long size, mtime_ns, ctime_ns;
+    int deny;
+    if (!PyArg_ParseTuple(args, "y#y#y#y#ip(KKLLL)", &learned.path, &path_length, &learned.argv, &argv_length,
+                          &learned.cwd, &cwd_length, &learned.exe, &exe_length, &learned.entry, &deny, &dev, &ino,
+                          &size, &mtime_ns, &ctime_ns))
+        return NULL;
+    if (path_length < 1 || path_length >= PATH_LIMIT || argv_length < 1 || argv_length > 65536 ||
+        cwd_length >= PATH_LIMIT || exe_length >= PATH_LIMIT)
+        Py_RETURN_FALSE;
+    learned.path_length = (uint32_t)path_length, learned.argv_length = (uint32_t)argv_length;
+    learned.cwd_length = (uint32_t)cwd_length, learned.exe_length = (uint32_t)exe_length;
+    learned.deny = deny;
+    learned.file = (FileKey){dev, ino, size, mtime_ns, ctime_ns};
+    return PyBool_FromLong(fp_remember_exec(self, &learned));
+}
+
+static PyObject *FastPath_finish_exec(FastPath *self, PyObject *args) {
+    ExecJob job = {0};
+    unsigned long long id;
+    long long started;
+    double timeout;
+    if (!PyArg_ParseTuple(args, "KiiILpd", &id, &job.pid, &job.nr, &job.slot, &started, &job.reserved, &timeout))
+        return NULL;
+    job.id = id, job.started = started;
+    job.entry = self->execs && job.slot <= self->exec_mask ? self->execs[job.slot].entry : -1;
+    if (!self->execs || job.slot > self->exec_mask || !self->execs[job.slot].used) {
+        PyErr_SetString(PyExc_ValueError, "no such learned exec");
+        return NULL;
+    }
+    ExecResult *out = malloc(sizeof *out);
+    if (!out)
+        return PyErr_NoMemory();
+    out->kind = out->err = out->gone = 0, out->seen_length = 0;
+    Py_BEGIN_ALLOW_THREADS
+    fp_finish_exec(self, &job, timeout, out);
+    Py_END_ALLOW_THREADS
+    PyObject *result =
+        Py_BuildValue("(iiiy#)", out->kind, out->err, out->gone, out->seen, (Py_ssize_t)out->seen_length);
+    free(out);
+    return result;
+}
+
 static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
     pthread_mutex_lock(&self->ring_lock);
     uint32_t count = self->ring_count;
@@ -133,10 +254,15 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
 }
 
 static PyObject *FastPath_stats(FastPath *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsKsKsKsKsKsI}", "fast_status_reads", self->status_reads, "fast_credential_calls",
-                         self->credential_calls, "fast_hits", self->hits, "fast_denied", self->denied, "fast_gone",
-                         self->gone, "fast_misses", self->misses, "fast_ring_full", self->ring_full, "fast_entries",
-                         self->used);
+    return Py_BuildValue("{sKsKsKsKsKsKsKsIsKsKsKsKsIsKsKsKsKsI}", "fast_status_reads", self->status_reads,
+                         "fast_credential_calls", self->credential_calls, "fast_hits", self->hits, "fast_denied",
+                         self->denied, "fast_gone", self->gone, "fast_misses", self->misses, "fast_ring_full",
+                         self->ring_full, "fast_entries", self->used, "fast_connect_hits", self->connect_hits,
+                         "fast_connect_denied", self->connect_denied, "fast_connect_handed", self->connect_handed,
+                         "fast_sockets", self->sockets, "fast_connect_entries", self->connects_used,
+                         "fast_exec_hits", self->exec_hits, "fast_exec_denied", self->exec_denied,
+                         "fast_exec_handed", self->exec_handed, "fast_exec_changed", self->exec_changed,
+                         "fast_exec_entries", self->execs_used);
 }
 
 static void release(FastPath *self) {
@@ -149,6 +275,7 @@ static void release(FastPath *self) {
 
 static PyObject *FastPath_close(FastPath *self, PyObject *unused) {
     Py_BEGIN_ALLOW_THREADS
+    fp_stop_watchdog(self);
     pthread_mutex_lock(&self->task_lock); /* never under a receive() still handling a call */
     release(self);
     pthread_mutex_unlock(&self->task_lock);
@@ -164,20 +291,24 @@ static PyObject *FastPath_suspend(FastPath *self, PyObject *unused) {
 static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"listener", "stop_fd", "nr_open", "nr_openat", "arch", "valid_flags",
                                "fsuid", "fsgid", "groups", "caps", "record", "watched", "entries", "ring",
+                               "nr_connect", "nr_socket", "connects", "nr_execve", "execs", "programs_started",
                                NULL};
     PyObject *groups, *watch;
     if (self->slots) {
         PyErr_SetString(PyExc_RuntimeError, "FastPath is already initialised");
         return -1;
     }
-    unsigned int entries = 4096, ring = 65536;
+    unsigned int entries = 4096, ring = 65536, connects = 0, execs = 0;
+    long long programs_started = 0;
     unsigned long long caps;
     unsigned int fsuid, fsgid;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiIIIIOKpO|II", keywords, &self->listener,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiIIIIOKpO|IIiiIiIL", keywords, &self->listener,
                                      &self->stop_fd, &self->nr_open, &self->nr_openat, &self->arch,
                                      &self->valid_flags, &fsuid, &fsgid, &groups, &caps, &self->record, &watch,
-                                     &entries, &ring))
+                                     &entries, &ring, &self->nr_connect, &self->nr_socket, &connects,
+                                     &self->nr_execve, &execs, &programs_started))
         return -1;
+    self->programs_started = programs_started;
     self->fsuid = fsuid, self->fsgid = fsgid, self->caps = caps;
     PyObject *seq = PySequence_Fast(groups, "groups must be a sequence of ints");
     if (!seq)
@@ -217,8 +348,9 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
     self->recheck_always = self->nwatched == 0; /* nothing tells us of a change */
     Py_DECREF(seq);
     qsort(self->groups, count, sizeof(gid_t), fp_compare_gids);
-    if (entries < 1 || entries > (1u << 20) || ring < 1 || ring > (1u << 22)) {
-        PyErr_SetString(PyExc_ValueError, "entries must be 1..2**20 and ring 1..2**22");
+    if (entries < 1 || entries > (1u << 20) || ring < 1 || ring > (1u << 22) || connects > (1u << 16) ||
+        execs > (1u << 16)) {
+        PyErr_SetString(PyExc_ValueError, "entries must be 1..2**20, ring 1..2**22 and connects 0..2**16");
         return -1;
     }
     uint32_t size = 2;
@@ -231,6 +363,11 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
         return -1;
     }
     self->slot_mask = size - 1, self->max_entries = entries, self->ring_size = ring;
+    if (fp_connects_init(self, self->nr_connect >= 0 ? connects : 0) < 0 ||
+        fp_execs_init(self, self->nr_execve >= 0 ? execs : 0) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
     return 0;
 }
 
@@ -238,17 +375,27 @@ static PyObject *FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     FastPath *self = (FastPath *)type->tp_alloc(type, 0);
     if (!self)
         return NULL;
-    self->shared_root = self->listener = self->stop_fd = -1;
+    self->shared_root = self->listener = self->stop_fd = self->nr_connect = self->nr_socket = self->nr_execve = -1;
     for (int i = 0; i < KEPT_TASKS; i++)
         self->kept[i] = (KeptTask){0, -1, -1, 0};
     pthread_mutex_init(&self->table_lock, NULL);
     pthread_mutex_init(&self->ring_lock, NULL);
     pthread_mutex_init(&self->task_lock, NULL);
+    pthread_mutex_init(&self->watch_lock, NULL);
+    pthread_condattr_t monotonic; /* the exec timeout must not stretch when the wall clock is set back */
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->watch_cond, &monotonic);
+    pthread_condattr_destroy(&monotonic);
+    self->watch_pidfd = -1;
     return (PyObject *)self;
 }
 
 static void FastPath_dealloc(FastPath *self) {
+    fp_stop_watchdog(self);
     release(self);
+    fp_connects_free(self);
+    fp_execs_free(self);
     if (self->slots)
         for (uint32_t i = 0; i <= self->slot_mask; i++)
             free(self->slots[i].path);
@@ -257,15 +404,32 @@ static void FastPath_dealloc(FastPath *self) {
     pthread_mutex_destroy(&self->table_lock);
     pthread_mutex_destroy(&self->ring_lock);
     pthread_mutex_destroy(&self->task_lock);
+    pthread_mutex_destroy(&self->watch_lock);
+    pthread_cond_destroy(&self->watch_cond);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef FastPath_methods[] = {
     {"receive", (PyCFunction)FastPath_receive, METH_NOARGS,
      "Answer cached read-only opens until another notification arrives; returns it as "
-     "(id, pid, flags, nr, arch, ip, args), or None once every filtered task is gone or stop_fd is readable."},
+     "(id, pid, flags, nr, arch, ip, args), or a decided and recorded connect on a blocking socket for the caller "
+     "to perform with answer_connect() as (id, socket, address), or None once every filtered task is gone or "
+     "stop_fd is readable."},
     {"remember", (PyCFunction)FastPath_remember, METH_VARARGS,
      "remember(path, flags, entry, deny) -> bool: answer later read-only opens of path with flags so."},
+    {"remember_connect", (PyCFunction)FastPath_remember_connect, METH_VARARGS,
+     "remember_connect(domain, type, protocol, address, target, entry, deny, refusal, expires_ns, generation) "
+     "-> bool: answer later connects of such a socket to exactly these address bytes so (connect.c)."},
+    {"answer_connect", (PyCFunction)FastPath_answer_connect, METH_VARARGS,
+     "answer_connect(id, socket, address): connect our duplicate (then closed) and answer with the result."},
+    {"forget_connects", (PyCFunction)FastPath_forget_connects, METH_VARARGS,
+     "forget_connects(generation): the DNS names changed; drop every connect learned before."},
+    {"remember_exec", (PyCFunction)FastPath_remember_exec, METH_VARARGS,
+     "remember_exec(path, argv, cwd, exe, entry, deny, (dev, ino, size, mtime_ns, ctime_ns)) -> bool: answer "
+     "later execs of path with these argv bytes from this cwd link so, while path is still that file (exec.c)."},
+    {"finish_exec", (PyCFunction)FastPath_finish_exec, METH_VARARGS,
+     "finish_exec(id, pid, nr, slot, started, timeout) -> (kind, errno, gone, seen): seize, record and CONTINUE a "
+     "permitted exec from receive(), and check it at its exec stop; call it on the thread that received it."},
     {"drain", (PyCFunction)FastPath_drain, METH_NOARGS,
      "The calls answered since the last drain: [(entry, pid, nr, result, wall_ns, latency_ns)]."},
     {"stats", (PyCFunction)FastPath_stats, METH_NOARGS, "Counters, by name."},

@@ -160,3 +160,17 @@ static int acts_as_we_do(FastPath *self, char *status) {
     qsort(theirs, count, sizeof(gid_t), fp_compare_gids);
     return memcmp(theirs, self->groups, count * sizeof(gid_t)) == 0;
 }
+
+/* What was read of /proc/<pid> and its memory belongs to the task that trapped only if it still
+ * waits (otherwise the pid may name another process now): -1 while it does, else what the caller
+ * returns, with the root it opened for it closed (a task that is gone needs no answer). */
+int fp_unless_waiting(FastPath *self, const struct seccomp_notif *n, int root, int owned) {
+    if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &n->id) == 0)
+        return -1;
+    int gone = errno == ENOENT;
+    if (owned)
+        close(root);
+    fp_forget_task(self, (int)n->pid);
+    self->gone += gone;
+    return gone ? ANSWERED : MISS;
+}

@@ -362,3 +362,25 @@ def test_unwritable_records_stop_the_fast_path(files):
     """), secret_denied("/nonexistent"), trapped=OPENS, decision_keys=path_keys, audit_sink=sink)
     assert run.stdout == b"True True\n"
     assert run.stats["audit_errors"] >= 1
+
+
+def test_a_decision_python_cannot_record_stops_the_fast_path(files):
+    """When Python cannot write a record of its own decision, C answers nothing more either: the
+    reads after it are decided (and recorded) in Python again."""
+    public, secret = files
+
+    def sink(record):  # the disk is full exactly when the secret's denial is written
+        if record["args"].get("path") == str(secret):
+            raise OSError(28, "No space left on device")
+    run = run_sandboxed(agent(f"""
+        def read(path):
+            try:
+                open(path).close()
+                return "ok"
+            except PermissionError:
+                return "denied"
+        print([read({str(public)!r}) for _ in range(5)], read({str(secret)!r}),
+              [read({str(public)!r}) for _ in range(5)])
+    """), secret_denied(str(secret)), trapped=OPENS, decision_keys=path_keys, audit_sink=sink)
+    assert run.stdout == b"['ok', 'ok', 'ok', 'ok', 'ok'] denied ['ok', 'ok', 'ok', 'ok', 'ok']\n"
+    assert run.stats["fast_hits"] == 4  # the four repeats before the failed record; none after

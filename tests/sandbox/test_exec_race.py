@@ -109,7 +109,7 @@ def test_freeze_stops_every_task_and_thaw_resumes_them(cgroup_dir):
             task.wait()
 
 
-# A single-threaded child execs (so the supervisor uses freeze.VerifiedExec, not the freezer)
+# A single-threaded child execs (so the supervisor uses exec_verify.VerifiedExec, not the freezer)
 # while another process rewrites what it execs: the path and argv through a shared mapping,
 # or the symlink the path names, by rename. Prints the tally like exec_race ("enoent": a torn,
 # half-rewritten path that names no file; "killed": the check after the kernel's copy saw a change).

@@ -1,4 +1,4 @@
-"""What freeze.VerifiedExec relies on, checked against the real kernel, and a content change
+"""What exec_verify.VerifiedExec relies on, checked against the real kernel, and a content change
 that no time stamp records."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from sandbox import freeze
+from sandbox import exec_verify
 from tests.sandbox.conftest import run_sandboxed
 from tests.sandbox.test_exec_race import exec_policy
 
@@ -24,7 +24,7 @@ def test_a_task_directory_has_two_links_more_than_threads():
         child.stdout.readline()  # both threads started
         threads = len(os.listdir(f"/proc/{child.pid}/task"))
         assert (threads, os.stat(f"/proc/{child.pid}/task").st_nlink) == (3, 5)
-        assert freeze._single_threaded_stranger(child.pid) is False
+        assert exec_verify._single_threaded_stranger(child.pid) is False
     finally:
         child.kill()
         child.wait()
@@ -35,8 +35,8 @@ def test_only_a_single_threaded_process_that_is_not_our_child_is_verified():
     shell = subprocess.Popen(["/bin/sh", "-c", "sleep 30 & echo $!; wait"], stdout=subprocess.PIPE)
     try:
         grandchild = int(shell.stdout.readline())
-        assert freeze._single_threaded_stranger(grandchild) is True
-        assert freeze._single_threaded_stranger(shell.pid) is False
+        assert exec_verify._single_threaded_stranger(grandchild) is True
+        assert exec_verify._single_threaded_stranger(shell.pid) is False
     finally:
         os.kill(grandchild, 9)
         shell.kill()

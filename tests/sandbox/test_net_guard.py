@@ -70,7 +70,12 @@ def test_parse_follows_the_kernels_address_rules():
     target = _netaddr.parse(socket.AF_INET6, mapped, "connect")
     assert (target.family, target.ip, target.port) == ("inet", "127.0.0.1", 80)
     assert target.sockaddr() == mapped[:8] + mapped[8:24] + bytes(4)
-    assert _netaddr.parse(socket.AF_INET6, v4, "connect").sockaddr()[8:24] == mapped[8:24][:12] + bytes([127, 0, 0, 53])
+    assert _netaddr.parse(socket.AF_INET6, v4, "connect", datagram=True).sockaddr()[8:24] == \
+        mapped[8:24][:12] + bytes([127, 0, 0, 53])
+    for raw, expected in ((v4, 22), (v4 + bytes(12), 97)):  # tcp_v6_connect: too short, then the wrong family
+        with pytest.raises(OSError) as raised:
+            _netaddr.parse(socket.AF_INET6, raw, "connect")
+        assert raised.value.errno == expected
     with pytest.raises(OSError) as raised:
         _netaddr.parse(socket.AF_INET, v4[:15], "connect")
     assert raised.value.errno == 22

@@ -37,7 +37,7 @@ def test_importing_policy_does_not_build_the_fpl_parser():
 
 
 def test_a_run_whose_execs_are_verified_never_runs_the_freezer_self_test():
-    """launch() of /bin/true decides its exec with freeze.VerifiedExec: no self-test helper process."""
+    """launch() of /bin/true decides its exec with exec_verify.VerifiedExec: no self-test helper process."""
     out = python("from policy.decision import Decision, Effect\nfrom sandbox import freeze, traced\n"
                  "from sandbox.launch import launch\nfrom sandbox.spec import SandboxSpec\n"
                  "spec = SandboxSpec(argv=['/bin/true'], trapped=frozenset(r.name for r in traced.TABLE))\n"

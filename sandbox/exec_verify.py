@@ -1,0 +1,255 @@
+"""Exec decisions without freezing: only the holder is traced, and what the kernel copied is checked.
+
+A single-threaded process exec'ing an ELF file (most execs) is decided under VerifiedExec:
+the holder alone is seized before CONTINUE and stopped at PTRACE_EVENT_EXEC, before its first
+instruction, where the executable, argv, filename, working directory and program are compared
+with the decision. Every other exec freezes the sandbox (sandbox/freeze.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import struct
+import time
+
+from sandbox import _libc_ptrace as pt
+from sandbox.freeze import EXEC_TIMEOUT, FreezeError
+from sandbox.memory import RemoteMemory
+
+
+ELF_MAGIC = b"\x7fELF"
+SPIN = 0.002  # seconds of sched_yield polling for the exec stop before sleeping between polls
+AT_EXECFN = 31  # auxv entry: address of the filename the kernel copied onto the new stack
+UNVERIFIABLE_PREFIXES = ("/proc/", "/dev/fd/")  # magic links: the supervisor's view differs
+
+
+class ExecChanged(FreezeError):
+    """The exec'd image differs from what was decided; the holder was killed before it ran."""
+
+
+def _file_key(info: os.stat_result) -> tuple:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+class VerifiedExec:
+    """One exec decided without freezing the sandbox, for a single-threaded holder that
+    execve()s an ELF file.
+
+    The holder alone is seized (PTRACE_O_TRACEEXEC) and interrupted before CONTINUE. The
+    kernel then performs the exec and stops the new image at PTRACE_EVENT_EXEC, before its
+    first instruction. There we compare what the kernel actually used with the decision:
+    the executable (/proc/PID/exe), the argv and the filename it copied onto the new stack
+    (/proc/PID/cmdline and AT_EXECFN), the working directory and the program the executed
+    file is. Any difference, whoever caused it (a process writing a shared mapping or
+    /proc/PID/mem, a renamed symlink, a CLONE_FS sibling's chdir or chroot), kills the holder
+    before it runs; on a match it is detached. So no task needs to be frozen: a rewrite
+    between our read and the kernel's copy can only turn a permitted exec into a killed one,
+    never into an undecided one.
+
+    The program: from the exec on, the executed file cannot be written (ETXTBSY), so its
+    content at the stop is the content that runs. When the decision named it without reading
+    its content (a system program unchanged since start, or a size no system program has),
+    the name depends only on the path, ctime and size, so the same inode with the same stat
+    has the same name. When content was compared (``sha256``), it is hashed again at the stop:
+    a write through a shared mapping dirtied before our read changes no time stamp.
+
+    Why the conditions: the holder must not be the supervisor's own child (the parent's
+    waitpid() would take the tracer's stops; in launch() every agent task descends from
+    init). A multi-threaded exec moves the holder's tid (de_thread), so it takes the freezer;
+    a single-threaded holder stays single-threaded, as only its own threads could add one
+    and it is held. A script runs its interpreter, and the loader the program named in its
+    argv, so the file that matters is not /proc/PID/exe; execveat names its file by
+    descriptor. Pid reuse: the holder is held in the notification, so its pid stays its own
+    while ID_VALID holds, which is checked after the seize. The agent cannot trace the holder
+    itself (the filter denies ptrace) and the tracer-only stop is invisible to the holder's parent.
+    """
+
+    def __init__(self, pid: int, exe: str, cwd: str, argv: list[bytes], execfn: bytes, root: str = "/",
+                 timeout: float = EXEC_TIMEOUT):
+        self.pid, self.exe, self.cwd, self.root = pid, exe, cwd, root
+        # What /proc/PID/exe and cwd must read, as the supervisor sees them.
+        self.exe_link, self.cwd_link = _outside(root, exe), _outside(root, cwd)
+        self.cmdline = b"".join(arg + b"\0" for arg in argv)
+        self.execfn = execfn
+        self.timeout = timeout
+        self.attached = False
+        # (how to name the file behind /proc/PID/exe, the name decided, the decided file's stat
+        # or None): see the class doc for when the stat is enough.
+        self.identity: tuple = (None, None, None)
+
+    @classmethod
+    def for_exec(cls, pid: int, decoded: dict, args: dict, seen: dict) -> "VerifiedExec | None":
+        """A verifier when this exec qualifies (see the class doc), else None. ``seen``: what
+        sandbox.decode.exec.exec_arguments read (the agent's root and the examined file)."""
+        if decoded.get("syscall") != "execve" or not decoded.get("argv") or not decoded.get("path"):
+            return None  # argc 0 gets an empty argv[0] from the kernel: left to the freezer
+        if args.get("runs") or args.get("anonymous"):
+            return None  # the loader or an interpreter runs another file the decision named
+        if any(p.startswith(UNVERIFIABLE_PREFIXES) for p in (args["path"], args["requested"])):
+            return None
+        examined = seen.get("examined")
+        if examined is None or not examined.head.startswith(ELF_MAGIC):
+            return None
+        if not _single_threaded_stranger(pid):
+            return None
+        verifier = cls(pid, args["path"], args["cwd"], decoded["argv"], decoded["path"], seen["root"])
+        verifier.identity = (None, (examined.program, examined.sha256), examined.info)
+        return verifier
+
+    def attach(self) -> None:
+        """Seize and interrupt the holder; raises OSError (e.g. EPERM: already traced)."""
+        pt.seize(self.pid, pt.PTRACE_O_TRACEEXEC | pt.PTRACE_O_EXITKILL)
+        self.attached = True
+        pt.interrupt(self.pid)
+
+    def finish(self, continued: bool) -> None:
+        """After the answer: wait for the holder's first stop, check an exec, detach.
+        Raises ExecChanged (holder killed) on a mismatch, FreezeError on a timeout."""
+        if not self.attached:
+            return
+        status = self._next_status()
+        if status is None or not os.WIFSTOPPED(status):
+            return  # gone: nothing of the new image ran
+        event = pt.stop_event(status)
+        if event == pt.PTRACE_EVENT_EXEC:
+            problem = self._difference() if continued else "an exec although it was refused"
+            if problem:
+                self._kill()
+                raise ExecChanged(f"pid {self.pid}: {problem}; killed before it ran")
+            self._detach(0)  # also drops the pending interrupt
+        else:  # the exec failed (or was refused): stopped on its way back to user space
+            self._detach(os.WSTOPSIG(status) if event == 0 else 0)
+        self.attached = False
+
+    def abandon(self) -> None:
+        """Undo a partial attach: take the holder's stop (or exit) and let it go."""
+        try:
+            self.finish(continued=False)
+        except FreezeError:
+            pass
+
+    def _next_status(self) -> int | None:
+        start = time.monotonic()
+        delay = 50e-6
+        while True:
+            try:
+                status = pt.poll_wait(self.pid)
+            except ChildProcessError:
+                return None
+            if status is not None:
+                return status
+            elapsed = time.monotonic() - start
+            if elapsed > self.timeout:
+                self._kill()
+                raise FreezeError(f"pid {self.pid}: exec did not finish within {self.timeout:.1f}s; killed")
+            if elapsed < SPIN:
+                os.sched_yield()
+            else:  # a slow exec (a large binary, a busy disk): stop burning a CPU it may need
+                time.sleep(delay)
+                delay = min(delay * 2, 0.001)
+
+    def _difference(self) -> str:
+        proc = f"/proc/{self.pid}/"
+        try:
+            exe, cwd = os.readlink(proc + "exe"), os.readlink(proc + "cwd")
+            cmdline, execfn = self._copied()
+            executed = os.stat(proc + "exe")
+        except OSError as err:
+            return f"the new image cannot be inspected ({err.strerror})"
+        for what, seen, decided in (("executable", exe, self.exe_link), ("argv", cmdline, self.cmdline),
+                                    ("path", execfn, self.execfn), ("cwd", cwd, self.cwd_link)):
+            if seen != decided:
+                if what in ("executable", "cwd"):
+                    seen, decided = _inside(self.root, seen), _inside(self.root, decided)
+                return f"{what} {seen!r} is not the decided {decided!r}"
+        identify, decided_identity, decided_info = self.identity
+        if decided_identity[1] is None and decided_info is not None and \
+                _file_key(executed) == _file_key(decided_info):
+            return ""  # named without its content, and the same file unchanged: the same name
+        try:
+            identity = identify(proc + "exe") if identify else None
+        except OSError as err:
+            return f"the new image cannot be identified ({err.strerror})"
+        if identity != decided_identity:
+            return f"program {identity!r} is not the decided {decided_identity!r}"
+        return ""
+
+    def _copied(self) -> tuple[bytes, bytes]:
+        """(argv strings, filename) as the kernel copied them onto the new image's stack.
+        /proc/PID/cmdline and auxv (AT_EXECFN) are cheaper to read than /proc/PID/stat."""
+        cmdline = _read_start(f"/proc/{self.pid}/cmdline", len(self.cmdline) + 1)
+        auxv = _read_start(f"/proc/{self.pid}/auxv", 1024)
+        for key, value in struct.iter_unpack("=QQ", auxv[:len(auxv) // 16 * 16]):
+            if key == AT_EXECFN:
+                return cmdline, RemoteMemory(self.pid).cstring(value)
+        return cmdline, b""
+
+    def _detach(self, signum: int) -> None:
+        try:
+            pt.detach(self.pid, signum)
+        except OSError as err:
+            if err.errno != errno.ESRCH:
+                self._kill()
+                raise FreezeError(f"pid {self.pid}: cannot detach ({err.strerror}); killed") from err
+            self._take_exit()  # killed meanwhile: a traced zombie only its tracer can release
+
+    def _kill(self) -> None:
+        """SIGKILL the stopped holder and take its exit, so its parent can reap it."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self._take_exit()
+
+    def _take_exit(self) -> None:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                status = pt.poll_wait(self.pid)
+            except ChildProcessError:
+                break
+            if status is not None and not os.WIFSTOPPED(status):
+                break
+            os.sched_yield()
+        self.attached = False
+
+
+def _single_threaded_stranger(pid: int) -> bool:
+    """``pid`` has one thread and is not our own child (whose stops our own waitpid() calls
+    could take). Two cheap calls instead of a /proc/PID/stat read: procfs gives the task
+    directory 2 + the thread count links, and waitid() on a process that is not our child
+    fails with ECHILD (WNOWAIT: a child's exit stays for its own waiter)."""
+    try:
+        if os.stat(f"/proc/{pid}/task").st_nlink != 2 + 1:
+            return False
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    except OSError:
+        return False
+    return False  # our own child
+
+
+def _read_start(path: str, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of ``path`` (one read: /proc files answer whole)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _outside(root: str, path: str) -> str:
+    """An agent-view path as the supervisor sees it (the inverse of _inside)."""
+    if root == "/":
+        return path
+    return root if path == "/" else root + path
+
+
+def _inside(root: str, host_path: str) -> str:
+    """A /proc readlink in the agent's view (as sandbox.decode.exec.agent_view, root given)."""
+    if root == "/" or not (host_path == root or host_path.startswith(root + "/")):
+        return host_path
+    return host_path[len(root):] or "/"

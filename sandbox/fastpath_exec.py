@@ -1,0 +1,127 @@
+"""Repeated execs answered by the compiled receiver (sandbox/fastpath_c/exec.c).
+
+When a policy's decision for ``shell/exec`` reads nothing but the call's own arguments
+(``Engine.decision_keys``), an exec that Python decided under exec_verify.VerifiedExec (a
+single-threaded holder that is not our child, execve of an ELF file that runs nothing else)
+whose program was named without reading its content (a system program unchanged since the
+sandbox started) is taught to C, PERMIT or DENY alike: keyed by the path exactly as the agent
+passed it (absolute), the argv bytes and the working directory as /proc/PID/cwd reads, with what
+VerifiedExec compares at the exec stop. A later exec with that key, of the same file (link as
+the supervisor sees it, device, inode, size and times, still older than the program index), by
+a single-threaded stranger, is answered by C: a denial at once (EPERM), a permit handed back to
+the receiving thread as a PendingExec, which finishes it (seize, record, CONTINUE, check at
+PTRACE_EVENT_EXEC, kill on any difference) under the supervisor's exec lock and fs gate.
+Anything else is decided by Python afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import threading
+
+from policy.decision import Decision, Effect
+from sandbox import notify
+from sandbox.exec_identity import is_loader
+from sandbox.exec_verify import UNVERIFIABLE_PREFIXES, VerifiedExec, _inside
+
+# What an exec's arguments hold besides pid and session (sandbox/decode/exec.py, supervisor._run_args).
+EXEC_KEYS = frozenset({"path", "requested", "argv", "cmd", "program", "cwd", "sha256", "anonymous", "runs", "via"})
+MAX_EXECS = 1024  # distinct (path, argv, cwd) decisions remembered
+MAX_EXEC_RECORDS = 4 * MAX_EXECS  # distinct records kept for them over a run
+
+# exec.c's enum exec_change
+UNTRACEABLE, CHANGED_EXECUTABLE, CHANGED_ARGV, CHANGED_PATH, CHANGED_CWD, CHANGED_FILE, CHANGED_REFUSED, \
+    CHANGED_UNINSPECTABLE, CHANGED_TIMEOUT, CHANGED_UNDETACHABLE = range(1, 11)
+
+
+class PendingExec:
+    """A permitted exec C found repeated, for the thread that received it (the tracer) to finish."""
+
+    __slots__ = ("native", "job", "entry", "raw")
+
+    def __init__(self, native, job: tuple, entry: int, raw: tuple):
+        self.native, self.job, self.entry, self.raw = native, job, entry, raw
+
+    @property
+    def pid(self) -> int:
+        return self.job[1]
+
+    @property
+    def notification(self) -> notify.Notification:
+        """The notification itself (for Python to decide afresh, or to answer on a failure)."""
+        return notify.Notification(*self.raw[:6], tuple(self.raw[6]))
+
+    def finish(self, timeout: float) -> tuple[int, int, bool, bytes]:
+        """(what changed or 0, errno, whether the task was gone, what was seen); GIL released."""
+        kind, err, gone, seen = self.native.finish_exec(*self.job, timeout)
+        return kind, err, bool(gone), seen
+
+
+class FastExecs:
+    """The exec decisions a compiled receiver repeats, and their audit records."""
+
+    def __init__(self, native, failed_evaluation: frozenset[str], programs_started: int,
+                 limit: int = MAX_EXEC_RECORDS):
+        self.native, self.limit, self.programs_started = native, limit, programs_started
+        self._failed = failed_evaluation
+        self._entries: list[tuple[dict, Decision, VerifiedExec]] = []
+        self._index: dict[tuple, int] = {}
+        self._by_slot: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def learn(self, args: dict, verified: VerifiedExec, decision: Decision) -> bool:
+        """Repeat ``decision`` (recorded, neither deferred nor replaced) for later execs like this one."""
+        info = verified.identity[2]
+        if decision.effect not in (Effect.PERMIT, Effect.DENY) or decision.reason_code in self._failed:
+            return False
+        if args.get("runs") or args.get("anonymous") or "sha256" in args or is_loader(args.get("program", "")):
+            return False  # a script, the loader, a file named by its content: decided afresh each time
+        path = verified.execfn
+        if not path.startswith(b"/") or os.fsdecode(path).startswith(UNVERIFIABLE_PREFIXES) or info is None or \
+                not stat.S_ISREG(info.st_mode) or info.st_ctime_ns >= self.programs_started:
+            return False
+        template = {name: value for name, value in args.items() if name not in ("pid", "session")}
+        key = (path, verified.cmdline, verified.cwd_link, verified.exe_link, repr(sorted(template.items())),
+               decision.effect, decision.rule_id, decision.reason_code, decision.reason, decision.policy_version)
+        with self._lock:
+            entry = self._index.get(key)
+            if entry is None:
+                if len(self._entries) >= self.limit:
+                    return False
+                entry = self._index[key] = len(self._entries)
+                self._entries.append((template, decision, verified))
+        file_key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        return self.native.remember_exec(path, verified.cmdline, os.fsencode(verified.cwd_link),
+                                         os.fsencode(verified.exe_link), entry, decision.effect is Effect.DENY,
+                                         file_key)
+
+    def record(self, entry: int, session_id: str, pid: int) -> tuple[dict, Decision]:
+        """(args, decision) of an answered exec's entry."""
+        template, decision, _verified = self._entries[entry]
+        return dict(template, pid=pid, session=session_id), decision
+
+    def problem(self, entry: int, pid: int, kind: int, err: int, seen: bytes, timeout: float) -> str:
+        """Why a finished exec was killed, worded as exec_verify.VerifiedExec words it."""
+        _template, _decision, verified = self._entries[entry]
+        if kind == CHANGED_TIMEOUT:
+            return f"pid {pid}: exec did not finish within {timeout:.1f}s; killed"
+        if kind == CHANGED_UNDETACHABLE:
+            return f"pid {pid}: cannot detach ({os.strerror(err)}); killed"
+        if kind in (CHANGED_EXECUTABLE, CHANGED_CWD):
+            what, decided = ("executable", verified.exe_link) if kind == CHANGED_EXECUTABLE else \
+                ("cwd", verified.cwd_link)
+            problem = f"{what} {_inside(verified.root, os.fsdecode(seen))!r} is not the decided " \
+                      f"{_inside(verified.root, decided)!r}"
+        elif kind in (CHANGED_ARGV, CHANGED_PATH):
+            what, decided = ("argv", verified.cmdline) if kind == CHANGED_ARGV else ("path", verified.execfn)
+            problem = f"{what} {seen!r} is not the decided {decided!r}"
+        elif kind == CHANGED_FILE:
+            problem = f"the executed file is not the decided {posixpath.basename(verified.exe)!r} " \
+                      "(its device, inode, size or times differ)"
+        elif kind == CHANGED_REFUSED:
+            problem = "an exec although it was refused"
+        else:
+            problem = f"the new image cannot be inspected ({os.strerror(err)})"
+        return f"pid {pid}: {problem}; killed before it ran"
