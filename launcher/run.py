@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trap every category, even ones the policy decides unconditionally, and "
                              "answer every call in Python with its record written first")
     parser.add_argument("--fast-repeats", action="store_true",
-                        help="answer repeated identical reads in compiled code and write their audit "
-                             "records just after (within 20 ms); docs/run.md")
+                        help="answer repeated identical reads, connects and execs in compiled code and "
+                             "write their audit records just after (within 20 ms); docs/run.md")
     parser.add_argument("--dns-upstream", action="append", default=[], metavar="IP[:PORT]",
                         help="resolver the agent's lookups are forwarded to (repeatable; default: the "
                              "nameservers of this host's /etc/resolv.conf)")

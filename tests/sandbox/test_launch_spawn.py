@@ -119,8 +119,10 @@ def _parent_during_clone() -> tuple[str, str, str]:
             ours.recv(64)  # "listener N": the child is waiting for our answer; its parent is in clone
             status = Path(f"/proc/{parent}/status").read_text()
             blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
-            os.write(writable, (blocked + "\n" + Path(f"/proc/{parent}/maps").read_text()).encode())
-            ours.send(b"taken")
+            seen = (blocked + "\n" + Path(f"/proc/{parent}/maps").read_text()).encode()
+            ours.send(b"taken")  # before writing: more than a pipe's worth of maps would wait for a reader
+            with os.fdopen(writable, "wb") as out:
+                out.write(seen)
         finally:
             os._exit(0)
     os.close(writable)
