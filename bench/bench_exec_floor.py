@@ -5,7 +5,7 @@
 Compiles bench/c/exec_floor.c with gcc into a temporary directory and runs the loop
 `bash -c 'for i in $(seq N); do /bin/true; done'` natively and under that C supervisor at
 each level of the exec path (see the C file: CONTINUE at once; + the ptrace round trip
-sandbox.freeze.VerifiedExec makes; + reading path and argv and opening the file; + checking
+sandbox.exec_verify.VerifiedExec makes; + reading path and argv and opening the file; + checking
 the new image at its exec stop), with and without SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, each
 placed three ways: unpinned; everything on one CPU (sandbox.placement.on_one_cpu, as
 `run --same-cpu`); the supervisor on CPU 0 and the loop on CPU 1. Needs root (ptrace of a
