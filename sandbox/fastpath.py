@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import os
 import platform
-import threading
 from typing import Callable
 
 from policy.decision import Decision, Effect
 from sandbox import _fsflags as ff
 from sandbox import fastpath_exec, fastpath_net, notify, seccomp
+from sandbox._fastpath_entries import Entries
 from sandbox._fscreds import _ours
 from sandbox._libc import syscall_number
 from sandbox.bpf import AUDIT_ARCH
@@ -105,9 +105,7 @@ class FastOpens:
             connects=fastpath_net.MAX_CONNECTS, nr_execve=_number("execve") if programs_started else -1,
             execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0)
         self.opens = opens
-        self._entries: list[tuple[dict, Decision]] = []
-        self._index: dict[tuple[bytes, int, Effect], int] = {}
-        self._lock = threading.Lock()
+        self._entries = Entries(MAX_ENTRIES)  # (path, flags, effect) -> (args template, decision)
         self._syscalls = {_number(name): name for name in _OPENS}
         # net: connects are repeated too (None: the policy or the network context rules it out)
         self.connects = None if net is None else fastpath_net.FastConnects(
@@ -164,15 +162,10 @@ class FastOpens:
         if flags & (os.O_PATH | os.O_CREAT) or ff.open_writes(flags) or ff.is_tmpfile(flags):
             return
         path = os.fsencode(args["path"])
-        key = (path, flags, decision.effect)
-        with self._lock:
-            entry = self._index.get(key)
-            if entry is None:
-                if len(self._entries) >= MAX_ENTRIES:
-                    return
-                entry = self._index[key] = len(self._entries)
-                template = {name: value for name, value in args.items() if name not in ("pid", "session")}
-                self._entries.append((template, decision))
+        template = {name: value for name, value in args.items() if name not in ("pid", "session")}
+        entry = self._entries.number((path, flags, decision.effect), (template, decision))
+        if entry is None:
+            return
         self.native.remember(path, flags, entry, decision.effect is Effect.DENY)
 
     def records(self, session_id: str) -> list[dict]:

@@ -19,10 +19,10 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
-import threading
 
 from policy.decision import Decision, Effect
 from sandbox import notify
+from sandbox._fastpath_entries import Entries
 from sandbox.exec_identity import is_loader
 from sandbox.exec_verify import UNVERIFIABLE_PREFIXES, VerifiedExec, _inside
 
@@ -64,12 +64,9 @@ class FastExecs:
 
     def __init__(self, native, failed_evaluation: frozenset[str], programs_started: int,
                  limit: int = MAX_EXEC_RECORDS):
-        self.native, self.limit, self.programs_started = native, limit, programs_started
+        self.native, self.programs_started = native, programs_started
         self._failed = failed_evaluation
-        self._entries: list[tuple[dict, Decision, VerifiedExec]] = []
-        self._index: dict[tuple, int] = {}
-        self._by_slot: dict[int, int] = {}
-        self._lock = threading.Lock()
+        self._entries = Entries(limit)  # -> (args template, decision, verifier)
 
     def learn(self, args: dict, verified: VerifiedExec, decision: Decision) -> bool:
         """Repeat ``decision`` (recorded, neither deferred nor replaced) for later execs like this one."""
@@ -85,13 +82,9 @@ class FastExecs:
         template = {name: value for name, value in args.items() if name not in ("pid", "session")}
         key = (path, verified.cmdline, verified.cwd_link, verified.exe_link, repr(sorted(template.items())),
                decision.effect, decision.rule_id, decision.reason_code, decision.reason, decision.policy_version)
-        with self._lock:
-            entry = self._index.get(key)
-            if entry is None:
-                if len(self._entries) >= self.limit:
-                    return False
-                entry = self._index[key] = len(self._entries)
-                self._entries.append((template, decision, verified))
+        entry = self._entries.number(key, (template, decision, verified))
+        if entry is None:
+            return False
         file_key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
         return self.native.remember_exec(path, verified.cmdline, os.fsencode(verified.cwd_link),
                                          os.fsencode(verified.exe_link), entry, decision.effect is Effect.DENY,

@@ -23,9 +23,9 @@ released like any other slow call: after supervisor.STALL another thread takes o
 
 from __future__ import annotations
 
-import threading
 
 from policy.decision import Decision, Effect
+from sandbox._fastpath_entries import Entries
 from sandbox.netops import NetContext, Repeatable
 
 # What an internet connect's arguments hold besides pid and session (sandbox/netops.py), and the
@@ -56,11 +56,9 @@ class FastConnects:
     """The connect decisions a compiled receiver repeats, and their audit records."""
 
     def __init__(self, native, net: NetContext, refusal: int, failed_evaluation: frozenset[str], limit: int):
-        self.native, self.refusal, self.limit = native, refusal, limit
+        self.native, self.refusal = native, refusal
         self._failed = failed_evaluation
-        self._entries: list[tuple[dict, Decision]] = []
-        self._index: dict[tuple, int] = {}
-        self._lock = threading.Lock()
+        self._entries = Entries(limit)  # -> (args template, decision)
         memory = net.name_memory
         self._unsubscribe = memory.subscribe(self._names_changed) if memory is not None else None
         if memory is not None:
@@ -78,13 +76,9 @@ class FastConnects:
         key = (repeatable.domain, repeatable.kind, repeatable.protocol, repeatable.address,
                tuple(sorted(template.items())), decision.effect, decision.rule_id, decision.reason_code,
                decision.reason, decision.policy_version)
-        with self._lock:
-            entry = self._index.get(key)
-            if entry is None:
-                if len(self._entries) >= self.limit:
-                    return False
-                entry = self._index[key] = len(self._entries)
-                self._entries.append((template, decision))
+        entry = self._entries.number(key, (template, decision))
+        if entry is None:
+            return False
         return self.native.remember_connect(
             repeatable.domain, repeatable.kind, repeatable.protocol, repeatable.address, repeatable.target, entry,
             decision.effect is Effect.DENY, self.refusal, repeatable.expires_ns, repeatable.generation)

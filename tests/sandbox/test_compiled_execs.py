@@ -168,4 +168,4 @@ def test_no_thread_outlives_the_execs(cgroup_dir):
     deadline = time.monotonic() + 1.0
     while len(os.listdir("/proc/self/task")) > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert len(os.listdir("/proc/self/task")) == before
+    assert len(os.listdir("/proc/self/task")) <= before  # other tests' threads may end meanwhile
