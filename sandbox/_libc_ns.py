@@ -92,13 +92,14 @@ _libc_keep_gil.syscall.restype = ctypes.c_long
 _SYS_CLONE3 = 435  # the same number on x86_64 and aarch64
 
 
-def fork_into(namespaces: int, cgroup_fd: int | None) -> int:
+def fork_into(namespaces: int, cgroup_fd: int | None, exit_signal: int) -> int:
     """os.fork(), but through clone3 so the child is born in new namespaces (pid 1 of a new pid
-    namespace) and directly in the cgroup ``cgroup_fd`` (no migration of a running task).
+    namespace) and directly in the cgroup ``cgroup_fd`` (no migration of a running task), and
+    tells its end with ``exit_signal`` (not SIGCHLD: a "clone child", waited for with __WALL).
 
     Returns 0 in the child and its pid in the parent; raises OSError naming the call."""
     flags = namespaces | (CLONE_INTO_CGROUP if cgroup_fd is not None else 0)
-    args = _CloneArgs(flags=flags, exit_signal=17, cgroup=cgroup_fd or 0)  # 17 = SIGCHLD on x86_64, aarch64
+    args = _CloneArgs(flags=flags, exit_signal=exit_signal, cgroup=cgroup_fd or 0)
     ctypes.pythonapi.PyOS_BeforeFork()
     pid = _libc_keep_gil.syscall(ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
     if pid == 0:

@@ -146,7 +146,7 @@ class FastOpens:
         raw = self.native.receive()
         if raw is None:
             return None
-        if type(raw[0]) is tuple:  # a permitted exec to finish: (job, entry, notification)
+        if type(raw[0]) is tuple:  # a permitted exec: (job, entry, notification, waiting, result)
             return fastpath_exec.PendingExec(self.native, *raw)
         if len(raw) == 3:
             return fastpath_net.PendingConnect(self.native, *raw)

@@ -12,10 +12,16 @@ a single-threaded stranger, is answered by C: a denial at once (EPERM), a permit
 the receiving thread as a PendingExec, which finishes it (seize, record, CONTINUE, check at
 PTRACE_EVENT_EXEC, kill on any difference) under the supervisor's exec lock and fs gate.
 Anything else is decided by Python afresh.
+
+The exec lock and the gate live in C (ExecLock, ExecGate), so the receiver finishes a permit on
+the spot when both are free, without Python: it waits for the exec stop at most WAIT_HERE
+seconds itself (the stall watchdog sees only Python's handlers), then hands the rest to Python
+(still holding the locks); when they are taken, Python finishes the exec under them as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import stat
@@ -25,11 +31,14 @@ from sandbox import notify
 from sandbox._fastpath_entries import Entries
 from sandbox.exec_identity import is_loader
 from sandbox.exec_verify import UNVERIFIABLE_PREFIXES, VerifiedExec, _inside
+from sandbox.freeze import EXEC_TIMEOUT, FreezeError
 
 # What an exec's arguments hold besides pid and session (sandbox/decode/exec.py, supervisor._run_args).
 EXEC_KEYS = frozenset({"path", "requested", "argv", "cmd", "program", "cwd", "sha256", "anonymous", "runs", "via"})
 MAX_EXECS = 1024  # distinct (path, argv, cwd) decisions remembered
 MAX_EXEC_RECORDS = 4 * MAX_EXECS  # distinct records kept for them over a run
+WAIT_HERE = 0.005  # seconds the receiver waits for an exec stop itself (under supervisor.STALL)
+GATE_TIMEOUT = 5.0  # seconds an exec decision waits for filesystem operations (as freeze.Gate)
 
 # exec.c's enum exec_change
 UNTRACEABLE, CHANGED_EXECUTABLE, CHANGED_ARGV, CHANGED_PATH, CHANGED_CWD, CHANGED_FILE, CHANGED_REFUSED, \
@@ -37,12 +46,20 @@ UNTRACEABLE, CHANGED_EXECUTABLE, CHANGED_ARGV, CHANGED_PATH, CHANGED_CWD, CHANGE
 
 
 class PendingExec:
-    """A permitted exec C found repeated, for the thread that received it (the tracer) to finish."""
+    """A permitted exec C found repeated, for the thread that received it (the tracer) to finish:
+    wholly (``locks_taken`` False: under the exec lock and gate it takes), or what C left of it
+    under the locks C took (its stop, when ``waiting``), or only its record (``result``)."""
 
-    __slots__ = ("native", "job", "entry", "raw")
+    __slots__ = ("native", "job", "entry", "raw", "waiting", "result")
 
-    def __init__(self, native, job: tuple, entry: int, raw: tuple):
+    def __init__(self, native, job: tuple, entry: int, raw: tuple, waiting: bool = False,
+                 result: tuple | None = None):
         self.native, self.job, self.entry, self.raw = native, job, entry, raw
+        self.waiting, self.result = waiting, result
+
+    @property
+    def locks_taken(self) -> bool:
+        return self.waiting or self.result is not None
 
     @property
     def pid(self) -> int:
@@ -55,8 +72,54 @@ class PendingExec:
 
     def finish(self, timeout: float) -> tuple[int, int, bool, bytes]:
         """(what changed or 0, errno, whether the task was gone, what was seen); GIL released."""
-        kind, err, gone, seen = self.native.finish_exec(*self.job, timeout)
+        if self.result is not None:
+            kind, err, gone, seen = self.result
+        elif self.waiting:
+            kind, err, gone, seen = self.native.finish_waiting_exec(timeout)
+        else:
+            kind, err, gone, seen = self.native.finish_exec(*self.job, timeout)
         return kind, err, bool(gone), seen
+
+
+class ExecLock:
+    """The supervisor's exec lock (one exec decision at a time), shared with the compiled receiver."""
+
+    __slots__ = ("native",)
+
+    def __init__(self, native):
+        self.native = native
+
+    def __enter__(self):
+        self.native.exec_lock()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.native.exec_unlock()
+
+
+class ExecGate:
+    """freeze.Gate shared with the compiled receiver: filesystem operations performed for the agent
+    hold it shared, an exec decision exclusive (waiting at most ``timeout`` seconds)."""
+
+    __slots__ = ("native", "timeout")
+
+    def __init__(self, native, timeout: float = GATE_TIMEOUT):
+        self.native, self.timeout = native, timeout
+
+    def enter_shared(self) -> None:
+        self.native.gate_enter_shared()
+
+    def leave_shared(self) -> None:
+        self.native.gate_leave_shared()
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        if not self.native.gate_enter_exclusive(self.timeout):
+            raise FreezeError(f"filesystem operations still running after {self.timeout:.0f}s")
+        try:
+            yield
+        finally:
+            self.native.gate_leave_exclusive()
 
 
 class FastExecs:
@@ -66,6 +129,8 @@ class FastExecs:
                  limit: int = MAX_EXEC_RECORDS):
         self.native, self.programs_started = native, programs_started
         self._failed = failed_evaluation
+        native.configure_execs(EXEC_TIMEOUT, WAIT_HERE)
+        self.lock, self.gate = ExecLock(native), ExecGate(native)  # the supervisor's, from then on
         self._entries = Entries(limit)  # -> (args template, decision, verifier)
 
     def learn(self, args: dict, verified: VerifiedExec, decision: Decision) -> bool:

@@ -34,7 +34,14 @@ EXIT_SETUP = 125
 EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-_WAITED = {*FORWARDED, signal.SIGCHLD}
+_WAITED = {*FORWARDED, signal.SIGCHLD}  # init's: the agent's end, orphans' ends, forwarded signals
+# init tells its end to the launcher with its own signal, not SIGCHLD: every ptrace stop of an agent
+# task also sends the tracer (a supervisor thread) SIGCHLD, and the launcher's main thread would
+# wake for each one (twice per exec). SIGCHLD stays blocked there, pending and never waited for.
+INIT_EXIT_SIGNAL = signal.SIGRTMAX - 1
+_LAUNCHER_WAITED = {*FORWARDED, INIT_EXIT_SIGNAL}
+_BLOCKED = _WAITED | _LAUNCHER_WAITED
+_WALL = 0x40000000  # waitpid option: init is a "clone child" (its exit signal is not SIGCHLD)
 SI_KERNEL = 0x80  # the terminal sent it to the whole foreground group: the agent has its own copy
 RELEASE = b"go"
 
@@ -104,7 +111,7 @@ def _clone_init(run: _Run) -> None:
     launcher_end, sandbox_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cgroup_fd = os.open(run.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if run.cgroup_dir else None
     try:
-        pid = _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd)
+        pid = _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd, INIT_EXIT_SIGNAL)
     except OSError as err:
         # Unprivileged, EPERM means the user namespace was refused (the rest are made inside it).
         stage = "user_namespace" if run.spec.wants_user_namespace() and err.errno == errno.EPERM else "namespaces"
@@ -368,7 +375,7 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
     if not spec.audit_all:
         run.decision_keys = getattr(decide, "decision_keys", None)
         run.watch_credentials = fastpath.wanted(run.decision_keys, audit is not None, spec.fast_repeats)
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)  # children inherit it until they choose
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)  # children inherit it until they choose
     # Before any clone or thread: the agent and the supervisor's threads inherit the affinity.
     old_cpus, cpu = placement.pin_to_one_cpu() if spec.same_cpu else (None, None)
     try:
@@ -389,10 +396,14 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
         return run.limits.exit_status(_supervise(run, decide, audit, approve))
     finally:
         if run.role == "launcher":
-            _tear_down(run)
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            if old_cpus is not None:
-                os.sched_setaffinity(0, old_cpus)
+            try:
+                _tear_down(run)
+            finally:
+                while signal.sigtimedwait({INIT_EXIT_SIGNAL}, 0) is not None:
+                    pass  # init's end, if nobody waited for it: its default action would end this process
+                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                if old_cpus is not None:
+                    os.sched_setaffinity(0, old_cpus)
 
 
 def _supervise(run: _Run, decide, audit, approve) -> int:
@@ -481,16 +492,17 @@ def _join_new_threads(before: set[threading.Thread]) -> None:
 
 def _wait_init(run: _Run, serving: _Serving | None) -> int:
     while True:
-        info = signal.sigtimedwait(_WAITED, run.limits.remaining(0.25))
+        info = signal.sigtimedwait(_LAUNCHER_WAITED, run.limits.remaining(0.25))
         if run.limits.expired():  # --timeout: init's death takes the whole pid namespace along
             _kill(run.init_pid, signal.SIGKILL)
             status, run.init_pid = _reap(run.init_pid), 0
             return status
         if serving is not None and serving.failed:
             _kill(run.init_pid, signal.SIGKILL)  # fail closed: no supervisor, no agent
-            return _reap(run.init_pid)
-        if info is None or info.si_signo == signal.SIGCHLD:
-            pid, status = os.waitpid(run.init_pid, os.WNOHANG)
+            status, run.init_pid = _reap(run.init_pid), 0  # reaped: its pid may be anyone's now
+            return status
+        if info is None or info.si_signo == INIT_EXIT_SIGNAL:
+            pid, status = os.waitpid(run.init_pid, os.WNOHANG | _WALL)
             if pid:
                 run.init_pid = 0
                 return status
@@ -499,7 +511,7 @@ def _wait_init(run: _Run, serving: _Serving | None) -> int:
 
 
 def _reap(pid: int) -> int:
-    _, status = os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, _WALL)
     return status
 
 
@@ -507,7 +519,7 @@ def _tear_down(run: _Run) -> None:
     if run.init_pid:
         _kill(run.init_pid, signal.SIGKILL)  # its death takes the whole pid namespace along
         try:
-            os.waitpid(run.init_pid, 0)
+            os.waitpid(run.init_pid, _WALL)
         except ChildProcessError:
             pass
     if run.sock is not None:

@@ -83,12 +83,15 @@ class Supervisor:
         self._exec_lock = threading.Lock()  # one exec decision (one freeze) at a time
         self._gate = freeze.Gate()  # fs performs are shared, a frozen exec decision exclusive
         self._done = threading.Event()
+        self._watch_wanted = threading.Event()  # set while a handler may be running, and at the end
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
         # Repeated read-only opens and connects answered in C (sandbox/fastpath.py, fastpath_net.py);
         # with an audit sink only when the caller accepts their records being written just after the answer.
         self.fast = fastpath.FastOpens.create(listener_fd, self._stop_read, decision_keys, credentials_watched,
                                               self.net, self.exec_identity.started) \
             if fastpath.wanted(decision_keys, audit is not None, fast_repeats) else None
+        if self.fast is not None and self.fast.execs is not None:  # shared with the compiled receiver
+            self._exec_lock, self._gate = self.fast.execs.lock, self.fast.execs.gate
         self._credential_calls = seccomp.credential_numbers() if credentials_watched else frozenset()
         self._fast_records_lock = threading.Lock()
         self._receiver: threading.Thread | None = None  # the one thread that receives
@@ -127,6 +130,7 @@ class Supervisor:
             if self._stop_write >= 0:
                 os.write(self._stop_write, b"x")
         self._done.set()
+        self._watch_wanted.set()
 
     def close(self) -> None:
         """Release the stop pipe once no worker polls it (a launcher runs many sandboxes)."""
@@ -156,9 +160,12 @@ class Supervisor:
 
     def _watchdog(self) -> None:
         # A handler stuck on one notification (a FIFO open, a slow disk) must not hold up
-        # the others: after STALL seconds a new thread takes over receiving.
-        while not self._done.wait(WATCH_INTERVAL):
+        # the others: after STALL seconds a new thread takes over receiving. It looks only while
+        # handlers run: calls answered in C wake no thread of ours.
+        while self._watch_wanted.wait() and not self._done.wait(WATCH_INTERVAL):
             with self._count_lock:
+                if not self._busy:
+                    self._watch_wanted.clear()  # a handler starting sets it again, under this lock
                 started = self._busy.get(self._receiver)
                 if started is not None and time.monotonic() - started > STALL:
                     self._new_receiver()
@@ -185,9 +192,12 @@ class Supervisor:
                 notification = None if self._done.is_set() else self._receive(poller)
             if notification is None:
                 self._done.set()
+                self._watch_wanted.set()
                 return
             with self._count_lock:
                 self._busy[me] = time.monotonic()
+                if not self._watch_wanted.is_set():
+                    self._watch_wanted.set()
             try:
                 self._handle(notification)
             finally:
@@ -413,11 +423,15 @@ class Supervisor:
 
     def _finish_fast_exec(self, pending: fastpath_exec.PendingExec) -> None:
         """A permitted exec C found repeated: seized, recorded, CONTINUEd and checked at its exec
-        stop by C on this thread (the tracer), under the same lock and gate as _decide_verified."""
+        stop by C on this thread (the tracer), under the same lock and gate as _decide_verified
+        (taken here, or already by the receiver, which then did all or all but the stop)."""
         started, timeout = time.monotonic(), freeze.EXEC_TIMEOUT
         try:
-            with self._exec_lock, self._gate.exclusive():
+            if pending.locks_taken:
                 kind, err, gone, seen = pending.finish(timeout)
+            else:
+                with self._exec_lock, self._gate.exclusive():
+                    kind, err, gone, seen = pending.finish(timeout)
         except freeze.FreezeError as err:  # fs operations never finished: nothing was done yet
             self._fail(pending.notification, errno.EPERM, "shell/exec", "SUPERVISOR_ERROR",
                        f"{type(err).__name__}: {err}", started)

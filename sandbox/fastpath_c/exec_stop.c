@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/ptrace.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 
 #define AT_EXECFN_KEY 31
@@ -185,17 +186,9 @@ static int difference(pid_t pid, const ExecSlot *slot, ExecResult *out) {
     return 0;
 }
 
-/* Let the holder go after its first stop, as VerifiedExec.finish. */
-static void finish_stop(FastPath *self, pid_t pid, const ExecSlot *slot, int continued, double timeout,
-                        ExecResult *out) {
-    int status = 0;
-    int got = next_status(self, pid, &status, timeout);
-    if (got < 0) {
-        if (WIFSTOPPED(status))
-            kill_holder(pid);
-        out->kind = CHANGED_TIMEOUT;
-        return;
-    }
+/* What the holder's next wait status (got 1: *status; 0: it is no longer ours) means, as
+ * VerifiedExec.finish: detach after a matching exec stop, kill on any difference. */
+static void take_stop(pid_t pid, const ExecSlot *slot, int continued, int got, int status, ExecResult *out) {
     if (got == 0 || !WIFSTOPPED(status))
         return; /* gone: nothing of the new image ran */
     int event = (status >> 16) & 0xFFFF;
@@ -223,27 +216,84 @@ static void finish_stop(FastPath *self, pid_t pid, const ExecSlot *slot, int con
     }
 }
 
-/* The permitted exec of job, on the thread that will wait for it (the tracer). */
-void fp_finish_exec(FastPath *self, const ExecJob *job, double timeout, ExecResult *out) {
+/* Let the holder go after its first stop, waiting for it as long as timeout. */
+static void finish_stop(FastPath *self, pid_t pid, const ExecSlot *slot, int continued, double timeout,
+                        ExecResult *out) {
+    int status = 0;
+    int got = next_status(self, pid, &status, timeout);
+    if (got < 0) {
+        if (WIFSTOPPED(status))
+            kill_holder(pid);
+        out->kind = CHANGED_TIMEOUT;
+        return;
+    }
+    take_stop(pid, slot, continued, got, status, out);
+}
+
+/* Whether SIGCHLD is blocked in this thread (looked up once: our threads never change it). */
+static int chld_blocked(void) {
+    static __thread int known, blocked;
+    if (!known) {
+        sigset_t mask;
+        blocked = pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0 && sigismember(&mask, SIGCHLD) == 1;
+        known = 1;
+    }
+    return blocked;
+}
+
+/* The holder's next wait status within budget_ns: 1 and *status, 0 when it is no longer ours, 2
+ * when none came yet. Each ptrace stop sends SIGCHLD to the tracer's process, where every thread
+ * keeps it blocked (launch.py): the signalfd wakes this wait (it is readable at once when the
+ * stop is already in), and any other SIGCHLD only costs a look. Where nothing would wake it (no
+ * signalfd, SIGCHLD not blocked) it looks once and does not wait. */
+static int status_within(FastPath *self, pid_t pid, int *status, int64_t budget_ns) {
+    int64_t deadline = fp_clock_ns(CLOCK_MONOTONIC) + budget_ns;
+    int waits = self->chld_fd >= 0 && budget_ns > 0 && chld_blocked();
+    for (;;) {
+        if (waits) {
+            int64_t left = deadline - fp_clock_ns(CLOCK_MONOTONIC);
+            struct pollfd wake = {self->chld_fd, POLLIN, 0};
+            struct timespec wait = {(time_t)(left > 0 ? left / 1000000000LL : 0),
+                                    (long)(left > 0 ? left % 1000000000LL : 0)};
+            if (ppoll(&wake, 1, &wait, NULL) > 0) {
+                struct signalfd_siginfo drained[4]; /* SIGCHLD is not queued: one read takes it */
+                if (read(self->chld_fd, drained, sizeof drained) < 0 && errno != EAGAIN)
+                    waits = 0;
+            }
+        }
+        pid_t got = waitpid(pid, status, __WALL | WNOHANG);
+        if (got == pid)
+            return 1;
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return 0;
+        if (!waits || fp_clock_ns(CLOCK_MONOTONIC) >= deadline)
+            return 2;
+    }
+}
+
+/* Seize and interrupt the holder, ID_VALID, record, CONTINUE: 1 when its next stop is still to be
+ * taken (*continued: whether CONTINUE was sent), 0 when there is none to take (out says why). */
+static int start_exec(FastPath *self, const ExecJob *job, double timeout, ExecResult *out, int *continued) {
     const ExecSlot *slot = &self->execs[job->slot];
     pid_t pid = job->pid;
-    out->kind = CHANGED_NONE;
     /* Records stopped being written since the hand-off: Python decides (and records) afresh. */
     long options = PTRACE_O_TRACEEXEC | PTRACE_O_EXITKILL;
     Hit none = {-1, 0, 0, 0, 0, 0};
+    *continued = 0;
     if (self->suspended || ptrace(PTRACE_SEIZE, pid, 0, (void *)options) != 0) {
         int gone = errno == ESRCH; /* killed meanwhile: nothing to decide afresh */
         fp_queue_reserved(self, none, job->reserved);
         out->kind = gone && !self->suspended ? CHANGED_NONE : UNTRACEABLE, out->gone = gone && !self->suspended;
-        return;
+        return 0;
     }
     if (ptrace(PTRACE_INTERRUPT, pid, 0, 0) != 0) {
         fp_queue_reserved(self, none, job->reserved);
         finish_stop(self, pid, slot, 0, timeout, out); /* undo the attach */
         out->kind = UNTRACEABLE;
-        return;
+        return 0;
     }
-    int continued = 0;
     if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &job->id) != 0) {
         fp_queue_reserved(self, none, job->reserved);
         out->gone = 1;
@@ -254,9 +304,60 @@ void fp_finish_exec(FastPath *self, const ExecJob *job, double timeout, ExecResu
         if (job->reserved)
             fp_queue_reserved(self, hit, 1);
         struct seccomp_notif_resp resp = {.id = job->id, .flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE};
-        continued = ioctl(self->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) == 0;
+        *continued = ioctl(self->listener, SECCOMP_IOCTL_NOTIF_SEND, &resp) == 0;
         self->exec_hits++;
     }
-    finish_stop(self, pid, slot, continued, timeout, out);
+    return 1;
+}
+
+static void clear(ExecResult *out) {
+    out->kind = CHANGED_NONE, out->err = out->gone = 0, out->seen_length = 0;
+}
+
+/* The permitted exec of job, on the thread that will wait for it (the tracer), under the exec
+ * lock and the gate its caller holds. */
+void fp_finish_exec(FastPath *self, const ExecJob *job, double timeout, ExecResult *out) {
+    int continued;
+    clear(out);
+    if (!start_exec(self, job, timeout, out, &continued))
+        return;
+    finish_stop(self, job->pid, &self->execs[job->slot], continued, timeout, out);
     self->exec_changed += out->kind != CHANGED_NONE;
+}
+
+/* The same on the receiving thread, when the exec lock and the gate are free: HERE_BUSY (they are
+ * not: nothing done), HERE_FINISHED (out says how), or HERE_WAITING: continued, its stop not in
+ * within budget_ns, the locks still held for fp_finish_waiting_exec() on this thread. The receiver
+ * never waits longer than budget_ns here: the stall watchdog sees only Python's handlers. */
+int fp_finish_exec_here(FastPath *self, const ExecJob *job, int64_t budget_ns, ExecResult *out) {
+    if (!fp_exec_locks_try(self))
+        return HERE_BUSY;
+    int continued, status = 0;
+    clear(out);
+    if (!start_exec(self, job, self->exec_timeout, out, &continued)) {
+        fp_exec_locks_release(self);
+        return HERE_FINISHED;
+    }
+    int got = status_within(self, job->pid, &status, budget_ns);
+    if (got == 2) {
+        self->waiting = (WaitingExec){job->pid, job->slot, continued, 1, out}; /* out is the waiter's now */
+        return HERE_WAITING;
+    }
+    take_stop(job->pid, &self->execs[job->slot], continued, got, status, out);
+    self->exec_changed += out->kind != CHANGED_NONE;
+    fp_exec_locks_release(self);
+    return HERE_FINISHED;
+}
+
+/* The rest of a HERE_WAITING exec: its stop, waited for as long as timeout; then the locks go.
+ * Its result (NULL: nothing waits), in the buffer the receiver left with it, is the caller's. */
+ExecResult *fp_finish_waiting_exec(FastPath *self, double timeout) {
+    if (!self->waiting.held)
+        return NULL;
+    WaitingExec waiting = self->waiting;
+    self->waiting.held = 0, self->waiting.out = NULL;
+    finish_stop(self, waiting.pid, &self->execs[waiting.slot], waiting.continued, timeout, waiting.out);
+    self->exec_changed += waiting.out->kind != CHANGED_NONE;
+    fp_exec_locks_release(self);
+    return waiting.out;
 }

@@ -17,6 +17,8 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <signal.h>
+#include <sys/signalfd.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -101,6 +103,17 @@ typedef struct {
     char seen[PATH_LIMIT + ARGV_BYTES + 2];
 } ExecResult;
 
+/* An exec the receiver left waiting for its stop, with the locks and its result buffer. */
+typedef struct {
+    int32_t pid;
+    uint32_t slot;
+    int continued, held;
+    ExecResult *out;
+} WaitingExec;
+
+enum finish_here { HERE_BUSY, HERE_FINISHED, HERE_WAITING }; /* fp_finish_exec_here() */
+
+
 typedef struct {
     int tid, dir, status;
     int same; /* 1: its credentials were read and are ours */
@@ -141,6 +154,16 @@ typedef struct {
     uint32_t exec_mask, execs_used, max_execs;
     int64_t programs_started; /* CLOCK_REALTIME_COARSE ns: the program index's start */
     unsigned long long exec_hits, exec_denied, exec_handed, exec_changed;
+    unsigned long long exec_here, exec_gone, exec_busy, exec_waiting; /* how the receiver left a permit */
+    /* the exec lock and the fs gate, shared with Python (exec_gate.c); an exec the receiver
+     * finishes waits at most exec_wait_ns there, then goes on in Python holding them (waiting) */
+    pthread_mutex_t exec_mutex, gate_lock;
+    pthread_cond_t gate_cond;
+    int gate_readers, gate_writer;
+    int chld_fd; /* signalfd for SIGCHLD: the exec stop's wake-up */
+    double exec_timeout;
+    int64_t exec_wait_ns;
+    WaitingExec waiting;
     /* the exec being finished, for the watchdog thread that kills it at its deadline (exec.c) */
     pthread_mutex_t watch_lock;
     pthread_cond_t watch_cond;
@@ -178,6 +201,18 @@ int fp_exec(FastPath *self, const struct seccomp_notif *n, int64_t started, Exec
 int fp_reserve_hit(FastPath *self);
 void fp_queue_reserved(FastPath *self, Hit hit, int reserved);
 void fp_finish_exec(FastPath *self, const ExecJob *job, double timeout, ExecResult *out);
+int fp_finish_exec_here(FastPath *self, const ExecJob *job, int64_t budget_ns, ExecResult *out);
+ExecResult *fp_finish_waiting_exec(FastPath *self, double timeout);
+void fp_locks_init(FastPath *self);
+void fp_locks_destroy(FastPath *self);
+int fp_exec_locks_try(FastPath *self);
+void fp_exec_locks_release(FastPath *self);
+PyObject *fp_py_exec_lock(FastPath *self, PyObject *unused);
+PyObject *fp_py_exec_unlock(FastPath *self, PyObject *unused);
+PyObject *fp_py_gate_enter_shared(FastPath *self, PyObject *unused);
+PyObject *fp_py_gate_leave_shared(FastPath *self, PyObject *unused);
+PyObject *fp_py_gate_enter_exclusive(FastPath *self, PyObject *args);
+PyObject *fp_py_gate_leave_exclusive(FastPath *self, PyObject *unused);
 int fp_execs_init(FastPath *self, unsigned int entries);
 void fp_execs_free(FastPath *self);
 int fp_remember_exec(FastPath *self, const ExecSlot *learned);

@@ -22,6 +22,43 @@
 
 /* -- Python methods ------------------------------------------------------------ */
 
+static PyObject *result_tuple(const ExecResult *out) {
+    return Py_BuildValue("(iiiy#)", out->kind, out->err, out->gone, out->seen, (Py_ssize_t)out->seen_length);
+}
+
+/* A permitted exec for the caller: (job, entry, notification, waiting, result). here says what was
+ * done: HERE_BUSY nothing (the caller finishes it under the locks), HERE_WAITING all but its stop
+ * (the caller calls finish_waiting_exec() next, which releases the locks; out went with it),
+ * HERE_FINISHED all (result says what the caller must record). */
+static PyObject *exec_for_python(FastPath *self, const ExecJob *job, const struct seccomp_notif *n, int here,
+                                 ExecResult *out) {
+    PyObject *done = here == HERE_FINISHED ? result_tuple(out) : Py_NewRef(Py_None);
+    PyObject *value = done == NULL ? NULL :
+        Py_BuildValue("((KiiILi)i(KkkiIK(KKKKKK))OO)", (unsigned long long)job->id, job->pid, job->nr, job->slot,
+                      (long long)job->started, job->reserved, job->entry, (unsigned long long)n->id,
+                      (unsigned long)n->pid, (unsigned long)n->flags, n->data.nr, n->data.arch,
+                      (unsigned long long)n->data.instruction_pointer, (unsigned long long)n->data.args[0],
+                      (unsigned long long)n->data.args[1], (unsigned long long)n->data.args[2],
+                      (unsigned long long)n->data.args[3], (unsigned long long)n->data.args[4],
+                      (unsigned long long)n->data.args[5], here == HERE_WAITING ? Py_True : Py_False, done);
+    Py_XDECREF(done);
+    if (here == HERE_WAITING) {
+        if (!value) { /* nobody will call finish_waiting_exec(): the locks must not stay taken */
+            ExecResult *finished;
+            Py_BEGIN_ALLOW_THREADS
+            finished = fp_finish_waiting_exec(self, self->exec_timeout);
+            Py_END_ALLOW_THREADS
+            free(finished);
+        }
+        return value;
+    }
+    /* Without a value nobody answers it: fail closed (a finished permit needs no answer). */
+    if (!value && (here == HERE_BUSY || (out && out->kind == UNTRACEABLE)))
+        fp_send_error(self->listener, job->id, EPERM);
+    free(out);
+    return value;
+}
+
 static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
     if (!self->slots || !self->ring) {
         PyErr_SetString(PyExc_RuntimeError, "FastPath was not initialised");
@@ -30,6 +67,8 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
     struct seccomp_notif n;
     ConnectJob pending;
     ExecJob exec_job;
+    ExecResult *exec_out = NULL; /* a repeated exec finished here (exec_stop.c) */
+    int here = HERE_BUSY;
     struct pollfd fds[2] = {{self->listener, POLLIN, 0}, {self->stop_fd, POLLIN, 0}};
     int outcome = 0; /* 1: a notification for Python, 2: a connect to perform, 0: none any more, -1: error */
     int err = 0;
@@ -63,8 +102,21 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
                                                          : fp_handle(self, &n, started);
             if (handled == ANSWERED)
                 continue;
-            if (handled == PENDING || handled == PENDING_EXEC) {
-                outcome = handled == PENDING ? 2 : 3;
+            if (handled == PENDING_EXEC) {
+                if (!exec_out)
+                    exec_out = malloc(sizeof *exec_out);
+                here = exec_out ? fp_finish_exec_here(self, &exec_job, self->exec_wait_ns, exec_out) : HERE_BUSY;
+                self->exec_waiting += here == HERE_WAITING;
+                if (here == HERE_FINISHED && exec_out->kind == CHANGED_NONE) {
+                    self->exec_here++, self->exec_gone += exec_out->gone;
+                    continue; /* on record, answered, checked at its exec stop: nothing for Python */
+                }
+                self->exec_busy += here == HERE_BUSY;
+                outcome = 3;
+                break;
+            }
+            if (handled == PENDING) {
+                outcome = 2;
                 break;
             }
             self->misses++;
@@ -76,6 +128,9 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
     }
     pthread_mutex_unlock(&self->task_lock);
     Py_END_ALLOW_THREADS
+    if (outcome == 3)
+        return exec_for_python(self, &exec_job, &n, here, exec_out);
+    free(exec_out);
     if (outcome < 0) {
         errno = err;
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -85,16 +140,6 @@ static PyObject *FastPath_receive(FastPath *self, PyObject *unused) {
     if (outcome == 2)
         return Py_BuildValue("(Kiy#)", (unsigned long long)pending.id, pending.sock, (const char *)pending.target,
                              (Py_ssize_t)pending.length);
-    if (outcome == 3) /* a permitted exec for the caller to finish (exec.c): the job, and the notification */
-        return Py_BuildValue("((KiiILi)i(KkkiIK(KKKKKK)))", (unsigned long long)exec_job.id, exec_job.pid,
-                             exec_job.nr, exec_job.slot, (long long)exec_job.started, exec_job.reserved,
-                             exec_job.entry,
-                             (unsigned long long)n.id,
-                             (unsigned long)n.pid, (unsigned long)n.flags, n.data.nr, n.data.arch,
-                             (unsigned long long)n.data.instruction_pointer, (unsigned long long)n.data.args[0],
-                             (unsigned long long)n.data.args[1], (unsigned long long)n.data.args[2],
-                             (unsigned long long)n.data.args[3], (unsigned long long)n.data.args[4],
-                             (unsigned long long)n.data.args[5]);
     return Py_BuildValue("(KkkiIK(KKKKKK))", (unsigned long long)n.id, (unsigned long)n.pid,
                          (unsigned long)n.flags, n.data.nr, n.data.arch, (unsigned long long)n.data.instruction_pointer,
                          (unsigned long long)n.data.args[0], (unsigned long long)n.data.args[1],
@@ -226,6 +271,35 @@ static PyObject *FastPath_finish_exec(FastPath *self, PyObject *args) {
     return result;
 }
 
+static PyObject *FastPath_finish_waiting_exec(FastPath *self, PyObject *args) {
+    double timeout;
+    if (!PyArg_ParseTuple(args, "d", &timeout))
+        timeout = self->exec_timeout, PyErr_Clear(); /* the locks are released whatever the call */
+    ExecResult *out;
+    Py_BEGIN_ALLOW_THREADS
+    out = fp_finish_waiting_exec(self, timeout);
+    Py_END_ALLOW_THREADS
+    if (!out) {
+        PyErr_SetString(PyExc_RuntimeError, "no exec is waiting for its stop");
+        return NULL;
+    }
+    PyObject *result = result_tuple(out);
+    free(out);
+    return result;
+}
+
+static PyObject *FastPath_configure_execs(FastPath *self, PyObject *args) {
+    double timeout, wait;
+    if (!PyArg_ParseTuple(args, "dd", &timeout, &wait))
+        return NULL;
+    if (!(timeout > 0) || !(wait >= 0) || wait > 1.0) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be positive and wait 0..1 seconds");
+        return NULL;
+    }
+    self->exec_timeout = timeout, self->exec_wait_ns = (int64_t)(wait * 1e9);
+    Py_RETURN_NONE;
+}
+
 static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
     pthread_mutex_lock(&self->ring_lock);
     uint32_t count = self->ring_count;
@@ -254,7 +328,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
 }
 
 static PyObject *FastPath_stats(FastPath *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsKsKsKsKsKsIsKsKsKsKsIsKsKsKsKsI}", "fast_status_reads", self->status_reads,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsIsKsKsKsKsIsKsKsKsKsIsKsKsKsK}", "fast_status_reads", self->status_reads,
                          "fast_credential_calls", self->credential_calls, "fast_hits", self->hits, "fast_denied",
                          self->denied, "fast_gone", self->gone, "fast_misses", self->misses, "fast_ring_full",
                          self->ring_full, "fast_entries", self->used, "fast_connect_hits", self->connect_hits,
@@ -262,7 +336,9 @@ static PyObject *FastPath_stats(FastPath *self, PyObject *unused) {
                          "fast_sockets", self->sockets, "fast_connect_entries", self->connects_used,
                          "fast_exec_hits", self->exec_hits, "fast_exec_denied", self->exec_denied,
                          "fast_exec_handed", self->exec_handed, "fast_exec_changed", self->exec_changed,
-                         "fast_exec_entries", self->execs_used);
+                         "fast_exec_entries", self->execs_used, "fast_exec_here", self->exec_here,
+                         "fast_exec_gone", self->exec_gone, "fast_exec_busy", self->exec_busy,
+                         "fast_exec_waiting", self->exec_waiting);
 }
 
 static void release(FastPath *self) {
@@ -278,6 +354,9 @@ static PyObject *FastPath_close(FastPath *self, PyObject *unused) {
     fp_stop_watchdog(self);
     pthread_mutex_lock(&self->task_lock); /* never under a receive() still handling a call */
     release(self);
+    if (self->chld_fd >= 0)
+        close(self->chld_fd);
+    self->chld_fd = -1;
     pthread_mutex_unlock(&self->task_lock);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
@@ -388,6 +467,12 @@ static PyObject *FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     pthread_cond_init(&self->watch_cond, &monotonic);
     pthread_condattr_destroy(&monotonic);
     self->watch_pidfd = -1;
+    fp_locks_init(self);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    self->chld_fd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC); /* -1: execs finish in Python */
+    self->exec_timeout = 10.0, self->exec_wait_ns = 5000000;
     return (PyObject *)self;
 }
 
@@ -406,6 +491,9 @@ static void FastPath_dealloc(FastPath *self) {
     pthread_mutex_destroy(&self->task_lock);
     pthread_mutex_destroy(&self->watch_lock);
     pthread_cond_destroy(&self->watch_cond);
+    fp_locks_destroy(self);
+    if (self->chld_fd >= 0)
+        close(self->chld_fd);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -430,6 +518,19 @@ static PyMethodDef FastPath_methods[] = {
     {"finish_exec", (PyCFunction)FastPath_finish_exec, METH_VARARGS,
      "finish_exec(id, pid, nr, slot, started, timeout) -> (kind, errno, gone, seen): seize, record and CONTINUE a "
      "permitted exec from receive(), and check it at its exec stop; call it on the thread that received it."},
+    {"finish_waiting_exec", (PyCFunction)FastPath_finish_waiting_exec, METH_VARARGS,
+     "finish_waiting_exec(timeout) -> (kind, errno, gone, seen): the stop of the exec receive() returned as "
+     "waiting, waited for on this thread (its tracer); releases the exec lock and the gate."},
+    {"configure_execs", (PyCFunction)FastPath_configure_execs, METH_VARARGS,
+     "configure_execs(timeout, wait): an exec's timeout, and how long the receiver waits for its stop itself."},
+    {"exec_lock", (PyCFunction)fp_py_exec_lock, METH_NOARGS, "Take the exec lock (waits, GIL released)."},
+    {"exec_unlock", (PyCFunction)fp_py_exec_unlock, METH_NOARGS, "Release the exec lock."},
+    {"gate_enter_shared", (PyCFunction)fp_py_gate_enter_shared, METH_NOARGS,
+     "Hold the fs gate shared (a filesystem operation; waits for an exec, GIL released)."},
+    {"gate_leave_shared", (PyCFunction)fp_py_gate_leave_shared, METH_NOARGS, "Leave the fs gate."},
+    {"gate_enter_exclusive", (PyCFunction)fp_py_gate_enter_exclusive, METH_VARARGS,
+     "gate_enter_exclusive(timeout) -> bool: hold the fs gate alone (an exec decision), if it frees in time."},
+    {"gate_leave_exclusive", (PyCFunction)fp_py_gate_leave_exclusive, METH_NOARGS, "Release the fs gate."},
     {"drain", (PyCFunction)FastPath_drain, METH_NOARGS,
      "The calls answered since the last drain: [(entry, pid, nr, result, wall_ns, latency_ns)]."},
     {"stats", (PyCFunction)FastPath_stats, METH_NOARGS, "Counters, by name."},

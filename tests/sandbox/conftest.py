@@ -150,6 +150,9 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
         os.close(err_fd)
     supervisor = None
     serving = None
+    # As launch(): SIGCHLD blocked in the supervisor's threads (an exec stop wakes the compiled
+    # receiver through a signalfd), never in the agent.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
     if supervise:
         supervisor = Supervisor(listener, decide, session_id="test", audit=audit_sink or audit.append, approve=approve,
                                 approve_timeout=approve_timeout, cgroup_dir=cgroup, decision_keys=decision_keys,
@@ -164,6 +167,7 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
         _, raw = os.waitpid(pid, 0)
     finally:
         killer.cancel()
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     if serving is not None:
         if cgroup:  # orphaned grandchildren would keep the listener open
             _kill_cgroup(cgroup)

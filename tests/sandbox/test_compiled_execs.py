@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 
 import pytest
 
 import policy
+from sandbox import _fastpath, fastpath_exec
+from sandbox.freeze import FreezeError
 from tests.sandbox.conftest import run_sandboxed
 
 
@@ -169,3 +172,90 @@ def test_no_thread_outlives_the_execs(cgroup_dir):
     while len(os.listdir("/proc/self/task")) > before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert len(os.listdir("/proc/self/task")) <= before  # other tests' threads may end meanwhile
+
+
+@pytest.mark.parametrize(("wait_here", "finished_here"), [(1.0, True), (0.0, False)])
+def test_receiver_or_python_finish_with_the_same_records(cgroup_dir, monkeypatch, wait_here, finished_here):
+    """The receiver finishes a repeated exec itself when its stop comes within WAIT_HERE; otherwise
+    Python takes the stop over (the locks still held). Either way: the same records, nothing killed."""
+    monkeypatch.setattr(fastpath_exec, "WAIT_HERE", wait_here)
+    run = sandboxed("for i in $(seq 100); do /bin/true; done", cgroup_dir)
+    assert run.status == 0, run.stderr
+    assert (run.stats["fast_exec_hits"], run.stats["fast_exec_changed"]) == (99, 0)
+    here, waiting = run.stats["fast_exec_here"], run.stats["fast_exec_waiting"]
+    assert here + waiting == 99  # nothing left to Python for want of the locks
+    if finished_here:
+        assert waiting == 0
+    else:  # one look, no wait: a stop already in then is finished here, any other by Python
+        assert waiting > 0
+    records = exec_records(run, "true")
+    assert len(records) == 100
+    assert all(same_record(r) == same_record(records[0]) for r in records[1:])
+
+
+def test_exec_waits_for_filesystem_operations(cgroup_dir, monkeypatch):
+    """While a filesystem operation holds the gate, the receiver leaves the exec to Python, which
+    finishes it once the gate is free: every exec runs, recorded, none killed."""
+    natives = []
+    learn = fastpath_exec.FastExecs.__init__
+
+    def keep_native(self, native, *args, **kwargs):
+        natives.append(native)
+        learn(self, native, *args, **kwargs)
+    monkeypatch.setattr(fastpath_exec.FastExecs, "__init__", keep_native)
+    done = threading.Event()
+
+    def busy_filesystem():  # as fs handlers: the gate shared for about a millisecond at a time
+        while not natives and not done.is_set():
+            time.sleep(0.001)
+        while not done.is_set():
+            natives[0].gate_enter_shared()
+            time.sleep(0.001)
+            natives[0].gate_leave_shared()
+            time.sleep(0.0002)
+    holder = threading.Thread(target=busy_filesystem)
+    holder.start()
+    try:
+        run = sandboxed("for i in $(seq 100); do /bin/true; done", cgroup_dir)
+    finally:
+        done.set()
+        holder.join()
+    assert run.status == 0, run.stderr
+    assert run.stats["fast_exec_busy"] > 0
+    assert (run.stats["fast_exec_hits"], run.stats["fast_exec_changed"]) == (99, 0)
+    assert len(exec_records(run, "true")) == 100
+
+
+def test_gate_is_shared_by_filesystem_operations_and_exclusive_for_an_exec():
+    """ExecGate as freeze.Gate: an exec waits for filesystem operations (FreezeError after its
+    timeout), and a filesystem operation waits for the exec; ExecLock lets one exec in at a time."""
+    read_end, write_end = os.pipe()
+    native = _fastpath.FastPath(listener=read_end, stop_fd=write_end, nr_open=-1, nr_openat=-1, arch=0,
+                                valid_flags=0, fsuid=0, fsgid=0, groups=[], caps=0, record=False, watched=[])
+    try:
+        gate = fastpath_exec.ExecGate(native, timeout=0.05)
+        gate.enter_shared()
+        started = time.monotonic()
+        with pytest.raises(FreezeError, match="filesystem operations still running"):
+            with gate.exclusive():
+                pass
+        assert time.monotonic() - started >= 0.05
+        gate.leave_shared()
+        entered = threading.Event()
+        with gate.exclusive():
+            reader = threading.Thread(target=lambda: (gate.enter_shared(), entered.set(), gate.leave_shared()))
+            reader.start()
+            assert not entered.wait(0.05)  # held off while the exec is decided
+        assert entered.wait(5)
+        reader.join()
+        locked = threading.Event()
+        with fastpath_exec.ExecLock(native):  # one exec decision at a time
+            other = threading.Thread(target=lambda: (native.exec_lock(), locked.set(), native.exec_unlock()))
+            other.start()
+            assert not locked.wait(0.05)
+        assert locked.wait(5)
+        other.join()
+    finally:
+        native.close()
+        os.close(read_end)
+        os.close(write_end)
