@@ -129,8 +129,12 @@ class Supervisor:
             self._settled.notify_all()
             if self._stop_write >= 0:
                 os.write(self._stop_write, b"x")
+        self._end()
+
+    def _end(self) -> None:
         self._done.set()
-        self._watch_wanted.set()
+        with self._count_lock:  # after the watchdog's last look: it cannot clear this any more
+            self._watch_wanted.set()
 
     def close(self) -> None:
         """Release the stop pipe once no worker polls it (a launcher runs many sandboxes)."""
@@ -164,8 +168,8 @@ class Supervisor:
         # handlers run: calls answered in C wake no thread of ours.
         while self._watch_wanted.wait() and not self._done.wait(WATCH_INTERVAL):
             with self._count_lock:
-                if not self._busy:
-                    self._watch_wanted.clear()  # a handler starting sets it again, under this lock
+                if not self._busy and not self._done.is_set():
+                    self._watch_wanted.clear()  # a handler starting, or the end, sets it again under this lock
                 started = self._busy.get(self._receiver)
                 if started is not None and time.monotonic() - started > STALL:
                     self._new_receiver()
@@ -191,8 +195,7 @@ class Supervisor:
             with self._receive_lock:
                 notification = None if self._done.is_set() else self._receive(poller)
             if notification is None:
-                self._done.set()
-                self._watch_wanted.set()
+                self._end()
                 return
             with self._count_lock:
                 self._busy[me] = time.monotonic()
