@@ -84,6 +84,7 @@ class Supervisor:
         self._gate = freeze.Gate()  # fs performs are shared, a frozen exec decision exclusive
         self._done = threading.Event()
         self._watch_wanted = threading.Event()  # set while a handler may be running, and at the end
+        self._failure: BaseException | None = None  # what ended receiving, when not the agent's end
         self._stop_read, self._stop_write = os.pipe2(os.O_CLOEXEC)
         # Repeated read-only opens and connects answered in C (sandbox/fastpath.py, fastpath_net.py);
         # with an audit sink only when the caller accepts their records being written just after the answer.
@@ -122,6 +123,8 @@ class Supervisor:
             with self._receive_lock:  # the last receiver has left the fast path
                 self._write_fast_records()
                 self.stats.update(self.fast.stats())
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         with self._count_lock:
@@ -177,6 +180,9 @@ class Supervisor:
     def _worker(self) -> None:
         try:
             self._work()
+        except BaseException as exc:  # noqa: BLE001 - receiving itself failed: nothing would answer
+            self._failure = exc
+            self._end()  # serve() raises it and the launcher kills the sandbox (fail closed)
         finally:
             with self._count_lock:
                 self._live -= 1

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
+import time
 
 import pytest
 
 from policy.decision import Decision, Effect
-from sandbox import cgroups, traced
+from sandbox import cgroups, supervisor, traced
 from sandbox import launch as launch_module
 from sandbox.errors import SandboxError
+from sandbox.limits import Limits
 from sandbox.launch import STAGES, launch
 from sandbox.spec import SandboxSpec
 
@@ -174,3 +177,21 @@ def test_init_exit_signal_is_not_left_pending():
     assert run(["sh", "-c", "exit 4"]) == 4
     assert launch_module.INIT_EXIT_SIGNAL not in signal.sigpending()
     assert launch_module.INIT_EXIT_SIGNAL not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_a_receiver_that_fails_ends_the_sandbox(monkeypatch):
+    """If receiving notifications itself fails (not one call's handling), nothing would answer the
+    agent any more: launch() kills the sandbox and says why instead of leaving the agent waiting."""
+    received = []
+    receive = supervisor.Supervisor._receive
+
+    def failing_receive(self, poller):
+        if received:
+            raise OSError(errno.EIO, "the listener broke")
+        received.append(True)
+        return receive(self, poller)
+    monkeypatch.setattr(supervisor.Supervisor, "_receive", failing_receive)
+    started = time.monotonic()
+    with pytest.raises(SandboxError, match="the listener broke"):
+        run(["sh", "-c", "cat /etc/hostname; cat /etc/hostname; sleep 30"], limits=Limits(timeout=20))
+    assert time.monotonic() - started < 10  # not the agent's sleep, nor the timeout
