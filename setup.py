@@ -10,7 +10,8 @@ from setuptools import Extension, setup
 
 SOURCES = ["sandbox/fastpath_c/module.c", "sandbox/fastpath_c/handle.c", "sandbox/fastpath_c/task.c",
            "sandbox/fastpath_c/connect.c", "sandbox/fastpath_c/exec.c",
-           "sandbox/fastpath_c/exec_stop.c", "sandbox/fastpath_c/exec_gate.c"]
+           "sandbox/fastpath_c/exec_stop.c", "sandbox/fastpath_c/exec_gate.c",
+           "sandbox/fastpath_c/exec_stack.c"]
 WARNINGS = ["-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-unused-parameter"]
 
 setup(ext_modules=[Extension("sandbox._fastpath", SOURCES, depends=["sandbox/fastpath_c/fastpath.h"], optional=True,

@@ -131,30 +131,43 @@ static ssize_t read_start(const char *name, char *buf, size_t size) {
     return length;
 }
 
+/* argv (at most limit bytes) and the AT_EXECFN string from /proc/PID/cmdline and auxv: 0 or -1. */
+static int proc_argv_execfn(pid_t pid, char *argv, size_t limit, ssize_t *argv_length, char *execfn,
+                            ssize_t *execfn_length) {
+    char name[64], auxv[1024];
+    snprintf(name, sizeof name, "/proc/%d/cmdline", (int)pid);
+    *argv_length = read_start(name, argv, limit);
+    snprintf(name, sizeof name, "/proc/%d/auxv", (int)pid);
+    ssize_t aux = *argv_length < 0 ? -1 : read_start(name, auxv, sizeof auxv);
+    *execfn_length = 0;
+    for (ssize_t i = 0; aux >= 0 && i + 16 <= aux; i += 16) {
+        uint64_t key, value;
+        memcpy(&key, auxv + i, 8), memcpy(&value, auxv + i + 8, 8);
+        if (key == AT_EXECFN_KEY) {
+            *execfn_length = fp_read_string(pid, value, execfn, PATH_LIMIT);
+            if (*execfn_length < 0)
+                aux = -1, errno = EFAULT;
+            break;
+        }
+    }
+    return aux < 0 ? -1 : 0;
+}
+
 /* As VerifiedExec._difference: what differs (0: nothing) and what was seen there. */
 static int difference(pid_t pid, const ExecSlot *slot, ExecResult *out) {
-    char name[64], auxv[1024];
+    char name[64];
     static __thread char buffer[PATH_LIMIT + ARGV_BYTES + 2];
     snprintf(name, sizeof name, "/proc/%d/exe", (int)pid);
     ssize_t exe = fp_read_link(name, out->seen);
     snprintf(name, sizeof name, "/proc/%d/cwd", (int)pid);
     ssize_t cwd = exe < 0 ? -1 : fp_read_link(name, buffer);
-    snprintf(name, sizeof name, "/proc/%d/cmdline", (int)pid);
-    ssize_t cmdline = cwd < 0 ? -1 : read_start(name, buffer + PATH_LIMIT, slot->argv_length + 1);
-    snprintf(name, sizeof name, "/proc/%d/auxv", (int)pid);
-    ssize_t aux = cmdline < 0 ? -1 : read_start(name, auxv, sizeof auxv);
     char execfn[PATH_LIMIT];
-    ssize_t execfn_length = 0;
-    for (ssize_t i = 0; aux >= 0 && i + 16 <= aux; i += 16) {
-        uint64_t key, value;
-        memcpy(&key, auxv + i, 8), memcpy(&value, auxv + i + 8, 8);
-        if (key == AT_EXECFN_KEY) {
-            execfn_length = fp_read_string(pid, value, execfn, PATH_LIMIT);
-            if (execfn_length < 0)
-                aux = -1, errno = EFAULT;
-            break;
-        }
-    }
+    ssize_t cmdline = -1, execfn_length = 0;
+    int aux = cwd < 0 ? -1
+                      : fp_initial_stack(pid, buffer + PATH_LIMIT, slot->argv_length + 1, &cmdline, execfn,
+                                         &execfn_length);
+    if (aux == 1) /* the stack did not fit one read */
+        aux = proc_argv_execfn(pid, buffer + PATH_LIMIT, slot->argv_length + 1, &cmdline, execfn, &execfn_length);
     struct stat st;
     snprintf(name, sizeof name, "/proc/%d/exe", (int)pid);
     if (aux < 0 || stat(name, &st) != 0) {

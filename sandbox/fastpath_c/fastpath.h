@@ -201,6 +201,8 @@ int fp_exec(FastPath *self, const struct seccomp_notif *n, int64_t started, Exec
 int fp_reserve_hit(FastPath *self);
 void fp_queue_reserved(FastPath *self, Hit hit, int reserved);
 void fp_finish_exec(FastPath *self, const ExecJob *job, double timeout, ExecResult *out);
+int fp_initial_stack(pid_t pid, char *argv, size_t limit, ssize_t *argv_length, char *execfn,
+                     ssize_t *execfn_length);
 int fp_finish_exec_here(FastPath *self, const ExecJob *job, int64_t budget_ns, ExecResult *out);
 ExecResult *fp_finish_waiting_exec(FastPath *self, double timeout);
 void fp_locks_init(FastPath *self);
