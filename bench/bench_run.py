@@ -46,6 +46,7 @@ TRAPPED = frozenset(row.name for row in traced.TABLE)
 SECTION = "## Start-up and exec"
 CONDITIONAL = "faramesh-sandbox, exec rule with a condition (execs trapped, the rest in the kernel)"
 COMPILED = "the same, repeated execs answered in compiled code (--fast-repeats)"
+COMPILED_ONE_CPU = "the same on one CPU (--fast-repeats --same-cpu)"
 PYTHON_NAMESPACES = "launch(), namespaces only, agent set up in Python (no sandbox._spawn)"
 PYTHON_SET_UP = "launch(), namespaces + filter + supervisor, agent set up in Python (no sandbox._spawn)"
 
@@ -84,11 +85,12 @@ COMPILED_SPAWN = agent_spawn._spawn  # the agent's set-up in C (sandbox/spawn_c/
 
 
 def in_process(argv: list[str], seccomp: bool = True, audit_path: Path | None = None, text: str = PERMIT,
-               kernel: bool = False, python_set_up: bool = False, fast: bool = False) -> None:
+               kernel: bool = False, python_set_up: bool = False, fast: bool = False, same_cpu: bool = False) -> None:
     """launch() with stdout/stderr to /dev/null, checking the status so a failure is not timed as a success.
     ``kernel``: leave to the kernel what the policy decides unconditionally, as the CLI does;
     ``python_set_up``: set the agent up with the Python stages even when sandbox._spawn is built;
-    ``fast``: repeated decisions answered by the compiled receiver, as `run --fast-repeats` does."""
+    ``fast``: repeated decisions answered by the compiled receiver, as `run --fast-repeats` does;
+    ``same_cpu``: the agent and the supervisor on the launcher's CPU, as `run --same-cpu` does."""
     agent_spawn._spawn = None if python_set_up else COMPILED_SPAWN
     saved = os.dup(1), os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -97,7 +99,8 @@ def in_process(argv: list[str], seccomp: bool = True, audit_path: Path | None = 
     try:
         decide = engine(text)
         spec = SandboxSpec(argv=argv, trapped=TRAPPED if seccomp else frozenset(), seccomp=seccomp,
-                           kernel_decided=kernel_decided(decide) if kernel else {}, fast_repeats=fast)
+                           kernel_decided=kernel_decided(decide) if kernel else {}, fast_repeats=fast,
+                           same_cpu=same_cpu)
         decider = decide.decide
         if fast:  # as launcher/run.py: the engine's analysis tells which decisions may be repeated
             def decider(call, _decide=decide.decide):
@@ -170,6 +173,7 @@ def loop(rounds: int) -> dict[str, float]:
         "faramesh-sandbox, everything trapped (launch(), FPL engine)": lambda: in_process(bash),
         CONDITIONAL: lambda: in_process(bash, text=EXEC_RULE, kernel=True),
         COMPILED: lambda: in_process(bash, text=EXEC_RULE, kernel=True, fast=True),
+        COMPILED_ONE_CPU: lambda: in_process(bash, text=EXEC_RULE, kernel=True, fast=True, same_cpu=True),
         "faramesh-sandbox + --audit (fsync per decision)": lambda: in_process(bash, audit_path=Path(
             f"/tmp/bench-run-audit-{os.getpid()}.jsonl")),
         "strace -f": lambda: shell(["strace", "-f", "-o", "/dev/null", *bash]),
@@ -223,10 +227,11 @@ def loop_lines(loop_s: dict[str, float], loop_rounds: int) -> list[str]:
     ]
     for name, seconds in loop_s.items():
         lines.append(f"| {name} | {seconds:.2f} | {seconds / base:.2f} |")
-    ratio, compiled = loop_s[CONDITIONAL] / base, loop_s[COMPILED] / base
+    ratio, compiled, one_cpu = loop_s[CONDITIONAL] / base, loop_s[COMPILED] / base, loop_s[COMPILED_ONE_CPU] / base
     everything = loop_s["faramesh-sandbox, everything trapped (launch(), FPL engine)"] / base
     lines += ["", f"Target ≤ 1.3× native with execs trapped: {'met' if min(ratio, compiled) <= 1.3 else 'NOT met'} "
               f"({ratio:.2f}× decided in Python, {compiled:.2f}× with repeated execs answered in compiled code, "
+              f"{one_cpu:.2f}× with that and the agent and supervisor on one CPU (native runs on both), "
               f"policy `{EXEC_RULE.splitlines()[2].strip()}`). Each iteration is one exec "
               "decision: bash's child is single-threaded and execs an ELF file, so it is decided without "
               "freezing and the new image is checked against the decision before its first instruction "
