@@ -7,14 +7,20 @@
  * Waiting is done with the GIL released. */
 #include "fastpath.h"
 
+/* A condition whose timed waits run on CLOCK_MONOTONIC: a timeout must not stretch when the wall
+ * clock is set back. */
+void fp_monotonic_cond_init(pthread_cond_t *cond) {
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
+    pthread_cond_init(cond, &monotonic);
+    pthread_condattr_destroy(&monotonic);
+}
+
 void fp_locks_init(FastPath *self) {
     pthread_mutex_init(&self->exec_mutex, NULL);
     pthread_mutex_init(&self->gate_lock, NULL);
-    pthread_condattr_t monotonic; /* a gate timeout must not stretch when the wall clock is set back */
-    pthread_condattr_init(&monotonic);
-    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->gate_cond, &monotonic);
-    pthread_condattr_destroy(&monotonic);
+    fp_monotonic_cond_init(&self->gate_cond);
 }
 
 void fp_locks_destroy(FastPath *self) {

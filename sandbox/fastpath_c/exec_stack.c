@@ -21,24 +21,23 @@
 #define STACK_WORDS 512 /* argc, argv, envp and auxv of almost every exec; more goes to /proc */
 #define AT_EXECFN_KEY 31
 
-static int stack_pointer(pid_t pid, uint64_t *sp) {
 #if defined(__x86_64__)
-    struct user_regs_struct regs;
-    struct iovec io = {&regs, sizeof regs};
-    if (ptrace(PTRACE_GETREGSET, pid, (void *)(uintptr_t)NT_PRSTATUS, &io) != 0)
-        return -1;
-    if (io.iov_len != sizeof regs)
-        return 1; /* not a native image (a 32-bit one has other registers): /proc says */
-    *sp = regs.rsp;
-    return 0;
+typedef struct user_regs_struct Registers;
+#define STACK_POINTER(registers) ((registers).rsp)
 #elif defined(__aarch64__)
-    struct user_pt_regs regs;
+typedef struct user_pt_regs Registers;
+#define STACK_POINTER(registers) ((registers).sp)
+#endif
+
+static int stack_pointer(pid_t pid, uint64_t *sp) {
+#ifdef STACK_POINTER
+    Registers regs;
     struct iovec io = {&regs, sizeof regs};
     if (ptrace(PTRACE_GETREGSET, pid, (void *)(uintptr_t)NT_PRSTATUS, &io) != 0)
         return -1;
     if (io.iov_len != sizeof regs)
         return 1; /* not a native image (a 32-bit one has other registers): /proc says */
-    *sp = regs.sp;
+    *sp = STACK_POINTER(regs);
     return 0;
 #else
     (void)pid, (void)sp;

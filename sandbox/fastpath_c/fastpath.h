@@ -205,6 +205,7 @@ int fp_initial_stack(pid_t pid, char *argv, size_t limit, ssize_t *argv_length, 
                      ssize_t *execfn_length);
 int fp_finish_exec_here(FastPath *self, const ExecJob *job, int64_t budget_ns, ExecResult *out);
 ExecResult *fp_finish_waiting_exec(FastPath *self, double timeout);
+void fp_monotonic_cond_init(pthread_cond_t *cond);
 void fp_locks_init(FastPath *self);
 void fp_locks_destroy(FastPath *self);
 int fp_exec_locks_try(FastPath *self);

@@ -461,11 +461,7 @@ static PyObject *FastPath_new(PyTypeObject *type, PyObject *args, PyObject *kwar
     pthread_mutex_init(&self->ring_lock, NULL);
     pthread_mutex_init(&self->task_lock, NULL);
     pthread_mutex_init(&self->watch_lock, NULL);
-    pthread_condattr_t monotonic; /* the exec timeout must not stretch when the wall clock is set back */
-    pthread_condattr_init(&monotonic);
-    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC);
-    pthread_cond_init(&self->watch_cond, &monotonic);
-    pthread_condattr_destroy(&monotonic);
+    fp_monotonic_cond_init(&self->watch_cond); /* the exec timeout */
     self->watch_pidfd = -1;
     fp_locks_init(self);
     sigset_t chld;
