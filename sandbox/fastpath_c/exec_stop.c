@@ -166,8 +166,10 @@ static int difference(pid_t pid, const ExecSlot *slot, ExecResult *out) {
     int aux = cwd < 0 ? -1
                       : fp_initial_stack(pid, buffer + PATH_LIMIT, slot->argv_length + 1, &cmdline, execfn,
                                          &execfn_length);
-    if (aux == 1) /* the stack did not fit one read */
+    if (aux == 1) { /* the stack did not fit one read */
         aux = proc_argv_execfn(pid, buffer + PATH_LIMIT, slot->argv_length + 1, &cmdline, execfn, &execfn_length);
+        out->via_proc = 1;
+    }
     struct stat st;
     snprintf(name, sizeof name, "/proc/%d/exe", (int)pid);
     if (aux < 0 || stat(name, &st) != 0) {
@@ -324,7 +326,12 @@ static int start_exec(FastPath *self, const ExecJob *job, double timeout, ExecRe
 }
 
 static void clear(ExecResult *out) {
-    out->kind = CHANGED_NONE, out->err = out->gone = 0, out->seen_length = 0;
+    out->kind = CHANGED_NONE, out->err = out->gone = out->via_proc = 0, out->seen_length = 0;
+}
+
+static void counted(FastPath *self, const ExecResult *out) {
+    self->exec_changed += out->kind != CHANGED_NONE;
+    self->exec_proc_checks += out->via_proc;
 }
 
 /* The permitted exec of job, on the thread that will wait for it (the tracer), under the exec
@@ -335,7 +342,7 @@ void fp_finish_exec(FastPath *self, const ExecJob *job, double timeout, ExecResu
     if (!start_exec(self, job, timeout, out, &continued))
         return;
     finish_stop(self, job->pid, &self->execs[job->slot], continued, timeout, out);
-    self->exec_changed += out->kind != CHANGED_NONE;
+    counted(self, out);
 }
 
 /* The same on the receiving thread, when the exec lock and the gate are free: HERE_BUSY (they are
@@ -357,7 +364,7 @@ int fp_finish_exec_here(FastPath *self, const ExecJob *job, int64_t budget_ns, E
         return HERE_WAITING;
     }
     take_stop(job->pid, &self->execs[job->slot], continued, got, status, out);
-    self->exec_changed += out->kind != CHANGED_NONE;
+    counted(self, out);
     fp_exec_locks_release(self);
     return HERE_FINISHED;
 }
@@ -370,7 +377,7 @@ ExecResult *fp_finish_waiting_exec(FastPath *self, double timeout) {
     WaitingExec waiting = self->waiting;
     self->waiting.held = 0, self->waiting.out = NULL;
     finish_stop(self, waiting.pid, &self->execs[waiting.slot], waiting.continued, timeout, waiting.out);
-    self->exec_changed += waiting.out->kind != CHANGED_NONE;
+    counted(self, waiting.out);
     fp_exec_locks_release(self);
     return waiting.out;
 }

@@ -99,6 +99,7 @@ enum exec_change { CHANGED_NONE, UNTRACEABLE, CHANGED_EXECUTABLE, CHANGED_ARGV, 
                    CHANGED_FILE, CHANGED_REFUSED, CHANGED_UNINSPECTABLE, CHANGED_TIMEOUT, CHANGED_UNDETACHABLE };
 typedef struct {
     int kind, err, gone;
+    int via_proc; /* argv and AT_EXECFN were read from /proc (exec_stack.c could not) */
     uint32_t seen_length;
     char seen[PATH_LIMIT + ARGV_BYTES + 2];
 } ExecResult;
@@ -155,6 +156,7 @@ typedef struct {
     int64_t programs_started; /* CLOCK_REALTIME_COARSE ns: the program index's start */
     unsigned long long exec_hits, exec_denied, exec_handed, exec_changed;
     unsigned long long exec_here, exec_gone, exec_busy, exec_waiting; /* how the receiver left a permit */
+    unsigned long long exec_proc_checks; /* exec stops checked through /proc */
     /* the exec lock and the fs gate, shared with Python (exec_gate.c); an exec the receiver
      * finishes waits at most exec_wait_ns there, then goes on in Python holding them (waiting) */
     pthread_mutex_t exec_mutex, gate_lock;

@@ -328,7 +328,7 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
 }
 
 static PyObject *FastPath_stats(FastPath *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsKsKsKsKsKsIsKsKsKsKsIsKsKsKsKsIsKsKsKsK}", "fast_status_reads", self->status_reads,
+    return Py_BuildValue("{sKsKsKsKsKsKsKsIsKsKsKsKsIsKsKsKsKsIsKsKsKsKsK}", "fast_status_reads", self->status_reads,
                          "fast_credential_calls", self->credential_calls, "fast_hits", self->hits, "fast_denied",
                          self->denied, "fast_gone", self->gone, "fast_misses", self->misses, "fast_ring_full",
                          self->ring_full, "fast_entries", self->used, "fast_connect_hits", self->connect_hits,
@@ -338,7 +338,7 @@ static PyObject *FastPath_stats(FastPath *self, PyObject *unused) {
                          "fast_exec_handed", self->exec_handed, "fast_exec_changed", self->exec_changed,
                          "fast_exec_entries", self->execs_used, "fast_exec_here", self->exec_here,
                          "fast_exec_gone", self->exec_gone, "fast_exec_busy", self->exec_busy,
-                         "fast_exec_waiting", self->exec_waiting);
+                         "fast_exec_waiting", self->exec_waiting, "fast_exec_proc_checks", self->exec_proc_checks);
 }
 
 static void release(FastPath *self) {

@@ -185,6 +185,7 @@ def test_receiver_or_python_finish_with_the_same_records(cgroup_dir, monkeypatch
     assert (run.stats["fast_exec_hits"], run.stats["fast_exec_changed"]) == (99, 0)
     here, waiting = run.stats["fast_exec_here"], run.stats["fast_exec_waiting"]
     assert here + waiting == 99  # nothing left to Python for want of the locks
+    assert run.stats["fast_exec_proc_checks"] == 0  # argv and AT_EXECFN read from the new stack
     if finished_here:
         assert waiting == 0
     else:  # one look, no wait: a stop already in then is finished here, any other by Python
@@ -270,5 +271,6 @@ def test_large_environment_is_checked_through_proc(cgroup_dir):
     run = sandboxed(f"{exports}; for i in $(seq 20); do /bin/true; done", cgroup_dir)
     assert run.status == 0, run.stderr
     assert (run.stats["fast_exec_hits"], run.stats["fast_exec_changed"]) == (19, 0)
+    assert run.stats["fast_exec_proc_checks"] == 19
     records = exec_records(run, "true")
     assert len(records) == 20 and all(same_record(r) == same_record(records[0]) for r in records[1:])
