@@ -401,7 +401,9 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
             finally:
                 while signal.sigtimedwait({INIT_EXIT_SIGNAL}, 0) is not None:
                     pass  # init's end, if nobody waited for it: its default action would end this process
-                signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+                # init not reaped (tear-down cut short): its signal may still come, so it stays blocked
+                still = {INIT_EXIT_SIGNAL} if run.init_pid else set()
+                signal.pthread_sigmask(signal.SIG_SETMASK, set(old_mask) | still)
                 if old_cpus is not None:
                     os.sched_setaffinity(0, old_cpus)
 
@@ -522,6 +524,7 @@ def _tear_down(run: _Run) -> None:
             os.waitpid(run.init_pid, _WALL)
         except ChildProcessError:
             pass
+        run.init_pid = 0
     if run.sock is not None:
         run.sock.close()
     if run.limits is not None:

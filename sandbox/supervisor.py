@@ -181,8 +181,8 @@ class Supervisor:
         try:
             self._work()
         except BaseException as exc:  # noqa: BLE001 - receiving itself failed: nothing would answer
-            self._failure = exc
-            self._end()  # serve() raises it and the launcher kills the sandbox (fail closed)
+            self._failure = self._failure or exc
+            self.stop()  # wakes any other receiver; serve() raises it, the launcher kills the sandbox
         finally:
             with self._count_lock:
                 self._live -= 1

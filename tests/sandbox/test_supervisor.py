@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 
 from policy.decision import Decision, Effect, deny
-from tests.sandbox.conftest import run_sandboxed
+from sandbox import seccomp
+from sandbox.decode import decode
+from sandbox.supervisor import Supervisor
+from tests.sandbox.conftest import run_sandboxed, spawn_filtered
 
 FS_AND_EXEC = ("execve", "execveat", "open", "openat", "openat2", "creat")
 
@@ -252,3 +258,48 @@ def test_unrecordable_permit_is_denied_and_nothing_is_done(cgroup_dir, tmp_path)
     assert b"Permission denied" in run.stderr
     assert not target.exists()
     assert run.stats["audit_errors"] >= 1
+
+
+def test_a_handler_that_fails_after_its_replacement_ends_serving_at_once(tmp_path):
+    """A handler stalls (another thread takes over receiving), then fails outside any decision: the
+    new receiver is woken and serve() raises at once, not when the agent next needs Python."""
+    trigger = tmp_path / "trigger"
+    trigger.write_text("x")
+    code = ("import threading, time\n"
+            f"threading.Thread(target=lambda: open({str(trigger)!r}), daemon=True).start()\n"
+            "time.sleep(4)\n")
+    program = seccomp.build_filter(["open", "openat"], {}, watch_credentials=True)
+    with open(os.devnull, "wb") as sink:
+        pid, listener = spawn_filtered([sys.executable, "-S", "-c", code], program, None, sink.fileno(),
+                                       sink.fileno(), None)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    sup = Supervisor(listener, lambda call: Decision(Effect.PERMIT, rule_id="r"), session_id="t",
+                     audit=lambda record: None, decision_keys=lambda tool: frozenset({"path"}),
+                     fast_repeats=True, credentials_watched=True)
+    handle, failed_at, ended = sup._handle, [], {}
+
+    def failing_handle(notification):
+        if not failed_at and getattr(notification, "nr", None) is not None and \
+                decode(notification).get("path") == str(trigger).encode():
+            time.sleep(0.2)  # the stall watchdog makes another thread the receiver meanwhile
+            failed_at.append(time.monotonic())
+            raise RuntimeError("handler bug")
+        return handle(notification)
+    sup._handle = failing_handle
+
+    def serve():
+        try:
+            sup.serve()
+        except RuntimeError as err:
+            ended["error"] = str(err)
+        ended["at"] = time.monotonic()
+    serving = threading.Thread(target=serve)
+    serving.start()
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    serving.join(10)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    sup.stop()
+    os.close(listener)
+    assert ended.get("error") == "handler bug"
+    assert ended["at"] - failed_at[0] < 1.0  # 3.8 s (the agent's sleep) when the receiver was not woken
