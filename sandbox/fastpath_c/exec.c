@@ -214,14 +214,9 @@ int fp_exec(FastPath *self, const struct seccomp_notif *n, int64_t started, Exec
     pthread_mutex_unlock(&self->table_lock); /* a used slot never changes */
     if (!found || (self->record && !fp_ring_has_room(self)) || !single_threaded_stranger(n->pid))
         return MISS;
-    int owned, root = fp_agent_root(self, (int)n->pid, &owned);
+    int owned, outcome, root = fp_waiting_task_root(self, n, &owned, &outcome);
     if (root < 0)
-        return MISS;
-    int outcome = fp_unless_waiting(self, n, root, owned);
-    if (outcome >= 0)
         return outcome;
-    if (owned)
-        owned = fp_keep_root(self, root);
     int same = still_learned(self, root, path, slot);
     if (owned)
         close(root);

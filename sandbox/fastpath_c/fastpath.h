@@ -178,7 +178,7 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started);
 int fp_agent_root(FastPath *self, int tid, int *owned);
 int fp_keep_root(FastPath *self, int root);
 void fp_forget_task(FastPath *self, int tid);
-int fp_unless_waiting(FastPath *self, const struct seccomp_notif *n, int root, int owned);
+int fp_waiting_task_root(FastPath *self, const struct seccomp_notif *n, int *owned, int *outcome);
 void fp_drop_task(KeptTask *task);
 void fp_credential_change(FastPath *self, const struct seccomp_notif *n);
 int fp_watched(FastPath *self, int nr);

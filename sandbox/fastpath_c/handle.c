@@ -176,14 +176,9 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
         self->ring_full += found;
         return MISS;
     }
-    int owned, root = fp_agent_root(self, (int)n->pid, &owned);
+    int owned, outcome, root = fp_waiting_task_root(self, n, &owned, &outcome);
     if (root < 0)
-        return MISS;
-    int outcome = fp_unless_waiting(self, n, root, owned);
-    if (outcome >= 0)
         return outcome;
-    if (owned)
-        owned = fp_keep_root(self, root);
     int fd = open_in_root(root, path, deny ? O_PATH | (flags & (O_DIRECTORY | O_NOFOLLOW)) : flags);
     if (owned)
         close(root);

@@ -164,7 +164,7 @@ static int acts_as_we_do(FastPath *self, char *status) {
 /* What was read of /proc/<pid> and its memory belongs to the task that trapped only if it still
  * waits (otherwise the pid may name another process now): -1 while it does, else what the caller
  * returns, with the root it opened for it closed (a task that is gone needs no answer). */
-int fp_unless_waiting(FastPath *self, const struct seccomp_notif *n, int root, int owned) {
+static int unless_waiting(FastPath *self, const struct seccomp_notif *n, int root, int owned) {
     if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &n->id) == 0)
         return -1;
     int gone = errno == ENOENT;
@@ -173,4 +173,21 @@ int fp_unless_waiting(FastPath *self, const struct seccomp_notif *n, int root, i
     fp_forget_task(self, (int)n->pid);
     self->gone += gone;
     return gone ? ANSWERED : MISS;
+}
+
+/* The agent's root for n's task, once what was read of it is known to be that task's: the root
+ * (*owned: ours to close), or -1 with *outcome what the caller returns (MISS, or ANSWERED when
+ * the task is gone). */
+int fp_waiting_task_root(FastPath *self, const struct seccomp_notif *n, int *owned, int *outcome) {
+    int root = fp_agent_root(self, (int)n->pid, owned);
+    if (root < 0) {
+        *outcome = MISS;
+        return -1;
+    }
+    *outcome = unless_waiting(self, n, root, *owned);
+    if (*outcome >= 0)
+        return -1;
+    if (*owned)
+        *owned = fp_keep_root(self, root);
+    return root;
 }
