@@ -4,8 +4,8 @@
                                | --loop-only]
 
 Start-up of /bin/true: native (subprocess), launch() in-process (the sandbox machinery alone,
-with and without the filter; with the agent set up by sandbox._spawn and, for comparison, by the
-Python stages), and the whole CLI (which adds the Python interpreter and imports).
+with and without the filter; with init the compiled sandbox/_init and the agent set up by
+sandbox._spawn and, for comparison, both by the Python stages), and the whole CLI (which adds the Python interpreter and imports).
 The bash loop `for i in $(seq 2000); do /bin/true; done`: native; sandboxed (launch() in-process
 with the real FPL engine) with every syscall trapped (a permit-all policy, no category left to the
 kernel), and with a policy whose exec rule has a condition, so that every exec is trapped and
@@ -47,8 +47,8 @@ SECTION = "## Start-up and exec"
 CONDITIONAL = "faramesh-sandbox, exec rule with a condition (execs trapped, the rest in the kernel)"
 COMPILED = "the same, repeated execs answered in compiled code (--fast-repeats)"
 COMPILED_ONE_CPU = "the same on one CPU (--fast-repeats --same-cpu)"
-PYTHON_NAMESPACES = "launch(), namespaces only, agent set up in Python (no sandbox._spawn)"
-PYTHON_SET_UP = "launch(), namespaces + filter + supervisor, agent set up in Python (no sandbox._spawn)"
+PYTHON_NAMESPACES = "launch(), namespaces only, init and agent set up in Python (no sandbox._spawn)"
+PYTHON_SET_UP = "launch(), namespaces + filter + supervisor, init and agent set up in Python (no sandbox._spawn)"
 
 
 def timed(action) -> float:
@@ -88,7 +88,8 @@ def in_process(argv: list[str], seccomp: bool = True, audit_path: Path | None = 
                kernel: bool = False, python_set_up: bool = False, fast: bool = False, same_cpu: bool = False) -> None:
     """launch() with stdout/stderr to /dev/null, checking the status so a failure is not timed as a success.
     ``kernel``: leave to the kernel what the policy decides unconditionally, as the CLI does;
-    ``python_set_up``: set the agent up with the Python stages even when sandbox._spawn is built;
+    ``python_set_up``: init and the agent set up by the Python stages even when sandbox._spawn and
+    sandbox/_init are built (without sandbox._spawn neither is used);
     ``fast``: repeated decisions answered by the compiled receiver, as `run --fast-repeats` does;
     ``same_cpu``: the agent and the supervisor on the launcher's CPU, as `run --same-cpu` does."""
     agent_spawn._spawn = None if python_set_up else COMPILED_SPAWN

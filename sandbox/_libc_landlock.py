@@ -75,14 +75,14 @@ def abi_version() -> int:
         raise
 
 
-def _attr_size(abi: int) -> int:
+def ruleset_attr_size(abi: int) -> int:
     # Older kernels refuse a structure larger than theirs unless the tail is zero; ours is.
     return ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
 
 
 def create_ruleset(abi: int, fs: int, net: int, scoped: int) -> int:
     attr = _RulesetAttr(fs, net, scoped)
-    return _libc.syscall("landlock_create_ruleset", ctypes.byref(attr), _attr_size(abi), 0)
+    return _libc.syscall("landlock_create_ruleset", ctypes.byref(attr), ruleset_attr_size(abi), 0)
 
 
 def add_path_rule(ruleset: int, path: str, allowed: int) -> None:

@@ -47,7 +47,7 @@ MS_NOEXEC = 0x8
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 _MS_NAMES = {MS_RDONLY: "MS_RDONLY", MS_NOSUID: "MS_NOSUID", MS_NODEV: "MS_NODEV", MS_NOEXEC: "MS_NOEXEC",
-             MS_REC: "MS_REC", MS_PRIVATE: "MS_PRIVATE"}
+             MS_REC: "MS_REC", MS_PRIVATE: "MS_PRIVATE", 0x1000: "MS_BIND", 0x20: "MS_REMOUNT"}
 
 
 
@@ -72,7 +72,12 @@ def unshare(flags: int) -> None:
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     enc = lambda s: s.encode() if s is not None else None  # noqa: E731
     if _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) != 0:
-        raise _fail(f"mount({source!r}, {target!r}, {fstype!r}, {_flag_text(flags, _MS_NAMES)})")
+        raise _fail(mount_call(source, target, fstype, flags))
+
+
+def mount_call(source: str | None, target: str, fstype: str | None, flags: int) -> str:
+    """How a failed mount is named in its error."""
+    return f"mount({source!r}, {target!r}, {fstype!r}, {_flag_text(flags, _MS_NAMES)})"
 
 
 CLONE_INTO_CGROUP = 0x200000000

@@ -118,12 +118,22 @@ def exec_target(argv: list, env: dict, cwd: str | None, find_program) -> tuple:
         path = find_program(argv[0], env.get("PATH", os.defpath), cwd)
     except FileNotFoundError as err:
         return b"", [], [], (exec_error(argv[0], err.errno), 127)
+    args, envp, failure = encoded(argv, env)
+    try:
+        return (b"", [], [], failure) if failure else (_plain(os.fsencode(path)), args, envp, None)
+    except ValueError as err:
+        return b"", [], [], (f"faramesh-sandbox: {argv[0]!r}: {err}\n".encode(), 126)
+
+
+def encoded(argv: list, env: dict) -> tuple[list[bytes], list[bytes], tuple | None]:
+    """(argv, envp, None) as execve takes them, all bytes; or ([], [], (message, 126)) when CMD
+    cannot be passed to execve at all, as the Python stage's os.execve would report it."""
     try:
         args = [_plain(os.fsencode(arg)) for arg in argv]
         envp = [_variable(os.fsencode(key), os.fsencode(value)) for key, value in env.items()]
-        return _plain(os.fsencode(path)), args, envp, None
+        return args, envp, None
     except ValueError as err:
-        return b"", [], [], (f"faramesh-sandbox: {argv[0]!r}: {err}\n".encode(), 126)
+        return [], [], (f"faramesh-sandbox: {argv[0]!r}: {err}\n".encode(), 126)
 
 
 def _plain(value: bytes) -> bytes:

@@ -4,7 +4,8 @@ Process tree, host view:
 
     launcher   host namespaces; runs the supervisor on the seccomp listener
      └ init    pid 1 of the new pid namespace, born there (and in the agent's cgroup) by clone3:
-        │      forwards signals, reaps orphans, exits with the agent's status
+        │      forwards signals, reaps orphans, exits with the agent's status; the compiled program
+        │      sandbox/_init when built (sandbox/init_spawn.py), else a forked copy of the launcher
         └ agent  pid 2: no_new_privs, seccomp filter, then execve(CMD) (itself trapped and decided);
                  set up in C between clone and execve when sandbox._spawn is built (sandbox/agent_spawn.py),
                  else by the Python stages in a forked copy of init
@@ -18,15 +19,17 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
-from sandbox import (_libc, _libc_ns, _nethandover, agent_spawn, cgroups, fastpath, landlock, limits, mounts,
-                     namespaces, placement, seccomp, supervisor)
+from sandbox import (_libc, _libc_ns, _nethandover, agent_spawn, cgroups, fastpath, init_spawn, landlock, limits,
+                     mounts, namespaces, placement, seccomp, supervisor)
 from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
 
@@ -57,6 +60,7 @@ class _Run:
     sock: socket.socket | None = None  # launcher: its end; init and agent: theirs (errors, listener)
     other_end: socket.socket | None = None  # init: the launcher's end, closed at once
     init_pid: int = 0
+    compiled_init: init_spawn.Started | None = None  # init is sandbox/_init (sandbox/init_spawn.py)
     listener: int | None = None  # agent: the seccomp listener until it is handed over
     limits: limits.Enforcer | None = None  # launcher: resource limits (sandbox/limits.py)
     decision_keys: object = None  # Engine.decision_keys when repeated reads may be answered in C
@@ -111,7 +115,12 @@ def _clone_init(run: _Run) -> None:
     launcher_end, sandbox_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cgroup_fd = os.open(run.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if run.cgroup_dir else None
     try:
-        pid = _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd, INIT_EXIT_SIGNAL)
+        if init_spawn.available() and not run.spec.wants_user_namespace():  # init rows run in sandbox/_init
+            run.compiled_init = init_spawn.start(run, namespaces.clone_flags(run.spec), cgroup_fd,
+                                                 INIT_EXIT_SIGNAL, sandbox_end.fileno())
+            pid = run.compiled_init.pid
+        else:
+            pid = _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd, INIT_EXIT_SIGNAL)
     except OSError as err:
         # Unprivileged, EPERM means the user namespace was refused (the rest are made inside it).
         stage = "user_namespace" if run.spec.wants_user_namespace() and err.errno == errno.EPERM else "namespaces"
@@ -143,7 +152,10 @@ def _map_user(run: _Run) -> None:
 
 
 def _release_init(run: _Run) -> None:
-    run.sock.send(RELEASE)
+    try:
+        run.sock.send(RELEASE)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # init already failed: its message waits on the socket (_receive_listener)
 
 
 # ---- stages run in init (pid 1) -------------------------------------------------------------
@@ -252,6 +264,7 @@ STAGES = (
     ("hand_over_listener", "agent", _hand_over_listener),
 )
 AGENT_STAGES = tuple(stage for stage, role, _step in STAGES if role == "agent")  # sandbox._spawn's order
+INIT_STAGES = tuple(stage for stage, role, _step in STAGES if role == "init")  # sandbox/_init's order
 
 
 def _as_error(stage: str, exc: BaseException) -> SandboxError:
@@ -447,12 +460,16 @@ def _receive_listener(run: _Run) -> int | None:
     """The agent's first word: its listener fd, "ready", or a stage error from any sandbox process."""
     msg, listener = _nethandover.take_listener(run.sock)
     run.sock.close()
+    if run.compiled_init is not None:
+        run.compiled_init.finish()  # the mounts are made: their temp files go
     if listener is not None and run.spec.seccomp:
         return listener
     if msg == b"ready" and not run.spec.seccomp:
         return None
     status = _reap(run.init_pid)
     run.init_pid = 0
+    if msg and run.compiled_init is not None and init_spawn.is_failure(msg):
+        raise init_spawn.error(msg, run.compiled_init)
     if msg:
         raise SandboxError.from_dict(json.loads(msg))
     raise SandboxError("startup", f"the sandbox exited during set-up (status {exit_code(status)})")
@@ -492,9 +509,56 @@ def _join_new_threads(before: set[threading.Thread]) -> None:
         thread.join(timeout=1.0)
 
 
+class _InitWatch:
+    """What the launcher's main thread waits for: a forwarded signal (a signalfd) or init's end (its
+    pidfd). A compiled init's exit signal is SIGCHLD again after its execve (the kernel resets it),
+    and SIGCHLD also comes for every ptrace stop of an agent task, so no SIGCHLD is waited for."""
+
+    def __init__(self, init_pid: int):
+        self.signals = _libc.signalfd(FORWARDED)
+        try:
+            self.pidfd = os.pidfd_open(init_pid)
+        except BaseException:
+            os.close(self.signals)
+            raise
+        self.poll = select.poll()
+        for fd in (self.signals, self.pidfd):
+            self.poll.register(fd, select.POLLIN)
+
+    def wait(self, timeout: float | None) -> tuple[int, int] | None:
+        """(signal, si_code) of a forwarded signal, (INIT_EXIT_SIGNAL, 0) once init has ended, or
+        None after ``timeout`` seconds."""
+        ready = {fd for fd, _events in self.poll.poll(None if timeout is None else timeout * 1000)}
+        if self.pidfd in ready:
+            return INIT_EXIT_SIGNAL, 0
+        if self.signals in ready:
+            try:
+                info = os.read(self.signals, _SIGNALFD_INFO.size)
+            except BlockingIOError:  # taken by a sigtimedwait elsewhere in this process
+                return None
+            signo, _errno, code = _SIGNALFD_INFO.unpack_from(info)
+            return signo, code
+        return None
+
+    def close(self) -> None:
+        os.close(self.signals)
+        os.close(self.pidfd)
+
+
+_SIGNALFD_INFO = struct.Struct("<Iii116x")  # struct signalfd_siginfo: signo, errno, code, ...
+
+
 def _wait_init(run: _Run, serving: _Serving | None) -> int:
+    watch = _InitWatch(run.init_pid)
+    try:
+        return _wait_init_with(run, serving, watch)
+    finally:
+        watch.close()
+
+
+def _wait_init_with(run: _Run, serving: _Serving | None, watch: _InitWatch) -> int:
     while True:
-        info = signal.sigtimedwait(_LAUNCHER_WAITED, run.limits.remaining(0.25))
+        info = watch.wait(run.limits.remaining(0.25))
         if run.limits.expired():  # --timeout: init's death takes the whole pid namespace along
             _kill(run.init_pid, signal.SIGKILL)
             status, run.init_pid = _reap(run.init_pid), 0
@@ -503,13 +567,13 @@ def _wait_init(run: _Run, serving: _Serving | None) -> int:
             _kill(run.init_pid, signal.SIGKILL)  # fail closed: no supervisor, no agent
             status, run.init_pid = _reap(run.init_pid), 0  # reaped: its pid may be anyone's now
             return status
-        if info is None or info.si_signo == INIT_EXIT_SIGNAL:
+        if info is None or info[0] == INIT_EXIT_SIGNAL:
             pid, status = os.waitpid(run.init_pid, os.WNOHANG | _WALL)
             if pid:
                 run.init_pid = 0
                 return status
-        elif info.si_code != SI_KERNEL:
-            _kill(run.init_pid, info.si_signo)
+        elif info[1] != SI_KERNEL:
+            _kill(run.init_pid, info[0])
 
 
 def _reap(pid: int) -> int:
@@ -527,6 +591,8 @@ def _tear_down(run: _Run) -> None:
         run.init_pid = 0
     if run.sock is not None:
         run.sock.close()
+    if run.compiled_init is not None:
+        run.compiled_init.finish()
     if run.limits is not None:
         run.limits.close()  # reads which limit fired: before the cgroups go
     if run.cgroup_dir:

@@ -1,19 +1,38 @@
-"""The agent's mount namespace: private propagation, then a /proc and /sys of its own namespaces."""
+"""The agent's mount namespace: private propagation, then a /proc and /sys of its own namespaces.
+
+``plan`` lists the mounts; sandbox's init performs them, in Python (``apply``) or compiled
+(sandbox/init_c/), in the same order."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from typing import Callable, NamedTuple
 
 from sandbox import _libc_ns
 from sandbox.errors import SandboxError
 from sandbox.spec import SandboxSpec
 
 _PSEUDO = _libc_ns.MS_NOSUID | _libc_ns.MS_NODEV | _libc_ns.MS_NOEXEC
+_MS_BIND = 0x1000
+_MS_REMOUNT = 0x20
 
 
-def apply(spec: SandboxSpec) -> None:
-    """Runs in the sandbox's pid 1: procfs shows the pid namespace of the process that mounts it."""
+class Mount(NamedTuple):
+    source: str | None
+    target: str
+    fstype: str | None
+    flags: int
+    data: str | None = None
+
+    def call(self) -> str:
+        return _libc_ns.mount_call(self.source, self.target, self.fstype, self.flags)
+
+
+def plan(spec: SandboxSpec, file_source: Callable[[bytes], str]) -> list[Mount]:
+    """The mounts, in order; ``file_source(content)`` makes the host file shown at a path of
+    ``spec.files`` (see ``write_file_source``). Done by the sandbox's pid 1: procfs shows the pid
+    namespace of the process that mounts it."""
     if "mount" not in spec.namespaces:
         if spec.files:  # fail closed: the agent would read the host's files instead
             raise SandboxError("mounts", f"files {sorted(spec.files)} need a mount namespace",
@@ -21,50 +40,91 @@ def apply(spec: SandboxSpec) -> None:
         if spec.hidden:  # fail closed: the agent could reach the launcher's control sockets
             raise SandboxError("mounts", f"hiding {sorted(spec.hidden)} needs a mount namespace",
                                "keep 'mount' in the sandbox's namespaces")
-        return
+        return []
     # Must come first: with shared propagation the mounts below would also appear on the host.
-    _libc_ns.mount(None, "/", None, _libc_ns.MS_REC | _libc_ns.MS_PRIVATE)
+    mounts = [Mount(None, "/", None, _libc_ns.MS_REC | _libc_ns.MS_PRIVATE)]
     if "pid" in spec.namespaces:
         # Safe: a fresh procfs lists only the sandbox's own processes; the host's /proc is covered.
-        _libc_ns.mount("proc", "/proc", "proc", _PSEUDO)
+        mounts.append(Mount("proc", "/proc", "proc", _PSEUDO))
     if "net" in spec.namespaces:
         # Safe: sysfs mounted here shows the agent's network namespace (only lo) in /sys/class/net.
         # Read-only: for a root agent a writable sysfs would still reach host-wide kernel knobs.
-        _libc_ns.mount("sysfs", "/sys", "sysfs", _PSEUDO | _libc_ns.MS_RDONLY)
+        mounts.append(Mount("sysfs", "/sys", "sysfs", _PSEUDO | _libc_ns.MS_RDONLY))
     for source, target in spec.binds:
         # Seen only in the agent's namespace (propagation is private); the remount adds the flags,
         # which a bind mount ignores on its first call.
-        _libc_ns.mount(source, target, None, _MS_BIND)
-        _libc_ns.mount(None, target, None, _MS_REMOUNT | _MS_BIND | _PSEUDO)
+        mounts += _bind(source, target, _PSEUDO)
     for path, content in sorted(spec.files.items()):
-        bind_file(path, content, spec.session_id)
+        # Safe: seen only in the sandbox (private propagation); the host's file is untouched.
+        mounts += _bind(file_source(content), _file_target(path), _PSEUDO | _libc_ns.MS_RDONLY)
     for path in spec.hidden:
         # Safe: an empty, read-only tmpfs over the directory hides what the launcher keeps there.
-        _libc_ns.mount("tmpfs", path, "tmpfs", _PSEUDO | _libc_ns.MS_RDONLY, "mode=0700,size=4k")
+        mounts.append(Mount("tmpfs", path, "tmpfs", _PSEUDO | _libc_ns.MS_RDONLY, "mode=0700,size=4k"))
+    return mounts
 
 
-_MS_BIND = 0x1000
-_MS_REMOUNT = 0x20
+def _bind(source: str, target: str, flags: int) -> list[Mount]:
+    return [Mount(source, target, None, _MS_BIND), Mount(None, target, None, _MS_REMOUNT | _MS_BIND | flags)]
 
 
-def bind_file(path_inside: str, content: bytes, session_id: str = "") -> None:
-    """Show ``content`` read-only at the existing file ``path_inside``; only in a private mount namespace.
-
-    The content goes to a private temp file that is bind-mounted and then unlinked at once: the
-    mount keeps the inode alive, so nothing is left on the host and nothing needs cleaning up."""
+def _file_target(path_inside: str) -> str:
     target = os.path.realpath(path_inside)  # mount(2) follows a symlink (resolv.conf often is one)
     if not os.path.isfile(target):
         raise SandboxError("mounts", f"cannot show a file at {path_inside}: {target} is not an existing file",
                            f"create {target} on the host (it can be empty); the sandbox never creates host files")
-    # The session in the name lets the run's reaper find it if init dies before the unlink below.
+    return target
+
+
+def write_file_source(content: bytes, session_id: str = "") -> str:
+    """A private temp file holding ``content``, to be bind-mounted and then unlinked at once: the
+    mount keeps the inode alive, so nothing is left on the host and nothing needs cleaning up."""
+    # The session in the name lets the run's reaper find it if the run dies before the unlink.
     prefix = f"faramesh-sandbox-file-{session_id}-" if session_id else "faramesh-sandbox-file-"
     fd, source = tempfile.mkstemp(prefix=prefix)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(content)
         os.chmod(source, 0o644)  # the agent may run as another user than the launcher
-        # Safe: seen only in the sandbox (private propagation); the host's file is untouched.
-        _libc_ns.mount(source, target, None, _MS_BIND)
-        _libc_ns.mount(None, target, None, _MS_REMOUNT | _MS_BIND | _PSEUDO | _libc_ns.MS_RDONLY)
-    finally:
+    except BaseException:
         os.unlink(source)
+        raise
+    return source
+
+
+class FileSources:
+    """The temp files a plan made, unlinked together once mounted (or once nothing will mount them)."""
+
+    def __init__(self, session_id: str = ""):
+        self.session_id, self.paths = session_id, []
+
+    def __call__(self, content: bytes) -> str:
+        self.paths.append(write_file_source(content, self.session_id))
+        return self.paths[-1]
+
+    def unlink(self) -> None:
+        for path in self.paths:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths = []
+
+
+def apply(spec: SandboxSpec) -> None:
+    """The Python init's stage: every mount of ``plan`` in turn."""
+    sources = FileSources(spec.session_id)
+    try:
+        for mount in plan(spec, sources):
+            _libc_ns.mount(*mount)
+    finally:
+        sources.unlink()
+
+
+def bind_file(path_inside: str, content: bytes, session_id: str = "") -> None:
+    """Show ``content`` read-only at the existing file ``path_inside``; only in a private mount namespace."""
+    sources = FileSources(session_id)
+    try:
+        for mount in _bind(sources(content), _file_target(path_inside), _PSEUDO | _libc_ns.MS_RDONLY):
+            _libc_ns.mount(*mount)
+    finally:
+        sources.unlink()

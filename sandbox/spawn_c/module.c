@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "spawn.h"
+#include "../init_c/init.h"
 
 #define STACK_SIZE (64 * 1024)
 
@@ -191,8 +192,32 @@ done:
     return result;
 }
 
+PyDoc_STRVAR(start_init_doc,
+"start_init(*, namespaces, cgroup, exit_signal, sock, plan, program) -> (pid, failed_stage, errno)\n\n"
+"Start the sandbox's init with clone3(CLONE_VM|CLONE_VFORK) in the namespaces given as CLONE_NEW*\n"
+"flags (and in the cgroup directory fd ``cgroup`` unless it is -1), ending with ``exit_signal``; the\n"
+"child execs the init ``program`` (an fd) with ``sock`` and ``plan`` at fixed numbers. Returns once it\n"
+"has exec'd or exited: failed_stage is -1, an index into INIT_STAGES, or len(INIT_STAGES) when the\n"
+"execve failed (the child exited 125, and must still be reaped). Raises OSError if clone3 fails.");
+
+static PyObject *start_init_py(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *names[] = {"namespaces", "cgroup", "exit_signal", "sock", "plan", "program", NULL};
+    struct init_start start;
+    memset(&start, 0, sizeof(start));
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$Kiiiii", names, &start.namespaces, &start.cgroup,
+                                     &start.exit_signal, &start.sock, &start.plan, &start.program))
+        return NULL;
+    start.failed_stage = -1;
+    int pid = start_init(&start);  /* the GIL stays held: the launcher is single-threaded here */
+    if (pid < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    return Py_BuildValue("(iii)", pid, start.failed_stage, start.failed_errno);
+}
+
 static PyMethodDef methods[] = {
     {"spawn_agent", (PyCFunction)(void (*)(void))spawn_agent, METH_VARARGS | METH_KEYWORDS, spawn_doc},
+    {"start_init", (PyCFunction)(void (*)(void))start_init_py, METH_VARARGS | METH_KEYWORDS, start_init_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -202,24 +227,34 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
+#define STAGE_NAME(id, name) name,
+static const char *const init_stage_names[INIT_STAGE_COUNT] = {INIT_STAGES(STAGE_NAME)};
+#undef STAGE_NAME
+
+/* Adds a tuple of ``count`` names as ``attribute``; -1 with an exception set on failure. */
+static int add_names(PyObject *m, const char *attribute, const char *const *names, int count)
+{
+    PyObject *tuple = PyTuple_New(count);
+    for (int i = 0; tuple && i < count; i++) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (!name) {
+            Py_CLEAR(tuple);
+            break;
+        }
+        PyTuple_SET_ITEM(tuple, i, name);
+    }
+    if (!tuple || PyModule_AddObject(m, attribute, tuple) < 0) {  /* stolen on success */
+        Py_XDECREF(tuple);
+        return -1;
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__spawn(void)
 {
     PyObject *m = PyModule_Create(&module);
-    if (!m)
-        return NULL;
-    PyObject *stages = PyTuple_New(STAGE_COUNT);
-    for (int i = 0; stages && i < STAGE_COUNT; i++) {
-        PyObject *name = PyUnicode_FromString(stage_names[i]);
-        if (!name) {
-            Py_CLEAR(stages);
-            break;
-        }
-        PyTuple_SET_ITEM(stages, i, name);
-    }
-    if (!stages || PyModule_AddObject(m, "STAGES", stages) < 0) {  /* STAGES: stolen on success */
-        Py_XDECREF(stages);
-        Py_DECREF(m);
-        return NULL;
-    }
+    if (m && (add_names(m, "STAGES", stage_names, STAGE_COUNT) < 0 ||
+              add_names(m, "INIT_STAGES", init_stage_names, INIT_STAGE_COUNT) < 0))
+        Py_CLEAR(m);
     return m;
 }

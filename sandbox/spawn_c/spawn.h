@@ -46,4 +46,17 @@ struct spawn_plan {
 /* The child's entry point for clone(): never returns. */
 int spawn_agent_main(void *plan);
 
+/* What init_start.c needs to start the sandbox's init; the child writes only the failed_ fields. */
+struct init_start {
+    unsigned long long namespaces;  /* CLONE_NEW* flags */
+    int cgroup;                     /* cgroup directory fd for CLONE_INTO_CGROUP, or -1 */
+    int exit_signal;                /* what init's end sends the launcher */
+    int sock, plan, program;        /* the launcher socket's sandbox end, the plan, the init program */
+    volatile int failed_stage;      /* -1, an init stage, or INIT_STAGE_COUNT for the execve */
+    volatile int failed_errno;
+};
+
+/* Returns init's pid once it has exec'd or exited (failed_stage then says why), or -1 with errno. */
+int start_init(struct init_start *start);
+
 #endif

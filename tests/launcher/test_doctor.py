@@ -21,7 +21,7 @@ NAMES = ["seccomp user notification", "seccomp ADDFD", "seccomp WAIT_KILLABLE_RE
          "Landlock", "cgroup v2", "cgroup v2 directory for the agent", "cgroup v1", "unprivileged user namespaces",
          "pid namespace", "mount namespace", "net namespace", "uts namespace", "ipc namespace",
          "io_uring_disabled sysctl", "YAMA ptrace_scope", "compiled fast path",
-         "compiled start-up"]
+         "compiled start-up", "compiled init"]
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
@@ -42,7 +42,7 @@ def test_json_report_as_root_on_this_kernel():
     assert checks["unprivileged user namespaces"]["detail"] == "unshare(CLONE_NEWUSER) as uid 65534 succeeded"
     assert [c["essential"] for c in report["checks"]] == [True, True, True, False, False, False, False, False,
                                                           False, True, True, True, True, True, False, False, False,
-                                                          False]
+                                                          False, False]
 
 
 def test_table_names_each_check_and_a_verdict():
@@ -133,3 +133,28 @@ def test_compiled_start_up_row_names_a_stage_list_that_differs(monkeypatch):
         "missing", "sandbox._spawn runs the stages ('chdir', 'restore_signals'), not sandbox.launch's "
                    "('restore_signals', 'chdir', 'close_fds', 'rlimits', 'no_new_privs', 'landlock', 'seccomp', "
                    "'hand_over_listener') (rebuild it: python3 setup.py build_ext --inplace)")
+
+
+def test_compiled_init_row_says_which_init_runs(monkeypatch, tmp_path):
+    """The row is ok with sandbox/_init built, and missing with the rebuild command when the program is absent."""
+    from sandbox import init_spawn
+    built = probe.compiled_init_check()
+    monkeypatch.setattr(init_spawn, "PROGRAM", tmp_path / "_init")
+    absent = probe.compiled_init_check()
+    assert (built.status, built.detail) == (
+        "ok", f"{Path(init_spawn.__file__).with_name('_init')} is built: the sandbox's pid 1 is a small program "
+              "of its own (runs with a user namespace keep the Python init)")
+    assert (absent.status, absent.detail) == (
+        "missing", f"{tmp_path / '_init'} was not built (reinstall with gcc present: "
+                   "python3 setup.py build_ext --inplace)")
+
+
+def test_compiled_init_row_names_init_stages_that_differ(monkeypatch):
+    """An extension whose init stages differ from sandbox.launch's is reported missing, saying why."""
+    from sandbox import agent_spawn
+    monkeypatch.setattr(agent_spawn._spawn, "INIT_STAGES", ("mounts",))
+    check = probe.compiled_init_check()
+    assert (check.status, check.detail) == (
+        "missing", "sandbox._spawn runs the init stages ('mounts',), not sandbox.launch's ('die_with_launcher', "
+                   "'close_fds', 'await_release', 'mounts', 'hostname', 'loopback', 'fork_agent') "
+                   "(rebuild it: python3 setup.py build_ext --inplace)")

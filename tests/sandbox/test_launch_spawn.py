@@ -17,7 +17,7 @@ import pytest
 
 from policy.decision import Decision, Effect
 from sandbox import _libc_landlock as ll
-from sandbox import agent_spawn, landlock, traced
+from sandbox import agent_spawn, init_spawn, landlock, traced
 from sandbox.errors import SandboxError
 from sandbox.launch import AGENT_STAGES, launch
 from sandbox.limits import Limits
@@ -70,6 +70,7 @@ def test_an_unknown_failed_stage_index_fails_closed(monkeypatch):
     import sandbox.launch
     monkeypatch.setattr(sandbox.launch, "AGENT_STAGES", AGENT_STAGES[:3])  # C fails at rlimits, index 3
     monkeypatch.setattr(agent_spawn, "available", lambda: True)
+    monkeypatch.setattr(init_spawn, "available", lambda: False)  # the Python init reads the index
     with pytest.raises(SandboxError) as caught:
         run(["/bin/true"], limits=Limits(files=TOO_MANY_FILES))
     assert (caught.value.stage, caught.value.message) == ("fork_agent", "the compiled start-up reported stage 3 of 3")
@@ -103,6 +104,9 @@ def test_the_vfork_child_calls_no_libc_function():
     reached = _calls_from(disassembly, "spawn_agent_main")
     assert [target for target in reached if "@plt" in target] == []
     assert "leave" in reached  # the walk follows calls: the child exits through its own raw exit
+    init_child = _calls_from(disassembly, "init_start_main")  # init's clone child, until its execve
+    assert [target for target in init_child if "@plt" in target] == []
+    assert "<init_start_main>:" in disassembly  # the walk started from the function itself
     assert "(FLAGS)              BIND_NOW" in headers
 
 

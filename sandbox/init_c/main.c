@@ -1,0 +1,187 @@
+/* The sandbox's init, pid 1 of its pid namespace: the init rows of sandbox.launch.STAGES that the
+ * clone child left (await_release to fork_agent), then it forwards signals to the agent, reaps
+ * orphans and exits with the agent's status, as sandbox.launch._wait_and_forward does. Started by
+ * sandbox/spawn_c/init_start.c with the launcher's socket, its plan and itself at fixed fds. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "setup.h"
+
+#define EXIT_SETUP 125
+#define RELEASE "go"
+#define SI_KERNEL_CODE 0x80  /* the terminal sent it to the whole foreground group: the agent has its own */
+#define AGENT_STACK (64 * 1024)
+
+#define STAGE_NAME(id, name) name,
+static const char *const agent_stage_names[STAGE_COUNT] = {SPAWN_STAGES(STAGE_NAME)};
+static const char *const init_stage_names[INIT_STAGE_COUNT] = {INIT_STAGES(STAGE_NAME)};
+#undef STAGE_NAME
+
+/* Tells the launcher which stage failed, with the errno, the index of the item that failed (-1: the
+ * stage as a whole) and any text; the launcher writes the message (sandbox/init_spawn.py). */
+static __attribute__((noreturn)) void fail(const char *stage, int err, int item, const char *text)
+{
+    char msg[1024];
+    int len = snprintf(msg, sizeof(msg), "initfail%c%s%c%d%c%d%c%s", 0, stage, 0, err, 0, item, 0, text ? text : "");
+    if (len > (int)sizeof(msg) - 1)
+        len = (int)sizeof(msg) - 1;
+    send(INIT_SOCK_FD, msg, (size_t)len, MSG_NOSIGNAL);
+    _exit(EXIT_SETUP);
+}
+
+static void write_all(int fd, const char *text, size_t len)
+{
+    while (len > 0) {
+        ssize_t n = write(fd, text, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return;  /* the agent's stderr is closed or gone: there is nowhere to say it */
+        text += n;
+        len -= (size_t)n;
+    }
+}
+
+/* A dead launcher's end of the socket reads as EOF (getppid() is 0 across a pid namespace). */
+static void await_release(void)
+{
+    char buf[16];
+    ssize_t n;
+    do
+        n = recv(INIT_SOCK_FD, buf, sizeof(buf), 0);
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)strlen(RELEASE) || memcmp(buf, RELEASE, strlen(RELEASE)))
+        _exit(EXIT_SETUP);
+}
+
+/* clone(CLONE_VM|CLONE_VFORK) running child.c: returns once the agent has exec'd or exited. */
+static pid_t clone_agent(struct spawn_plan *agent)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), size = AGENT_STACK + page;
+    char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+    if (stack == MAP_FAILED)
+        return -1;
+    pid_t pid = -1;
+    if (mprotect(stack, page, PROT_NONE) == 0)  /* a guard page below the stack */
+        pid = clone(spawn_agent_main, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, agent);
+    int saved = errno;
+    munmap(stack, size);
+    errno = saved;
+    return pid;
+}
+
+static pid_t fork_agent(struct init_plan *plan)
+{
+    struct spawn_plan *agent = &plan->agent;
+    int err = build_ruleset(plan, &agent->ruleset);
+    if (err)
+        fail("landlock", err, -1, NULL);
+    char *path = NULL;
+    if (!agent->skip_exec) {
+        path = plan->search ? find_program(plan->argv[0], plan->search, agent->cwd) : strdup(plan->argv[0]);
+        if (!path && errno != ENOENT)
+            fail("fork_agent", errno, -1, "PATH search");
+        if (!path) {  /* as the shell does: not found is 127, and init says so once the child is gone */
+            static char message[4096];
+            int len = snprintf(message, sizeof(message), "faramesh-sandbox: %s: %s\n", plan->argv[0], strerror(ENOENT));
+            plan->no_exec_message = message;
+            plan->no_exec_len = len < (int)sizeof(message) ? (size_t)len : sizeof(message) - 1;
+            agent->skip_exec = 1;
+            agent->exit_status = 127;
+        }
+    }
+    agent->sock = INIT_SOCK_FD;
+    agent->path = path;
+    agent->argv = plan->argv;
+    agent->envp = plan->envp;
+    pid_t pid = clone_agent(agent);
+    if (pid < 0)
+        fail("fork_agent", errno, -1, "clone");
+    if (agent->ruleset >= 0)
+        close(agent->ruleset);
+    if (agent->failed_stage != -1) {
+        if (agent->failed_stage < 0 || agent->failed_stage >= STAGE_COUNT)
+            fail("fork_agent", 0, agent->failed_stage, "stage");
+        fail(agent_stage_names[agent->failed_stage], agent->failed_errno, -1, NULL);
+    }
+    if (plan->no_exec_message)
+        write_all(2, plan->no_exec_message, plan->no_exec_len);
+    else if (agent->exec_errno) {
+        char message[4096];
+        int len = snprintf(message, sizeof(message), "faramesh-sandbox: %s: %s\n", plan->argv[0],
+                           strerror(agent->exec_errno));
+        write_all(2, message, len < (int)sizeof(message) ? (size_t)len : sizeof(message) - 1);
+    }
+    free(path);
+    return pid;
+}
+
+static int exit_code(int status)
+{
+    return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
+}
+
+/* Forward signals sent to us to the agent, reap everything, exit with the agent's status. */
+static __attribute__((noreturn)) void wait_and_forward(pid_t agent)
+{
+    sigset_t waited;
+    sigemptyset(&waited);
+    for (const int *sig = (const int[]){SIGCHLD, SIGTERM, SIGINT, SIGHUP, 0}; *sig; sig++)
+        sigaddset(&waited, *sig);
+    for (;;) {
+        siginfo_t info;
+        int sig = sigwaitinfo(&waited, &info);
+        if (sig < 0) {
+            if (errno == EINTR)
+                continue;
+            _exit(EXIT_SETUP);
+        }
+        if (sig != SIGCHLD) {
+            if (info.si_code != SI_KERNEL_CODE)
+                kill(agent, sig);
+            continue;
+        }
+        for (;;) {  /* init reaps orphans too */
+            int status;
+            pid_t pid = waitpid(-1, &status, WNOHANG);
+            if (pid <= 0)
+                break;
+            if (pid == agent)
+                _exit(exit_code(status));
+        }
+    }
+}
+
+int main(void)
+{
+    static struct init_plan plan;
+    sigset_t all;
+    sigfillset(&all);
+    /* Every signal stays blocked (the launcher starts us so already): waited for, never handled. */
+    sigprocmask(SIG_BLOCK, &all, NULL);
+    signal(SIGCHLD, SIG_DFL);  /* an ignored SIGCHLD would reap the agent before we could */
+    const char *why = read_plan(INIT_PLAN_FD, &plan);
+    close(INIT_PLAN_FD);
+    await_release();  /* first, even for a bad plan: closing with "go" unread would reset the socket */
+    if (why)
+        fail("clone_init", 0, -1, why);
+    int item = -1, err = apply_mounts(&plan, &item);
+    if (err)
+        fail(init_stage_names[INIT_MOUNTS], err, item, NULL);
+    if ((err = set_hostname(&plan)))
+        fail(init_stage_names[INIT_HOSTNAME], err, -1, NULL);
+    if ((err = bring_up_loopback(&plan)))
+        fail(init_stage_names[INIT_LOOPBACK], err, -1, NULL);
+    pid_t agent = fork_agent(&plan);
+    close(INIT_SOCK_FD);
+    wait_and_forward(agent);
+}

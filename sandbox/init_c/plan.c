@@ -1,0 +1,184 @@
+/* Reads init's plan (written by sandbox/init_spawn.py; format in init.h). The launcher wrote it,
+ * but a plan that does not parse exactly is refused rather than guessed at. */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "plan.h"
+
+#define STAGE_NAME(id, name) name "\0"
+static const char stage_list[] = INIT_STAGES(STAGE_NAME) SPAWN_STAGES(STAGE_NAME);  /* ends "\0\0" */
+#undef STAGE_NAME
+
+struct cursor { const unsigned char *at, *end; int bad; };
+
+static uint64_t take_u64(struct cursor *c, size_t size)
+{
+    uint64_t value = 0;
+    if ((size_t)(c->end - c->at) < size) {
+        c->bad = 1;
+        return 0;
+    }
+    for (size_t i = 0; i < size; i++)
+        value |= (uint64_t)c->at[i] << (8 * i);
+    c->at += size;
+    return value;
+}
+
+/* A NUL-terminated string inside the record; NULL for "" when ``empty_is_none``. */
+static const char *take_string(struct cursor *c, int empty_is_none)
+{
+    const unsigned char *nul = memchr(c->at, 0, (size_t)(c->end - c->at));
+    if (!nul) {
+        c->bad = 1;
+        return NULL;
+    }
+    const char *s = (const char *)c->at;
+    c->at = nul + 1;
+    return (empty_is_none && !*s) ? NULL : s;
+}
+
+static const char *whole_string(struct cursor *c)
+{
+    const char *s = take_string(c, 0);
+    if (c->at != c->end)
+        c->bad = 1;
+    return s;
+}
+
+static int add(char ***list, int *count, char *item)
+{
+    char **grown = realloc(*list, sizeof(char *) * ((size_t)*count + 2));
+    if (!grown)
+        return -1;
+    grown[(*count)++] = item;
+    grown[*count] = NULL;
+    *list = grown;
+    return 0;
+}
+
+static const char *read_record(struct init_plan *plan, unsigned char tag, struct cursor *c)
+{
+    struct spawn_plan *agent = &plan->agent;
+    switch (tag) {
+    case 'h': plan->hostname = whole_string(c); break;
+    case 'l': plan->loopback = 1; break;
+    case 'm': {
+        if (plan->mount_count == INIT_MAX_MOUNTS)
+            return "too many mounts";
+        struct init_mount *m = &plan->mounts[plan->mount_count++];
+        m->flags = take_u64(c, 8);
+        m->source = take_string(c, 1);
+        m->target = take_string(c, 0);
+        m->fstype = take_string(c, 1);
+        m->data = take_string(c, 1);
+        break;
+    }
+    case 'r':
+        plan->has_ruleset = 1;
+        plan->fs_handled = take_u64(c, 8);
+        plan->net_handled = take_u64(c, 8);
+        plan->scoped = take_u64(c, 8);
+        plan->file_rights = take_u64(c, 8);
+        plan->attr_size = (uint32_t)take_u64(c, 4);
+        break;
+    case 'p':
+        if (plan->path_rule_count == INIT_MAX_RULES)
+            return "too many Landlock path rules";
+        plan->path_rules[plan->path_rule_count].rights = take_u64(c, 8);
+        plan->path_rules[plan->path_rule_count++].path = whole_string(c);
+        break;
+    case 'n':
+        if (plan->port_rule_count == INIT_MAX_RULES)
+            return "too many Landlock port rules";
+        plan->port_rules[plan->port_rule_count].rights = take_u64(c, 8);
+        plan->port_rules[plan->port_rule_count++].port = take_u64(c, 8);
+        break;
+    case 'c': agent->cwd = whole_string(c); break;
+    case 'L':
+        if (agent->rlimit_count == SPAWN_MAX_RLIMITS)
+            return "too many rlimits";
+        agent->rlimit_resource[agent->rlimit_count] = (int)take_u64(c, 4);
+        agent->rlimit_value[agent->rlimit_count++] = take_u64(c, 8);
+        break;
+    case 'F':
+        if ((c->end - c->at) % sizeof(struct sock_filter) || (c->end - c->at) / sizeof(struct sock_filter) > 0xffff)
+            return "the filter is not whole BPF instructions";
+        agent->filter.len = (unsigned short)((c->end - c->at) / sizeof(struct sock_filter));
+        agent->filter.filter = (struct sock_filter *)c->at;  /* the buffer is malloc'd: aligned */
+        c->at = c->end;
+        break;
+    case 'f': agent->seccomp_flags = (unsigned int)take_u64(c, 4); break;
+    case 's':
+        if (agent->default_count == SPAWN_MAX_DEFAULTS)
+            return "too many default signals";
+        agent->default_signals[agent->default_count++] = (int)take_u64(c, 4);
+        break;
+    case 'P': plan->search = whole_string(c); break;
+    case 'a': if (add(&plan->argv, &plan->argc, (char *)whole_string(c)) < 0) return "out of memory"; break;
+    case 'e': if (add(&plan->envp, &plan->envc, (char *)whole_string(c)) < 0) return "out of memory"; break;
+    case 'x':
+        agent->skip_exec = 1;
+        agent->exit_status = (int)take_u64(c, 4);
+        plan->no_exec_message = (const char *)c->at;  /* any bytes: CMD's name may hold a NUL */
+        plan->no_exec_len = (size_t)(c->end - c->at);
+        c->at = c->end;
+        break;
+    case 'z': plan->complete = 1; break;
+    default: return "a record of an unknown kind";
+    }
+    return c->bad || c->at != c->end ? "a record of the wrong length" : NULL;
+}
+
+static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan)
+{
+    size_t head = sizeof(PLAN_MAGIC) + sizeof(stage_list);  /* both with their final NUL */
+    if (size < head || memcmp(buf, PLAN_MAGIC, sizeof(PLAN_MAGIC)) ||
+        memcmp(buf + sizeof(PLAN_MAGIC), stage_list, sizeof(stage_list)))
+        return "it was written for another build of the sandbox (reinstall: the stages differ)";
+    struct cursor c = {buf + head, buf + size, 0};
+    while (c.at < c.end) {
+        if (plan->complete)
+            return "records after its end";
+        unsigned char tag = *c.at++;
+        uint64_t len = take_u64(&c, 4);
+        if (c.bad || len > (uint64_t)(c.end - c.at))
+            return "a truncated record";
+        struct cursor record = {c.at, c.at + len, 0};
+        const char *why = read_record(plan, tag, &record);
+        if (why)
+            return why;
+        c.at += len;
+    }
+    if (!plan->complete)
+        return "a plan cut short";
+    if ((!plan->argv && !(plan->argv = calloc(1, sizeof(char *)))) ||
+        (!plan->envp && !(plan->envp = calloc(1, sizeof(char *)))))
+        return "out of memory";
+    if (!plan->agent.skip_exec && plan->argc == 0)
+        return "no command to run";
+    return NULL;
+}
+
+const char *read_plan(int fd, struct init_plan *plan)
+{
+    struct stat st;
+    memset(plan, 0, sizeof(*plan));
+    plan->agent.ruleset = -1;
+    plan->agent.failed_stage = -1;
+    if (fstat(fd, &st) < 0 || st.st_size <= 0)
+        return "it cannot be read";
+    unsigned char *buf = malloc((size_t)st.st_size);
+    if (!buf)
+        return "out of memory";
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t n = pread(fd, buf + got, (size_t)st.st_size - got, (off_t)got);
+        if (n <= 0)
+            return "it cannot be read";
+        got += (size_t)n;
+    }
+    return parse(buf, got, plan);  /* strings point into buf, kept for init's life */
+}
