@@ -123,7 +123,7 @@ class Plan:
             record("m", struct.pack("<Q", mount.flags), *(_text(value) for value in
                                                             (mount.source, mount.target, mount.fstype, mount.data)))
         if "uts" in spec.namespaces:
-            record("h", _text(spec.hostname))
+            record("h", _field("hostname", spec.hostname))
         if "net" in spec.namespaces:
             record("l")
         found = spec.landlock
@@ -131,7 +131,7 @@ class Plan:
             record("r", struct.pack("<QQQQI", found.fs_handled, found.net_handled, found.scoped, ll.FS_FILE_RIGHTS,
                                     ll.ruleset_attr_size(found.abi)))
             for path, rights in sorted(found.paths.items()):
-                record("p", struct.pack("<Q", rights), _text(path))
+                record("p", struct.pack("<Q", rights), _field("landlock", path))
             for port, rights in sorted(found.ports.items()):
                 record("n", struct.pack("<QQ", rights, port))
         if spec.cwd is not None:
@@ -180,7 +180,10 @@ def _text(value: str | None) -> bytes:
 def _field(stage: str, value: str) -> bytes:
     """``value`` as a NUL-terminated field; one with a NUL of its own fails ``stage``, as the
     Python stage fails on it (never cut short at the NUL)."""
-    encoded = os.fsencode(value)
+    try:
+        encoded = os.fsencode(value)
+    except TypeError as err:
+        raise SandboxError(stage, f"TypeError: {err}", hint_for(stage, None)) from None
     if b"\0" in encoded:
         raise SandboxError(stage, "ValueError: embedded null byte", hint_for(stage, None))
     return encoded + b"\0"
@@ -197,11 +200,11 @@ def error(message: bytes, started: Started) -> SandboxError:
         err, item = int(err_text), int(item_text)
     except ValueError:
         return SandboxError("startup", "the sandbox init sent a message that cannot be read", "")
+    if stage == "landlock" and text == "ruleset":  # building it, in init (agent_spawn.start words it so)
+        return SandboxError(stage, os.strerror(err), hint_for(stage, err))
     if stage in agent_spawn.CALLS or stage == "chdir":
         return agent_spawn.stage_error(stage, err, started.plan.spec.cwd)
     if stage == "clone_init":
         return SandboxError(stage, f"the sandbox init refused its plan: {text}", hint_for(stage, None))
-    if stage == "landlock":
-        return SandboxError(stage, os.strerror(err), hint_for(stage, err))
     call = started.plan.call(stage, item) or text or stage
     return SandboxError(stage, f"{call}: {os.strerror(err)}", hint_for(stage, err))

@@ -113,14 +113,29 @@ def _clone_init(run: _Run) -> None:
         raise SandboxError("clone_init", f"the launcher has {threads} threads; the sandbox must be started "
                            "from a single-threaded process", "call launch() before starting threads")
     launcher_end, sandbox_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = _start_init(run, sandbox_end)
+    except BaseException:
+        launcher_end.close()
+        sandbox_end.close()
+        raise
+    if pid:
+        sandbox_end.close()
+        run.sock, run.init_pid = launcher_end, pid
+        return
+    run.sock, run.other_end, run.role = sandbox_end, launcher_end, "init"
+
+
+def _start_init(run: _Run, sandbox_end: socket.socket) -> int:
+    """init's pid in the launcher, 0 in a forked Python init."""
     cgroup_fd = os.open(run.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if run.cgroup_dir else None
     try:
-        if init_spawn.available() and not run.spec.wants_user_namespace():  # init rows run in sandbox/_init
+        # With a user namespace, or as a non-root user, the execve would drop init's capabilities.
+        if init_spawn.available() and not run.spec.wants_user_namespace() and os.geteuid() == 0:
             run.compiled_init = init_spawn.start(run, namespaces.clone_flags(run.spec), cgroup_fd,
                                                  INIT_EXIT_SIGNAL, sandbox_end.fileno())
-            pid = run.compiled_init.pid
-        else:
-            pid = _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd, INIT_EXIT_SIGNAL)
+            return run.compiled_init.pid
+        return _libc_ns.fork_into(namespaces.clone_flags(run.spec), cgroup_fd, INIT_EXIT_SIGNAL)
     except OSError as err:
         # Unprivileged, EPERM means the user namespace was refused (the rest are made inside it).
         stage = "user_namespace" if run.spec.wants_user_namespace() and err.errno == errno.EPERM else "namespaces"
@@ -128,11 +143,6 @@ def _clone_init(run: _Run) -> None:
     finally:
         if cgroup_fd is not None:
             os.close(cgroup_fd)
-    if pid:
-        sandbox_end.close()
-        run.sock, run.init_pid = launcher_end, pid
-        return
-    run.sock, run.other_end, run.role = sandbox_end, launcher_end, "init"
 
 
 def _thread_count(settle: float = 0.1) -> int:
@@ -388,6 +398,8 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
     if not spec.audit_all:
         run.decision_keys = getattr(decide, "decision_keys", None)
         run.watch_credentials = fastpath.wanted(run.decision_keys, audit is not None, spec.fast_repeats)
+    # An ignored SIGCHLD would let the kernel reap init (and the Python init's agent) unseen.
+    old_sigchld = _sigchld_default()
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)  # children inherit it until they choose
     # Before any clone or thread: the agent and the supervisor's threads inherit the affinity.
     old_cpus, cpu = placement.pin_to_one_cpu() if spec.same_cpu else (None, None)
@@ -417,8 +429,22 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
                 # init not reaped (tear-down cut short): its signal may still come, so it stays blocked
                 still = {INIT_EXIT_SIGNAL} if run.init_pid else set()
                 signal.pthread_sigmask(signal.SIG_SETMASK, set(old_mask) | still)
+                if old_sigchld is not None:
+                    signal.signal(signal.SIGCHLD, old_sigchld)
                 if old_cpus is not None:
                     os.sched_setaffinity(0, old_cpus)
+
+
+def _sigchld_default():
+    """Sets SIGCHLD to its default when it is ignored; returns the disposition to restore, or None."""
+    if signal.getsignal(signal.SIGCHLD) is not signal.SIG_IGN:
+        return None
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    except ValueError:  # not the main thread: the ignore cannot be lifted, and would lose init's status
+        raise SandboxError("clone_init", "SIGCHLD is ignored and launch() was not called from the main thread",
+                           "call launch() from the main thread, or stop ignoring SIGCHLD") from None
+    return signal.SIG_IGN
 
 
 def _supervise(run: _Run, decide, audit, approve) -> int:
@@ -526,19 +552,17 @@ class _InitWatch:
             self.poll.register(fd, select.POLLIN)
 
     def wait(self, timeout: float | None) -> tuple[int, int] | None:
-        """(signal, si_code) of a forwarded signal, (INIT_EXIT_SIGNAL, 0) once init has ended, or
-        None after ``timeout`` seconds."""
+        """(signal, si_code) of a forwarded signal, else (INIT_EXIT_SIGNAL, 0) once init has ended,
+        or None after ``timeout`` seconds. Signals first, as sigtimedwait gave them before init's
+        end: none may stay pending for the caller once the launcher's mask is given back."""
         ready = {fd for fd, _events in self.poll.poll(None if timeout is None else timeout * 1000)}
-        if self.pidfd in ready:
-            return INIT_EXIT_SIGNAL, 0
         if self.signals in ready:
             try:
-                info = os.read(self.signals, _SIGNALFD_INFO.size)
+                signo, _errno, code = _SIGNALFD_INFO.unpack_from(os.read(self.signals, _SIGNALFD_INFO.size))
+                return signo, code
             except BlockingIOError:  # taken by a sigtimedwait elsewhere in this process
-                return None
-            signo, _errno, code = _SIGNALFD_INFO.unpack_from(info)
-            return signo, code
-        return None
+                pass
+        return (INIT_EXIT_SIGNAL, 0) if self.pidfd in ready else None
 
     def close(self) -> None:
         os.close(self.signals)

@@ -43,9 +43,6 @@ enum init_stage { INIT_STAGES(INIT_STAGE_ENUM) INIT_STAGE_COUNT };
     X(TAG_NO_EXEC, 'x')    /* u32 exit status, then the bytes init prints: CMD cannot be run */         \
     X(TAG_END, 'z')        /* empty: the last record; a plan without it was cut short */
 
-#define INIT_MAX_MOUNTS 64
-#define INIT_MAX_RULES 256
-
 struct init_mount {
     uint64_t flags;
     const char *source, *target, *fstype, *data;  /* NULL for "" except target */

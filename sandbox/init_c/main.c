@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -84,7 +85,7 @@ static pid_t fork_agent(struct init_plan *plan)
     struct spawn_plan *agent = &plan->agent;
     int err = build_ruleset(plan, &agent->ruleset);
     if (err)
-        fail("landlock", err, -1, NULL);
+        fail("landlock", err, -1, "ruleset");
     char *path = NULL;
     if (!agent->skip_exec) {
         path = plan->search ? find_program(plan->argv[0], plan->search, agent->cwd) : strdup(plan->argv[0]);
@@ -168,6 +169,11 @@ int main(void)
     sigfillset(&all);
     /* Every signal stays blocked (the launcher starts us so already): waited for, never handled. */
     sigprocmask(SIG_BLOCK, &all, NULL);
+    /* Again: the execve that started us clears it when it raised our capabilities (a launcher
+     * whose permitted set was below its bounding set). A launcher already dead by now is seen by
+     * await_release, as end-of-file. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0)
+        fail(init_stage_names[INIT_DIE_WITH_LAUNCHER], errno, -1, NULL);
     signal(SIGCHLD, SIG_DFL);  /* an ignored SIGCHLD would reap the agent before we could */
     const char *why = read_plan(INIT_PLAN_FD, &plan);
     close(INIT_PLAN_FD);

@@ -48,6 +48,17 @@ static const char *whole_string(struct cursor *c)
     return s;
 }
 
+/* A new zeroed slot at the end of ``*array`` (``*count`` items of ``size`` bytes), or NULL. */
+static void *append(void *array, int *count, size_t size)
+{
+    char *grown = realloc(*(void **)array, size * ((size_t)*count + 1));
+    if (!grown)
+        return NULL;
+    *(void **)array = grown;
+    memset(grown + size * (size_t)*count, 0, size);
+    return grown + size * (size_t)(*count)++;
+}
+
 static int add(char ***list, int *count, char *item)
 {
     char **grown = realloc(*list, sizeof(char *) * ((size_t)*count + 2));
@@ -66,9 +77,9 @@ static const char *read_record(struct init_plan *plan, unsigned char tag, struct
     case 'h': plan->hostname = whole_string(c); break;
     case 'l': plan->loopback = 1; break;
     case 'm': {
-        if (plan->mount_count == INIT_MAX_MOUNTS)
-            return "too many mounts";
-        struct init_mount *m = &plan->mounts[plan->mount_count++];
+        struct init_mount *m = append(&plan->mounts, &plan->mount_count, sizeof(*m));
+        if (!m)
+            return "out of memory";
         m->flags = take_u64(c, 8);
         m->source = take_string(c, 1);
         m->target = take_string(c, 0);
@@ -84,18 +95,22 @@ static const char *read_record(struct init_plan *plan, unsigned char tag, struct
         plan->file_rights = take_u64(c, 8);
         plan->attr_size = (uint32_t)take_u64(c, 4);
         break;
-    case 'p':
-        if (plan->path_rule_count == INIT_MAX_RULES)
-            return "too many Landlock path rules";
-        plan->path_rules[plan->path_rule_count].rights = take_u64(c, 8);
-        plan->path_rules[plan->path_rule_count++].path = whole_string(c);
+    case 'p': {
+        struct path_rule *rule = append(&plan->path_rules, &plan->path_rule_count, sizeof(*rule));
+        if (!rule)
+            return "out of memory";
+        rule->rights = take_u64(c, 8);
+        rule->path = whole_string(c);
         break;
-    case 'n':
-        if (plan->port_rule_count == INIT_MAX_RULES)
-            return "too many Landlock port rules";
-        plan->port_rules[plan->port_rule_count].rights = take_u64(c, 8);
-        plan->port_rules[plan->port_rule_count++].port = take_u64(c, 8);
+    }
+    case 'n': {
+        struct port_rule *port = append(&plan->port_rules, &plan->port_rule_count, sizeof(*port));
+        if (!port)
+            return "out of memory";
+        port->rights = take_u64(c, 8);
+        port->port = take_u64(c, 8);
         break;
+    }
     case 'c': agent->cwd = whole_string(c); break;
     case 'L':
         if (agent->rlimit_count == SPAWN_MAX_RLIMITS)
@@ -107,7 +122,10 @@ static const char *read_record(struct init_plan *plan, unsigned char tag, struct
         if ((c->end - c->at) % sizeof(struct sock_filter) || (c->end - c->at) / sizeof(struct sock_filter) > 0xffff)
             return "the filter is not whole BPF instructions";
         agent->filter.len = (unsigned short)((c->end - c->at) / sizeof(struct sock_filter));
-        agent->filter.filter = (struct sock_filter *)c->at;  /* the buffer is malloc'd: aligned */
+        /* a copy of its own: inside the plan the instructions need not be aligned */
+        if (!(agent->filter.filter = malloc((size_t)(c->end - c->at) + 1)))
+            return "out of memory";
+        memcpy(agent->filter.filter, c->at, (size_t)(c->end - c->at));
         c->at = c->end;
         break;
     case 'f': agent->seccomp_flags = (unsigned int)take_u64(c, 4); break;

@@ -13,13 +13,13 @@ struct init_plan {
     int loopback;
     int complete;                /* the end record was read */
     int mount_count;
-    struct init_mount mounts[INIT_MAX_MOUNTS];
+    struct init_mount *mounts;    /* each list as long as the plan makes it */
     int has_ruleset;             /* the Landlock floor, built here: paths name this mount namespace */
     uint64_t fs_handled, net_handled, scoped, file_rights;
     uint32_t attr_size;
     int path_rule_count, port_rule_count;
-    struct path_rule path_rules[INIT_MAX_RULES];
-    struct port_rule port_rules[INIT_MAX_RULES];
+    struct path_rule *path_rules;
+    struct port_rule *port_rules;
     const char *search;          /* PATH for argv[0] without a '/', or NULL */
     const char *no_exec_message; /* CMD cannot be run: print this, exit with agent.exit_status */
     size_t no_exec_len;

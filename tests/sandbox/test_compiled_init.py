@@ -249,3 +249,129 @@ def test_a_plan_cut_between_records_says_so(plan_cuts):
     size, ends, results = plan_cuts
     assert [results[length][1] for length in ends if length < size] == [
         "initfail\0clone_init\0" "0\0-1\0a plan cut short"] * 4  # after each of two arguments and two variables
+
+
+# ---- review findings: each failed before its fix ------------------------------------------------
+
+def test_many_binds_and_landlock_rules_fit(init_kind, tmp_path, capfd):
+    """40 bind mounts (80 mount calls) and 300 Landlock path rules are set up, as the Python init does."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "seen").write_text("here\n")
+    targets = []
+    for index in range(40):
+        target = tmp_path / f"target{index}"
+        target.mkdir()
+        targets.append((str(source), str(target)))
+    paths = {str(tmp_path / f"target{index % 40}" / f"rule{index}"): ll.FS_READ_FILE for index in range(300)}
+    floor = landlock.Plan(ll.abi_version(), fs_handled=ll.FS_READ_FILE | ll.FS_READ_DIR | ll.FS_EXECUTE,
+                          paths={"/": ll.FS_READ_FILE | ll.FS_READ_DIR | ll.FS_EXECUTE, **paths})
+    assert run(["cat", str(tmp_path / "target39" / "seen")], binds=targets, landlock=floor) == 0
+    assert capfd.readouterr().out == "here\n"
+
+
+def test_a_ruleset_that_cannot_be_built_is_worded_the_same(init_kind, tmp_path):
+    """A Landlock rule on a symlink loop fails stage landlock with the errno alone, from both inits."""
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    floor = landlock.Plan(ll.abi_version(), fs_handled=ll.FS_READ_FILE, paths={str(tmp_path / "a"): ll.FS_READ_FILE})
+    with pytest.raises(SandboxError) as caught:
+        run(["/bin/true"], landlock=floor)
+    assert (caught.value.stage, caught.value.message) == ("landlock", "Too many levels of symbolic links")
+
+
+def test_a_nul_in_the_hostname_fails_stage_hostname(init_kind):
+    """A hostname with a NUL byte is refused at stage hostname by both inits, never cut short."""
+    with pytest.raises(SandboxError) as caught:
+        run(["/bin/true"], hostname="a\0b")
+    assert caught.value.stage == "hostname"
+
+
+def test_an_ignored_sigchld_still_gives_the_agents_status(init_kind):
+    """With SIGCHLD ignored by the caller, the run still returns the agent's status, and the ignore is restored."""
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        assert run(["sh", "-c", "exit 5"]) == 5
+        assert signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def test_a_failed_plan_leaks_no_descriptor(tmp_path):
+    """A plan refused in the launcher (a file to show at a path that does not exist) closes the socket pair."""
+    assert init_spawn.available()
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(SandboxError) as caught:
+        run(["/bin/true"], files={str(tmp_path / "missing"): b"x"})
+    assert caught.value.stage == "mounts"
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_signal_pending_at_inits_end_is_taken_first():
+    """When init has ended and a forwarded signal is pending too, the watch returns the signal first."""
+    from sandbox import launch as launching
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, launching._BLOCKED)
+    try:
+        child = os.fork()
+        if child == 0:
+            os._exit(7)
+        while not os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT):
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+        watch = launching._InitWatch(child)
+        try:
+            assert watch.wait(1.0) == (signal.SIGINT, 0)  # SI_USER: kill() from a process
+            assert watch.wait(1.0) == (launching.INIT_EXIT_SIGNAL, 0)
+        finally:
+            watch.close()
+        assert signal.SIGINT not in signal.sigpending()
+        os.waitpid(child, 0)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+DROP_LEASE = """
+import ctypes, os, sys
+sys.path.insert(0, sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+header, data = Header(0x20080522, 0), (Data * 2)()
+assert libc.capget(ctypes.byref(header), data) == 0
+data[0].effective &= ~(1 << 28)  # CAP_LEASE: below the bounding set, which keeps it
+data[0].permitted &= ~(1 << 28)
+assert libc.capset(ctypes.byref(header), data) == 0
+from sandbox.launch import launch
+from sandbox.spec import SandboxSpec
+launch(SandboxSpec(argv=["sleep", "30"], seccomp=False), decide=None)
+"""
+
+
+def test_init_dies_with_a_launcher_whose_capabilities_its_execve_raised():
+    """A launcher below its bounding set (init's execve regains capabilities and clears the death
+    signal) killed with SIGKILL still takes init and the agent along."""
+    assert init_spawn.available()
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    launcher = subprocess.Popen([sys.executable, "-c", DROP_LEASE, root])
+    tree = []
+    try:
+        deadline = time.monotonic() + 10
+        while not [child for child in psutil.Process(launcher.pid).children(recursive=True)
+                   if child.name() == "sleep"]:
+            assert time.monotonic() < deadline, "the agent never started"
+            time.sleep(0.02)
+        tree = psutil.Process(launcher.pid).children(recursive=True)
+        assert [process.cmdline() for process in tree] == [["faramesh-sandbox-init"], ["sleep", "30"]]
+        launcher.kill()
+        launcher.wait()
+        assert psutil.wait_procs(tree, timeout=5)[1] == []  # nothing left alive
+    finally:
+        launcher.kill()
+        launcher.wait()
+        for process in tree:  # when the assertion above failed
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
