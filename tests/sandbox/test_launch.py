@@ -166,7 +166,7 @@ def _context_switches_of_this_thread() -> int:
 
 def test_the_launcher_sleeps_through_the_agents_exec_stops():
     """Every exec decision stops the agent under ptrace, and each stop sends the tracer's process
-    SIGCHLD; the launcher waits for init's own exit signal, so 200 execs do not wake it 200 times."""
+    SIGCHLD; the launcher waits on init's pidfd and a signalfd, so 200 execs do not wake it 200 times."""
     before = _context_switches_of_this_thread()
     assert run(["bash", "-c", "for i in $(seq 200); do /bin/true; done"]) == 0
     assert _context_switches_of_this_thread() - before < 100  # about 15 here; 220 when SIGCHLD woke it
