@@ -150,6 +150,7 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
         os.close(err_fd)
     supervisor = None
     serving = None
+    failures: list[BaseException] = []
     # As launch(): SIGCHLD blocked in the supervisor's threads (an exec stop wakes the compiled
     # receiver through a signalfd), never in the agent.
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -157,7 +158,7 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
         supervisor = Supervisor(listener, decide, session_id="test", audit=audit_sink or audit.append, approve=approve,
                                 approve_timeout=approve_timeout, cgroup_dir=cgroup, decision_keys=decision_keys,
                                 fast_repeats=decision_keys is not None, credentials_watched=decision_keys is not None)
-        serving = threading.Thread(target=supervisor.serve, daemon=True)
+        serving = threading.Thread(target=_serve, args=(supervisor, failures), daemon=True)
         serving.start()
     else:
         os.close(listener)
@@ -178,7 +179,16 @@ def run_sandboxed(argv, decide=permit_all, *, trapped=ALL_TRAPPED, kernel_decide
               supervisor.stats if supervisor else collections.Counter())
     out_path.unlink()
     err_path.unlink()
+    if failures:  # the launcher would have killed the sandbox and exited 125: never a silent pass
+        raise AssertionError(f"the supervisor failed: {failures[0]!r}") from failures[0]
     return run
+
+
+def _serve(supervisor, failures: list) -> None:
+    try:
+        supervisor.serve()
+    except BaseException as exc:  # noqa: BLE001 - reported by run_sandboxed in the test's thread
+        failures.append(exc)
 
 
 def in_thread(body):
