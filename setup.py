@@ -17,7 +17,8 @@ SOURCES = ["sandbox/fastpath_c/module.c", "sandbox/fastpath_c/handle.c", "sandbo
            "sandbox/fastpath_c/connect.c", "sandbox/fastpath_c/exec.c",
            "sandbox/fastpath_c/exec_stop.c", "sandbox/fastpath_c/exec_gate.c",
            "sandbox/fastpath_c/exec_stack.c"]
-INIT_SOURCES = ["sandbox/init_c/main.c", "sandbox/init_c/plan.c", "sandbox/init_c/setup.c", "sandbox/spawn_c/child.c"]
+INIT_SOURCES = ["sandbox/init_c/main.c", "sandbox/init_c/plan.c", "sandbox/init_c/setup.c", "sandbox/spawn_c/child.c",
+                "sandbox/spawn_c/stack.c"]
 INIT_PROGRAM = "_init"  # sandbox/_init: sandbox/init_spawn.py runs it
 WARNINGS = ["-Wall", "-Wextra", "-Wno-missing-field-initializers", "-Wno-unused-parameter"]
 
@@ -49,7 +50,7 @@ setup(cmdclass={"build_ext": BuildWithInit},
                              extra_compile_args=["-O2", *WARNINGS]),
                    # The agent's set-up between fork and exec (sandbox/launch.py falls back to Python without it).
                    Extension("sandbox._spawn", ["sandbox/spawn_c/module.c", "sandbox/spawn_c/child.c",
-                                                "sandbox/spawn_c/init_start.c"],
+                                                "sandbox/spawn_c/init_start.c", "sandbox/spawn_c/stack.c"],
                              depends=["sandbox/spawn_c/spawn.h", "sandbox/spawn_c/raw_syscall.h",
                                       "sandbox/init_c/init.h"], optional=True,
                              extra_compile_args=["-O2", *WARNINGS],

@@ -4,12 +4,10 @@
  * sandbox/spawn_c/init_start.c with the launcher's socket, its plan and itself at fixed fds. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -20,7 +18,6 @@
 #define EXIT_SETUP 125
 #define RELEASE "go"
 #define SI_KERNEL_CODE 0x80  /* the terminal sent it to the whole foreground group: the agent has its own */
-#define AGENT_STACK (64 * 1024)
 
 #define STAGE_NAME(id, name) name,
 static const char *const agent_stage_names[STAGE_COUNT] = {SPAWN_STAGES(STAGE_NAME)};
@@ -64,22 +61,6 @@ static void await_release(void)
         _exit(EXIT_SETUP);
 }
 
-/* clone(CLONE_VM|CLONE_VFORK) running child.c: returns once the agent has exec'd or exited. */
-static pid_t clone_agent(struct spawn_plan *agent)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), size = AGENT_STACK + page;
-    char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED)
-        return -1;
-    pid_t pid = -1;
-    if (mprotect(stack, page, PROT_NONE) == 0)  /* a guard page below the stack */
-        pid = clone(spawn_agent_main, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, agent);
-    int saved = errno;
-    munmap(stack, size);
-    errno = saved;
-    return pid;
-}
-
 static pid_t fork_agent(struct init_plan *plan)
 {
     struct spawn_plan *agent = &plan->agent;
@@ -104,7 +85,7 @@ static pid_t fork_agent(struct init_plan *plan)
     agent->path = path;
     agent->argv = plan->argv;
     agent->envp = plan->envp;
-    pid_t pid = clone_agent(agent);
+    pid_t pid = start_agent(agent);
     if (pid < 0)
         fail("fork_agent", errno, -1, "clone");
     if (agent->ruleset >= 0)

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 #include <linux/sched.h>
@@ -16,7 +15,6 @@
 #include "spawn.h"
 #include "../init_c/init.h"
 
-#define STACK_SIZE (64 * 1024)
 #define HIGH_FD 16  /* above every fd init is given, so moving them never overwrites one */
 #ifndef AT_EMPTY_PATH
 #define AT_EMPTY_PATH 0x1000
@@ -109,28 +107,26 @@ static CHILD_CODE int init_start_main(void *arg)
 
 int start_init(struct init_start *start)
 {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), size = STACK_SIZE + page;
-    char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED)
+    struct child_stack stack;
+    if (child_stack_map(&stack) < 0)
         return -1;
     struct clone_args args;
     memset(&args, 0, sizeof(args));
     args.flags = start->namespaces | CLONE_VM | CLONE_VFORK | (start->cgroup >= 0 ? CLONE_INTO_CGROUP : 0);
     args.exit_signal = (uint64_t)start->exit_signal;
-    args.stack = (uint64_t)(uintptr_t)(stack + page);
-    args.stack_size = STACK_SIZE;
+    args.stack = (uint64_t)(uintptr_t)stack.low;
+    args.stack_size = (uint64_t)(stack.top - stack.low);
     args.cgroup = start->cgroup >= 0 ? (uint64_t)start->cgroup : 0;
     long pid = -ENOMEM;
     unsigned long all = ~0UL, old;
     /* Every signal blocked, as for the agent (module.c): no handler of ours may run in the child. */
-    if (mprotect(stack, page, PROT_NONE) == 0 &&
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(all)) == 0) {
+    if (syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(all)) == 0) {
         pid = clone3_calling(&args, init_start_main, start);
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof(old));
     } else {
         pid = -errno;
     }
-    munmap(stack, size);
+    child_stack_unmap(&stack);
     if (pid < 0) {
         errno = (int)-pid;
         return -1;

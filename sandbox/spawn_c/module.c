@@ -4,17 +4,13 @@
 #define _GNU_SOURCE
 #include <Python.h>
 #include <errno.h>
-#include <sched.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "spawn.h"
 #include "../init_c/init.h"
-
-#define STACK_SIZE (64 * 1024)
 
 /* A NULL-terminated array of pointers into a list of bytes objects (kept alive by the caller). */
 static char **byte_strings(PyObject *list, const char *what)
@@ -97,31 +93,6 @@ static int read_signals(PyObject *list, struct spawn_plan *plan)
     return 0;
 }
 
-/* clone with every signal blocked, as posix_spawn does: no handler of ours may run in the child
- * before it has reset them. The mask is set by the raw system call because pthread_sigmask leaves
- * libc's own signals (32 and 33) open. The stack's lowest page is a guard: an overflow faults
- * instead of writing into whatever lies below. Returns the pid, or -1 with errno set. */
-static pid_t start(struct spawn_plan *plan)
-{
-    size_t page = (size_t)sysconf(_SC_PAGESIZE), size = STACK_SIZE + page;
-    char *stack = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-    if (stack == MAP_FAILED)
-        return -1;
-    pid_t pid = -1;
-    unsigned long all = ~0UL, old;
-    if (mprotect(stack, page, PROT_NONE) == 0 &&
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, sizeof(all)) == 0) {
-        pid = clone(spawn_agent_main, stack + size, CLONE_VM | CLONE_VFORK | SIGCHLD, plan);
-        int saved = errno;
-        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, sizeof(old));
-        errno = saved;
-    }
-    int saved = errno;
-    munmap(stack, size);
-    errno = saved;
-    return pid;
-}
-
 PyDoc_STRVAR(spawn_doc,
 "spawn_agent(*, sock, cwd, rlimits, ruleset, program, seccomp_flags, default_signals, path, argv, envp,\n"
 "            exit_status) -> (pid, failed_stage, errno, exec_errno)\n\n"
@@ -179,7 +150,7 @@ static PyObject *spawn_agent(PyObject *self, PyObject *args, PyObject *kwargs)
     plan.argv = argv;
     plan.envp = envp;
     plan.failed_stage = -1;
-    pid_t pid = start(&plan);  /* the GIL stays held: this process has no other thread to run */
+    pid_t pid = start_agent(&plan);  /* the GIL stays held: this process has no other thread to run */
     if (pid < 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto done;

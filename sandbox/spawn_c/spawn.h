@@ -46,6 +46,16 @@ struct spawn_plan {
 /* The child's entry point for clone(): never returns. */
 int spawn_agent_main(void *plan);
 
+/* Starts the agent (clone(CLONE_VM|CLONE_VFORK) running spawn_agent_main, every signal blocked
+ * around it); returns its pid once it has exec'd or exited, or -1 with errno set. */
+int start_agent(struct spawn_plan *plan);
+
+/* A stack for a child that runs in its parent's memory, with a guard page below (stack.c). */
+#define CHILD_STACK_SIZE (64 * 1024)
+struct child_stack { char *map, *low, *top; size_t size; };
+int child_stack_map(struct child_stack *stack);    /* 0, or -1 with errno set */
+void child_stack_unmap(struct child_stack *stack); /* keeps errno */
+
 /* What init_start.c needs to start the sandbox's init; the child writes only the failed_ fields. */
 struct init_start {
     unsigned long long namespaces;  /* CLONE_NEW* flags */
