@@ -145,9 +145,10 @@ def _start_init(run: _Run, sandbox_end: socket.socket) -> int:
             os.close(cgroup_fd)
 
 
-def _thread_count(settle: float = 0.1) -> int:
+def _thread_count(settle: float = 1.0) -> int:
     """Our threads; a joined thread (a previous run's supervisor) may still be leaving the kernel
-    for a moment after join() returned, so an excess is re-counted for up to ``settle`` seconds."""
+    for a moment after join() returned (longer on a loaded machine, where it waits for a CPU), so
+    an excess is re-counted for up to ``settle`` seconds."""
     deadline = time.monotonic() + settle
     while True:
         threads = len(os.listdir("/proc/self/task"))
