@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from launcher import control
+from launcher import cleanup, control
 from tests.faults.conftest import Launch
 
 pytestmark = pytest.mark.kernel
@@ -106,6 +106,19 @@ def _connect_all(path: str, conns: list[socket.socket]) -> None:
     return conns
 
 
+def _kill_run(run, launch) -> None:
+    """SIGKILL the run's process group (its reaper too), then clean up as the next run's sweep would:
+    nothing of the run (its cgroups) stays on the host."""
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    runs = os.path.join(str(launch.runtime), "runs")
+    deadline = time.monotonic() + 5
+    while os.listdir(runs) and time.monotonic() < deadline:  # the reaper's lock goes with it
+        cleanup.sweep(runs)
+        time.sleep(0.05)
+    assert os.listdir(runs) == []
+
+
 def test_flooded_control_socket_keeps_deciding_and_approving(tmp_path):
     """300 idle or garbage-sending connections: the agent's writes go on being decided, a legitimate
     client approves both held writes, and once the flood has closed the run's descriptors and threads
@@ -143,8 +156,7 @@ def test_flooded_control_socket_keeps_deciding_and_approving(tmp_path):
         assert [(held / n).read_text() for n in ("a", "b")] == ["done", "done"]
     finally:
         if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+            _kill_run(run, launch)
         for child in held.iterdir():
             child.unlink()
         held.rmdir()
@@ -203,8 +215,7 @@ def test_control_socket_recovers_after_the_service_runs_out_of_descriptors(tmp_p
         assert replies == [(True, "approved")]
     finally:
         if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+            _kill_run(run, launch)
         for child in held.iterdir():
             child.unlink()
         held.rmdir()

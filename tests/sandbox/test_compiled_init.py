@@ -345,7 +345,7 @@ data[0].permitted &= ~(1 << 28)
 assert libc.capset(ctypes.byref(header), data) == 0
 from sandbox.launch import launch
 from sandbox.spec import SandboxSpec
-launch(SandboxSpec(argv=["sleep", "30"], seccomp=False), decide=None)
+launch(SandboxSpec(argv=["sleep", "30"], seccomp=False, cgroup=False), decide=None)  # no cgroup to leave behind
 """
 
 
