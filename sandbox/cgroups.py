@@ -3,6 +3,7 @@ decisions, and the launcher kills whatever is left in it when the run ends."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -44,8 +45,10 @@ def own_v2_path(proc_cgroup: str | None = None) -> str:
     return "/"
 
 
-def create(session_id: str) -> str:
-    """mkdir a child of our own v2 cgroup (delegation-friendly); raises OSError naming the call."""
+def create(session_id: str, replace_empty: bool = False) -> str:
+    """mkdir a child of our own v2 cgroup (delegation-friendly); raises OSError naming the call.
+    ``replace_empty``: an existing directory of that name with no task and no child is removed
+    first (one a killed process left under a name that is ours now, such as a reused pid)."""
     mount = v2_mount()
     if mount is None:
         raise OSError(2, "no cgroup2 hierarchy in /proc/self/mountinfo")
@@ -54,6 +57,14 @@ def create(session_id: str) -> str:
     try:
         # Safe: a child cgroup with no controllers enabled limits nothing; it only groups the agent.
         os.mkdir(path, 0o755)
+    except FileExistsError:
+        if not replace_empty:
+            raise OSError(errno.EEXIST, f"mkdir({path}): {os.strerror(errno.EEXIST)}") from None
+        try:
+            os.rmdir(path)  # the kernel refuses a cgroup that still has a task or a child
+            os.mkdir(path, 0o755)
+        except OSError as err:
+            raise OSError(err.errno, f"mkdir({path}): {os.strerror(err.errno)}") from None
     except OSError as err:
         raise OSError(err.errno, f"mkdir({path}): {os.strerror(err.errno)}") from None
     return path

@@ -86,7 +86,10 @@ def _create_cgroup(run: _Run) -> None:
     if not run.spec.cgroup:
         return
     try:
-        run.cgroup_dir = cgroups.create(run.spec.session_id or str(os.getpid()))
+        # Named by our pid when no session is given: one left empty by a killed process that had
+        # this pid before us is stale, and replaced.
+        run.cgroup_dir = cgroups.create(run.spec.session_id or str(os.getpid()),
+                                        replace_empty=not run.spec.session_id)
         run.notes.append(f"agent cgroup {run.cgroup_dir}")
     except OSError as err:
         # Degrade, and say so: without the cgroup, exec decisions freeze the agent's tree with

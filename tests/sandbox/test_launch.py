@@ -83,6 +83,35 @@ def test_agent_runs_in_a_fresh_cgroup_that_is_removed(capfd):
     assert not os.path.exists(os.path.join(cgroups.v2_mount(), "faramesh-t-cgroup"))
 
 
+def test_an_empty_cgroup_left_under_our_pid_is_replaced(capfd):
+    """With no session given the cgroup is named by our pid; an empty one a killed process with that
+    pid left behind is replaced (no warning, no ptrace freezer), and removed after the run."""
+    stale = os.path.join(cgroups.v2_mount(), cgroups.own_v2_path().lstrip("/"), f"faramesh-{os.getpid()}")
+    os.mkdir(stale)
+    try:
+        assert run(["cat", "/proc/self/cgroup"]) == 0
+        out, err = capfd.readouterr()
+        assert f"0::/faramesh-{os.getpid()}\n" in out
+        assert err == ""
+        assert not os.path.exists(stale)
+    finally:
+        if os.path.exists(stale):
+            os.rmdir(stale)
+
+
+def test_a_cgroup_of_the_given_session_is_never_replaced(capfd):
+    """A session's cgroup that already exists (another run of that session) is left alone: this run
+    goes on without a cgroup and says so."""
+    taken = os.path.join(cgroups.v2_mount(), cgroups.own_v2_path().lstrip("/"), "faramesh-t-taken")
+    os.mkdir(taken)
+    try:
+        assert run(["/bin/true"], session_id="t-taken") == 0
+        assert "no cgroup for the agent (mkdir(" in capfd.readouterr().err
+        assert os.path.isdir(taken)
+    finally:
+        os.rmdir(taken)
+
+
 def test_agent_never_holds_the_listener(capfd):
     """After exec the agent has only stdin, stdout, stderr (and ls's directory); no seccomp listener."""
     assert run(["sh", "-c", "ls -l /proc/self/fd | grep -c seccomp; ls /proc/self/fd"]) == 0
