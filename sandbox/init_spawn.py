@@ -30,6 +30,9 @@ from sandbox.errors import SandboxError, hint_for
 PROGRAM = Path(__file__).with_name("_init")
 MAGIC = b"faramesh-init-plan-1\0"
 FAILED = b"initfail\0"
+# init's stages in the clone child before its execve (sandbox/spawn_c/init_start.c) -> their calls
+_CLONE_CHILD_CALLS = {"die_with_launcher": "prctl(PR_SET_PDEATHSIG)",
+                      "close_fds": "fcntl(F_DUPFD), dup3 or close_range"}
 
 
 def unavailable_reason() -> str | None:
@@ -85,7 +88,7 @@ def start(run, namespaces: int, cgroup_fd: int | None, exit_signal: int, sock: i
         plan.sources.unlink()
         stages = agent_spawn._spawn.INIT_STAGES
         stage = stages[failed] if 0 <= failed < len(stages) else "clone_init"
-        what = {"die_with_launcher": "prctl(PR_SET_PDEATHSIG)", "close_fds": "close_range"}.get(stage, f"execve({PROGRAM})")
+        what = _CLONE_CHILD_CALLS.get(stage, f"execve({PROGRAM})")
         raise SandboxError(stage, f"{what}: {os.strerror(err)}", hint_for(stage, err))
     return Started(pid, plan)
 
