@@ -16,7 +16,7 @@ from setuptools.errors import BaseError, CCompilerError
 SOURCES = ["sandbox/fastpath_c/module.c", "sandbox/fastpath_c/handle.c", "sandbox/fastpath_c/task.c",
            "sandbox/fastpath_c/connect.c", "sandbox/fastpath_c/exec.c",
            "sandbox/fastpath_c/exec_stop.c", "sandbox/fastpath_c/exec_gate.c",
-           "sandbox/fastpath_c/exec_stack.c"]
+           "sandbox/fastpath_c/exec_stack.c", "sandbox/fastpath_c/cpu_hold.c"]
 INIT_SOURCES = ["sandbox/init_c/main.c", "sandbox/init_c/plan.c", "sandbox/init_c/setup.c", "sandbox/spawn_c/child.c",
                 "sandbox/spawn_c/stack.c"]
 INIT_PROGRAM = "_init"  # sandbox/_init: sandbox/init_spawn.py runs it

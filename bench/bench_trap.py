@@ -10,7 +10,8 @@ Needs root (a cgroup v2 directory for the exec freezer), gcc and strace
 each figure is the median over rounds; ratios are against native in the same run.
 The open loop also runs with the compiled fast path for repeated reads (sandbox/fastpath.py)
 and under `python_floor` (the least a Python supervisor can do per open) to show how much of
-the cost is the mechanism and how much our handling.
+the cost is the mechanism and how much our handling; the "-unheld" rows answer opens without
+holding the agent's thread on the supervisor's CPU (sandbox/fastpath_c/cpu_hold.c).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policy.decision import Decision, Effect  # noqa: E402
-from sandbox import notify, placement, seccomp, traced  # noqa: E402
+from sandbox import fastpath, notify, placement, seccomp, traced  # noqa: E402
 from sandbox._libc import process_vm_readv  # noqa: E402
 from sandbox.seccomp import ALLOW  # noqa: E402
 from tests.sandbox.conftest import CGROUP2_ROOT, run_sandboxed, spawn_filtered  # noqa: E402
@@ -101,6 +102,16 @@ class Cgroup:
 same_cpu = placement.on_one_cpu  # what `run --same-cpu` does, for the duration of one run
 
 
+@contextlib.contextmanager
+def held_cpu(wanted: bool):
+    """The compiled receiver holding the agent's thread on its CPU for ADDFD, or not."""
+    before, fastpath.HOLD_AGENT_CPU = fastpath.HOLD_AGENT_CPU, wanted
+    try:
+        yield
+    finally:
+        fastpath.HOLD_AGENT_CPU = before
+
+
 def python_floor(argv: list[str]) -> bytes:
     """The least a Python supervisor can do per open: only openat trapped, then RECV, one
     process_vm_readv of the path, open it ourselves, ADDFD. No policy, no resolution in the
@@ -152,7 +163,8 @@ def timed(argv: list[str], mode: str, cgroups: Cgroup) -> float:
         # reads answered by the compiled fast path (a policy whose fs/read decision reads only the path).
         decided = {"fs/read": ALLOW, "shell/exec": ALLOW} if mode.endswith("read-exec") else {}
         keys = path_only if "compiled" in mode else None
-        with same_cpu(mode.endswith("same-cpu")):
+        # "-unheld": the agent's thread is not kept on the receiver's CPU for ADDFD (fastpath_c/cpu_hold.c)
+        with same_cpu(mode.endswith("same-cpu")), held_cpu("unheld" not in mode):
             run = run_sandboxed(argv, permit, trapped=TRAPPED, cgroup=cgroups.fresh(), kernel_decided=decided,
                                 decision_keys=keys)
         if run.status != 0:
@@ -362,7 +374,8 @@ def main() -> None:
     options = parser.parse_args()
     modes = ["native", "sandboxed", "sandboxed-same-cpu", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
     # For the open loop only: the compiled fast path, and the floors, which trap openat alone.
-    floor = ["sandboxed-compiled", "sandboxed-compiled-same-cpu", "python-floor", "python-floor-same-cpu"]
+    floor = ["sandboxed-unheld", "sandboxed-compiled", "sandboxed-compiled-unheld", "sandboxed-compiled-same-cpu", "python-floor",
+             "python-floor-same-cpu"]
     cgroups = Cgroup()
     try:
         with tempfile.TemporaryDirectory() as tmp:

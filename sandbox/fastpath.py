@@ -87,6 +87,18 @@ def repeatable(decision_keys, tool: str) -> bool:
     return keys is not None and keys <= REPEATABLE_KEYS[tool]
 
 
+# The agent's thread stays on the receiver's CPU while a file is handed to it (fastpath_c/cpu_hold.c):
+# a same-CPU context switch instead of waking the other, possibly halted, CPU. Off only to measure it.
+HOLD_AGENT_CPU = True
+
+
+def answer_with_fd(listener: int, nid: int, source_fd: int, cloexec: bool, tid: int) -> int:
+    """notify.addfd_send, with the agent's thread ``tid`` held on our CPU for the hand-over."""
+    if _fastpath is None:
+        return notify.addfd_send(listener, nid, source_fd, cloexec)
+    return _fastpath.answer_with_fd(listener, nid, source_fd, cloexec, tid, HOLD_AGENT_CPU)
+
+
 class FastOpens:
     """The compiled receiver and the decisions it repeats; one per supervisor."""
 
@@ -103,7 +115,7 @@ class FastOpens:
             entries=MAX_ENTRIES, ring=MAX_UNRECORDED, nr_connect=_number("connect") if net is not None else -1,
             nr_socket=_number("socket") if net is not None else -1,
             connects=fastpath_net.MAX_CONNECTS, nr_execve=_number("execve") if programs_started else -1,
-            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0)
+            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0, hold_cpu=HOLD_AGENT_CPU)
         self.opens = opens
         self._entries = Entries(MAX_ENTRIES)  # (path, flags, effect) -> (args template, decision)
         self._syscalls = {_number(name): name for name in _OPENS}

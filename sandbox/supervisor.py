@@ -361,7 +361,7 @@ class Supervisor:
             notify.send_value(self.listener, notification.id, result.value)
             return
         try:
-            notify.addfd_send(self.listener, notification.id, result.value, cloexec)
+            fastpath.answer_with_fd(self.listener, notification.id, result.value, cloexec, notification.pid)
         except OSError as err:
             if err.errno != errno.ENOENT:  # e.g. EMFILE in the agent: it gets the error, not the file
                 notify.send_error(self.listener, notification.id, err.errno)

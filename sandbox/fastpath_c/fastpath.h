@@ -10,6 +10,7 @@
 #include <linux/openat2.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -131,6 +132,7 @@ typedef struct {
     int ngroups;
     gid_t groups[MAX_GROUPS];
     int record;
+    int hold_cpu; /* the agent's thread kept on the receiver's CPU for an ADDFD (cpu_hold.c) */
     pthread_mutex_t table_lock, ring_lock, task_lock;
     Slot *slots;
     uint32_t slot_mask, used, max_entries;
@@ -175,6 +177,8 @@ typedef struct {
 } FastPath;
 
 int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started);
+int fp_answer_with_fd(int listener, uint64_t id, int fd, int cloexec, pid_t tid, int hold);
+PyObject *fp_py_answer_with_fd(PyObject *module, PyObject *args);
 int fp_agent_root(FastPath *self, int tid, int *owned);
 int fp_keep_root(FastPath *self, int root);
 void fp_forget_task(FastPath *self, int tid);

@@ -371,7 +371,7 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"listener", "stop_fd", "nr_open", "nr_openat", "arch", "valid_flags",
                                "fsuid", "fsgid", "groups", "caps", "record", "watched", "entries", "ring",
                                "nr_connect", "nr_socket", "connects", "nr_execve", "execs", "programs_started",
-                               NULL};
+                               "hold_cpu", NULL};
     PyObject *groups, *watch;
     if (self->slots) {
         PyErr_SetString(PyExc_RuntimeError, "FastPath is already initialised");
@@ -381,11 +381,11 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
     long long programs_started = 0;
     unsigned long long caps;
     unsigned int fsuid, fsgid;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiIIIIOKpO|IIiiIiIL", keywords, &self->listener,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiIIIIOKpO|IIiiIiILp", keywords, &self->listener,
                                      &self->stop_fd, &self->nr_open, &self->nr_openat, &self->arch,
                                      &self->valid_flags, &fsuid, &fsgid, &groups, &caps, &self->record, &watch,
                                      &entries, &ring, &self->nr_connect, &self->nr_socket, &connects,
-                                     &self->nr_execve, &execs, &programs_started))
+                                     &self->nr_execve, &execs, &programs_started, &self->hold_cpu))
         return -1;
     self->programs_started = programs_started;
     self->fsuid = fsuid, self->fsgid = fsgid, self->caps = caps;
@@ -547,8 +547,14 @@ static PyTypeObject FastPathType = {
     .tp_methods = FastPath_methods,
 };
 
+static PyMethodDef module_functions[] = {
+    {"answer_with_fd", fp_py_answer_with_fd, METH_VARARGS,
+     "Answer a notification with an fd installed in the agent, its thread held on this CPU (cpu_hold.c)."},
+    {NULL, NULL, 0, NULL},
+};
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "sandbox._fastpath",
-                                    "The supervisor's compiled fast path.", -1, NULL};
+                                    "The supervisor's compiled fast path.", -1, module_functions};
 
 PyMODINIT_FUNC PyInit__fastpath(void) {
     if (PyType_Ready(&FastPathType) < 0)
