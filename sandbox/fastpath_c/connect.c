@@ -205,8 +205,11 @@ int fp_socket(FastPath *self, const struct seccomp_notif *n) {
     int sock = socket(domain, kind | (requested & SOCK_NONBLOCK) | SOCK_CLOEXEC, protocol);
     if (sock < 0)
         return MISS; /* e.g. EMFILE here: Python gives the agent the error */
-    if (fp_answer_with_fd(self->listener, n->id, sock, requested & SOCK_CLOEXEC, (pid_t)n->pid, self->hold_cpu) < 0 &&
-        errno != ENOENT)
+    struct seccomp_notif_addfd addfd = {
+        .id = n->id, .flags = SECCOMP_ADDFD_FLAG_SEND, .srcfd = (uint32_t)sock, .newfd = 0,
+        .newfd_flags = requested & SOCK_CLOEXEC ? O_CLOEXEC : 0,
+    };
+    if (ioctl(self->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0 && errno != ENOENT)
         fp_send_error(self->listener, n->id, errno); /* e.g. EMFILE in the agent */
     close(sock);
     self->sockets++;
