@@ -1,6 +1,6 @@
 """Cost of trapped and untrapped syscalls: native vs the supervisor vs strace, in one run.
 
-    python3 bench/bench_trap.py [--rounds 5] [--opens 20000] [--getpids 2000000] [--loop 2000]
+    python3 bench/bench_trap.py [--rounds 5] [--opens 20000] [--getpids 2000000] [--loop 2000] [--opens-only]
     python3 bench/bench_trap.py --stages 5000 [--same-cpu]   # where one trapped open spends its time
     python3 bench/bench_trap.py --exec-stages 2000           # where one verified exec spends its time
     python3 bench/bench_trap.py --exec-floors 5              # the bash loop with parts of the exec path removed
@@ -367,6 +367,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, default=0, metavar="CALLS",
                         help="only time the stages of CALLS trapped opens inside the supervisor")
     parser.add_argument("--same-cpu", action="store_true", help="with --stages: as `run --same-cpu` places them")
+    parser.add_argument("--opens-only", action="store_true", help="only the open+close loop")
     parser.add_argument("--exec-floors", type=int, default=0, metavar="ROUNDS",
                         help="only run the --loop bash loop with the exec path cut short, ROUNDS rounds")
     parser.add_argument("--exec-stages", type=int, default=0, metavar="LOOPS",
@@ -394,6 +395,9 @@ def main() -> None:
             lines = report(f"open+close loop ({options.opens} calls, per call)", "µs/call",
                            measure("open", [loop, str(target), str(options.opens)], modes + floor, options.rounds,
                                    cgroups))
+            if options.opens_only:
+                print("\n".join(lines))
+                return
             lines += report(f"untrapped getpid loop ({options.getpids} calls, per call)", "µs/call",
                             measure("getpid", [loop, "-", str(options.getpids)], modes, options.rounds, cgroups))
             bash = ["/bin/bash", "-c", f"for i in $(seq {options.loop}); do /bin/true; done"]

@@ -26,7 +26,7 @@ from typing import Callable
 
 from policy.decision import Decision, Effect
 from sandbox import _fsflags as ff
-from sandbox import fastpath_exec, fastpath_net, notify, seccomp
+from sandbox import fastpath_exec, fastpath_net, notify, placement, seccomp
 from sandbox._fastpath_entries import Entries
 from sandbox._fscreds import _ours
 from sandbox._libc import syscall_number
@@ -88,15 +88,21 @@ def repeatable(decision_keys, tool: str) -> bool:
 
 
 # The agent's thread stays on the receiver's CPU while a file is handed to it (fastpath_c/cpu_hold.c):
-# a same-CPU context switch instead of waking the other, possibly halted, CPU. Off only to measure it.
-HOLD_AGENT_CPU = True
+# a same-CPU context switch instead of waking the other, possibly halted, CPU. None: unless idle
+# vCPUs poll before halting, where it costs more than it saves (placement.idle_cpus_poll); True or
+# False forces it (benchmarks, tests).
+HOLD_AGENT_CPU: bool | None = None
 
 
-def answer_with_fd(listener: int, nid: int, source_fd: int, cloexec: bool, tid: int) -> int:
-    """notify.addfd_send, with the agent's thread ``tid`` held on our CPU for the hand-over."""
+def hold_agent_cpu() -> bool:
+    return HOLD_AGENT_CPU if HOLD_AGENT_CPU is not None else not placement.idle_cpus_poll()
+
+
+def answer_with_fd(listener: int, nid: int, source_fd: int, cloexec: bool, tid: int, hold: bool) -> int:
+    """notify.addfd_send, with the agent's thread ``tid`` held on our CPU for the hand-over when ``hold``."""
     if _fastpath is None:
         return notify.addfd_send(listener, nid, source_fd, cloexec)
-    return _fastpath.answer_with_fd(listener, nid, source_fd, cloexec, tid, HOLD_AGENT_CPU)
+    return _fastpath.answer_with_fd(listener, nid, source_fd, cloexec, tid, hold)
 
 
 class FastOpens:
@@ -115,7 +121,7 @@ class FastOpens:
             entries=MAX_ENTRIES, ring=MAX_UNRECORDED, nr_connect=_number("connect") if net is not None else -1,
             nr_socket=_number("socket") if net is not None else -1,
             connects=fastpath_net.MAX_CONNECTS, nr_execve=_number("execve") if programs_started else -1,
-            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0, hold_cpu=HOLD_AGENT_CPU)
+            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0, hold_cpu=hold_agent_cpu())
         self.opens = opens
         self._entries = Entries(MAX_ENTRIES)  # (path, flags, effect) -> (args template, decision)
         self._syscalls = {_number(name): name for name in _OPENS}

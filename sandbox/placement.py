@@ -14,6 +14,31 @@ import contextlib
 import os
 
 
+CPUIDLE_DRIVER = "/sys/devices/system/cpu/cpuidle/current_driver"
+HALT_POLL_NS = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def idle_cpu_state() -> tuple[str, str]:
+    """(cpuidle driver or "none", guest_halt_poll_ns or "") as sysfs reports them."""
+    return _read(CPUIDLE_DRIVER) or "none", _read(HALT_POLL_NS)
+
+
+def idle_cpus_poll() -> bool:
+    """Whether an idle vCPU polls before it halts (the haltpoll cpuidle driver with a non-zero
+    guest_halt_poll_ns): then waking a task on it is cheap, and holding the agent's thread on
+    the supervisor's CPU for a hand-over costs more than it saves (docs/benchmarks.md)."""
+    driver, poll_ns = idle_cpu_state()
+    return driver == "haltpoll" and poll_ns.isdigit() and int(poll_ns) > 0
+
+
 def current_cpu() -> int:
     """The CPU the calling thread runs on (field 39 of /proc/thread-self/stat)."""
     with open("/proc/thread-self/stat", "rb") as f:

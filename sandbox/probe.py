@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import pyseccomp
 
-from sandbox import _libc, _libc_ns, cgroups, notify
+from sandbox import _libc, _libc_ns, cgroups, notify, placement
 
 OK, MISSING, LIMITED = "ok", "missing", "limited"
 NOBODY = 65534
@@ -265,23 +265,19 @@ def sysctl_checks() -> list[Check]:
 
 # ---- idle CPUs ------------------------------------------------------------------------------
 
-CPUIDLE_DRIVER = "/sys/devices/system/cpu/cpuidle/current_driver"
-HALT_POLL_NS = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
-
-
 def idle_wakeup_check() -> Check:
     """Whether an idle vCPU halts at once: then every hand-over that wakes a task on another,
     idle CPU waits for the host to run that vCPU again (docs/benchmarks.md "Holding the agent's
     thread"). A cost, not a missing feature: nothing is refused."""
-    driver = _read(CPUIDLE_DRIVER).strip() or "none"
-    poll_ns = _read(HALT_POLL_NS).strip()
+    driver, poll_ns = placement.idle_cpu_state()
     if driver == "haltpoll" and poll_ns == "0":
         return Check("idle CPU wake-up", LIMITED, "cpuidle driver haltpoll with guest_halt_poll_ns=0: idle vCPUs "
                      "halt at once", "cheap wake-ups across CPUs: waking a task on another, idle vCPU costs tens "
                      "of µs; files handed to the agent hold its thread on the supervisor's CPU, execs still pay "
                      "it (about 0.2 ms each); run --same-cpu avoids it, as does halt polling on the guest")
     detail = f"cpuidle driver {driver}" + (f", guest_halt_poll_ns={poll_ns}" if poll_ns else "")
-    return Check("idle CPU wake-up", OK, detail, "nothing")
+    held = "not held (idle vCPUs poll first)" if placement.idle_cpus_poll() else "held on the supervisor's CPU"
+    return Check("idle CPU wake-up", OK, f"{detail}; files handed to the agent: its thread {held}", "nothing")
 
 
 def run_all() -> list[Check]:

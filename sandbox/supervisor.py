@@ -94,6 +94,7 @@ class Supervisor:
         if self.fast is not None and self.fast.execs is not None:  # shared with the compiled receiver
             self._exec_lock, self._gate = self.fast.execs.lock, self.fast.execs.gate
         self._credential_calls = seccomp.credential_numbers() if credentials_watched else frozenset()
+        self._hold_cpu = fastpath.hold_agent_cpu()  # for files handed to the agent (fastpath_c/cpu_hold.c)
         self._fast_records_lock = threading.Lock()
         self._receiver: threading.Thread | None = None  # the one thread that receives
         self._busy: dict[threading.Thread, float] = {}  # handler thread -> when it started
@@ -361,7 +362,8 @@ class Supervisor:
             notify.send_value(self.listener, notification.id, result.value)
             return
         try:
-            fastpath.answer_with_fd(self.listener, notification.id, result.value, cloexec, notification.pid)
+            fastpath.answer_with_fd(self.listener, notification.id, result.value, cloexec, notification.pid,
+                                    self._hold_cpu)
         except OSError as err:
             if err.errno != errno.ENOENT:  # e.g. EMFILE in the agent: it gets the error, not the file
                 notify.send_error(self.listener, notification.id, err.errno)
