@@ -127,9 +127,3 @@ def no_new_privs() -> bool:
 def pidfd_getfd(pidfd: int, target_fd: int) -> int:
     """Duplicate ``target_fd`` of the process behind ``pidfd`` into this process."""
     return syscall("pidfd_getfd", pidfd, target_fd, 0)
-
-
-def signalfd(signals) -> int:
-    """A non-blocking, close-on-exec signalfd for ``signals``, which must stay blocked to reach it."""
-    mask = ctypes.c_uint64(sum(1 << (int(signum) - 1) for signum in signals))
-    return syscall("signalfd4", -1, ctypes.byref(mask), ctypes.sizeof(mask), os.O_CLOEXEC | os.O_NONBLOCK)

@@ -22,7 +22,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
@@ -540,44 +539,49 @@ def _join_new_threads(before: set[threading.Thread]) -> None:
 
 
 class _InitWatch:
-    """What the launcher's main thread waits for: a forwarded signal (a signalfd) or init's end (its
-    pidfd). A compiled init's exit signal is SIGCHLD again after its execve (the kernel resets it),
-    and SIGCHLD also comes for every ptrace stop of an agent task, so no SIGCHLD is waited for."""
+    """What the launcher's main thread waits for: a forwarded signal or init's end, with
+    sigtimedwait, so no other signal wakes it. A Python init ends with INIT_EXIT_SIGNAL (its exit
+    signal). A compiled init's exit signal is SIGCHLD again after its execve (the kernel resets it),
+    and SIGCHLD also comes for every ptrace stop of an agent task; so a thread waits on its pidfd
+    and sends INIT_EXIT_SIGNAL to the process instead, as a Python init's end does (a pending
+    forwarded signal, with a lower number, is then still taken first). A signalfd would not do:
+    every signal the process gets wakes every signalfd waiter, and the compiled receiver takes each
+    exec stop's SIGCHLD, so each stop would wake the main thread, on the other CPU."""
 
-    def __init__(self, init_pid: int):
-        self.signals = _libc.signalfd(FORWARDED)
-        try:
-            self.pidfd = os.pidfd_open(init_pid)
-        except BaseException:
-            os.close(self.signals)
-            raise
-        self.poll = select.poll()
-        for fd in (self.signals, self.pidfd):
-            self.poll.register(fd, select.POLLIN)
+    def __init__(self, init_pid: int, compiled: bool):
+        self.thread: threading.Thread | None = None
+        if not compiled:
+            return
+        self.pidfd = os.pidfd_open(init_pid)
+        self.stop_read, self.stop_write = os.pipe2(os.O_CLOEXEC)
+        self.thread = threading.Thread(target=self._tell_end, name="faramesh-init-end", daemon=True)
+        self.thread.start()
+
+    def _tell_end(self) -> None:
+        poll = select.poll()
+        for fd in (self.pidfd, self.stop_read):
+            poll.register(fd, select.POLLIN)
+        if self.pidfd in {fd for fd, _events in poll.poll()}:
+            os.kill(os.getpid(), INIT_EXIT_SIGNAL)  # blocked everywhere but in the main thread's wait
 
     def wait(self, timeout: float | None) -> tuple[int, int] | None:
-        """(signal, si_code) of a forwarded signal, else (INIT_EXIT_SIGNAL, 0) once init has ended,
-        or None after ``timeout`` seconds. Signals first, as sigtimedwait gave them before init's
-        end: none may stay pending for the caller once the launcher's mask is given back."""
-        ready = {fd for fd, _events in self.poll.poll(None if timeout is None else timeout * 1000)}
-        if self.signals in ready:
-            try:
-                signo, _errno, code = _SIGNALFD_INFO.unpack_from(os.read(self.signals, _SIGNALFD_INFO.size))
-                return signo, code
-            except BlockingIOError:  # taken by a sigtimedwait elsewhere in this process
-                pass
-        return (INIT_EXIT_SIGNAL, 0) if self.pidfd in ready else None
+        """(signal, si_code) of a forwarded signal or (INIT_EXIT_SIGNAL, 0), or None after ``timeout``."""
+        info = signal.sigtimedwait(_LAUNCHER_WAITED, timeout)
+        return None if info is None else (info.si_signo, info.si_code)
 
     def close(self) -> None:
-        os.close(self.signals)
-        os.close(self.pidfd)
-
-
-_SIGNALFD_INFO = struct.Struct("<Iii116x")  # struct signalfd_siginfo: signo, errno, code, ...
+        """Stops and joins the thread: nothing is sent once this returns (launch() then takes a
+        pending INIT_EXIT_SIGNAL before it gives the mask back)."""
+        if self.thread is None:
+            return
+        os.write(self.stop_write, b"x")
+        self.thread.join()
+        for fd in (self.pidfd, self.stop_read, self.stop_write):
+            os.close(fd)
 
 
 def _wait_init(run: _Run, serving: _Serving | None) -> int:
-    watch = _InitWatch(run.init_pid)
+    watch = _InitWatch(run.init_pid, run.compiled_init is not None)
     try:
         return _wait_init_with(run, serving, watch)
     finally:

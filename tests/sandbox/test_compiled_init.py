@@ -318,7 +318,7 @@ def test_a_signal_pending_at_inits_end_is_taken_first():
         while not os.waitid(os.P_PID, child, os.WEXITED | os.WNOHANG | os.WNOWAIT):
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGINT)
-        watch = launching._InitWatch(child)
+        watch = launching._InitWatch(child, compiled=True)
         try:
             assert watch.wait(1.0) == (signal.SIGINT, 0)  # SI_USER: kill() from a process
             assert watch.wait(1.0) == (launching.INIT_EXIT_SIGNAL, 0)
