@@ -121,7 +121,7 @@ class FastOpens:
             entries=MAX_ENTRIES, ring=MAX_UNRECORDED, nr_connect=_number("connect") if net is not None else -1,
             nr_socket=_number("socket") if net is not None else -1,
             connects=fastpath_net.MAX_CONNECTS, nr_execve=_number("execve") if programs_started else -1,
-            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0, hold_cpu=hold_agent_cpu())
+            execs=fastpath_exec.MAX_EXECS, programs_started=programs_started or 0)
         self.opens = opens
         self._entries = Entries(MAX_ENTRIES)  # (path, flags, effect) -> (args template, decision)
         self._syscalls = {_number(name): name for name in _OPENS}

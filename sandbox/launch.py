@@ -476,8 +476,10 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         os.dup2(listener, reserved, inheritable=False)
         os.close(listener)
         serving = _Serving(sup, before)
-        status = _wait_init(run, serving)
-        serving.finish()
+        try:
+            status = _wait_init(run, serving)
+        finally:
+            serving.finish()  # its threads end and are joined however the wait ended
     finally:
         os.close(reserved)  # the agent's trapped calls now fail (ENOSYS): nothing runs unsupervised
     if serving.error is not None:
@@ -539,45 +541,64 @@ def _join_new_threads(before: set[threading.Thread]) -> None:
 
 
 class _InitWatch:
-    """What the launcher's main thread waits for: a forwarded signal or init's end, with
+    """What the launcher's waiting thread waits for: a forwarded signal or init's end, with
     sigtimedwait, so no other signal wakes it. A Python init ends with INIT_EXIT_SIGNAL (its exit
     signal). A compiled init's exit signal is SIGCHLD again after its execve (the kernel resets it),
     and SIGCHLD also comes for every ptrace stop of an agent task; so a thread waits on its pidfd
-    and sends INIT_EXIT_SIGNAL to the process instead, as a Python init's end does (a pending
-    forwarded signal, with a lower number, is then still taken first). A signalfd would not do:
-    every signal the process gets wakes every signalfd waiter, and the compiled receiver takes each
-    exec stop's SIGCHLD, so each stop would wake the main thread, on the other CPU."""
+    and sends INIT_EXIT_SIGNAL to the waiting thread alone (any other thread of an embedding
+    program may leave it unblocked, and its default action ends the process). A signalfd would not
+    do: every signal the process gets wakes every signalfd waiter, and the compiled receiver takes
+    each exec stop's SIGCHLD, so each stop would wake the waiting thread, on the other CPU. Should
+    the thread not start, the waiting thread's periodic look (every 0.25 s) still sees the end."""
 
     def __init__(self, init_pid: int, compiled: bool):
         self.thread: threading.Thread | None = None
+        self.fds: list[int] = []
+        self.ended = False  # init's end was taken: forwarded signals still pending come first
         if not compiled:
             return
-        self.pidfd = os.pidfd_open(init_pid)
-        self.stop_read, self.stop_write = os.pipe2(os.O_CLOEXEC)
-        self.thread = threading.Thread(target=self._tell_end, name="faramesh-init-end", daemon=True)
-        self.thread.start()
+        try:
+            self.fds.append(os.pidfd_open(init_pid))
+            self.fds.extend(os.pipe2(os.O_CLOEXEC))
+            self.thread = threading.Thread(target=self._tell_end, args=(threading.get_ident(),),
+                                           name="faramesh-init-end", daemon=True)
+            self.thread.start()
+        except (OSError, RuntimeError):  # out of fds or threads: the periodic look remains
+            self.thread = None
+            self._close_fds()
 
-    def _tell_end(self) -> None:
+    def _tell_end(self, waiter: int) -> None:
+        pidfd, stop_read, _stop_write = self.fds
         poll = select.poll()
-        for fd in (self.pidfd, self.stop_read):
+        for fd in (pidfd, stop_read):
             poll.register(fd, select.POLLIN)
-        if self.pidfd in {fd for fd, _events in poll.poll()}:
-            os.kill(os.getpid(), INIT_EXIT_SIGNAL)  # blocked everywhere but in the main thread's wait
+        if pidfd in {fd for fd, _events in poll.poll()}:
+            signal.pthread_kill(waiter, INIT_EXIT_SIGNAL)
 
     def wait(self, timeout: float | None) -> tuple[int, int] | None:
-        """(signal, si_code) of a forwarded signal or (INIT_EXIT_SIGNAL, 0), or None after ``timeout``."""
-        info = signal.sigtimedwait(_LAUNCHER_WAITED, timeout)
-        return None if info is None else (info.si_signo, info.si_code)
+        """(signal, si_code) of a forwarded signal or (INIT_EXIT_SIGNAL, 0), or None after
+        ``timeout``. Forwarded signals first: the kernel hands out a signal sent to this thread
+        before one sent to the process, and none may stay pending for the caller."""
+        if not self.ended:
+            info = signal.sigtimedwait(_LAUNCHER_WAITED, timeout)
+            if info is None or info.si_signo != INIT_EXIT_SIGNAL:
+                return None if info is None else (info.si_signo, info.si_code)
+            self.ended = True
+        forwarded = signal.sigtimedwait(FORWARDED, 0)
+        return (INIT_EXIT_SIGNAL, 0) if forwarded is None else (forwarded.si_signo, forwarded.si_code)
 
     def close(self) -> None:
         """Stops and joins the thread: nothing is sent once this returns (launch() then takes a
         pending INIT_EXIT_SIGNAL before it gives the mask back)."""
-        if self.thread is None:
-            return
-        os.write(self.stop_write, b"x")
-        self.thread.join()
-        for fd in (self.pidfd, self.stop_read, self.stop_write):
+        if self.thread is not None:
+            os.write(self.fds[2], b"x")
+            self.thread.join()
+        self._close_fds()
+
+    def _close_fds(self) -> None:
+        for fd in self.fds:
             os.close(fd)
+        self.fds = []
 
 
 def _wait_init(run: _Run, serving: _Serving | None) -> int:

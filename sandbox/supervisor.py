@@ -94,7 +94,7 @@ class Supervisor:
         if self.fast is not None and self.fast.execs is not None:  # shared with the compiled receiver
             self._exec_lock, self._gate = self.fast.execs.lock, self.fast.execs.gate
         self._credential_calls = seccomp.credential_numbers() if credentials_watched else frozenset()
-        self._hold_cpu = fastpath.hold_agent_cpu()  # for files handed to the agent (fastpath_c/cpu_hold.c)
+        self._hold_cpu = False  # files handed to the agent hold its thread (fastpath_c/cpu_hold.c): set by serve()
         self._fast_records_lock = threading.Lock()
         self._receiver: threading.Thread | None = None  # the one thread that receives
         self._busy: dict[threading.Thread, float] = {}  # handler thread -> when it started
@@ -112,6 +112,10 @@ class Supervisor:
         """Answer notifications until the last filtered task exits (or stop())."""
         self.sync_wakeup = notify.set_sync_wakeup(self.listener)
         self.stats["sync_wakeup"] = int(self.sync_wakeup)
+        # Without a sync answer the held thread would not wake on our CPU either: no hold then.
+        self._hold_cpu = self.sync_wakeup and fastpath.hold_agent_cpu()
+        if self.fast is not None:
+            self.fast.native.hold_cpu(self._hold_cpu)
         with self._count_lock:
             self._new_receiver()
         threading.Thread(target=self._watchdog, name="supervisor-watchdog", daemon=True).start()
@@ -365,7 +369,7 @@ class Supervisor:
             fastpath.answer_with_fd(self.listener, notification.id, result.value, cloexec, notification.pid,
                                     self._hold_cpu)
         except OSError as err:
-            if err.errno != errno.ENOENT:  # e.g. EMFILE in the agent: it gets the error, not the file
+            if err.errno not in (errno.ENOENT, errno.ESRCH):  # e.g. EMFILE in the agent: it gets the error
                 notify.send_error(self.listener, notification.id, err.errno)
         finally:
             os.close(result.value)

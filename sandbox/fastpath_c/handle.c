@@ -206,7 +206,8 @@ int fp_handle(FastPath *self, const struct seccomp_notif *n, int64_t started) {
         return ANSWERED;
     }
     uint32_t cloexec = (uint32_t)n->data.args[n->data.nr == self->nr_openat ? 2 : 1] & O_CLOEXEC;
-    if (fp_answer_with_fd(self->listener, n->id, fd, cloexec, (pid_t)n->pid, self->hold_cpu) < 0 && errno != ENOENT)
+    if (fp_answer_with_fd(self->listener, n->id, fd, cloexec, (pid_t)n->pid, self->hold_cpu) < 0 && errno != ENOENT &&
+        errno != ESRCH)
         fp_send_error(self->listener, n->id, errno); /* e.g. EMFILE: the agent gets the error */
     close(fd);
     return ANSWERED;

@@ -362,6 +362,14 @@ static PyObject *FastPath_close(FastPath *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *FastPath_hold_cpu(FastPath *self, PyObject *arg) {
+    int hold = PyObject_IsTrue(arg);
+    if (hold < 0)
+        return NULL;
+    self->hold_cpu = hold; /* set before the first receive() */
+    Py_RETURN_NONE;
+}
+
 static PyObject *FastPath_suspend(FastPath *self, PyObject *unused) {
     self->suspended = 1; /* read by the receiver on its next call: plain int, set once */
     Py_RETURN_NONE;
@@ -371,7 +379,7 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"listener", "stop_fd", "nr_open", "nr_openat", "arch", "valid_flags",
                                "fsuid", "fsgid", "groups", "caps", "record", "watched", "entries", "ring",
                                "nr_connect", "nr_socket", "connects", "nr_execve", "execs", "programs_started",
-                               "hold_cpu", NULL};
+                               NULL};
     PyObject *groups, *watch;
     if (self->slots) {
         PyErr_SetString(PyExc_RuntimeError, "FastPath is already initialised");
@@ -381,11 +389,11 @@ static int FastPath_init(FastPath *self, PyObject *args, PyObject *kwargs) {
     long long programs_started = 0;
     unsigned long long caps;
     unsigned int fsuid, fsgid;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiIIIIOKpO|IIiiIiILp", keywords, &self->listener,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiiiIIIIOKpO|IIiiIiIL", keywords, &self->listener,
                                      &self->stop_fd, &self->nr_open, &self->nr_openat, &self->arch,
                                      &self->valid_flags, &fsuid, &fsgid, &groups, &caps, &self->record, &watch,
                                      &entries, &ring, &self->nr_connect, &self->nr_socket, &connects,
-                                     &self->nr_execve, &execs, &programs_started, &self->hold_cpu))
+                                     &self->nr_execve, &execs, &programs_started))
         return -1;
     self->programs_started = programs_started;
     self->fsuid = fsuid, self->fsgid = fsgid, self->caps = caps;
@@ -531,6 +539,8 @@ static PyMethodDef FastPath_methods[] = {
      "The calls answered since the last drain: [(entry, pid, nr, result, wall_ns, latency_ns)]."},
     {"stats", (PyCFunction)FastPath_stats, METH_NOARGS, "Counters, by name."},
     {"close", (PyCFunction)FastPath_close, METH_NOARGS, "Close the fds this object keeps."},
+    {"hold_cpu", (PyCFunction)FastPath_hold_cpu, METH_O,
+     "Whether files handed to the agent hold its thread on the receiver's CPU (cpu_hold.c)."},
     {"suspend", (PyCFunction)FastPath_suspend, METH_NOARGS,
      "From now on answer nothing: every notification goes to Python (the records cannot be written)."},
     {NULL, NULL, 0, NULL},

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import launcher.cli
-from sandbox import _libc, _libc_ns, probe
+from sandbox import _libc, _libc_ns, placement, probe
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def test_json_report_as_root_on_this_kernel():
     assert list(checks) == NAMES
     assert {c["status"] for name, c in checks.items() if name != "idle CPU wake-up"} == {"ok"}
     # A cost rather than a feature: limited where idle vCPUs halt at once, as on the reference VM.
-    halting = (probe._read(probe.CPUIDLE_DRIVER).strip(), probe._read(probe.HALT_POLL_NS).strip()) == ("haltpoll", "0")
+    halting = placement.idle_cpu_state() == ("haltpoll", "0")
     assert checks["idle CPU wake-up"]["status"] == ("limited" if halting else "ok")
     assert checks["Landlock"]["detail"] == "ABI 7"
     assert checks["cgroup v2"]["detail"] == "/sys/fs/cgroup/unified, controllers: hugetlb"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -243,3 +244,16 @@ def test_a_receiver_that_fails_ends_the_sandbox(monkeypatch):
     with pytest.raises(SandboxError, match="the listener broke"):
         run(["sh", "-c", "cat /etc/hostname; cat /etc/hostname; sleep 30"], limits=Limits(timeout=20))
     assert time.monotonic() - started < 10  # not the agent's sleep, nor the timeout
+
+
+def test_without_a_thread_for_inits_end_the_periodic_look_still_sees_it(monkeypatch):
+    """Out of descriptors for init's pidfd: launch() still returns the agent's status."""
+    pidfd_open = os.pidfd_open
+
+    def no_pidfd_for_the_watch(pid, flags=0):
+        if isinstance(sys._getframe(1).f_locals.get("self"), launch_module._InitWatch):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return pidfd_open(pid, flags)
+    monkeypatch.setattr(launch_module.os, "pidfd_open", no_pidfd_for_the_watch)
+    assert run(["sh", "-c", "exit 5"]) == 5
+    assert threading.active_count() == 1
