@@ -375,8 +375,8 @@ def main() -> None:
     options = parser.parse_args()
     modes = ["native", "sandboxed", "sandboxed-same-cpu", "sandboxed-kernel-read-exec", "strace", "strace-seccomp-bpf"]
     # For the open loop only: the compiled fast path, and the floors, which trap openat alone.
-    floor = ["sandboxed-unheld", "sandboxed-compiled", "sandboxed-compiled-unheld", "sandboxed-compiled-same-cpu", "python-floor",
-             "python-floor-same-cpu"]
+    floor = ["sandboxed-unheld", "sandboxed-compiled", "sandboxed-compiled-unheld", "sandboxed-compiled-same-cpu",
+             "python-floor", "python-floor-same-cpu"]
     cgroups = Cgroup()
     try:
         with tempfile.TemporaryDirectory() as tmp:
