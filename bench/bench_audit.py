@@ -8,9 +8,12 @@ directory on the same filesystem as /var/lib, where the default store lives), on
 records/s over the rounds, the p50 and p99 latency of one audit() call over every round, and for
 the store the median number of records per commit (group commit under concurrent writers).
 
-With --opens N (as root), it also runs `faramesh-sandbox run --audit-all` on a loop of N
-read-only opens (each trapped, decided and audited) without a store, with the store, and with the
-store plus --audit, and prints the median time per open the agent measured itself.
+With --opens N (as root), it also runs `faramesh-sandbox run` on a loop of N read-only opens of
+one file, and prints the median time per open the agent measured itself: with --audit-all (each
+open trapped, decided in Python and audited) without a store, with the store, and with the store
+plus --audit; then with --fast-repeats and a policy that decides reads on the path alone (repeats
+answered in compiled code, their records written after the answer, a batch per commit), without
+a store and with each sink. "added" is against the first row of the same kind.
 """
 
 from __future__ import annotations
@@ -95,18 +98,27 @@ OPEN_LOOP = ("import os, sys, time\n"
              "for _ in range(n):\n"
              "    os.close(os.open('/etc/hostname', os.O_RDONLY))\n"
              "print((time.perf_counter() - began) / n * 1e6)\n")
-RUN_CONFIGS = [  # (name, extra run arguments; {dir} is a fresh directory)
-    ("run --no-audit-db", ["--no-audit-db"]),
-    ("run (store)", ["--audit-db", "{dir}/audit.db"]),
-    ("run --audit FILE (store + JSON Lines)", ["--audit-db", "{dir}/audit.db", "--audit", "{dir}/audit.jsonl"]),
+PERMIT_ALL = "agent a {\n  default permit\n}\n"
+# fs/read decided on the path alone: trapped, and repeats may be answered in compiled code
+PATH_RULE = 'agent a {\n  default permit\n  deny fs/read when args.path == "/etc/shadow" reason: "no"\n}\n'
+NO_DB, FAST_NO_DB = "run --audit-all --no-audit-db", "run --fast-repeats --no-audit-db"
+RUN_CONFIGS = [  # (name, extra run arguments ({dir}: a fresh directory), policy, compared with)
+    (NO_DB, ["--audit-all", "--no-audit-db"], PERMIT_ALL, NO_DB),
+    ("run --audit-all (store)", ["--audit-all", "--audit-db", "{dir}/audit.db"], PERMIT_ALL, NO_DB),
+    ("run --audit-all --audit FILE (store + JSON Lines)",
+     ["--audit-all", "--audit-db", "{dir}/audit.db", "--audit", "{dir}/audit.jsonl"], PERMIT_ALL, NO_DB),
+    (FAST_NO_DB, ["--fast-repeats", "--no-audit-db"], PATH_RULE, FAST_NO_DB),
+    ("run --fast-repeats (store)", ["--fast-repeats", "--audit-db", "{dir}/audit.db"], PATH_RULE, FAST_NO_DB),
+    ("run --fast-repeats --audit FILE (store + JSON Lines)",
+     ["--fast-repeats", "--audit-db", "{dir}/audit.db", "--audit", "{dir}/audit.jsonl"], PATH_RULE, FAST_NO_DB),
 ]
 
 
-def open_loop(root: pathlib.Path, extra: list[str], opens: int) -> float:
+def open_loop(root: pathlib.Path, extra: list[str], policy_text: str, opens: int) -> float:
     directory = pathlib.Path(tempfile.mkdtemp(dir=root))
     policy = directory / "p.fpl"
-    policy.write_text("agent a {\n  default permit\n}\n")
-    command = [sys.executable, "-m", "launcher", "run", "--audit-all", "--no-prompt", "--no-sdk-socket",
+    policy.write_text(policy_text)
+    command = [sys.executable, "-m", "launcher", "run", "--no-prompt", "--no-sdk-socket",
                "--policy", str(policy), *[arg.replace("{dir}", str(directory)) for arg in extra],
                "--", sys.executable, "-c", OPEN_LOOP, str(opens)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600,
@@ -119,17 +131,16 @@ def open_loop(root: pathlib.Path, extra: list[str], opens: int) -> float:
 
 
 def run_table(root: pathlib.Path, opens: int, rounds: int) -> None:
-    per_open: dict[str, list[float]] = {name: [] for name, _ in RUN_CONFIGS}
+    per_open: dict[str, list[float]] = {name: [] for name, *_ in RUN_CONFIGS}
     for _ in range(rounds):
-        for name, extra in RUN_CONFIGS:
-            per_open[name].append(open_loop(root, extra, opens))
-    reference = statistics.median(per_open[RUN_CONFIGS[0][0]])
-    print(f"\n{opens} trapped read-only opens in `faramesh-sandbox run --audit-all`, median of {rounds}\n")
+        for name, extra, policy_text, _ in RUN_CONFIGS:
+            per_open[name].append(open_loop(root, extra, policy_text, opens))
+    print(f"\n{opens} trapped read-only opens of one file in `faramesh-sandbox run`, median of {rounds}\n")
     print("| configuration | µs per open | added by the audit |")
     print("|---|---|---|")
-    for name, _ in RUN_CONFIGS:
+    for name, _, _, reference in RUN_CONFIGS:
         median = statistics.median(per_open[name])
-        print(f"| {name} | {median:.0f} | +{median - reference:.0f} |")
+        print(f"| {name} | {median:.0f} | {median - statistics.median(per_open[reference]):+.0f} |")
 
 
 def main() -> None:

@@ -124,11 +124,23 @@ class AuditStore:
 
     def append(self, record: dict) -> tuple[int, str]:
         """Chain and commit one record; returns (seq, hash) once it is on disk, else raises."""
-        record = normalize(record)
-        pending = _Pending(canonical(record), tuple(_column(record.get(name)) for name in INDEXED))
+        return self.append_many([record])[0]
+
+    __call__ = append
+
+    def append_many(self, records: list[dict], normalized: bool = False) -> list[tuple[int, str]]:
+        """Chain and commit records, in order, in one transaction with the others waiting then:
+        their (seq, hash) once all are on disk, else raises (then none of them is).
+        ``normalized``: the records already went through launcher.audit.normalize."""
+        pendings = []
+        for record in records if normalized else map(normalize, records):
+            pendings.append(_Pending(canonical(record), tuple(_column(record.get(name)) for name in INDEXED)))
+        if not pendings:
+            return []
+        last = pendings[-1]  # the batch goes into one transaction: done together
         with self._lock:
-            self._queue.append(pending)
-            while not pending.done:
+            self._queue.extend(pendings)
+            while not last.done:
                 if self._committing:  # another caller is committing; ours goes in the next batch
                     self._batch_done.wait()
                     continue
@@ -142,11 +154,9 @@ class AuditStore:
                     for item in batch:
                         item.done = True
                     self._batch_done.notify_all()
-        if pending.error is not None:
-            raise AuditStoreError(f"cannot write audit store {self.path}: {pending.error}") from pending.error
-        return pending.seq, pending.hash
-
-    __call__ = append
+        if last.error is not None:
+            raise AuditStoreError(f"cannot write audit store {self.path}: {last.error}") from last.error
+        return [(pending.seq, pending.hash) for pending in pendings]
 
     def _commit(self, batch: list[_Pending]) -> None:
         con = self._con

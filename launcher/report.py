@@ -12,6 +12,8 @@ import os
 import threading
 import time
 
+from sandbox import audit_sink
+
 REPORT_VERSION = 1
 VIOLATION_EFFECTS = ("DENY", "DEFER")
 EXIT_VIOLATIONS = 3  # --fail-on-deny: the agent succeeded but the policy refused something
@@ -49,7 +51,14 @@ class RunReport:
             if audit is not None:
                 audit(record)
             self.observe(record)
+
+        def many(records: list[dict]) -> None:
+            if audit is not None:
+                audit_sink.write_all(audit, records)
+            for record in records:
+                self.observe(record)
         trail.close = getattr(audit, "close", lambda: None)
+        trail.many = many
         return trail
 
     @property

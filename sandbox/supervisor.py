@@ -31,7 +31,8 @@ from typing import Callable
 
 from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
-from sandbox import exec_verify, fastpath, fastpath_exec, fastpath_net, freeze, notify, ptrace_freeze, seccomp
+from sandbox import (audit_sink, exec_verify, fastpath, fastpath_exec, fastpath_net, freeze, notify, ptrace_freeze,
+                     seccomp)
 from sandbox.decode import UnknownSyscall, decode, row_for
 from sandbox.decode.exec import exec_arguments
 from sandbox.exec_identity import ExecIdentity
@@ -628,14 +629,14 @@ class Supervisor:
     def _write_records(self, records: list[dict]) -> None:
         for record in records:
             self.stats["permitted" if record["effect"] == Effect.PERMIT.value else "denied"] += 1
-            if self.audit is None:
-                continue
-            try:
-                self.audit(record)
-            except Exception:
-                # From now on Python answers every call, and denies a permit it cannot record.
-                self.stats["audit_errors"] += 1
-                self.fast.suspend()
+        if self.audit is None or not records:
+            return
+        try:
+            audit_sink.write_all(self.audit, records)  # one commit for the lot where the sink batches
+        except Exception:
+            # From now on Python answers every call, and denies a permit it cannot record.
+            self.stats["audit_errors"] += 1
+            self.fast.suspend()
 
     def _write_audit(self, notification, syscall: str, call: ToolCall, decision: Decision, started: float) -> bool:
         record = {

@@ -25,9 +25,8 @@ static int restore(pid_t tid, const cpu_set_t *before) {
     return sched_setaffinity(tid, sizeof every, &every);
 }
 
-/* Holds tid on this CPU; 0 when it was not (not a CPU it may use, a one-CPU set, the number no
- * longer the waiting task's, any error). */
-static int hold_here(int listener, uint64_t id, pid_t tid, cpu_set_t *before) {
+/* Holds tid on this CPU; 0 when it was not (not a CPU it may use, a one-CPU set, any error). */
+static int hold_here(pid_t tid, cpu_set_t *before) {
     int cpu = sched_getcpu();
     /* tid 0 would be ourselves; a set wider than cpu_set_t (EINVAL) is left alone */
     if (tid <= 0 || cpu < 0 || cpu >= CPU_SETSIZE || sched_getaffinity(tid, sizeof *before, before) != 0 ||
@@ -36,15 +35,7 @@ static int hold_here(int listener, uint64_t id, pid_t tid, cpu_set_t *before) {
     cpu_set_t here;
     CPU_ZERO(&here);
     CPU_SET(cpu, &here);
-    if (sched_setaffinity(tid, sizeof here, &here) != 0)
-        return 0;
-    /* Still waiting: tid named the waiting task all along (a notification is gone before its
-     * task may exit or hand its number to a thread that execs). Else undo at once. */
-    if (ioctl(listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) != 0) {
-        restore(tid, before);
-        return 0;
-    }
-    return 1;
+    return sched_setaffinity(tid, sizeof here, &here) == 0;
 }
 
 static int retried_ioctl(int fd, unsigned long request, void *arg) {
@@ -61,7 +52,7 @@ static int retried_ioctl(int fd, unsigned long request, void *arg) {
  * the hand-over. */
 int fp_answer_with_fd(int listener, uint64_t id, int fd, int cloexec, pid_t tid, int hold) {
     cpu_set_t before;
-    int held = hold && hold_here(listener, id, tid, &before);
+    int held = hold && hold_here(tid, &before);
     struct seccomp_notif_addfd addfd = {
         .id = id, .flags = held ? 0 : SECCOMP_ADDFD_FLAG_SEND, .srcfd = (uint32_t)fd, .newfd = 0,
         .newfd_flags = cloexec ? O_CLOEXEC : 0,
@@ -70,6 +61,9 @@ int fp_answer_with_fd(int listener, uint64_t id, int fd, int cloexec, pid_t tid,
     int installed = retried_ioctl(listener, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd);
     if (!held)
         return installed;
+    /* Installed: the notification still waited after the set was narrowed, so tid named its
+     * task all along (a task leaves a notification before it may exit, or hand its number to a
+     * thread that execs). Not installed: tid may name another task now; undone at once either way. */
     int err = errno;
     restore(tid, &before); /* before it can run again: it waits for the answer */
     if (installed < 0) {

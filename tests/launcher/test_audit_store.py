@@ -223,6 +223,40 @@ def test_trail_writes_the_same_record_with_its_anchor_to_the_file(tmp_path):
     assert line == json.loads(text)
 
 
+def test_a_batch_is_one_commit_in_order_on_both_sinks(tmp_path):
+    """trail.many (the records of calls answered in compiled code): one store commit and one
+    file fsync for the lot, in the order given, each line anchored to its own stored record."""
+    store = AuditStore(str(tmp_path / "audit.db"))
+    trail = AuditTrail(store, AuditLog(str(tmp_path / "audit.jsonl")))
+    trail(RECORD)
+    trail.many([{**RECORD, "pid": pid} for pid in range(100, 400)])
+    trail.close()
+    assert store.commits == 2
+    assert verdict_of(str(tmp_path / "audit.db")).records == 301
+    assert verdict_of(str(tmp_path / "audit.db")).problem is None
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    stored = sqlite3.connect(tmp_path / "audit.db").execute("SELECT seq, hash, record FROM records ORDER BY seq")
+    for line, (seq, digest, text) in zip(lines, stored, strict=True):
+        assert (line.pop("seq"), line.pop("hash")) == (seq, digest)
+        assert line == json.loads(text)
+    assert [line["pid"] for line in lines] == [42, *range(100, 400)]
+
+
+def test_a_batch_that_cannot_be_committed_writes_none_of_it(tmp_path):
+    """All or nothing: a record that cannot be stored fails its whole batch, and the store
+    holds none of the batch (the supervisor then stops answering in compiled code)."""
+    path = str(tmp_path / "audit.db")
+    store = AuditStore(path)
+    store.append(RECORD)
+    with sqlite3.connect(path) as con:  # the third row of the batch fails to insert
+        con.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN json_extract(NEW.record, '$.pid') = 3 "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(AuditStoreError, match="refused"):
+        store.append_many([{**RECORD, "pid": pid} for pid in range(1, 6)])
+    store.close()
+    assert verdict_of(path).records == 1
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda p: p.write_bytes(b"not a database at all, just text" * 100), "file is not a database"),
     (lambda p: sqlite3.connect(p).execute("CREATE TABLE mine (x)"), "is not a faramesh-sandbox audit store"),

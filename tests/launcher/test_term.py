@@ -78,6 +78,30 @@ def test_table_aligns_on_visible_width_when_coloured():
         "shell/exec  \x1b[31mDENY  \x1b[0m  fpl-0"]
 
 
+def test_a_tee_passes_a_batch_on_whole_and_counts_each_record():
+    """The records of calls answered in compiled code come as a batch: a tee over a sink that
+    takes batches hands it the batch in one call (one commit), over one that does not, record by
+    record; either way each record is counted, and counted after it was written."""
+    class BatchSink(list):
+        def many(self, records):
+            self.append(list(records))
+
+    for sink, written in ((BatchSink(), [[{"effect": "PERMIT"}, {"effect": "DENY"}]]),
+                          ([], [{"effect": "PERMIT"}, {"effect": "DENY"}])):
+        counter = term.DecisionCounter()
+        trail = counter.tee(sink if isinstance(sink, BatchSink) else sink.append)
+        trail.many([{"effect": "PERMIT"}, {"effect": "DENY"}])
+        assert sink == written
+        assert counter.snapshot() == (1, 1, 0)
+    failing = term.DecisionCounter()
+
+    def full(record):
+        raise OSError(28, "No space left on device")
+    with pytest.raises(OSError):
+        failing.tee(full).many([{"effect": "PERMIT"}])
+    assert failing.snapshot() == (0, 0, 0)
+
+
 def test_decision_counter_counts_decisions_and_calls_held_for_approval():
     """Decision records count once each; a call is waiting while the wrapped approver holds it."""
     counter = term.DecisionCounter()

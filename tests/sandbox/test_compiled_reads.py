@@ -11,6 +11,8 @@ import textwrap
 
 import pytest
 
+from launcher.audit import AuditTrail
+from launcher.audit_store import AuditStore, open_readonly
 from policy.decision import Decision, Effect, deny
 from sandbox import fastpath
 from tests.sandbox.conftest import run_sandboxed
@@ -65,6 +67,29 @@ def test_repeated_reads_answered_in_c_with_records(files):
     assert {(r["tool"], r["effect"], r["rule_id"], r["args"]["flags"][0], r["session"]) for r in reads} == \
         {("fs/read", "PERMIT", "rest", "O_RDONLY", "test")}
     assert all(r["args"]["pid"] == r["pid"] and r["args"]["mode"] is None for r in reads)
+
+
+def test_records_of_answers_given_in_c_are_committed_many_at_a_time(files, tmp_path):
+    """With the audit store as the sink, the records of reads answered in C go in batches, one
+    commit each: one commit (an fsync) per record would hold the compiled path to the disk's
+    flush rate, with the ring full and Python answering. Every read is on record all the same."""
+    public, secret = files
+    store = AuditStore(str(tmp_path / "audit.db"))
+    trail = AuditTrail(store)
+    run = run_sandboxed(agent(f"""
+        for _ in range(2000):
+            open({str(public)!r}).close()
+        print("done")
+    """), secret_denied(str(secret)), trapped=OPENS, decision_keys=path_keys, audit_sink=trail)
+    trail.close()
+    assert (run.status, run.stdout) == (0, b"done\n")
+    assert run.stats["fast_hits"] > 1000
+    con = open_readonly(str(tmp_path / "audit.db"))
+    reads = con.execute("SELECT count(*) FROM records WHERE json_extract(record, '$.args.path') = ?",
+                        (str(public),)).fetchone()[0]
+    con.close()
+    assert reads == 2000
+    assert store.commits < 200  # the interpreter's own opens are decided in Python, a commit each
 
 
 def test_repeated_denials_answered_in_c(files):
