@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from launcher import cleanup
 from policy.decision import Decision, Effect
 
 DEFAULT_MAX_PENDING = 16
@@ -349,14 +350,9 @@ class ApprovalService:
 
     def close(self) -> None:
         self._channel.close()  # the service withdraws what still waits and exits
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                return
-            time.sleep(0.02)
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-        try:
+        if cleanup.wait_exit(self.pid, 3.0) is not None:  # woken by its exit: no polling interval
+            return
+        try:  # killed after 3 s: it left its socket behind
             os.unlink(os.path.join(self.directory, self.session_id + ".sock"))
         except FileNotFoundError:
             pass

@@ -76,7 +76,7 @@ class RunRecord:
         if self._pipe_w is not None:
             os.close(self._pipe_w)
             self._pipe_w = None
-            reaped = _wait_exit(self.reaper_pid, REAPER_WAIT) == 0
+            reaped = wait_exit(self.reaper_pid, REAPER_WAIT) == 0
         if not reaped:
             clean(self.path)
         os.close(self.fd)
@@ -219,7 +219,7 @@ def _ignore(path: str) -> bool:
 _REMOVERS = {"cgroup": _remove_cgroup, "tree": _remove_tree, "file": _remove_file}
 
 
-def _wait_exit(pid: int, timeout: float) -> int | None:
+def wait_exit(pid: int, timeout: float) -> int | None:
     """The child's exit status, or None (it is then killed) when it takes longer than ``timeout``."""
     pidfd = os.pidfd_open(pid)
     try:
