@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -237,3 +238,37 @@ def test_a_file_replaced_after_its_decision_by_a_system_program_is_killed(cgroup
     assert (run.status, run.stdout) == (0, b"status=137\n")  # killed: id's output never appears
     changed = [r for r in run.audit if r["reason_code"] == "EXEC_CHANGED"]
     assert len(changed) == 1 and "program ('id'" in changed[0]["reason"]
+
+
+def test_a_holder_a_host_debugger_traces_is_decided_with_the_agent_frozen(cbin, cgroup_dir, tmp_path):
+    """The supervisor cannot seize a holder another tracer holds (PTRACE_SEIZE: EPERM): its
+    permitted exec is decided again with the agent frozen, and runs; its denied exec (refused
+    without a seize) fails with EPERM. Both on record. The holder is the agent's child: the
+    supervisor's own child is never verified, so no seize would be tried on it."""
+    ready = tmp_path / "pid"
+    agent = ("import os, time\nchild = os.fork()\n"
+             "if child:\n    os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))\n"
+             f"open({str(ready)!r}, 'w').write(str(os.getpid()))\n"
+             "deadline = time.monotonic() + 20\n"
+             "while 'TracerPid:\\t0' in open('/proc/self/status').read() and time.monotonic() < deadline:\n"
+             "    time.sleep(0.01)\n"
+             "print('TracerPid:\\t0' not in open('/proc/self/status').read(), flush=True)\n"
+             "os.execv('/bin/sh', ['sh', '-c', 'exec /bin/true evil'])\n")
+    tracer: dict = {}
+
+    def trace() -> None:
+        deadline = time.monotonic() + 20
+        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tracer["run"] = subprocess.run([cbin("outside_tracer"), ready.read_text()], capture_output=True, timeout=60)
+    thread = threading.Thread(target=trace)
+    thread.start()
+    run = run_sandboxed([sys.executable, "-S", "-c", agent], exec_policy, trapped=("execve", "execveat"),
+                        cgroup=cgroup_dir, timeout=60)
+    thread.join(60)
+    assert tracer["run"].stdout == b"seized\n", tracer["run"].stderr
+    assert run.stdout == b"True\n"  # traced by the host's debugger before its execs
+    assert b"Operation not permitted" in run.stderr and run.status != 0  # `true evil` refused
+    execs = [(r["args"]["argv"], r["effect"]) for r in run.audit if r["tool"] == "shell/exec"]
+    assert execs[1:] == [(["sh", "-c", "exec /bin/true evil"], "PERMIT"), (["/bin/true", "evil"], "DENY")]
+    assert run.stats["exec_verified"] == 1  # the denial; the permit could not be seized (2 untraced)
