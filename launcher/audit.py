@@ -9,6 +9,8 @@ import os
 import threading
 from datetime import datetime, timezone
 
+from sandbox import audit_sink
+
 # Keys every record carries, in this order; a missing one is written as null ("kind": "decision").
 FIELDS = ("time", "kind", "session", "pid", "syscall", "tool", "args", "effect", "rule_id", "reason_code",
           "reason", "policy_version", "latency_us")
@@ -40,8 +42,12 @@ class AuditLog:
         with self._lock:
             self._check_usable()
             view = memoryview(lines)
-            while view:  # a regular file takes it in one write; loop for the exceptional short write
-                view = view[os.write(self._fd, view):]
+            try:
+                while view:  # a regular file takes it in one write; loop for the exceptional short write
+                    view = view[os.write(self._fd, view):]
+            except OSError as err:  # e.g. a full disk mid-batch: the file may end in part of a line
+                self._failed = err
+                raise
             self._written += 1
             mine = self._written
             while self._synced < mine:
@@ -77,6 +83,7 @@ class AuditLog:
             self._synced_cond.notify_all()
 
     __call__ = write  # the supervisor's audit(record) callback
+    many = write_many  # and audit.many(records), for a batch (sandbox/audit_sink.py)
 
     def close(self) -> None:
         with self._lock:
@@ -107,7 +114,15 @@ class AuditTrail:
         """The records, in order, each sink written once for all of them (one commit, one fsync)."""
         records = [normalize(record) for record in records]  # once, so both copies carry the same time
         if self.store is not None:
-            chained = self.store.append_many(records, normalized=True)
+            try:
+                chained = self.store.append_many(records, normalized=True)
+            except Exception:
+                if len(records) < 2:
+                    raise
+                # None of the batch is stored: each record on its own, so one that cannot be
+                # stored loses only itself (the first error is raised).
+                audit_sink.write_all(lambda record: self.many([record]), records)
+                return
             records = [{**record, "seq": seq, "hash": digest} for record, (seq, digest) in zip(records, chained)]
         if self.log is not None:
             self.log.write_many(records, normalized=True)

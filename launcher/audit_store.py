@@ -158,6 +158,8 @@ class AuditStore:
             raise AuditStoreError(f"cannot write audit store {self.path}: {last.error}") from last.error
         return [(pending.seq, pending.hash) for pending in pendings]
 
+    many = append_many  # audit.many(records), for a batch (sandbox/audit_sink.py)
+
     def _commit(self, batch: list[_Pending]) -> None:
         con = self._con
         try:

@@ -187,7 +187,8 @@ class FastOpens:
         self.native.remember(path, flags, entry, decision.effect is Effect.DENY)
 
     def records(self, session_id: str) -> list[dict]:
-        """Audit records of the calls answered since the last call, oldest first."""
+        """Audit records of the calls answered since the last call, oldest first. They keep their
+        places in the ring (MAX_UNRECORDED) until ``written(len(records))``."""
         out = []
         for entry, pid, nr, _result, wall_ns, latency_ns in self.native.drain():
             if nr == self._nr_connect and self.connects is not None:
@@ -208,6 +209,10 @@ class FastOpens:
                 "latency_us": round(latency_ns / 1000),
             })
         return out
+
+    def written(self, count: int) -> None:
+        """``count`` drained records are on record, or lost: their places in the ring free."""
+        self.native.written(count)
 
     def suspend(self) -> None:
         """Answer nothing more in C (the records cannot be written): Python answers everything."""

@@ -620,11 +620,15 @@ class Supervisor:
 
     def _write_fast_records(self) -> None:
         with self._fast_records_lock:  # the drain thread, and serve() once more at the end
+            records: list[dict] = []
             try:
-                self._write_records(self.fast.records(self.session_id))
+                records = self.fast.records(self.session_id)
+                self._write_records(records)
             except Exception:  # fail closed: nothing more is answered where it cannot be recorded
                 self.stats["audit_errors"] += 1
                 self.fast.suspend()
+            finally:
+                self.fast.written(len(records))  # until now they counted as unrecorded
 
     def _write_records(self, records: list[dict]) -> None:
         for record in records:

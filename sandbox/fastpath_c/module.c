@@ -312,6 +312,8 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
         hits[i] = self->ring[(self->ring_head + i) % self->ring_size];
     self->ring_head = (self->ring_head + count) % self->ring_size;
     self->ring_count = 0;
+    /* Still unrecorded until written(count): the ring's bound holds for them too (docs/audit.md). */
+    self->ring_reserved += count;
     pthread_mutex_unlock(&self->ring_lock);
     PyObject *out = PyList_New(count);
     for (uint32_t i = 0; out && i < count; i++) {
@@ -324,7 +326,28 @@ static PyObject *FastPath_drain(FastPath *self, PyObject *unused) {
         PyList_SET_ITEM(out, i, item);
     }
     free(hits);
+    if (!out) { /* nobody will write them: the caller stops the compiled path */
+        pthread_mutex_lock(&self->ring_lock);
+        self->ring_reserved -= count;
+        pthread_mutex_unlock(&self->ring_lock);
+    }
     return out;
+}
+
+static PyObject *FastPath_written(FastPath *self, PyObject *arg) {
+    unsigned long count = PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred())
+        return NULL;
+    pthread_mutex_lock(&self->ring_lock);
+    int fits = count <= self->ring_reserved;
+    if (fits)
+        self->ring_reserved -= (uint32_t)count;
+    pthread_mutex_unlock(&self->ring_lock);
+    if (!fits) {
+        PyErr_SetString(PyExc_ValueError, "more records written than drained");
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *FastPath_stats(FastPath *self, PyObject *unused) {
@@ -536,7 +559,10 @@ static PyMethodDef FastPath_methods[] = {
      "gate_enter_exclusive(timeout) -> bool: hold the fs gate alone (an exec decision), if it frees in time."},
     {"gate_leave_exclusive", (PyCFunction)fp_py_gate_leave_exclusive, METH_NOARGS, "Release the fs gate."},
     {"drain", (PyCFunction)FastPath_drain, METH_NOARGS,
-     "The calls answered since the last drain: [(entry, pid, nr, result, wall_ns, latency_ns)]."},
+     "The calls answered since the last drain: [(entry, pid, nr, result, wall_ns, latency_ns)]; their places "
+     "in the ring stay taken until written(count)."},
+    {"written", (PyCFunction)FastPath_written, METH_O,
+     "written(count): that many drained calls are on record (or lost): their places in the ring free."},
     {"stats", (PyCFunction)FastPath_stats, METH_NOARGS, "Counters, by name."},
     {"close", (PyCFunction)FastPath_close, METH_NOARGS, "Close the fds this object keeps."},
     {"hold_cpu", (PyCFunction)FastPath_hold_cpu, METH_O,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import subprocess
 import threading
+
+import pytest
 
 from launcher.audit import FIELDS, AuditLog, encode
 from policy.decision import Effect
@@ -71,3 +75,25 @@ def test_many_threads_and_a_second_process_never_interleave(tmp_path):
     log.close()
     pids = sorted(json.loads(line)["pid"] for line in path.read_text().splitlines())
     assert pids == sorted([n * 1000 + i for n in range(8) for i in range(200)] + [100000 + i for i in range(100)])
+
+
+def test_a_batch_cut_short_by_a_full_disk_closes_the_file_to_later_records(tmp_path):
+    """A batch that does not fit leaves part of a line behind: the error is raised, and no later
+    record is appended onto the fragment, even once there is room again (as after a failed fsync)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        log = AuditLog(str(small / "audit.jsonl"))
+        records = [{"time": 1.0, "session": "s", "reason": "x" * 500, "pid": n} for n in range(400)]
+        with pytest.raises(OSError) as full:
+            log.write_many(records)
+        assert full.value.errno == errno.ENOSPC
+        written = (small / "audit.jsonl").read_bytes()
+        assert written and not written.endswith(b"\n")  # the kernel took part of the batch
+        (small / "audit.jsonl").write_bytes(written[:written.rindex(b"\n") + 1])  # room again
+        with pytest.raises(OSError, match="failed earlier"):
+            log.write({"time": 2.0, "session": "s"})
+        log.close()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

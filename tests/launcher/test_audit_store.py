@@ -257,6 +257,24 @@ def test_a_batch_that_cannot_be_committed_writes_none_of_it(tmp_path):
     assert verdict_of(path).records == 1
 
 
+def test_a_refused_batch_is_retried_record_by_record_losing_only_what_cannot_be_stored(tmp_path):
+    """The trail's batch fails as a whole in the store (nothing of it stored); each record is then
+    tried on its own, so one that cannot be stored loses only itself, and the error is raised."""
+    path = str(tmp_path / "audit.db")
+    trail = AuditTrail(AuditStore(path), AuditLog(str(tmp_path / "audit.jsonl")))
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TRIGGER refuse BEFORE INSERT ON records WHEN json_extract(NEW.record, '$.pid') = 3 "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(AuditStoreError, match="refused"):
+        trail.many([{**RECORD, "pid": pid} for pid in range(1, 6)])
+    trail.close()
+    stored = [json.loads(text)["pid"] for (text,) in sqlite3.connect(path).execute(
+        "SELECT record FROM records ORDER BY seq")]
+    assert stored == [1, 2, 4, 5]
+    lines = [json.loads(line)["pid"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert lines == [1, 2, 4, 5]
+
+
 @pytest.mark.parametrize(("make", "message"), [
     (lambda p: p.write_bytes(b"not a database at all, just text" * 100), "file is not a database"),
     (lambda p: sqlite3.connect(p).execute("CREATE TABLE mine (x)"), "is not a faramesh-sandbox audit store"),

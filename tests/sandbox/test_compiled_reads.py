@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -90,6 +91,41 @@ def test_records_of_answers_given_in_c_are_committed_many_at_a_time(files, tmp_p
     con.close()
     assert reads == 2000
     assert store.commits < 200  # the interpreter's own opens are decided in Python, a commit each
+
+
+def test_records_drained_but_not_yet_written_count_towards_the_bound(files, tmp_path):
+    """At most MAX_UNRECORDED answers given in C wait for their record, those drained and being
+    written included: while the first batch is stuck on a slow disk, C answers only until that
+    batch and the ring together reach the bound; then Python answers, recording first."""
+    public, secret = files
+    done = tmp_path / "done"
+
+    class SlowDisk:
+        def __init__(self):
+            self.batches, self.singles = [], []
+
+        def __call__(self, record):
+            self.singles.append(record)
+
+        def many(self, records):
+            if not self.batches:  # the first batch is written once the agent has made every call
+                deadline = time.monotonic() + 60
+                while not done.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            self.batches.append(list(records))
+    sink = SlowDisk()
+    run = run_sandboxed(agent(f"""
+        for _ in range(4000):
+            open({str(public)!r}).close()
+        open({str(done)!r}, "w").close()
+        print("done")
+    """), secret_denied(str(secret)), trapped=OPENS, decision_keys=path_keys, audit_sink=sink)
+    assert (run.status, run.stdout) == (0, b"done\n")
+    in_c = [r for batch in sink.batches for r in batch if r["args"].get("path") == str(public)]
+    by_python = [r for r in sink.singles if r["args"].get("path") == str(public)]
+    assert len(in_c) + len(by_python) == 4000
+    assert 0 < len(sink.batches[0]) < len(in_c)
+    assert len(in_c) <= fastpath.MAX_UNRECORDED  # each answered before the first batch was written
 
 
 def test_repeated_denials_answered_in_c(files):
@@ -360,17 +396,32 @@ def test_chroot_is_refused(files, tmp_path):
     assert run.stats["fast_hits"] >= 10
 
 
-def test_unwritable_records_stop_the_fast_path(files):
-    """Once a record of an answer given in C cannot be written, C answers nothing more: the
-    next reads go to Python, which denies a permit it cannot record."""
-    public, _secret = files
-    written = []
+class FillingDisk:
+    """A sink whose disk fills up after ``room`` records of ``path``; with ``batches`` it also
+    takes batches (audit.many), a batch failing as a whole."""
 
-    def sink(record):  # the disk fills up after the third record of the file
-        if record["args"].get("path") == str(public):
-            if len(written) >= 3:
-                raise OSError(28, "No space left on device")
-            written.append(record)
+    def __init__(self, path: str, room: int, batches: bool):
+        self.path, self.room, self.written = path, room, []
+        if batches:
+            self.many = self._many
+
+    def __call__(self, record):
+        self._many([record])
+
+    def _many(self, records):
+        mine = [r for r in records if r["args"].get("path") == self.path]
+        if mine and len(self.written) + len(mine) > self.room:
+            raise OSError(28, "No space left on device")
+        self.written += mine
+
+
+@pytest.mark.parametrize("batches", [False, True])
+def test_unwritable_records_stop_the_fast_path(files, batches):
+    """Once a record of an answer given in C cannot be written, C answers nothing more: the
+    next reads go to Python, which denies a permit it cannot record. With a sink taking
+    records one by one or in batches."""
+    public, _secret = files
+    sink = FillingDisk(str(public), 3, batches)
     run = run_sandboxed(agent(f"""
         import time
         results = []
