@@ -116,8 +116,9 @@ class AuditTrail:
         if self.store is not None:
             try:
                 chained = self.store.append_many(records, normalized=True)
-            except Exception:
-                if len(records) < 2:
+            except Exception as err:
+                from launcher.audit_store import AuditStoreError  # here: that module imports this one
+                if len(records) < 2 or not isinstance(err, AuditStoreError):
                     raise
                 # None of the batch is stored: each record on its own, so one that cannot be
                 # stored loses only itself (the first error is raised).
