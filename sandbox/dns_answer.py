@@ -9,26 +9,47 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
 
 import dns.edns
 import dns.entropy
 import dns.flags
 import dns.message
+import dns.name
 import dns.opcode
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from sandbox.dns_names import NameMap, name_text
+from sandbox.dns_names import NameMap
+from sandbox.dns_stub import MAX_QUERY_BYTES, Check
 from sandbox.dns_upstream import UpstreamError, forward
 
-MAX_QUERY_BYTES = 4096
 HEADER_BYTES = 12
 REFUSED_TEXT = "denied by the sandbox policy"
 _log = logging.getLogger("faramesh_sandbox.dns")
 
-Check = Callable[[str, str], bool]
+_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
+
+
+def name_text(name: dns.name.Name) -> str:
+    """The form policies see: lower case, no trailing dot, special bytes escaped; the root is '.'."""
+    return name.to_text(omit_final_dot=True).lower()
+
+
+def answer_addresses(qname: dns.name.Name, response: dns.message.Message) -> list[tuple[str, int]]:
+    """(address, ttl) of every A/AAAA record reached from ``qname`` through the answer's CNAMEs."""
+    chain = {qname}
+    cnames = {rrset.name: rrset[0].target for rrset in response.answer
+              if rrset.rdtype == dns.rdatatype.CNAME and rrset.rdclass == dns.rdataclass.IN and len(rrset)}
+    current = qname
+    for _ in range(len(cnames)):  # bounded: a CNAME loop ends when every link was followed once
+        current = cnames.get(current)
+        if current is None or current in chain:
+            break
+        chain.add(current)
+    return [(rdata.address, rrset.ttl) for rrset in response.answer
+            if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN and rrset.name in chain
+            for rdata in rrset]
 
 
 def _reply(query: dns.message.Message, rcode: int, ede: tuple[int, str] | None = None) -> bytes:
@@ -107,7 +128,7 @@ class Answerer:
             query.id = agent_id
             return _reply(query, dns.rcode.SERVFAIL)
         answer.id = agent_id
-        self._names.record_answer(host, question.name, answer)  # before the agent can connect
+        self._names.record_all(host, answer_addresses(question.name, answer))  # before the agent can connect
         limit = _udp_limit(query) if transport == "udp" else 65535
         return answer.to_wire(max_size=limit, prefer_truncation=True)
 

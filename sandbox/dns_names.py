@@ -24,20 +24,9 @@ import time
 from collections import OrderedDict
 from typing import Callable
 
-import dns.message
-import dns.name
-import dns.rdataclass
-import dns.rdatatype
-
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MIN_TTL = 60.0
 DEFAULT_MAX_TTL = 86_400.0
-_ADDRESS_TYPES = (dns.rdatatype.A, dns.rdatatype.AAAA)
-
-
-def name_text(name: dns.name.Name) -> str:
-    """The form policies see: lower case, no trailing dot, special bytes escaped; the root is '.'."""
-    return name.to_text(omit_final_dot=True).lower()
 
 
 def normalize_ip(ip: str) -> str | None:
@@ -49,22 +38,6 @@ def normalize_ip(ip: str) -> str | None:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return str(address)
-
-
-def answer_addresses(qname: dns.name.Name, response: dns.message.Message) -> list[tuple[str, int]]:
-    """(address, ttl) of every A/AAAA record reached from ``qname`` through the answer's CNAMEs."""
-    chain = {qname}
-    cnames = {rrset.name: rrset[0].target for rrset in response.answer
-              if rrset.rdtype == dns.rdatatype.CNAME and rrset.rdclass == dns.rdataclass.IN and len(rrset)}
-    current = qname
-    for _ in range(len(cnames)):  # bounded: a CNAME loop ends when every link was followed once
-        current = cnames.get(current)
-        if current is None or current in chain:
-            break
-        chain.add(current)
-    return [(rdata.address, rrset.ttl) for rrset in response.answer
-            if rrset.rdtype in _ADDRESS_TYPES and rrset.rdclass == dns.rdataclass.IN and rrset.name in chain
-            for rdata in rrset]
 
 
 class NameMap:
@@ -123,9 +96,9 @@ class NameMap:
                     self._listeners.remove(listener)
         return unsubscribe
 
-    def record_answer(self, host: str, qname: dns.name.Name, response: dns.message.Message) -> int:
-        """Record every address the answer gives for ``qname``; returns how many."""
-        addresses = answer_addresses(qname, response)
+    def record_all(self, host: str, addresses: list[tuple[str, float]]) -> int:
+        """Record each (address, ttl) of one answer for ``host`` (sandbox.dns_answer.answer_addresses);
+        returns how many."""
         for ip, ttl in addresses:
             self.record(host, ip, ttl)
         return len(addresses)

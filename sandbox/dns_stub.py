@@ -17,10 +17,16 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from sandbox.dns_answer import MAX_QUERY_BYTES, Answerer, Check, servfail
-from sandbox.dns_names import NameMap
-from sandbox.dns_upstream import host_nameservers
+from typing import TYPE_CHECKING, Callable
 
+from sandbox.dns_names import NameMap
+from sandbox.dns_upstream import DnsConfigError, host_nameservers, require_nameserver_line
+
+if TYPE_CHECKING:
+    from sandbox.dns_answer import Answerer
+
+Check = Callable[[str, str], bool]  # (name, type) -> answer it
+MAX_QUERY_BYTES = 4096  # a longer query is dropped
 STUB_ADDRESS = "127.0.0.53"
 STUB_PORT = 53
 DEFAULT_MAX_INFLIGHT = 32
@@ -62,9 +68,12 @@ class DnsStub:
                  host_resolv_conf: str = "/etc/resolv.conf", *, listen: tuple[str, int] = ("127.0.0.1", 0),
                  names: NameMap | None = None, timeout: float = 2.0, max_inflight: int = DEFAULT_MAX_INFLIGHT,
                  max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS, tcp_idle: float = 10.0):
-        servers = list(upstream) if upstream is not None else host_nameservers(host_resolv_conf)
+        if upstream is None:
+            require_nameserver_line(host_resolv_conf)  # DnsConfigError at once; the servers at the first lookup
         self.names = names if names is not None else NameMap()
-        self._answerer = Answerer(check, servers, self.names, timeout)
+        self._answerer_args = (check, upstream, host_resolv_conf, timeout)
+        self._answerer: Answerer | None = None
+        self._answerer_lock = threading.Lock()
         self._listen = listen
         self._max_inflight = max_inflight
         self._slots = threading.BoundedSemaphore(max_inflight)
@@ -135,9 +144,31 @@ class DnsStub:
 
     def respond(self, wire: bytes, transport: str = "udp") -> bytes | None:
         """The reply to one query message (``transport`` "udp" or "tcp"), or None to send nothing."""
-        return self._answerer.respond(wire, transport)
+        answerer = self._answerer_now()
+        if answerer is None:
+            from sandbox.dns_answer import servfail
+            return servfail(wire)
+        return answerer.respond(wire, transport)
+
+    def _answerer_now(self) -> Answerer | None:
+        """The Answerer, made at the first lookup (dnspython is loaded then, not at start); None
+        when the host's resolv.conf gives no usable server (every query: SERVFAIL, said once)."""
+        with self._answerer_lock:
+            if self._answerer is None and self._answerer_args is not None:
+                from sandbox.dns_answer import Answerer
+                check, upstream, resolv_conf, timeout = self._answerer_args
+                try:
+                    servers = list(upstream) if upstream is not None else host_nameservers(resolv_conf)
+                except DnsConfigError as err:
+                    _log.warning("dns: every lookup fails: %s", err)
+                    self._answerer_args = None
+                    return None
+                self._answerer = Answerer(check, servers, self.names, timeout)
+            return self._answerer
 
     def _overloaded(self, wire: bytes, transport: str) -> bytes | None:
+        from sandbox.dns_answer import servfail  # loaded by the lookups in flight
+
         self._overload.warn(f"dns: SERVFAIL for a {transport} query: {self._max_inflight} queries "
                             "already in flight")
         return servfail(wire)

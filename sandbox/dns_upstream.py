@@ -1,15 +1,14 @@
-"""Forwarding a permitted query to the host's resolvers: UDP first, TCP when the answer is truncated."""
+"""Forwarding a permitted query to the host's resolvers: UDP first, TCP when the answer is truncated.
+
+dnspython is imported by the functions that use it, at the first lookup: a run whose agent never
+resolves a name does not load it (about 60 ms of every start-up; docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-import dns.exception
-import dns.message
-import dns.query
-import dns.rcode
-import dns.resolver
+from typing import TYPE_CHECKING
 
-# Answers that say "this server could not help": the next upstream server is tried.
-_TRY_NEXT = frozenset({dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOTIMP})
+if TYPE_CHECKING:
+    import dns.message
 
 
 class DnsConfigError(Exception):
@@ -25,14 +24,32 @@ class UpstreamError(Exception):
     """No upstream server gave an answer."""
 
 
+def _no_server(resolv_conf: str, why: object) -> DnsConfigError:
+    return DnsConfigError(f"{resolv_conf}: no DNS server to forward the sandbox's lookups to ({why})",
+                          f"add a 'nameserver ADDRESS' line to {resolv_conf}, or pass upstream servers explicitly")
+
+
+def require_nameserver_line(resolv_conf: str) -> None:
+    """Raises DnsConfigError unless the file has a ``nameserver`` line: checked at start, while the
+    servers themselves are read by host_nameservers() at the first lookup."""
+    try:
+        with open(resolv_conf, "rb") as conf:
+            lines = conf.read().splitlines()
+    except OSError as exc:
+        raise _no_server(resolv_conf, exc.strerror) from None
+    if not any(line.split()[:1] == [b"nameserver"] for line in lines):
+        raise _no_server(resolv_conf, "no nameserver line")
+
+
 def host_nameservers(resolv_conf: str) -> list[tuple[str, int]]:
     """The ``nameserver`` entries of a resolv.conf file, each on port 53."""
+    import dns.exception
+    import dns.resolver
+
     try:
         resolver = dns.resolver.Resolver(filename=resolv_conf, configure=True)
-    except (OSError, dns.exception.DNSException) as exc:
-        raise DnsConfigError(f"{resolv_conf}: no DNS server to forward the sandbox's lookups to ({exc})",
-                             f"add a 'nameserver ADDRESS' line to {resolv_conf}, or pass upstream servers "
-                             "explicitly") from None
+    except (OSError, ValueError, dns.exception.DNSException) as exc:  # ValueError: a line it cannot use
+        raise _no_server(resolv_conf, exc) from None
     return [(str(server), 53) for server in resolver.nameservers]
 
 
@@ -41,6 +58,10 @@ def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout
 
     dnspython checks that an answer matches the query (id, question, source address); anything
     else arriving on the query's socket is ignored until the timeout."""
+    import dns.query
+    import dns.rcode
+
+    try_next = (dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOTIMP)  # "this server could not help"
     last_answer = None
     failures = []
     for host, port in upstream:
@@ -50,7 +71,7 @@ def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout
         except Exception as exc:  # noqa: BLE001 - timeouts, unreachable ports, malformed answers alike
             failures.append(f"{host}:{port}: {type(exc).__name__}: {exc or 'no answer'}")
             continue
-        if answer.rcode() not in _TRY_NEXT:
+        if answer.rcode() not in try_next:
             return answer
         last_answer = answer
         failures.append(f"{host}:{port}: {dns.rcode.to_text(answer.rcode())}")

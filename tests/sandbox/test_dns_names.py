@@ -7,7 +7,8 @@ import dns.name
 import dns.rrset
 import pytest
 
-from sandbox.dns_names import NameMap, answer_addresses
+from sandbox.dns_answer import answer_addresses
+from sandbox.dns_names import NameMap
 
 
 def test_name_map_keeps_entries_for_the_ttl_with_a_floor():
@@ -51,10 +52,10 @@ def _answer(*records: str) -> dns.message.Message:
 def test_only_addresses_on_the_cname_chain_are_recorded():
     """An A record for a name outside the asked name's CNAME chain is not attributed to the asked name."""
     names = NameMap()
-    count = names.record_answer("www.example.test", dns.name.from_text("www.example.test"), _answer(
+    count = names.record_all("www.example.test", answer_addresses(dns.name.from_text("www.example.test"), _answer(
         "www.example.test. 300 IN CNAME edge.example.test.",
         "edge.example.test. 300 IN A 192.0.2.1",
-        "unrelated.test. 300 IN A 192.0.2.99"))
+        "unrelated.test. 300 IN A 192.0.2.99")))
     assert count == 1
     assert (names.host_for("192.0.2.1"), names.host_for("192.0.2.99")) == ("www.example.test", None)
 

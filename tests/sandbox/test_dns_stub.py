@@ -342,6 +342,29 @@ def test_resolv_conf_without_nameserver_is_a_clear_error(tmp_path):
     assert err.value.hint.startswith(f"add a 'nameserver ADDRESS' line to {conf}")
 
 
+def test_unusable_nameservers_fail_each_lookup_and_say_so_once(tmp_path, caplog):
+    """A nameserver line whose address dnspython cannot use passes the start-up check; the servers
+    are read at the first lookup, and then every lookup gets SERVFAIL, said once in the log."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver not-an-address\n")
+    with caplog.at_level(logging.WARNING, logger="faramesh_sandbox.dns"):
+        stub = DnsStub(lambda name, qtype: True, host_resolv_conf=str(conf))
+        replies = [dns.message.from_wire(stub.respond(query_wire("plain.test", "A"))) for _ in range(3)]
+        stub.close()
+    assert [reply.rcode() for reply in replies] == [dns.rcode.SERVFAIL] * 3
+    assert caplog.text.count("dns: every lookup fails") == 1
+    assert f"{conf}: no DNS server to forward the sandbox's lookups to" in caplog.text
+
+
+def test_the_resolver_library_is_loaded_at_the_first_lookup_not_at_start():
+    """dnspython (about 60 ms) is not imported by `run` until the agent looks a name up."""
+    probe = ("import sys, launcher.run\n"
+             "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout == "[]\n", out.stderr
+
+
 def test_sandbox_resolv_conf_names_only_the_stub():
     """The sandbox's resolv.conf names 127.0.0.53 with EDNS and nothing of the host's."""
     assert STUB_ADDRESS == "127.0.0.53"
