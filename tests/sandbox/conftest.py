@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -189,6 +191,37 @@ def _serve(supervisor, failures: list) -> None:
         supervisor.serve()
     except BaseException as exc:  # noqa: BLE001 - reported by run_sandboxed in the test's thread
         failures.append(exc)
+
+
+# The agent side of a debugger from outside: the holder writes its pid to READY, then waits until
+# traced (at most 20 s) and says whether it is; it then execs what follows.
+WAIT_FOR_TRACER = (
+    "import os, time\n"
+    "def wait_for_tracer(ready):\n"
+    "    open(ready, 'w').write(str(os.getpid()))\n"
+    "    deadline = time.monotonic() + 20\n"
+    "    while 'TracerPid:\\t0' in open('/proc/self/status').read() and time.monotonic() < deadline:\n"
+    "        time.sleep(0.01)\n"
+    "    print('TracerPid:\\t0' not in open('/proc/self/status').read(), flush=True)\n")
+
+
+@contextmanager
+def outside_tracer(cbin, ready: Path):
+    """A host debugger (c/outside_tracer.c) seizing the pid written to ``ready`` once it appears;
+    yields a dict whose "run" is its CompletedProcess once the block is left."""
+    traced: dict = {}
+
+    def trace() -> None:
+        deadline = time.monotonic() + 20
+        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        traced["run"] = subprocess.run([cbin("outside_tracer"), ready.read_text()], capture_output=True, timeout=60)
+    thread = threading.Thread(target=trace)
+    thread.start()
+    try:
+        yield traced
+    finally:
+        thread.join(60)
 
 
 def in_thread(body):

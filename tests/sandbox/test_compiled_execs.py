@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 import uuid
@@ -14,7 +15,7 @@ import pytest
 import policy
 from sandbox import _fastpath, fastpath_exec
 from sandbox.freeze import FreezeError
-from tests.sandbox.conftest import run_sandboxed
+from tests.sandbox.conftest import WAIT_FOR_TRACER, outside_tracer, run_sandboxed
 
 
 CURL_RULE = 'agent a {\n  default permit\n  deny shell/exec when args.program == "curl" reason: "no curl"\n}\n'
@@ -57,6 +58,31 @@ def test_repeated_execs_are_answered_in_c_with_exact_records(cgroup_dir):
     assert first["args"]["argv"] == ["/bin/true"] and first["args"]["path"] == "/usr/bin/true"
     assert all(same_record(r) == first for r in records[1:])
     assert all(r["args"]["pid"] == r["pid"] for r in records)
+
+
+def test_a_repeat_a_host_debugger_traces_is_decided_afresh_in_python(cbin, cgroup_dir, tmp_path):
+    """The compiled receiver cannot seize a holder another tracer holds (PTRACE_SEIZE: EPERM):
+    the repeated exec goes back to Python untouched (nothing answered or recorded in C), which
+    decides it afresh with the agent frozen; it runs, on record like the first."""
+    ready = tmp_path / "pid"
+    agent = WAIT_FOR_TRACER + (
+        "def child(traced):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        f"        if traced:\n            wait_for_tracer({str(ready)!r})\n"
+        "        os.execv('/bin/true', ['/bin/true', 'again'])\n"
+        "    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])\n"
+        "print(child(False), child(True))\n")
+    rules = engine(CURL_RULE)
+    with outside_tracer(cbin, ready) as tracer:
+        run = run_sandboxed([sys.executable, "-S", "-c", agent], rules.decide, cgroup=cgroup_dir,
+                            decision_keys=rules.decision_keys, trapped=EXECS, timeout=60)
+    assert tracer["run"].stdout == b"seized\n", tracer["run"].stderr
+    assert (run.status, run.stdout) == (0, b"True\n0 0\n"), run.stderr
+    again = [r for r in exec_records(run, "true") if r["args"]["argv"] == ["/bin/true", "again"]]
+    assert [r["effect"] for r in again] == ["PERMIT", "PERMIT"]
+    assert run.stats["fast_exec_hits"] == 0  # untraced, the repeat is answered in C (1)
+    assert run.stats["exec_verified"] == 1  # the first; the repeat could not be seized
 
 
 def test_repeated_denial_is_answered_in_c(cgroup_dir):

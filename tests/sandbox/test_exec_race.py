@@ -7,13 +7,12 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 
 from policy.decision import Decision, Effect, deny
-from tests.sandbox.conftest import run_sandboxed
+from tests.sandbox.conftest import WAIT_FOR_TRACER, outside_tracer, run_sandboxed
 
 
 @pytest.fixture(scope="module")
@@ -246,26 +245,14 @@ def test_a_holder_a_host_debugger_traces_is_decided_with_the_agent_frozen(cbin, 
     without a seize) fails with EPERM. Both on record. The holder is the agent's child: the
     supervisor's own child is never verified, so no seize would be tried on it."""
     ready = tmp_path / "pid"
-    agent = ("import os, time\nchild = os.fork()\n"
-             "if child:\n    os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))\n"
-             f"open({str(ready)!r}, 'w').write(str(os.getpid()))\n"
-             "deadline = time.monotonic() + 20\n"
-             "while 'TracerPid:\\t0' in open('/proc/self/status').read() and time.monotonic() < deadline:\n"
-             "    time.sleep(0.01)\n"
-             "print('TracerPid:\\t0' not in open('/proc/self/status').read(), flush=True)\n"
-             "os.execv('/bin/sh', ['sh', '-c', 'exec /bin/true evil'])\n")
-    tracer: dict = {}
-
-    def trace() -> None:
-        deadline = time.monotonic() + 20
-        while not (ready.exists() and ready.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.01)
-        tracer["run"] = subprocess.run([cbin("outside_tracer"), ready.read_text()], capture_output=True, timeout=60)
-    thread = threading.Thread(target=trace)
-    thread.start()
-    run = run_sandboxed([sys.executable, "-S", "-c", agent], exec_policy, trapped=("execve", "execveat"),
-                        cgroup=cgroup_dir, timeout=60)
-    thread.join(60)
+    agent = WAIT_FOR_TRACER + (
+        "child = os.fork()\n"
+        "if child:\n    os._exit(os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]))\n"
+        f"wait_for_tracer({str(ready)!r})\n"
+        "os.execv('/bin/sh', ['sh', '-c', 'exec /bin/true evil'])\n")
+    with outside_tracer(cbin, ready) as tracer:
+        run = run_sandboxed([sys.executable, "-S", "-c", agent], exec_policy, trapped=("execve", "execveat"),
+                            cgroup=cgroup_dir, timeout=60)
     assert tracer["run"].stdout == b"seized\n", tracer["run"].stderr
     assert run.stdout == b"True\n"  # traced by the host's debugger before its execs
     assert b"Operation not permitted" in run.stderr and run.status != 0  # `true evil` refused
