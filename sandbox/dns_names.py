@@ -22,7 +22,7 @@ import ipaddress
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Sequence
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_MIN_TTL = 60.0
@@ -96,7 +96,7 @@ class NameMap:
                     self._listeners.remove(listener)
         return unsubscribe
 
-    def record_all(self, host: str, addresses: list[tuple[str, float]]) -> int:
+    def record_all(self, host: str, addresses: Sequence[tuple[str, float]]) -> int:
         """Record each (address, ttl) of one answer for ``host`` (sandbox.dns_answer.answer_addresses);
         returns how many."""
         for ip, ttl in addresses:

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Callable
 
 from sandbox.dns_names import NameMap
-from sandbox.dns_upstream import DnsConfigError, host_nameservers, require_nameserver_line
+from sandbox.dns_upstream import host_nameservers
 
 if TYPE_CHECKING:
     from sandbox.dns_answer import Answerer
@@ -68,11 +68,11 @@ class DnsStub:
                  host_resolv_conf: str = "/etc/resolv.conf", *, listen: tuple[str, int] = ("127.0.0.1", 0),
                  names: NameMap | None = None, timeout: float = 2.0, max_inflight: int = DEFAULT_MAX_INFLIGHT,
                  max_tcp_connections: int = DEFAULT_MAX_TCP_CONNECTIONS, tcp_idle: float = 10.0):
-        if upstream is None:
-            require_nameserver_line(host_resolv_conf)  # DnsConfigError at once; the servers at the first lookup
+        servers = list(upstream) if upstream is not None else host_nameservers(host_resolv_conf)  # DnsConfigError
         self.names = names if names is not None else NameMap()
-        self._answerer_args = (check, upstream, host_resolv_conf, timeout)
+        self._answerer_args = (check, servers, timeout)
         self._answerer: Answerer | None = None
+        self._answerer_failed = False
         self._answerer_lock = threading.Lock()
         self._listen = listen
         self._max_inflight = max_inflight
@@ -143,31 +143,31 @@ class DnsStub:
         self.close()
 
     def respond(self, wire: bytes, transport: str = "udp") -> bytes | None:
-        """The reply to one query message (``transport`` "udp" or "tcp"), or None to send nothing."""
+        """The reply to one query message (``transport`` "udp" or "tcp"), or None to send nothing
+        (also when the resolver library cannot be loaded: said once, every lookup unanswered)."""
         answerer = self._answerer_now()
-        if answerer is None:
-            from sandbox.dns_answer import servfail
-            return servfail(wire)
-        return answerer.respond(wire, transport)
+        return answerer.respond(wire, transport) if answerer is not None else None
 
     def _answerer_now(self) -> Answerer | None:
-        """The Answerer, made at the first lookup (dnspython is loaded then, not at start); None
-        when the host's resolv.conf gives no usable server (every query: SERVFAIL, said once)."""
+        """The Answerer, made at the first lookup: dnspython is loaded then, not at start."""
+        if self._answerer is not None or self._answerer_failed:
+            return self._answerer
         with self._answerer_lock:
-            if self._answerer is None and self._answerer_args is not None:
-                from sandbox.dns_answer import Answerer
-                check, upstream, resolv_conf, timeout = self._answerer_args
+            if self._answerer is None and not self._answerer_failed:
                 try:
-                    servers = list(upstream) if upstream is not None else host_nameservers(resolv_conf)
-                except DnsConfigError as err:
-                    _log.warning("dns: every lookup fails: %s", err)
-                    self._answerer_args = None
-                    return None
-                self._answerer = Answerer(check, servers, self.names, timeout)
+                    from sandbox.dns_answer import Answerer
+                    check, servers, timeout = self._answerer_args
+                    self._answerer = Answerer(check, servers, self.names, timeout)
+                except Exception as exc:  # noqa: BLE001 - fail closed: no lookup is answered
+                    _log.error("dns: no lookup is answered: the resolver library cannot be loaded: %s: %s",
+                               type(exc).__name__, exc)
+                    self._answerer_failed = True
             return self._answerer
 
     def _overloaded(self, wire: bytes, transport: str) -> bytes | None:
-        from sandbox.dns_answer import servfail  # loaded by the lookups in flight
+        if self._answerer is None:  # nothing in flight has loaded dnspython: nothing to answer with
+            return None
+        from sandbox.dns_answer import servfail
 
         self._overload.warn(f"dns: SERVFAIL for a {transport} query: {self._max_inflight} queries "
                             "already in flight")
@@ -187,6 +187,9 @@ class DnsStub:
                     key.data()
 
     def _on_udp(self) -> None:
+        # The first lookup loads dnspython (~70-110 ms) here, before any query takes an in-flight
+        # place: a burst waits in the socket's buffer, not holding places it would then overflow.
+        self._answerer_now()
         for _ in range(64):  # drain a burst, then let the listener have its turn
             try:
                 wire, peer = self._udp.recvfrom(65535)

@@ -1,14 +1,17 @@
 """Forwarding a permitted query to the host's resolvers: UDP first, TCP when the answer is truncated.
 
-dnspython is imported by the functions that use it, at the first lookup: a run whose agent never
-resolves a name does not load it (about 60 ms of every start-up; docs/benchmarks.md)."""
+dnspython is imported by forward(), at the first lookup: a run whose agent never resolves a name
+does not load it (about 60 ms of every start-up; docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import dns.message
+
+MAX_NAMESERVERS = 3  # glibc's MAXNS: the host's own resolver ignores the lines after these
 
 
 class DnsConfigError(Exception):
@@ -29,28 +32,29 @@ def _no_server(resolv_conf: str, why: object) -> DnsConfigError:
                           f"add a 'nameserver ADDRESS' line to {resolv_conf}, or pass upstream servers explicitly")
 
 
-def require_nameserver_line(resolv_conf: str) -> None:
-    """Raises DnsConfigError unless the file has a ``nameserver`` line: checked at start, while the
-    servers themselves are read by host_nameservers() at the first lookup."""
+def host_nameservers(resolv_conf: str) -> list[tuple[str, int]]:
+    """The servers of a resolv.conf as glibc reads them, each on port 53: the first MAX_NAMESERVERS
+    ``nameserver`` lines whose address is an IP address (others are skipped, as glibc skips them).
+    Read without dnspython, so a run whose agent never resolves a name does not load it. Raises
+    DnsConfigError, naming what was wrong, when the file gives no usable server."""
     try:
         with open(resolv_conf, "rb") as conf:
             lines = conf.read().splitlines()
     except OSError as exc:
         raise _no_server(resolv_conf, exc.strerror) from None
-    if not any(line.split()[:1] == [b"nameserver"] for line in lines):
-        raise _no_server(resolv_conf, "no nameserver line")
-
-
-def host_nameservers(resolv_conf: str) -> list[tuple[str, int]]:
-    """The ``nameserver`` entries of a resolv.conf file, each on port 53."""
-    import dns.exception
-    import dns.resolver
-
-    try:
-        resolver = dns.resolver.Resolver(filename=resolv_conf, configure=True)
-    except (OSError, ValueError, dns.exception.DNSException) as exc:  # ValueError: a line it cannot use
-        raise _no_server(resolv_conf, exc) from None
-    return [(str(server), 53) for server in resolver.nameservers]
+    servers, unusable = [], []
+    for line in lines:
+        tokens = line.split()
+        if tokens[:1] != [b"nameserver"]:
+            continue
+        try:
+            servers.append((str(ipaddress.ip_address(tokens[1].decode("ascii"))), 53))
+        except (IndexError, UnicodeDecodeError, ValueError):
+            unusable.append(repr(line.decode("utf-8", "replace").strip()))
+    if not servers:
+        why = f"no IP address in {', '.join(unusable[:3])}" if unusable else "no nameserver line"
+        raise _no_server(resolv_conf, why)
+    return servers[:MAX_NAMESERVERS]
 
 
 def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout: float) -> dns.message.Message:

@@ -326,43 +326,88 @@ def test_silent_upstream_gives_servfail(decisions, caplog):
 
 
 def test_host_nameservers_come_from_resolv_conf(tmp_path):
-    """Every nameserver line of a resolv.conf becomes an upstream on port 53."""
+    """The nameserver lines of a resolv.conf become upstreams on port 53, as glibc reads them: an
+    address that is not an IP address (or none) is skipped, a scoped IPv6 address kept, at most three."""
     conf = tmp_path / "resolv.conf"
-    conf.write_text("search corp.example\nnameserver 192.0.2.53\nnameserver 2001:db8::53\n")
-    assert host_nameservers(str(conf)) == [("192.0.2.53", 53), ("2001:db8::53", 53)]
+    conf.write_text("search corp.example\n# nameserver 192.0.2.1\nnameserver\nnameserver dns.example\n"
+                    "nameserver 192.0.2.53 # the office\nnameserver fe80::53%lo\n"
+                    "nameserver 2001:db8::53\nnameserver 192.0.2.54\n")
+    assert host_nameservers(str(conf)) == [("192.0.2.53", 53), ("fe80::53%lo", 53), ("2001:db8::53", 53)]
 
 
-def test_resolv_conf_without_nameserver_is_a_clear_error(tmp_path):
-    """A resolv.conf with no nameserver raises DnsConfigError naming the file, with a fix."""
+@pytest.mark.parametrize("text, why", [
+    ("search corp.example\n", "(no nameserver line)"),
+    ("nameserver\nnameserver not-an-address\n", "(no IP address in 'nameserver', 'nameserver not-an-address')"),
+    ("nameserver 192.0.2.\xff\n", "(no IP address in 'nameserver 192.0.2.\ufffd')"),
+])
+def test_resolv_conf_without_a_usable_nameserver_is_a_clear_error_at_start(tmp_path, text, why):
+    """A resolv.conf giving no usable server raises DnsConfigError when the stub is made, naming the
+    file and what is wrong, with a fix."""
     conf = tmp_path / "resolv.conf"
-    conf.write_text("search corp.example\n")
+    conf.write_bytes(text.encode("latin-1"))
     with pytest.raises(DnsConfigError) as err:
         DnsStub(lambda name, qtype: True, host_resolv_conf=str(conf))
-    assert err.value.message.startswith(f"{conf}: no DNS server to forward the sandbox's lookups to")
+    assert err.value.message == f"{conf}: no DNS server to forward the sandbox's lookups to {why}"
     assert err.value.hint.startswith(f"add a 'nameserver ADDRESS' line to {conf}")
 
 
-def test_unusable_nameservers_fail_each_lookup_and_say_so_once(tmp_path, caplog):
-    """A nameserver line whose address dnspython cannot use passes the start-up check; the servers
-    are read at the first lookup, and then every lookup gets SERVFAIL, said once in the log."""
-    conf = tmp_path / "resolv.conf"
-    conf.write_text("nameserver not-an-address\n")
+def test_a_resolver_library_that_cannot_be_loaded_leaves_every_lookup_unanswered(monkeypatch, caplog):
+    """If dnspython cannot be loaded at the first lookup, no query is answered (nothing could be
+    checked), the stub keeps serving, and the log says why once."""
+    monkeypatch.setitem(sys.modules, "sandbox.dns_answer", None)  # import fails
     with caplog.at_level(logging.WARNING, logger="faramesh_sandbox.dns"):
-        stub = DnsStub(lambda name, qtype: True, host_resolv_conf=str(conf))
-        replies = [dns.message.from_wire(stub.respond(query_wire("plain.test", "A"))) for _ in range(3)]
-        stub.close()
-    assert [reply.rcode() for reply in replies] == [dns.rcode.SERVFAIL] * 3
-    assert caplog.text.count("dns: every lookup fails") == 1
-    assert f"{conf}: no DNS server to forward the sandbox's lookups to" in caplog.text
+        with DnsStub(lambda name, qtype: True, upstream=[("127.0.0.1", 9)], max_inflight=1) as stub:
+            replies = [stub.respond(query_wire("plain.test", "A")) for _ in range(3)]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(0.3)
+                for _ in range(3):
+                    client.sendto(query_wire("plain.test", "A"), stub.udp_address)
+                with pytest.raises(TimeoutError):
+                    client.recv(512)
+            assert stub._thread.is_alive()
+    assert replies == [None] * 3
+    assert caplog.text.count("dns: no lookup is answered: the resolver library cannot be loaded") == 1
 
 
-def test_the_resolver_library_is_loaded_at_the_first_lookup_not_at_start():
-    """dnspython (about 60 ms) is not imported by `run` until the agent looks a name up."""
-    probe = ("import sys, launcher.run\n"
-             "print(sorted(m for m in sys.modules if m == 'dns' or m.startswith('dns.')))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parents[2])
-    assert out.stdout == "[]\n", out.stderr
+def test_the_resolver_library_is_loaded_at_the_first_lookup_not_at_start(tmp_path):
+    """dnspython (about 60 ms) is loaded neither by `run`'s imports nor by a started stub reading the
+    host's resolv.conf; the first lookup loads it."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.53\n")
+    probe = textwrap.dedent(f"""
+        import sys, launcher.run
+        from sandbox.dns_stub import DnsStub
+        loaded = lambda: sorted(m for m in sys.modules if m == "dns" or m.startswith("dns."))
+        with DnsStub(lambda name, qtype: False, host_resolv_conf={str(conf)!r}) as stub:
+            print(loaded())
+            stub.respond(bytes(12))
+            print("dns.message" in loaded())
+        """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout == "[]\nTrue\n", out.stderr
+
+
+def test_a_burst_at_the_first_lookup_is_answered_not_overloaded():
+    """Sixty queries sent at once to a fresh stub, in a process that has not loaded dnspython, are
+    all answered (here REFUSED, rcode 5): the first lookup loads dnspython before any query takes an
+    in-flight place, so the burst waits in the socket's buffer instead of holding every place during
+    the load and overflowing the rest to SERVFAIL."""
+    probe = textwrap.dedent("""
+        import socket, struct, sys
+        from sandbox.dns_stub import DnsStub
+        assert "dns" not in sys.modules
+        def query(number):
+            name = b"".join(bytes([len(label)]) + label for label in (b"n%d" % number, b"test")) + b"\\0"
+            return struct.pack(">HHHHHH", number, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+        with DnsStub(lambda name, qtype: False, upstream=[("127.0.0.1", 9)]) as stub:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(5)
+                for number in range(60):
+                    client.sendto(query(number), stub.udp_address)
+                print(sorted(client.recv(512)[3] & 0xF for _ in range(60)))
+        """)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout == f"{[dns.rcode.REFUSED.value] * 60}\n", out.stderr
 
 
 def test_sandbox_resolv_conf_names_only_the_stub():
