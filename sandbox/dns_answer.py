@@ -16,6 +16,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.opcode
+import dns.query  # noqa: F401 - loaded with the Answerer, not by the first forward on a worker
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype

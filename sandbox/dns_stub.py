@@ -31,6 +31,7 @@ STUB_ADDRESS = "127.0.0.53"
 STUB_PORT = 53
 DEFAULT_MAX_INFLIGHT = 32
 DEFAULT_MAX_TCP_CONNECTIONS = 16
+LOAD_RETRY_SECONDS = 5
 _log = logging.getLogger("faramesh_sandbox.dns")
 
 
@@ -72,7 +73,7 @@ class DnsStub:
         self.names = names if names is not None else NameMap()
         self._answerer_args = (check, servers, timeout)
         self._answerer: Answerer | None = None
-        self._answerer_failed = False
+        self._answerer_retry_at = float("-inf")  # after a failed load: when to try again
         self._answerer_lock = threading.Lock()
         self._listen = listen
         self._max_inflight = max_inflight
@@ -144,24 +145,25 @@ class DnsStub:
 
     def respond(self, wire: bytes, transport: str = "udp") -> bytes | None:
         """The reply to one query message (``transport`` "udp" or "tcp"), or None to send nothing
-        (also when the resolver library cannot be loaded: said once, every lookup unanswered)."""
+        (also while the resolver library cannot be loaded: nothing could be checked)."""
         answerer = self._answerer_now()
         return answerer.respond(wire, transport) if answerer is not None else None
 
     def _answerer_now(self) -> Answerer | None:
-        """The Answerer, made at the first lookup: dnspython is loaded then, not at start."""
-        if self._answerer is not None or self._answerer_failed:
+        """The Answerer, made at the first lookup: dnspython is loaded then, not at start. None
+        while it cannot be loaded (said each time a load fails, tried again LOAD_RETRY_SECONDS on)."""
+        if self._answerer is not None or time.monotonic() < self._answerer_retry_at:
             return self._answerer
         with self._answerer_lock:
-            if self._answerer is None and not self._answerer_failed:
+            if self._answerer is None and time.monotonic() >= self._answerer_retry_at:
                 try:
                     from sandbox.dns_answer import Answerer
                     check, servers, timeout = self._answerer_args
                     self._answerer = Answerer(check, servers, self.names, timeout)
                 except Exception as exc:  # noqa: BLE001 - fail closed: no lookup is answered
-                    _log.error("dns: no lookup is answered: the resolver library cannot be loaded: %s: %s",
-                               type(exc).__name__, exc)
-                    self._answerer_failed = True
+                    _log.error("dns: no lookup is answered for %d s: the resolver library cannot be "
+                               "loaded: %s: %s", LOAD_RETRY_SECONDS, type(exc).__name__, exc)
+                    self._answerer_retry_at = time.monotonic() + LOAD_RETRY_SECONDS
             return self._answerer
 
     def _overloaded(self, wire: bytes, transport: str) -> bytes | None:
@@ -180,16 +182,21 @@ class DnsStub:
             selector.register(self._udp, selectors.EVENT_READ, self._on_udp)
             selector.register(self._tcp, selectors.EVENT_READ, self._on_tcp)
             selector.register(self._wake_r, selectors.EVENT_READ, None)
-            while True:
+            while not self._closed:
                 for key, _ in selector.select():
-                    if key.data is None:
+                    if key.data is None or self._closed:
                         return
-                    key.data()
+                    try:
+                        key.data()
+                    except Exception as exc:  # noqa: BLE001 - e.g. no thread to start: this query is lost, not the stub
+                        self._overload.warn(f"dns: a query was dropped: {type(exc).__name__}: {exc}")
 
     def _on_udp(self) -> None:
-        # The first lookup loads dnspython (~70-110 ms) here, before any query takes an in-flight
+        # The first lookup loads dnspython (about 60 ms) here, before any query takes an in-flight
         # place: a burst waits in the socket's buffer, not holding places it would then overflow.
         self._answerer_now()
+        if self._closed:  # closed during the load: the sockets are gone
+            return
         for _ in range(64):  # drain a burst, then let the listener have its turn
             try:
                 wire, peer = self._udp.recvfrom(65535)
@@ -201,7 +208,11 @@ class DnsStub:
             if not self._slots.acquire(blocking=False):
                 self._send_udp(self._overloaded(wire, "udp"), peer)
                 continue
-            self._workers.submit(self._answer_udp, wire, peer)
+            try:
+                self._workers.submit(self._answer_udp, wire, peer)
+            except BaseException:
+                self._slots.release()
+                raise
 
     def _answer_udp(self, wire: bytes, peer) -> None:
         try:
@@ -231,10 +242,18 @@ class DnsStub:
             conn.close()
             return
         self._tcp_open.add(conn)
-        threading.Thread(target=self._serve_tcp, args=(conn,), name="dns-stub-tcp", daemon=True).start()
+        try:
+            threading.Thread(target=self._serve_tcp, args=(conn,), name="dns-stub-tcp", daemon=True).start()
+        except BaseException:
+            self._tcp_open.discard(conn)
+            conn.close()
+            self._tcp_slots.release()
+            raise
 
     def _serve_tcp(self, conn: socket.socket) -> None:
         try:
+            if self._answerer_now() is None:  # loaded before taking an in-flight place, as for UDP
+                return
             conn.setblocking(True)
             conn.settimeout(self._tcp_idle)
             while not self._closed:

@@ -5,7 +5,8 @@ does not load it (about 60 ms of every start-up; docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-import ipaddress
+import re
+import socket
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -32,29 +33,67 @@ def _no_server(resolv_conf: str, why: object) -> DnsConfigError:
                           f"add a 'nameserver ADDRESS' line to {resolv_conf}, or pass upstream servers explicitly")
 
 
+# glibc's reading (resolv/res_init.c): "nameserver" at the start of a line, then spaces or tabs,
+# then the address up to the next space, tab or newline (a "#" or ";" in it makes it unusable).
+_NAMESERVER_LINE = re.compile(rb"nameserver[ \t]+([^ \t\n]*)")
+_IPV4_TEXT = re.compile(rb"[0-9A-Fa-fXx.]+")  # inet_aton's alphabet: 10.1, 0x0a000003, 010.0.0.1 too
+
+
 def host_nameservers(resolv_conf: str) -> list[tuple[str, int]]:
     """The servers of a resolv.conf as glibc reads them, each on port 53: the first MAX_NAMESERVERS
-    ``nameserver`` lines whose address is an IP address (others are skipped, as glibc skips them).
+    ``nameserver`` lines with an address glibc takes (others are skipped, as glibc skips them).
     Read without dnspython, so a run whose agent never resolves a name does not load it. Raises
-    DnsConfigError, naming what was wrong, when the file gives no usable server."""
+    DnsConfigError, naming what was wrong, when the file gives no usable server (where glibc would
+    try 127.0.0.1: the stub does not guess)."""
     try:
         with open(resolv_conf, "rb") as conf:
-            lines = conf.read().splitlines()
+            lines = conf.read().split(b"\n")
     except OSError as exc:
         raise _no_server(resolv_conf, exc.strerror) from None
     servers, unusable = [], []
     for line in lines:
-        tokens = line.split()
-        if tokens[:1] != [b"nameserver"]:
+        match = _NAMESERVER_LINE.match(line)
+        if match is None:
             continue
-        try:
-            servers.append((str(ipaddress.ip_address(tokens[1].decode("ascii"))), 53))
-        except (IndexError, UnicodeDecodeError, ValueError):
+        address = _server_address(match.group(1))
+        if address is None:
             unusable.append(repr(line.decode("utf-8", "replace").strip()))
+        elif len(servers) < MAX_NAMESERVERS:
+            servers.append((address, 53))
     if not servers:
         why = f"no IP address in {', '.join(unusable[:3])}" if unusable else "no nameserver line"
         raise _no_server(resolv_conf, why)
-    return servers[:MAX_NAMESERVERS]
+    return servers
+
+
+def _server_address(token: bytes) -> str | None:
+    """The address glibc makes of a nameserver token, as text dnspython can send to; None if none.
+
+    IPv4 in inet_aton's forms (the whole token); else IPv6 with an optional %scope, an interface
+    name or number (a scope glibc cannot resolve becomes no scope, as in glibc)."""
+    text = token.decode("ascii", "replace")
+    if _IPV4_TEXT.fullmatch(token):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(text))
+        except OSError:
+            return None
+    address, _, scope = text.partition("%")
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, address)
+    except OSError:
+        return None
+    address = socket.inet_ntop(socket.AF_INET6, packed)
+    scope_id = _scope_id(scope) if scope else 0
+    return f"{address}%{scope_id}" if scope_id else address
+
+
+def _scope_id(scope: str) -> int:
+    """glibc's: the interface of that name, else the number the text starts with (strtoul), else 0."""
+    try:
+        return socket.if_nametoindex(scope)
+    except OSError:
+        digits = re.match(r"[0-9]*", scope).group()
+        return int(digits) if digits else 0
 
 
 def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout: float) -> dns.message.Message:

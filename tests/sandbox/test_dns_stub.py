@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -327,17 +328,57 @@ def test_silent_upstream_gives_servfail(decisions, caplog):
 
 def test_host_nameservers_come_from_resolv_conf(tmp_path):
     """The nameserver lines of a resolv.conf become upstreams on port 53, as glibc reads them: an
-    address that is not an IP address (or none) is skipped, a scoped IPv6 address kept, at most three."""
+    address glibc cannot use (or none) is skipped, a scope becomes the interface's number, at most three."""
     conf = tmp_path / "resolv.conf"
     conf.write_text("search corp.example\n# nameserver 192.0.2.1\nnameserver\nnameserver dns.example\n"
                     "nameserver 192.0.2.53 # the office\nnameserver fe80::53%lo\n"
-                    "nameserver 2001:db8::53\nnameserver 192.0.2.54\n")
-    assert host_nameservers(str(conf)) == [("192.0.2.53", 53), ("fe80::53%lo", 53), ("2001:db8::53", 53)]
+                    "nameserver 2001:DB8::53\tx\nnameserver 192.0.2.54\n")
+    assert host_nameservers(str(conf)) == [("192.0.2.53", 53), ("fe80::53%1", 53), ("2001:db8::53", 53)]
+
+
+# Lines where a loose reading and glibc's differ; each case's servers are what glibc uses.
+GLIBC_CASES = {
+    "leading space, CRLF, vertical tab: skipped": (
+        " nameserver 192.0.2.1\nnameserver 192.0.2.2\r\nnameserver\v192.0.2.3\nnameserver 192.0.2.4\n",
+        ["192.0.2.4"]),
+    "inet_aton's short, hex and octal forms": (
+        "nameserver 10.1\nnameserver 0x0a000003\nnameserver 010.0.0.1\n", ["10.0.0.1", "10.0.0.3", "8.0.0.1"]),
+    "a space or tab ends the address, a comment mark spoils it; only three kept": (
+        "nameserver\t192.0.2.5 x\nnameserver 192.0.2.6#y\nnameserver 192.0.2.7;z\nnameserver 192.0.2.8\t#\n"
+        "nameserver 192.0.2.10\nnameserver 192.0.2.11\n",
+        ["192.0.2.5", "192.0.2.8", "192.0.2.10"]),
+    "an unusable line does not take a place": (
+        "nameserver 1.2.3.4.5\nnameserver 192.0.2.9\n", ["192.0.2.9"]),
+}
+
+GLIBC_NAMESERVERS = """
+import ctypes, json, socket, struct
+libresolv = ctypes.CDLL("libresolv.so.2")
+state = ctypes.create_string_buffer(4096)  # struct __res_state: nscount at 16, nsaddr_list at 20
+libresolv.__res_ninit(state)
+count = struct.unpack_from("i", state.raw, 16)[0]
+print(json.dumps([socket.inet_ntoa(state.raw[20 + 16 * i + 4:20 + 16 * i + 8]) for i in range(count)]))
+"""
+
+
+@pytest.mark.parametrize("case", GLIBC_CASES)
+def test_host_nameservers_read_resolv_conf_as_glibc_does(tmp_path, case):
+    """For each case the stub's servers equal what glibc's own resolver reads from the same file
+    (res_ninit in a mount namespace where the file is /etc/resolv.conf) and the expected list."""
+    text, expected = GLIBC_CASES[case]
+    conf = tmp_path / "resolv.conf"
+    conf.write_text(text)
+    glibc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f'mount --bind "$1" /etc/resolv.conf && exec {sys.executable} -c "$2"', "-", str(conf), GLIBC_NAMESERVERS],
+        capture_output=True, text=True, check=True)
+    assert json.loads(glibc.stdout) == expected, glibc.stderr
+    assert host_nameservers(str(conf)) == [(address, 53) for address in expected]
 
 
 @pytest.mark.parametrize("text, why", [
     ("search corp.example\n", "(no nameserver line)"),
-    ("nameserver\nnameserver not-an-address\n", "(no IP address in 'nameserver', 'nameserver not-an-address')"),
+    ("nameserver\nnameserver not-an-address\n", "(no IP address in 'nameserver not-an-address')"),
     ("nameserver 192.0.2.\xff\n", "(no IP address in 'nameserver 192.0.2.\ufffd')"),
 ])
 def test_resolv_conf_without_a_usable_nameserver_is_a_clear_error_at_start(tmp_path, text, why):
@@ -366,7 +407,7 @@ def test_a_resolver_library_that_cannot_be_loaded_leaves_every_lookup_unanswered
                     client.recv(512)
             assert stub._thread.is_alive()
     assert replies == [None] * 3
-    assert caplog.text.count("dns: no lookup is answered: the resolver library cannot be loaded") == 1
+    assert caplog.text.count("dns: no lookup is answered for 5 s: the resolver library cannot be loaded") == 1
 
 
 def test_the_resolver_library_is_loaded_at_the_first_lookup_not_at_start(tmp_path):
@@ -387,27 +428,45 @@ def test_the_resolver_library_is_loaded_at_the_first_lookup_not_at_start(tmp_pat
     assert out.stdout == "[]\nTrue\n", out.stderr
 
 
-def test_a_burst_at_the_first_lookup_is_answered_not_overloaded():
-    """Sixty queries sent at once to a fresh stub, in a process that has not loaded dnspython, are
-    all answered (here REFUSED, rcode 5): the first lookup loads dnspython before any query takes an
-    in-flight place, so the burst waits in the socket's buffer instead of holding every place during
-    the load and overflowing the rest to SERVFAIL."""
-    probe = textwrap.dedent("""
-        import socket, struct, sys
-        from sandbox.dns_stub import DnsStub
-        assert "dns" not in sys.modules
-        def query(number):
-            name = b"".join(bytes([len(label)]) + label for label in (b"n%d" % number, b"test")) + b"\\0"
-            return struct.pack(">HHHHHH", number, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
-        with DnsStub(lambda name, qtype: False, upstream=[("127.0.0.1", 9)]) as stub:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
-                client.settimeout(5)
-                for number in range(60):
-                    client.sendto(query(number), stub.udp_address)
-                print(sorted(client.recv(512)[3] & 0xF for _ in range(60)))
-        """)
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO)
-    assert out.stdout == f"{[dns.rcode.REFUSED.value] * 60}\n", out.stderr
+FIRST_LOOKUP_PROBE = """
+import json, socket, struct, sys
+from sandbox.dns_stub import DnsStub
+assert "dns" not in sys.modules
+def query(number, name):
+    labels = b"".join(bytes([len(label)]) + label for label in name.encode().split(b".")) + b"\\0"
+    return struct.pack(">HHHHHH", number, 0x0100, 1, 0, 0, 0) + labels + struct.pack(">HH", 1, 1)
+transport, name, count, upstream_port = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with DnsStub(lambda name, qtype: name == "plain.test", upstream=[("127.0.0.1", upstream_port)]) as stub:
+    if transport == "udp":
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            for number in range(count):
+                client.sendto(query(number, name), stub.udp_address)
+            replies = [client.recv(512) for _ in range(count)]
+    else:
+        with socket.create_connection(stub.tcp_address, timeout=5) as client:
+            client.sendall(b"".join(len(q).to_bytes(2, "big") + q for q in (query(n, name) for n in range(count))))
+            replies = []
+            for _ in range(count):
+                length = int.from_bytes(client.recv(2, socket.MSG_WAITALL), "big")
+                replies.append(client.recv(length, socket.MSG_WAITALL))
+print(json.dumps(sorted([reply[3] & 0xF, struct.unpack(">H", reply[6:8])[0]] for reply in replies)))
+"""
+
+
+@pytest.mark.parametrize("transport, name, count, rcode, answers", [
+    ("udp", "refused.test", 60, dns.rcode.REFUSED, 0),
+    ("udp", "plain.test", 60, dns.rcode.NOERROR, 1),
+    ("tcp", "plain.test", 3, dns.rcode.NOERROR, 1),
+])
+def test_queries_at_the_first_lookup_are_answered_not_overloaded(upstream, transport, name, count, rcode, answers):
+    """Queries sent at once to a fresh stub, in a process that has not loaded dnspython, are all
+    answered, refused or relayed from the upstream: the first lookup loads dnspython before any
+    query takes an in-flight place, so a burst waits in the socket instead of holding every place
+    during the load and overflowing the rest to SERVFAIL."""
+    out = subprocess.run([sys.executable, "-c", FIRST_LOOKUP_PROBE, transport, name, str(count),
+                          str(upstream.address[1])], capture_output=True, text=True, check=True, cwd=REPO)
+    assert json.loads(out.stdout) == [[rcode.value, answers]] * count, out.stderr
 
 
 def test_sandbox_resolv_conf_names_only_the_stub():
