@@ -2,6 +2,10 @@
 
 import sys
 
-from launcher.cli import main
+from launcher.import_path import drop_working_directory
+
+drop_working_directory()
+
+from launcher.cli import main  # noqa: E402 - after the working directory left sys.path
 
 sys.exit(main())

@@ -210,8 +210,11 @@ class DnsStub:
                 continue
             try:
                 self._workers.submit(self._answer_udp, wire, peer)
-            except BaseException:
-                self._slots.release()
+            except RuntimeError:
+                # Shut down (closing): never queued. A worker that could not start leaves the
+                # query queued, still holding its place, for the next worker to answer.
+                if self._closed:
+                    self._slots.release()
                 raise
 
     def _answer_udp(self, wire: bytes, peer) -> None:

@@ -47,7 +47,7 @@ def host_nameservers(resolv_conf: str) -> list[tuple[str, int]]:
     try 127.0.0.1: the stub does not guess)."""
     try:
         with open(resolv_conf, "rb") as conf:
-            lines = conf.read().split(b"\n")
+            lines = [line.split(b"\0", 1)[0] for line in conf.read().split(b"\n")]  # C strings end at NUL
     except OSError as exc:
         raise _no_server(resolv_conf, exc.strerror) from None
     servers, unusable = [], []
@@ -69,31 +69,38 @@ def host_nameservers(resolv_conf: str) -> list[tuple[str, int]]:
 def _server_address(token: bytes) -> str | None:
     """The address glibc makes of a nameserver token, as text dnspython can send to; None if none.
 
-    IPv4 in inet_aton's forms (the whole token); else IPv6 with an optional %scope, an interface
-    name or number (a scope glibc cannot resolve becomes no scope, as in glibc)."""
+    IPv4 in inet_aton's forms (the whole token); else IPv6 with an optional %scope, read as glibc
+    reads it (__inet6_scopeid_pton). The scope is kept only where it matters, on link-scoped
+    addresses: on a global address the kernel ignores it, and dnspython would refuse the replies."""
     text = token.decode("ascii", "replace")
     if _IPV4_TEXT.fullmatch(token):
         try:
             return socket.inet_ntoa(socket.inet_aton(text))
         except OSError:
             return None
-    address, _, scope = text.partition("%")
+    address, has_scope, scope = text.partition("%")
     try:
         packed = socket.inet_pton(socket.AF_INET6, address)
     except OSError:
         return None
     address = socket.inet_ntop(socket.AF_INET6, packed)
-    scope_id = _scope_id(scope) if scope else 0
+    scope_id = _scope_id(scope) if has_scope and _link_scoped(packed) else 0
     return f"{address}%{scope_id}" if scope_id else address
 
 
+def _link_scoped(packed: bytes) -> bool:
+    """fe80::/10, or multicast of interface-local or link-local scope: where glibc looks a scope's
+    interface name up."""
+    return (packed[0] == 0xFE and packed[1] & 0xC0 == 0x80) or (packed[0] == 0xFF and packed[1] & 0x0F in (1, 2))
+
+
 def _scope_id(scope: str) -> int:
-    """glibc's: the interface of that name, else the number the text starts with (strtoul), else 0."""
+    """glibc's: the interface of that name, else the scope when it is all digits and fits 32 bits, else 0."""
     try:
         return socket.if_nametoindex(scope)
     except OSError:
-        digits = re.match(r"[0-9]*", scope).group()
-        return int(digits) if digits else 0
+        pass
+    return int(scope) if scope.isascii() and scope.isdigit() and int(scope) <= 0xFFFFFFFF else 0
 
 
 def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout: float) -> dns.message.Message:
