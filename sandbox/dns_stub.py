@@ -106,6 +106,10 @@ class DnsStub:
         except OSError:
             self.close()
             raise
+        try:  # one worker now: a query queued when no new worker can start always has one to run it
+            self._workers.submit(int)
+        except RuntimeError:
+            pass  # none could start: the first query's submit tries again
         self._thread = threading.Thread(target=self._serve, name="dns-stub", daemon=True)
         self._thread.start()
         return self
@@ -189,7 +193,7 @@ class DnsStub:
                     try:
                         key.data()
                     except Exception as exc:  # noqa: BLE001 - e.g. no thread to start: this query is lost, not the stub
-                        self._overload.warn(f"dns: a query was dropped: {type(exc).__name__}: {exc}")
+                        self._overload.warn(f"dns: a query or connection was dropped: {type(exc).__name__}: {exc}")
 
     def _on_udp(self) -> None:
         # The first lookup loads dnspython (about 60 ms) here, before any query takes an in-flight
@@ -210,12 +214,13 @@ class DnsStub:
                 continue
             try:
                 self._workers.submit(self._answer_udp, wire, peer)
-            except RuntimeError:
-                # Shut down (closing): never queued. A worker that could not start leaves the
-                # query queued, still holding its place, for the next worker to answer.
-                if self._closed:
+            except RuntimeError as exc:
+                if self._closed:  # shut down: never queued
                     self._slots.release()
-                raise
+                    return
+                # No new worker could start: the query is queued, keeping its place, and the
+                # worker start() made (a pool never shrinks) will answer it.
+                self._overload.warn(f"dns: a query waits for a busy worker: {exc}")
 
     def _answer_udp(self, wire: bytes, peer) -> None:
         try:

@@ -5,6 +5,7 @@ does not load it (about 60 ms of every start-up; docs/benchmarks.md)."""
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from typing import TYPE_CHECKING
@@ -72,20 +73,19 @@ def _server_address(token: bytes) -> str | None:
     IPv4 in inet_aton's forms (the whole token); else IPv6 with an optional %scope, read as glibc
     reads it (__inet6_scopeid_pton). The scope is kept only where it matters, on link-scoped
     addresses: on a global address the kernel ignores it, and dnspython would refuse the replies."""
-    text = token.decode("ascii", "replace")
     if _IPV4_TEXT.fullmatch(token):
         try:
-            return socket.inet_ntoa(socket.inet_aton(text))
+            return socket.inet_ntoa(socket.inet_aton(token.decode("ascii")))
         except OSError:
             return None
-    address, has_scope, scope = text.partition("%")
+    address, has_scope, scope = token.partition(b"%")
     try:
-        packed = socket.inet_pton(socket.AF_INET6, address)
-    except OSError:
+        packed = socket.inet_pton(socket.AF_INET6, address.decode("ascii"))
+    except (OSError, UnicodeDecodeError):
         return None
-    address = socket.inet_ntop(socket.AF_INET6, packed)
-    scope_id = _scope_id(scope) if has_scope and _link_scoped(packed) else 0
-    return f"{address}%{scope_id}" if scope_id else address
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    scope_id = _scope_id(os.fsdecode(scope)) if has_scope and _link_scoped(packed) else 0
+    return f"{text}%{scope_id}" if scope_id else text
 
 
 def _link_scoped(packed: bytes) -> bool:
@@ -98,9 +98,10 @@ def _scope_id(scope: str) -> int:
     """glibc's: the interface of that name, else the scope when it is all digits and fits 32 bits, else 0."""
     try:
         return socket.if_nametoindex(scope)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in it
         pass
-    return int(scope) if scope.isascii() and scope.isdigit() and int(scope) <= 0xFFFFFFFF else 0
+    digits = scope.isascii() and scope.isdigit() and len(scope) <= 10
+    return int(scope) if digits and int(scope) <= 0xFFFFFFFF else 0
 
 
 def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout: float) -> dns.message.Message:

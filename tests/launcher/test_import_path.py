@@ -13,7 +13,6 @@ import pytest
 
 from tests.sandbox import dns_fake
 
-pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 
 PLANTED = "import pathlib\npathlib.Path(__file__).with_name('RAN-' + __name__).write_text('planted code ran')\n"
@@ -21,11 +20,17 @@ POLICY = "agent a {\n  default deny\n  rules {\n    permit fs/*\n    permit shel
 LOOKUP = "import socket\nprint(socket.getaddrinfo('plain.test', 80, type=socket.SOCK_STREAM)[0][4][0])\n"
 
 
-def test_modules_loaded_after_the_agent_starts_do_not_come_from_the_working_directory(tmp_path):
+@pytest.mark.kernel
+@pytest.mark.parametrize("pythonpath", [None, ".", ":/nonexistent", "{workdir}"])
+def test_modules_loaded_after_the_agent_starts_do_not_come_from_the_working_directory(tmp_path, pythonpath):
     """`python3 -m launcher run` from a directory holding a planted ``dns`` package and ``hmac.py``
     (dnspython and a module it imports are first loaded at the agent's first lookup, after the
-    agent started): the lookup is answered by the real dnspython and no planted code runs."""
+    agent started), also with PYTHONPATH naming that directory again (".", an empty entry, its
+    path): the lookup is answered by the real dnspython and no planted code runs."""
     workdir = tmp_path / "work"
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath.format(workdir=workdir)
     (workdir / "dns").mkdir(parents=True)
     (workdir / "dns" / "__init__.py").write_text(PLANTED)
     (workdir / "hmac.py").write_text(PLANTED)
@@ -36,7 +41,7 @@ def test_modules_loaded_after_the_agent_starts_do_not_come_from_the_working_dire
         done = subprocess.run(
             [sys.executable, "-m", "launcher", "run", "--policy", "p.fpl", "--no-audit-db", "--no-sdk-socket",
              "--no-prompt", "--dns-upstream", f"{host}:{port}", "--", sys.executable, "-c", LOOKUP],
-            capture_output=True, text=True, timeout=120, cwd=workdir)
+            capture_output=True, text=True, timeout=120, cwd=workdir, env=env)
     finally:
         upstream.close()
     assert (done.returncode, done.stdout) == (0, "192.0.2.20\n"), done.stderr

@@ -350,7 +350,11 @@ GLIBC_CASES = {
     "an unusable line does not take a place; a NUL ends the line": (
         "nameserver 1.2.3.4.5\nnameserver 192.0.2.9\0junk\n", ["192.0.2.9"]),
     "link-local scopes: a name or a number; anything else is no scope": (
-        "nameserver fe80::53%lo\nnameserver fe80::54%7\nnameserver fe80::55%7x\n", ["fe80::53%1", "fe80::54%7", "fe80::55"]),
+        "nameserver fe80::53%lo\nnameserver fe80::54%7\nnameserver fe80::55%7x\n",
+        ["fe80::53%1", "fe80::54%7", "fe80::55"]),
+    "numeric scopes beyond 32 bits are no scope": (
+        "nameserver fe80::56%4294967295\nnameserver fe80::57%4294967296\nnameserver fe80::58%" + "9" * 5000 + "\n",
+        ["fe80::56%4294967295", "fe80::57", "fe80::58"]),
     "scopes on other addresses: a name is ignored, a number kept by glibc (dropped by the stub)": (
         "nameserver 2001:db8::53%lo\nnameserver 2001:DB8::54%9\nnameserver ff02::1%lo\n",
         ["2001:db8::53", "2001:db8::54%9", "ff02::1%1"]),
