@@ -77,6 +77,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the program to run and its arguments")
 
 
+def start_parts(hooks) -> None:
+    """launch()'s ``started``: the DNS stub, the HTTP egress and the SDK socket start serving. One
+    that cannot (no thread or socket left) ends the run, the agent with it, as a set-up error
+    (exit 125, one line), not a traceback."""
+    for hook in hooks:
+        try:
+            hook()
+        except (OSError, RuntimeError) as err:
+            raise SandboxError("start_parts", f"{type(err).__name__}: {err}",
+                               "the host ran out of threads, file descriptors or ports; free some and run again") from None
+
+
 def main(args: argparse.Namespace, wrap_decide=None) -> int:
     """``wrap_decide(decide) -> decide``: how `learn` records calls while deciding them."""
     command = list(args.command)
@@ -195,8 +207,7 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         egress = start_egress(spec, decide, audit, approve, sources, args)
         hooks = [part.start for part in (dns, egress) if part is not None] + ([sdk.serve] if sdk is not None else [])
         hooks += [status_line.start] if status_line is not None else []
-        status = launch(spec, decide, audit=audit, approve=approve,
-                        started=lambda: [hook() for hook in hooks])
+        status = launch(spec, decide, audit=audit, approve=approve, started=lambda: start_parts(hooks))
         if status_line is not None:
             status_line.stop()
         return _finish_report(report, args, status)

@@ -49,6 +49,7 @@ STAGE_DESCRIPTIONS = {
     "seccomp": "install the seccomp filter",
     "hand_over_listener": "hand the seccomp listener to the supervisor",
     "startup": "start the sandbox",
+    "start_parts": "start the run's DNS stub, HTTP egress and SDK socket",
     "supervise": "supervise the sandbox",
 }
 
