@@ -401,6 +401,33 @@ def test_host_nameservers_read_resolv_conf_as_glibc_does(tmp_path, case):
     assert host_nameservers(str(conf)) == [(_as_the_stub_sends(address), 53) for address in expected]
 
 
+# resolv.conf-like lines: nameserver lines with random tokens, among random bytes
+RESOLV_LINES = st.lists(st.one_of(
+    st.binary(max_size=80),
+    st.tuples(st.sampled_from([b"nameserver ", b"nameserver\t", b" nameserver ", b"nameserver"]),
+              st.one_of(st.binary(max_size=40), st.sampled_from([b"10.1", b"fe80::1%lo", b"2001:db8::1%9", b"::1"])))
+    .map(b"".join)), max_size=12).map(b"\n".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=RESOLV_LINES)
+def test_any_resolv_conf_gives_servers_or_a_clear_error(tmp_path, text):
+    """Whatever the file holds, host_nameservers returns one to three IP addresses on port 53, or
+    raises DnsConfigError: never another exception."""
+    conf = tmp_path / "resolv.conf"
+    conf.write_bytes(text)
+    try:
+        servers = host_nameservers(str(conf))
+    except DnsConfigError as err:
+        assert err.message.startswith(f"{conf}: no DNS server")
+        return
+    assert 1 <= len(servers) <= 3
+    for address, port in servers:
+        text_address, _, scope = address.partition("%")
+        socket.inet_pton(socket.AF_INET6 if ":" in text_address else socket.AF_INET, text_address)
+        assert port == 53 and (scope == "" or 0 < int(scope) <= 0xFFFFFFFF)
+
+
 @pytest.mark.parametrize("text, why", [
     ("search corp.example\n", "(no nameserver line)"),
     ("nameserver\nnameserver not-an-address\n", "(no IP address in 'nameserver not-an-address')"),
