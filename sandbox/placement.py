@@ -19,10 +19,13 @@ HALT_POLL_NS = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
 
 
 def _read(path: str) -> str:
+    """The file's text, or "" when it cannot be read. Decoded as UTF-8, the codec Python always has
+    loaded: a launcher that may no longer read the interpreter's library (the unprivileged run of
+    tests/launcher/test_run.py) could not load another one here."""
     try:
-        with open(path, encoding="ascii") as f:
-            return f.read().strip()
-    except (OSError, UnicodeDecodeError):
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
         return ""
 
 
