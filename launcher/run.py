@@ -86,7 +86,8 @@ def start_parts(hooks) -> None:
             hook()
         except (OSError, RuntimeError) as err:
             raise SandboxError("start_parts", f"{type(err).__name__}: {err}",
-                               "the host ran out of threads, file descriptors or ports; free some and run again") from None
+                               "the host ran out of threads, file descriptors or ports; "
+                               "free some and run again") from None
 
 
 def main(args: argparse.Namespace, wrap_decide=None) -> int:
