@@ -78,9 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def start_parts(hooks) -> None:
-    """launch()'s ``started``: the DNS stub, the HTTP egress and the SDK socket start serving. One
-    that cannot (no thread or socket left) ends the run, the agent with it, as a set-up error
-    (exit 125, one line), not a traceback."""
+    """launch()'s ``started``, before CMD runs: the DNS stub, the HTTP egress and the SDK socket
+    start serving, the status line redrawing. One that cannot (no thread or socket left) ends the
+    run, init and the agent with it, as a set-up error (exit 125, one line), not a traceback."""
     for hook in hooks:
         try:
             hook()
@@ -215,20 +215,24 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
     except SandboxError as err:
         print(f"faramesh-sandbox: {err.render()}", file=sys.stderr)
         return EXIT_SETUP
-    finally:
-        if status_line is not None:
-            status_line.stop()  # erased before anything else is printed
-        if dns is not None:
-            dns.close()
-        if egress is not None:
-            egress.close()
-        if sdk is not None:
-            sdk.close()
-        if service is not None:
-            service.close()
-        if audit is not None:
-            audit.close()
-        record.finish()
+    finally:  # the status line first: erased before anything else is printed
+        _close_each([("status line", status_line, "stop"), ("DNS stub", dns, "close"),
+                     ("egress proxy", egress, "close"), ("SDK socket", sdk, "close"),
+                     ("approval service", service, "close"), ("audit", audit, "close"),
+                     ("run record", record, "finish")])
+
+
+def _close_each(parts: list) -> None:
+    """Close every part even when one before it fails: a failure is one warning line, never a
+    traceback that would skip the rest (an SDK socket or audit left open)."""
+    for name, part, method in parts:
+        if part is None:
+            continue
+        try:
+            getattr(part, method)()
+        except Exception as err:  # noqa: BLE001 - teardown goes on whatever one part raises
+            print(f"faramesh-sandbox: warning: closing the {name} failed: {type(err).__name__}: {err}",
+                  file=sys.stderr)
 
 
 def _start_approvals(spec: SandboxSpec, args: argparse.Namespace, channels: dict):

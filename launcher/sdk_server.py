@@ -84,8 +84,9 @@ class SdkServer:
 
     def serve(self) -> "SdkServer":
         """Answer connections on background threads."""
-        self._accepting = threading.Thread(target=self._accept_loop, name="sdk-accept", daemon=True)
-        self._accepting.start()
+        accepting = threading.Thread(target=self._accept_loop, name="sdk-accept", daemon=True)
+        accepting.start()  # kept only once running: close() after a failed start joins nothing
+        self._accepting = accepting
         return self
 
     def close(self) -> None:

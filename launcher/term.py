@@ -159,8 +159,9 @@ class StatusLine:
 
     def start(self) -> None:
         """Begin redrawing; call from launch()'s ``started`` hook (threads are allowed from then on)."""
-        self._thread = threading.Thread(target=self._loop, name="status-line", daemon=True)
-        self._thread.start()
+        drawing = threading.Thread(target=self._loop, name="status-line", daemon=True)
+        drawing.start()  # kept only once running: stop() after a failed start joins nothing
+        self._thread = drawing
 
     def stop(self) -> None:
         """Stop, erase the line and give the terminal its whole height back."""

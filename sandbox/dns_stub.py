@@ -110,8 +110,9 @@ class DnsStub:
             self._workers.submit(int)
         except RuntimeError:
             pass  # none could start: the first query's submit tries again
-        self._thread = threading.Thread(target=self._serve, name="dns-stub", daemon=True)
-        self._thread.start()
+        serving = threading.Thread(target=self._serve, name="dns-stub", daemon=True)
+        serving.start()  # kept only once running: close() after a failed start joins nothing
+        self._thread = serving
         return self
 
     @property

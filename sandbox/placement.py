@@ -39,7 +39,7 @@ def idle_cpus_poll() -> bool:
     guest_halt_poll_ns): then waking a task on it is cheap, and holding the agent's thread on
     the supervisor's CPU for a hand-over costs more than it saves (docs/benchmarks.md)."""
     driver, poll_ns = idle_cpu_state()
-    return driver == "haltpoll" and poll_ns.isdigit() and int(poll_ns) > 0
+    return driver == "haltpoll" and poll_ns.isascii() and poll_ns.isdigit() and int(poll_ns) > 0
 
 
 def current_cpu() -> int:

@@ -55,8 +55,9 @@ PROC_MAGIC = re.compile(r"/proc/\d+(/task/\d+)?/(fd/\d+|exe)")  # links to files
 
 def _proc_self(pid: int, which: str) -> str:
     """What /proc/self (or thread-self) names for task ``pid`` in its own pid namespace."""
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
-        fields = dict(line.split(":", 1) for line in status if ":" in line)
+    with open(f"/proc/{pid}/status", "rb") as status:  # bytes: no codec to load while supervising
+        text = status.read().decode("utf-8", "replace")
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     tgid, tid = fields["NStgid"].split()[-1], fields["NSpid"].split()[-1]
     return tgid if which == "self" else f"{tgid}/task/{tid}"
 

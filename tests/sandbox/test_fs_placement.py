@@ -59,6 +59,7 @@ def test_launch_with_same_cpu_pins_the_agent_and_restores_the_launcher(capfd):
     ("intel_idle", None, False),     # bare metal: C-states, no guest polling
     (None, None, False),             # no cpuidle at all
     ("haltpoll", "garbage", False),  # unreadable: assume halting, as the default does
+    ("haltpoll", "\u00b2", False),     # a digit to str.isdigit, not to int()
 ])
 def test_idle_cpus_poll_follows_the_cpuidle_driver_and_halt_polling(tmp_path, monkeypatch, driver, poll_ns, polls):
     """Only the haltpoll driver with a non-zero guest_halt_poll_ns counts as polling, and then
