@@ -213,6 +213,8 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
             status_line.stop()
         return _finish_report(report, args, status)
     except SandboxError as err:
+        if status_line is not None:
+            status_line.stop()  # erased before the error is printed
         print(f"faramesh-sandbox: {err.render()}", file=sys.stderr)
         return EXIT_SETUP
     finally:  # the status line first: erased before anything else is printed
@@ -284,6 +286,12 @@ def _finish_report(report: RunReport | None, args: argparse.Namespace, status: i
     return status
 
 
+# A link or rename is also a read and a write of its source and a write of its destination
+# (sandbox/supervisor.py _implied_calls): the kernel may permit it only when those are permitted
+# unconditionally as well. A refusal needs no such check.
+PERMIT_NEEDS = {"fs/link": ("fs/read", "fs/write"), "fs/rename": ("fs/read", "fs/write")}
+
+
 def kernel_decided(engine) -> dict[str, int]:
     """Tool categories the policy decides the same way for every call, for the
     seccomp filter to answer with no supervisor round trip (no audit record:
@@ -293,7 +301,8 @@ def kernel_decided(engine) -> dict[str, int]:
         if tool.startswith("net/"):
             continue  # always the supervisor's: DNS redirect and address guard (docs/network.md)
         effect = engine.static_effect(tool)
-        if effect is policy.Effect.PERMIT:
+        if effect is policy.Effect.PERMIT and all(engine.static_effect(needed) is policy.Effect.PERMIT
+                                                  for needed in PERMIT_NEEDS.get(tool, ())):
             decided[tool] = ALLOW
         elif effect is policy.Effect.DENY:
             decided[tool] = traced.refusal_errno(tool)

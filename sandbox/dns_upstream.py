@@ -100,8 +100,10 @@ def _scope_id(scope: str) -> int:
         return socket.if_nametoindex(scope)
     except (OSError, ValueError):  # ValueError: a NUL in it
         pass
-    digits = scope.isascii() and scope.isdigit() and len(scope) <= 10
-    return int(scope) if digits and int(scope) <= 0xFFFFFFFF else 0
+    significant = scope.lstrip("0") or "0"  # strtoull's reading: leading zeros count for nothing
+    if not (scope.isascii() and scope.isdigit() and len(significant) <= 10):  # int() refuses 4300+ digits
+        return 0
+    return int(significant) if int(significant) <= 0xFFFFFFFF else 0
 
 
 def forward(query: dns.message.Message, upstream: list[tuple[str, int]], timeout: float) -> dns.message.Message:

@@ -209,7 +209,9 @@ def _mknod(view, d):
     kind = stat.S_IFMT(mode)
     if kind == stat.S_IFDIR:
         raise fail(errno.EPERM, "mknod of a directory")
-    if kind not in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
+    if kind in (stat.S_IFCHR, stat.S_IFBLK):  # a disk or /dev/mem node in a writable directory
+        raise fail(errno.EPERM, "mknod of a device node (the sandbox holds no CAP_MKNOD for the agent)")
+    if kind not in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
         raise fail(errno.EINVAL, f"mknod type {kind:#o}")
     slot = locate_slot(view, _dirfd(d), _path(d), "create")
     args = _args(slot.path, mode=mode)

@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 from sandbox import _libc_ptrace as pt
+from sandbox._procstatus import status_fields
 from sandbox.freeze import EXEC_TIMEOUT, FREEZE_TIMEOUT, FreezeError, task_state
 
 # A task here cannot run user code; it stops at its pending interrupt when it leaves the kernel.
@@ -314,20 +315,15 @@ def _ns_id(fd: int, close: bool = True) -> tuple[int, int]:
 def _ns_depth(pid: int) -> int:
     """How many pid namespaces ``pid`` is in, from /proc/<pid>/status (0 once it is gone)."""
     try:
-        with open(f"/proc/{pid}/status") as fh:
-            return len(next((line for line in fh if line.startswith("NSpid:")), "NSpid:").split()) - 1
+        return len(status_fields(pid).get("NSpid", "").split())
     except (FileNotFoundError, ProcessLookupError):
         return 0
 
 
 def _parent_and_filtered(pid: int) -> tuple[int, bool]:
     """(parent pid, whether a seccomp filter is installed) from /proc/<pid>/status."""
-    fields = {}
     try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
+        fields = status_fields(pid)
     except (FileNotFoundError, ProcessLookupError):
         return (0, True)
     return (int(fields.get("PPid", "0")), fields.get("Seccomp", "0") != "0")

@@ -81,6 +81,7 @@ CLONE_NAMESPACE_FLAGS = {
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 USERFAULTFD_IOC_NEW = 0xAA00  # /dev/userfaultfd: the same userfaultfd, reached by ioctl
+FILE_ATTRIBUTE_IOCTLS = (0x40086602, 0x40046602, 0x401C5820)  # FS_IOC_SETFLAGS, its 32-bit form, FS_IOC_FSSETXATTR
 PERSONALITY_QUERY = 0xFFFFFFFF
 SECCOMP_FILTER_FLAG_NEW_LISTENER = _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER
 
@@ -142,6 +143,12 @@ HARDENING_RULES: tuple[Rule, ...] = tuple(
     + _deny_all(EPERM, "open_by_handle_at", "name_to_handle_at")
     + _deny_all(EPERM, "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module")
     + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),), "TIOCSTI, TIOCLINUX") for cmd in (TIOCSTI, TIOCLINUX)]
+    # fanotify opens each event's file itself, O_RDWR if asked: a permitted read would hand over a
+    # writable descriptor, and events from host processes reach files the agent may not open.
+    + _deny_all(EPERM, "fanotify_init", "fanotify_mark")
+    # Inode flags (chattr +i/+a) and project attributes change a file through a read-only descriptor.
+    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),), "FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR")
+       for cmd in FILE_ATTRIBUTE_IOCTLS]
     # AIO and userfaultfd could write memory while its owner is frozen for an exec decision.
     + _deny_all(EPERM, "io_setup", "io_submit")
     # A nested listener would let the agent supervise (and answer for) its own children.
@@ -246,6 +253,11 @@ def _action(decided: int) -> int:
     return ALLOW if decided == ALLOW else errno_action(decided)
 
 
+# The supervisor refuses block and character device nodes (sandbox/fsops.py): these go to it even
+# when the policy permits fs/write outright, or a root agent could make a disk's node and open it.
+DEVICE_NODE_CALLS = frozenset({"mknod", "mknodat"})
+
+
 def trap_rules(name: str, tools: Mapping[str, int]) -> list[tuple[int, tuple]]:
     """(action, matchers) for trapped syscall ``name`` when the tool categories in ``tools``
     are decided in the kernel (ALLOW or an errno). Read-only open/openat are told apart
@@ -255,6 +267,8 @@ def trap_rules(name: str, tools: Mapping[str, int]) -> list[tuple[int, tuple]]:
     if tool in (traced.NET_TOOL, traced.SOCKET_TOOL):
         return net_trap_rules(name)
     if tool != traced.OPEN_TOOL:
+        if name in DEVICE_NODE_CALLS and tools.get(tool) == ALLOW:
+            return [(NOTIFY, ())]
         return [(_action(tools[tool]) if tool in tools else NOTIFY, ())]
     read = _action(tools["fs/read"]) if "fs/read" in tools else NOTIFY
     write = _action(tools["fs/write"]) if "fs/write" in tools else NOTIFY

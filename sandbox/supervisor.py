@@ -118,7 +118,8 @@ class Supervisor:
         if self.fast is not None:
             self.fast.native.hold_cpu(self._hold_cpu)
         with self._count_lock:
-            self._new_receiver()
+            if not self._new_receiver():  # nothing would answer: the launcher kills the sandbox
+                raise RuntimeError("cannot start the supervisor's receiving thread")
         threading.Thread(target=self._watchdog, name="supervisor-watchdog", daemon=True).start()
         if self.fast is not None:
             threading.Thread(target=self._drain_fast, name="supervisor-fast-records", daemon=True).start()
@@ -155,15 +156,22 @@ class Supervisor:
                 os.close(self._stop_write)
                 self._stop_read = self._stop_write = -1
 
-    def _new_receiver(self) -> None:
-        """Start a thread that takes over receiving (caller holds _count_lock)."""
+    def _new_receiver(self) -> bool:
+        """Start a thread that takes over receiving (caller holds _count_lock); False when none
+        could start (MAX_THREADS, or no thread left): the current receiver keeps the role."""
         if self._live >= MAX_THREADS:
-            return
-        self._live += 1
+            return False
+        receiver = threading.Thread(target=self._worker, name=f"supervisor-{self.stats['threads'] + 1}",
+                                    daemon=True)
+        self._live += 1  # before start: the new thread's end counts it down
+        try:
+            receiver.start()
+        except RuntimeError:  # no thread left
+            self._live -= 1
+            return False
         self.stats["threads"] += 1  # ever started
-        self._receiver = threading.Thread(target=self._worker, name=f"supervisor-{self.stats['threads']}",
-                                          daemon=True)
-        self._receiver.start()
+        self._receiver = receiver
+        return True
 
     def _hand_off(self) -> None:
         """Called before a handler blocks (a defer): another thread takes over receiving."""
@@ -660,14 +668,19 @@ class Supervisor:
 def _implied_calls(call: ToolCall) -> list[tuple[str, dict]]:
     """Calls a call amounts to besides itself: an exec runs its #! interpreters and the program
     the loader loads; a hard link or rename gives the file a new name, so whoever may not read
-    or write it under the old name may not give it one (a symlink grants nothing: calls through
-    it are decided on the file it names)."""
+    or write it under the old name may not give it one; and it writes its destination (a new
+    name, or a file it replaces). RENAME_EXCHANGE also gives the destination's file the source's
+    name. A symlink grants nothing: calls through it are decided on the file it names."""
     if call.tool == "shell/exec":
         return [("shell/exec", _run_args(run, call.args)) for run in call.args.get("runs") or ()]
     if call.tool in ("fs/link", "fs/rename") and "target" not in call.args:
         via = call.tool.split("/")[1]
         source = {"path": call.args.get("path"), "flags": [], "mode": None, "via": via}
-        return [("fs/read", source), ("fs/write", source)]
+        dest = {"path": call.args.get("dest"), "flags": [], "mode": None, "via": via}
+        implied = [("fs/read", source), ("fs/write", source), ("fs/write", dest)]
+        if "RENAME_EXCHANGE" in (call.args.get("flags") or ()):
+            implied.append(("fs/read", dest))
+        return implied
     return []
 
 

@@ -129,6 +129,11 @@ TABLE: tuple[Traced, ...] = (
            {"at_flags": AT_SYMLINK_NOFOLLOW}),
     Traced("removexattr", "fs/write", (R.PATH, R.XATTR_NAME)),
     Traced("lremovexattr", "fs/write", (R.PATH, R.XATTR_NAME), {"at_flags": AT_SYMLINK_NOFOLLOW}),
+    # Attribute changes through an fd: a file open for reading (or O_PATH, reopened) is enough.
+    Traced("fchmod", "fs/write", (R.FD, R.MODE)),
+    Traced("fchown", "fs/write", (R.FD, R.UID, R.GID)),
+    Traced("fsetxattr", "fs/write", (R.FD, R.XATTR_NAME, R.XATTR_VALUE, R.XATTR_SIZE, R.XATTR_FLAGS)),
+    Traced("fremovexattr", "fs/write", (R.FD, R.XATTR_NAME)),
     Traced("socket", SOCKET_TOOL, (R.DOMAIN, R.SOCK_TYPE, R.PROTOCOL)),
     Traced("connect", NET_TOOL, (R.FD, R.SOCKADDR, R.SOCKLEN)),
     Traced("bind", NET_TOOL, (R.FD, R.SOCKADDR, R.SOCKLEN)),
@@ -166,8 +171,11 @@ TOOL_ARGS = {
             "would), flags (list of names), mode, dest (rename and link destination), target "
             "(symlink content), uid and gid (chown; -1 = unchanged), length (truncate), "
             "xattr (attribute name). A hard link or rename is also decided as fs/read and fs/write "
-            "of path (with `via` link or rename): a file that may not be read or written under its "
-            "name gets no other name",
+            "of path and fs/write of dest (each with `via` link or rename): a file that may not be read or "
+            "written under its name gets no other name, and no file is made or replaced at a name that "
+            "may not be written; with RENAME_EXCHANGE also as fs/read of dest. A policy that permits "
+            "fs/link or fs/rename unconditionally has them decided in the kernel only when it permits "
+            "fs/read and fs/write unconditionally too",
     "net/connect": "host (the DNS name the agent looked the address up by, else the IP literal; always the "
                    "literal for a guarded address), ip, port, family (inet, inet6 or unix), protocol (tcp or udp; "
                    "stream, dgram or seqpacket for unix), path (unix: absolute, symlinks resolved)",
@@ -200,7 +208,11 @@ def render_markdown() -> str:
               "When the policy decides a category unconditionally, the filter answers it without a",
               "supervisor round trip: `shell/exec` (execve, execveat), `fs/read` (read-only `open` and",
               "`openat`, told apart by their flags register; `openat2` keeps going to the supervisor",
-              "because its flags sit behind a pointer), and every other category by syscall.",
+              "because its flags sit behind a pointer), and every other category by syscall. Two",
+              "exceptions: a permit of `fs/link` or `fs/rename` is left to the kernel only when `fs/read`",
+              "and `fs/write` are permitted outright too (a new name is also a read and a write of the",
+              "file), and `mknod`/`mknodat` always go to the supervisor when permitted, which refuses",
+              "block and character device nodes (EPERM, as without `CAP_MKNOD`).",
               "Network calls are never decided in the kernel (docs/network.md): the DNS stub redirect and",
               "the address guard need the supervisor.", "", *network_markdown()]
     return "\n".join(lines + hardening_markdown()) + "\n"

@@ -13,6 +13,8 @@ import re
 import shlex
 import stat
 
+from sandbox._procstatus import status_fields
+
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 MAX_SYMLINKS = 40
@@ -55,9 +57,7 @@ PROC_MAGIC = re.compile(r"/proc/\d+(/task/\d+)?/(fd/\d+|exe)")  # links to files
 
 def _proc_self(pid: int, which: str) -> str:
     """What /proc/self (or thread-self) names for task ``pid`` in its own pid namespace."""
-    with open(f"/proc/{pid}/status", "rb") as status:  # bytes: no codec to load while supervising
-        text = status.read().decode("utf-8", "replace")
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = status_fields(pid)
     tgid, tid = fields["NStgid"].split()[-1], fields["NSpid"].split()[-1]
     return tgid if which == "self" else f"{tgid}/task/{tid}"
 

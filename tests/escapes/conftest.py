@@ -97,15 +97,17 @@ def answering(request, monkeypatch):
 MODE = "python"
 
 
-def launcher_argv(policy_file: Path, audit_file: Path, argv, options=()) -> list[str]:
+def launcher_argv(policy_file: Path, audit_file: Path, argv, options=(), kernel: bool = False) -> list[str]:
     return [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--audit", str(audit_file),
-            *ANSWERING[MODE], "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--",
+            *(() if kernel else ANSWERING[MODE]), "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--",
             *[str(a) for a in argv]]
 
 
-def sandboxed(policy_text: str, argv, workdir: Path, *, options=(), timeout: float = 60, **kwargs) -> Outcome:
+def sandboxed(policy_text: str, argv, workdir: Path, *, options=(), timeout: float = 60, kernel: bool = False,
+              **kwargs) -> Outcome:
     """`faramesh-sandbox run --policy P --audit A --audit-all [options] -- argv` (or with the
-    compiled fast path: ``answering``), in ``workdir``;
+    compiled fast path: ``answering``), in ``workdir``; with ``kernel`` neither, so what the policy
+    decides outright is decided in the kernel, as a plain `run` does (no audit record for those);
     the agent's exit status is the launcher's (128+N for signal N). The config file (and any
     [limits] in it) is not read: only ``options`` apply."""
     policy_file, audit_file = workdir / "escape-policy.fpl", workdir / "escape-audit.jsonl"
@@ -113,7 +115,7 @@ def sandboxed(policy_text: str, argv, workdir: Path, *, options=(), timeout: flo
     audit_file.write_text("")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FARAMESH_SANDBOX_CONFIG": str(workdir / "no-config.toml"),
            **kwargs.pop("env", {})}
-    done = subprocess.run(launcher_argv(policy_file, audit_file, argv, options), capture_output=True, text=True,
+    done = subprocess.run(launcher_argv(policy_file, audit_file, argv, options, kernel), capture_output=True, text=True,
                           cwd=workdir, env=env, timeout=timeout, **kwargs)
     records = [json.loads(line) for line in audit_file.read_text().splitlines() if line.strip()]
     return Outcome(done.returncode, done.stdout, done.stderr, records)

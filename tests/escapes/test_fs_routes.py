@@ -1,13 +1,15 @@
 """Reaching a denied file by another syscall or another name: legacy and alternate open calls,
-`..`, symlinks, /proc magic links, dangling symlinks, hard links and renames."""
+`..`, symlinks, /proc magic links, dangling symlinks, hard links and renames, attribute calls on
+a read-only descriptor, renames over or swapping a protected file, device nodes."""
 
 from __future__ import annotations
 
 import os
+import stat
 
 import pytest
 
-from tests.escapes.conftest import DENY_SECRET, SECRET, native, sandboxed
+from tests.escapes.conftest import DENY_SECRET, PERMIT_ALL, SECRET, native, sandboxed
 
 pytestmark = pytest.mark.kernel
 READ_SYSCALLS = ["open", "openat", "openat2", "fdpath", "dirfd"]
@@ -119,3 +121,75 @@ def test_open_by_handle_at_is_refused(cbin, secret, tmp_path):
     assert (run.status, run.stdout) == (1, "name_to_handle_at=-1 errno=1\nopen_by_handle_at=-1 errno=1\n"), \
         run.explain()
     assert os.path.exists(secret)
+
+
+@pytest.mark.parametrize("script", ["ln secret.txt alias.txt; cat alias.txt", "mv secret.txt alias.txt; cat alias.txt"])
+def test_an_outright_permit_of_links_and_renames_does_not_unlock_it(tmp_path, secret, script):
+    """The policy permits fs/link and fs/rename outright (default permit) but not reading the secret:
+    a plain `run` still sends links and renames to the supervisor, which decides their source's read."""
+    run = sandboxed(READ_ONLY_DENY, ["sh", "-c", script], tmp_path, kernel=True)
+    assert SECRET not in run.stdout, run.explain()
+    tool = {"ln": "fs/link", "mv": "fs/rename"}[script.split()[0]]
+    assert [(r["tool"], r["args"]["path"], r["reason_code"]) for r in run.denials(tool)] == [
+        (tool, str(secret), "FPL_STRICT_DENY")], run.explain()
+
+
+WRITE_DENY = ('agent a {\n  default permit\n'
+              '  deny! fs/write when args.path endsWith "/secret.txt" reason: "the secret stays as it is"\n}\n')
+
+
+@pytest.mark.parametrize("policy_text, how", [(WRITE_DENY, "plain"), (WRITE_DENY, "exchange"),
+                                              (READ_ONLY_DENY, "exchange")])
+def test_a_rename_cannot_replace_or_swap_out_a_protected_file(cbin, tmp_path, secret, policy_text, how):
+    """A rename over the secret replaces it, RENAME_EXCHANGE gives it the decoy's name: natively both
+    work; in the sandbox the destination is decided too (fs/write; fs/read for an exchange)."""
+    (tmp_path / "native").mkdir()
+    for where in (tmp_path, tmp_path / "native"):
+        (where / "decoy.txt").write_text("decoy\n")
+    (tmp_path / "native" / "secret.txt").write_text(SECRET + "\n")
+    argv = [cbin("rename2"), how, "decoy.txt", "secret.txt"]
+    assert native(argv, cwd=tmp_path / "native").stdout == "rename=ok\n"
+    assert (tmp_path / "native" / "secret.txt").read_text() == "decoy\n"
+    run = sandboxed(policy_text, argv, tmp_path)
+    assert run.stdout == f"rename=errno:{EACCES}\n", run.explain()
+    assert (secret.read_text(), (tmp_path / "decoy.txt").read_text()) == (SECRET + "\n", "decoy\n")
+    assert [(r["tool"], r["args"]["path"], r["args"]["dest"], r["reason_code"]) for r in run.denials("fs/")] == [
+        ("fs/rename", str(tmp_path / "decoy.txt"), str(secret), "FPL_STRICT_DENY")], run.explain()
+
+
+def test_attribute_changes_through_a_read_only_descriptor_are_decided(cbin, tmp_path, secret):
+    """fchmod, fchown, fsetxattr and fremovexattr on a descriptor opened for reading change the file
+    natively; in the sandbox each is decided as fs/write of the file: refused for the secret,
+    performed for another file."""
+    other = tmp_path / "other.txt"
+    other.write_text("other\n")
+    (tmp_path / "native").mkdir()
+    copy = tmp_path / "native" / "secret.txt"
+    copy.write_text(SECRET + "\n")
+    for path in (secret, other, copy):
+        os.chmod(path, 0o644)
+        os.setxattr(path, "user.probe", b"1")
+    calls = ("fchmod", "fchown", "fsetxattr", "fremovexattr")
+    assert native([cbin("fd_attrs"), copy]).lines() == dict.fromkeys(calls, "ok")
+    assert (stat.S_IMODE(copy.stat().st_mode), copy.stat().st_uid) == (0o777, 4242)
+    run = sandboxed(WRITE_DENY, ["sh", "-c", f"{cbin('fd_attrs')} {secret}; {cbin('fd_attrs')} {other}"], tmp_path)
+    assert run.stdout.splitlines() == [f"{call}=errno:{EACCES}" for call in calls] + [f"{call}=ok" for call in calls], \
+        run.explain()
+    assert (stat.S_IMODE(secret.stat().st_mode), secret.stat().st_uid) == (0o644, 0)
+    assert os.listxattr(secret) == ["user.probe"]
+    assert (stat.S_IMODE(other.stat().st_mode), other.stat().st_uid, os.listxattr(other)) == (0o777, 4242, ["user.added"])
+    assert sorted(r["syscall"] for r in run.denials("fs/write")) == sorted(calls), run.explain()
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["supervisor", "kernel"])
+def test_device_nodes_cannot_be_made(tmp_path, kernel):
+    """A root agent may make a FIFO, never a block or character device node (a disk's node would
+    bypass every path rule), also when the policy permits fs/write outright."""
+    script = "mknod fifo p; echo fifo=$?; mknod disk b 7 0; echo block=$?; mknod mem c 1 1; echo char=$?"
+    (tmp_path / "native").mkdir()
+    assert native(["sh", "-c", script], cwd=tmp_path / "native").lines() == {"fifo": "0", "block": "0", "char": "0"}
+    run = sandboxed(PERMIT_ALL, ["sh", "-c", script], tmp_path, kernel=kernel)
+    assert run.lines() == {"fifo": "0", "block": "1", "char": "1"}, run.explain()
+    assert "Operation not permitted" in run.stderr
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
+    assert not (tmp_path / "disk").exists() and not (tmp_path / "mem").exists()

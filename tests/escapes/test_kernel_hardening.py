@@ -1,5 +1,6 @@
 """Syscalls the static filter refuses in the kernel, whatever the policy says: personality,
-TIOCSTI, the keyrings, userfaultfd, namespaces and mounts, chroot, a second seccomp listener.
+TIOCSTI, the keyrings, userfaultfd, fanotify, inode-flag ioctls, namespaces and mounts, chroot, a
+second seccomp listener.
 
 These refusals are not policy decisions: they leave no audit record, so each test asserts the
 errno the kernel returned, after showing the same call succeeds natively (as root)."""
@@ -24,6 +25,10 @@ CASES = {  # probe -> (native answers, sandboxed answers)
     "userfaultfd": ({"syscall": "ok", "device": "ok"}, {"syscall": EPERM, "device": EPERM}),
     # A root agent is the host's root for what no tool call names: the clock, the kernel log.
     "root_powers": ({"clock_settime": "ok", "syslog_read": "ok"}, {"clock_settime": EPERM, "syslog_read": EPERM}),
+    # fanotify would open a file the agent may only read O_RDWR for it, on any event.
+    "fanotify": ({"fanotify_init": "ok", "fanotify_mark": "ok"}, {"fanotify_init": EPERM, "fanotify_mark": EPERM}),
+    # Inode flags and project attributes through a descriptor opened read-only.
+    "chattr": ({"setflags": "ok", "fssetxattr": "ok"}, {"setflags": EPERM, "fssetxattr": EPERM}),
 }
 
 

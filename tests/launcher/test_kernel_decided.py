@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import policy
 from launcher.run import kernel_decided
 
@@ -32,6 +34,25 @@ def test_conditional_strict_deny_keeps_the_category_trapped():
     decided = kernel_decided(engine("agent a {\n  default permit\n  deny! fs/* when args.path startsWith \"/etc\"\n}\n"))
     assert not any(tool.startswith("fs/") for tool in decided)
     assert decided["shell/exec"] == 0
+
+
+@pytest.mark.parametrize("text, in_kernel", [
+    ("agent a {\n  default permit\n}\n", True),
+    ("agent a {\n  default permit\n  deny fs/read when args.path endsWith \"/secret\"\n}\n", False),
+    ("agent a {\n  default permit\n  deny fs/write when args.path endsWith \"/secret\"\n}\n", False),
+])
+def test_links_and_renames_are_permitted_in_the_kernel_only_with_reads_and_writes(text, in_kernel):
+    """A new name is also a read and a write of the file: an outright permit of fs/link or
+    fs/rename goes to the kernel only when fs/read and fs/write are permitted outright too."""
+    decided = kernel_decided(engine(text))
+    assert ("fs/link" in decided, "fs/rename" in decided) == (in_kernel, in_kernel)
+    assert decided["fs/mkdir"] == 0
+
+
+def test_refused_links_and_renames_stay_in_the_kernel():
+    """A refusal needs no check of what else the call amounts to."""
+    decided = kernel_decided(engine("agent a {\n  permit fs/read when args.path startsWith \"/w\"\n}\n"))
+    assert (decided["fs/link"], decided["fs/rename"]) == (errno.EACCES, errno.EACCES)
 
 
 def run(policy_path: Path, audit: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -73,6 +73,7 @@ def test_a_part_failing_to_start_leaves_no_process_of_the_sandbox(failure):
     """launch() in this process with a part that cannot start: SandboxError, and init and the
     agent (waited for in the hook; it has not run CMD yet) are gone, not left running or unreaped."""
     seen: list[psutil.Process] = []
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
 
     def refuse():
         raise failure
@@ -80,7 +81,8 @@ def test_a_part_failing_to_start_leaves_no_process_of_the_sandbox(failure):
     def started():
         deadline = time.monotonic() + 10
         while len(seen) < 2 and time.monotonic() < deadline:  # init forks the agent soon after
-            seen[:] = psutil.Process().children(recursive=True)
+            inits = [child for child in psutil.Process().children() if child.pid not in before]
+            seen[:] = [process for init in inits for process in (init, *init.children())]
             time.sleep(0.01)
         start_parts([refuse])
 
@@ -103,8 +105,9 @@ def test_a_part_whose_thread_never_started_still_closes(tmp_path, monkeypatch):
     """DNS stub, SDK socket and status line: when start fails for want of a thread, close() (stop())
     neither raises nor waits for a thread that never ran, and the SDK socket file is removed."""
     stub = DnsStub(lambda name, qtype: True, upstream=[("127.0.0.1", 9)], listen=("127.0.0.1", 0))
-    sdk = SdkServer(str(tmp_path / "sdk.sock"), lambda call: None, session_id="s").start()
-    line = term.StatusLine(term.DecisionCounter(), os.open(os.devnull, os.O_WRONLY))
+    sdk = SdkServer(str(tmp_path / "sdk.sock"), lambda call: None, session_id="s").listen()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    line = term.StatusLine(term.DecisionCounter(), devnull)
     monkeypatch.setattr(threading, "Thread", _NoThreadLeft)
     for start in (stub.start, sdk.serve, line.start):
         with pytest.raises(RuntimeError):
@@ -113,6 +116,7 @@ def test_a_part_whose_thread_never_started_still_closes(tmp_path, monkeypatch):
     stub.close()
     sdk.close()
     line.stop()
+    os.close(devnull)
     assert not (tmp_path / "sdk.sock").exists()
 
 

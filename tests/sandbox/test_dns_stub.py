@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 from sandbox import mounts
 from sandbox.dns_names import NameMap
 from sandbox.dns_stub import STUB_ADDRESS, DnsStub, resolv_conf
-from sandbox.dns_upstream import DnsConfigError, host_nameservers
 from sandbox.errors import SandboxError
 from sandbox.spec import SandboxSpec
 from tests.sandbox.dns_fake import SLOW_SECONDS, FakeUpstream

@@ -225,6 +225,35 @@ def test_stalled_handler_does_not_stall_the_supervisor(cgroup_dir, cbin, tmp_pat
     assert run.stats["threads"] >= 2
 
 
+def test_a_receiver_that_cannot_start_leaves_the_current_one_receiving(cgroup_dir, cbin, tmp_path, monkeypatch):
+    """No thread left when a stalled handler should be relieved: the stalled thread stays the
+    receiver, and once its decision ends it serves the rest (the run ends, nothing hangs)."""
+    (tmp_path / "stuck").write_text("stuck\n")
+    (tmp_path / "fast").write_text("fast\n")
+
+    def decide(call):
+        if call.args.get("path") == str(tmp_path / "stuck"):
+            time.sleep(1)  # far longer than the watchdog's STALL: it tries to start a new receiver
+        return Decision(Effect.PERMIT)
+
+    refused = []
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if thread.name.startswith("supervisor-") and thread.name[len("supervisor-"):].isdigit() \
+                and thread.name != "supervisor-1":
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+        return real_start(thread)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    reader = cbin("open_read")
+    script = f"{reader} {tmp_path}/stuck & sleep 0.1; {reader} {tmp_path}/fast; wait"
+    run = run_sandboxed(["/bin/sh", "-c", script], decide, cgroup=cgroup_dir, timeout=30)
+    assert sorted(run.stdout.decode().splitlines()) == ["cloexec=0 content=fast", "cloexec=0 content=stuck"], \
+        run.explain()
+    assert refused and run.stats["threads"] == 1
+
+
 def test_vfork_spawn_from_python_is_decided(cgroup_dir):
     """Python's subprocess (vfork + exec) runs an allowed command and is refused a denied one."""
     code = ("import subprocess\n"
