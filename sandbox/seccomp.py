@@ -81,7 +81,10 @@ CLONE_NAMESPACE_FLAGS = {
 }
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
 USERFAULTFD_IOC_NEW = 0xAA00  # /dev/userfaultfd: the same userfaultfd, reached by ioctl
-FILE_ATTRIBUTE_IOCTLS = (0x40086602, 0x40046602, 0x401C5820)  # FS_IOC_SETFLAGS, its 32-bit form, FS_IOC_FSSETXATTR
+# Inode attributes set through a descriptor that may be read-only: FS_IOC_SETFLAGS (chattr),
+# FS_IOC_FSSETXATTR (project ids), FS_IOC_SETVERSION and ext4's own (the inode generation), with
+# their 32-bit forms.
+FILE_ATTRIBUTE_IOCTLS = (0x40086602, 0x40046602, 0x401C5820, 0x40087602, 0x40047602, 0x40086604, 0x40046604)
 PERSONALITY_QUERY = 0xFFFFFFFF
 SECCOMP_FILTER_FLAG_NEW_LISTENER = _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER
 
@@ -147,7 +150,7 @@ HARDENING_RULES: tuple[Rule, ...] = tuple(
     # writable descriptor, and events from host processes reach files the agent may not open.
     + _deny_all(EPERM, "fanotify_init", "fanotify_mark")
     # Inode flags (chattr +i/+a) and project attributes change a file through a read-only descriptor.
-    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),), "FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR")
+    + [Rule("ioctl", EPERM, (MaskedEq(1, 0xFFFFFFFF, cmd),), "FS_IOC_SETFLAGS, FS_IOC_FSSETXATTR, *_SETVERSION")
        for cmd in FILE_ATTRIBUTE_IOCTLS]
     # AIO and userfaultfd could write memory while its owner is frozen for an exec decision.
     + _deny_all(EPERM, "io_setup", "io_submit")

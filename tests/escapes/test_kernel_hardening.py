@@ -28,7 +28,8 @@ CASES = {  # probe -> (native answers, sandboxed answers)
     # fanotify would open a file the agent may only read O_RDWR for it, on any event.
     "fanotify": ({"fanotify_init": "ok", "fanotify_mark": "ok"}, {"fanotify_init": EPERM, "fanotify_mark": EPERM}),
     # Inode flags and project attributes through a descriptor opened read-only.
-    "chattr": ({"setflags": "ok", "fssetxattr": "ok"}, {"setflags": EPERM, "fssetxattr": EPERM}),
+    "chattr": ({"setflags": "ok", "fssetxattr": "ok", "setversion": "ok"},
+               {"setflags": EPERM, "fssetxattr": EPERM, "setversion": EPERM}),
 }
 
 

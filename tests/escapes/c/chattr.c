@@ -1,6 +1,6 @@
 /* chattr: change a file's inode flags (chattr) and project attributes through a descriptor opened
- * read-only, on a fresh file in /tmp. Prints "setflags=ok|errno:N" and
- * "fssetxattr=ok|errno:N" (each writes back the flags it read, plus FS_NODUMP_FL). */
+ * read-only, on a fresh file in /tmp. Prints "setflags=ok|errno:N", "fssetxattr=ok|errno:N" (each
+ * writes back what it read, the flags plus FS_NODUMP_FL) and "setversion=ok|errno:N". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -16,6 +16,7 @@ int main(void) {
     if (made < 0) { perror("create"); return 2; }
     close(made);
     int fd = open(name, O_RDONLY);
+    unlink(name);  /* the descriptor keeps the inode: nothing is left behind, whatever fails */
     if (fd < 0) { perror("open"); return 2; }
     long flags = 0;
     if (ioctl(fd, FS_IOC_GETFLAGS, &flags) < 0) { perror("FS_IOC_GETFLAGS"); return 2; }
@@ -24,7 +25,8 @@ int main(void) {
     struct fsxattr attrs;
     if (ioctl(fd, FS_IOC_FSGETXATTR, &attrs) < 0) { perror("FS_IOC_FSGETXATTR"); return 2; }
     if (ioctl(fd, FS_IOC_FSSETXATTR, &attrs) < 0) printf("fssetxattr=errno:%d\n", errno); else printf("fssetxattr=ok\n");
+    long version = 42;
+    if (ioctl(fd, FS_IOC_SETVERSION, &version) < 0) printf("setversion=errno:%d\n", errno); else printf("setversion=ok\n");
     close(fd);
-    unlink(name);
     return 0;
 }
