@@ -286,10 +286,12 @@ def _finish_report(report: RunReport | None, args: argparse.Namespace, status: i
     return status
 
 
-# A link or rename is also a read and a write of its source and a write of its destination
-# (sandbox/supervisor.py _implied_calls): the kernel may permit it only when those are permitted
+# A link or rename is also a read and a write of its source and a write of its destination, a
+# rename a delete of its source and a rename of all a directory holds (sandbox/supervisor.py
+# _implied_calls, _perform_rename): the kernel may permit one only when all that is permitted
 # unconditionally as well. A refusal needs no such check.
-PERMIT_NEEDS = {"fs/link": ("fs/read", "fs/write"), "fs/rename": ("fs/read", "fs/write")}
+PERMIT_NEEDS = {"fs/link": ("fs/read", "fs/write"),
+                "fs/rename": ("fs/read", "fs/write", "fs/delete", "fs/mkdir", "fs/link")}
 
 
 def kernel_decided(engine) -> dict[str, int]:

@@ -1,6 +1,10 @@
 """Per-run plumbing for the SDK socket: a private directory on the host holding the socket,
 bind-mounted into the sandbox at SANDBOX_SOCKET_DIR, and FARAMESH_SOCKET in the agent's
-environment pointing at it."""
+environment pointing at it.
+
+Every run's directory is made under one parent in the launcher's runtime directory, which the
+sandbox covers (spec.hidden): an agent reaches its own run's socket through the bind mount, never
+another run's (which would decide with that run's policy and write to its audit and approvals)."""
 
 from __future__ import annotations
 
@@ -8,12 +12,14 @@ import os
 import shutil
 import tempfile
 
+from launcher import control
 from launcher.sdk_defer import Approve
 from launcher.sdk_server import SANDBOX_SOCKET_DIR, Decide, SdkServer
 from sandbox.errors import SandboxError
 from sandbox.spec import SandboxSpec
 
 SOCKET_NAME = "faramesh.sock"
+SOCKETS_DIR = "sdk"  # under the runtime directory: every run's socket directory
 
 
 class SdkRun:
@@ -37,10 +43,11 @@ def serve_run(spec: SandboxSpec, decide: Decide, *, audit=None, approve: Approve
     pass ``.serve`` to launch() as ``started`` (no thread may run before the sandbox exists).
     Raises SandboxError when the socket cannot be created."""
     try:
-        host_dir = tempfile.mkdtemp(prefix=f"faramesh-sdk-{spec.session_id}-")  # 0700: only the launcher's user can reach it
-    except OSError as err:
-        raise SandboxError("start_sdk_socket", f"no private directory: {err.strerror or err}",
-                           "set TMPDIR to a writable directory, or pass --no-sdk-socket") from None
+        parent = control.private_dir(os.path.join(control.runtime_dir(), SOCKETS_DIR))
+        host_dir = tempfile.mkdtemp(prefix=f"faramesh-sdk-{spec.session_id}-", dir=parent)  # 0700 as well
+    except (OSError, control.ControlError) as err:
+        raise SandboxError("start_sdk_socket", f"no private directory: {getattr(err, 'strerror', None) or err}",
+                           "set FARAMESH_SANDBOX_RUNTIME_DIR to a writable directory, or pass --no-sdk-socket") from None
     try:
         server = SdkServer(os.path.join(host_dir, SOCKET_NAME), decide, session_id=spec.session_id,
                            audit=audit, approve=approve, approve_timeout=spec.approve_timeout).listen()
@@ -51,9 +58,15 @@ def serve_run(spec: SandboxSpec, decide: Decide, *, audit=None, approve: Approve
     agent_dir = SANDBOX_SOCKET_DIR if _mount_point_ready(spec) else host_dir
     if agent_dir != host_dir:
         spec.binds.append((host_dir, agent_dir))
+        if not any(_inside(parent, hidden) for hidden in spec.hidden):  # covered after the binds are made
+            spec.hidden.append(parent)
     agent_path = os.path.join(agent_dir, SOCKET_NAME)
     spec.env = dict(os.environ if spec.env is None else spec.env, FARAMESH_SOCKET=agent_path)
     return SdkRun(server, host_dir, agent_path)
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def _mount_point_ready(spec: SandboxSpec) -> bool:

@@ -28,6 +28,7 @@ DEFAULT_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGTERM, signal.SIGINT
 SECCOMP_FLAGS = _libc.SECCOMP_FILTER_FLAG_NEW_LISTENER | _libc.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
 # stage -> the call that failed, for the one-line error (chdir names its directory instead)
 CALLS = {"restore_signals": "rt_sigaction", "close_fds": "close_range", "rlimits": "prlimit64",
+         "drop_capabilities": "prctl(PR_CAPBSET_DROP)",
          "no_new_privs": "prctl(PR_SET_NO_NEW_PRIVS)", "landlock": "landlock_restrict_self",
          "seccomp": "seccomp(SECCOMP_SET_MODE_FILTER)", "hand_over_listener": "handing over the seccomp listener"}
 
@@ -63,7 +64,8 @@ def start(run, stages: tuple[str, ...], exec_target: tuple) -> int:
             sock=run.sock.fileno(), cwd=None if run.spec.cwd is None else os.fsencode(run.spec.cwd),
             rlimits=run.limits.rlimit_list(), ruleset=-1 if ruleset is None else ruleset,
             program=run.program if run.spec.seccomp else b"", seccomp_flags=SECCOMP_FLAGS,
-            default_signals=list(DEFAULT_SIGNALS), path=path, argv=argv, envp=envp,
+            default_signals=list(DEFAULT_SIGNALS), drop_capabilities=list(run.cap_drop), path=path, argv=argv,
+            envp=envp,
             exit_status=None if failure is None else failure[1])
     except OSError as exc:
         raise SandboxError("fork_agent", f"clone: {exc.strerror}", hint_for("fork_agent", exc.errno)) from None

@@ -44,6 +44,7 @@ STAGE_DESCRIPTIONS = {
     "chdir": "enter the working directory",
     "close_fds": "close inherited file descriptors",
     "rlimits": "apply the resource limits",
+    "drop_capabilities": "drop the agent's capabilities",
     "no_new_privs": "set no_new_privs",
     "landlock": "apply the Landlock rules",
     "seccomp": "install the seccomp filter",

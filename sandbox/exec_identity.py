@@ -246,8 +246,12 @@ class ExecIdentity:
             interp, head = shebang(head), None
             if interp is not None:
                 interpreter, extra = interp
-                via, path, argv = "shebang", resolve(interpreter, "/"), [interpreter, *extra, path, *argv[1:]]
+                # The kernel opens a relative interpreter from the exec'ing task's cwd, as the loader's target.
+                via, path, argv = "shebang", resolve(interpreter, args.get("cwd") or "/"), \
+                    [interpreter, *extra, path, *argv[1:]]
             elif is_loader(program) and (target := loader_target(argv)) is not None:
+                if "/" not in target[0]:  # ld.so looks a bare name up as a library, not from the cwd
+                    raise OSError(errno.EACCES, f"the loader's program {target[0]!r} names no path")
                 via, path, argv = "loader", resolve(target[0], args.get("cwd") or "/"), target[1]
             else:
                 return found

@@ -65,7 +65,7 @@ from typing import Callable
 from sandbox import _fsflags as ff
 from sandbox import _libc_fs as lf
 from sandbox._fscreds import acting_as, keep_status_files, read_identity
-from sandbox._fslocate import agent_fd_flags, file_type, locate, locate_fd, locate_slot
+from sandbox._fslocate import Slot, agent_fd_flags, file_type, locate, locate_fd, locate_slot
 from sandbox._fsopen import build_open
 from sandbox._resolve import AgentView, fail
 
@@ -90,6 +90,11 @@ class FsOp:
         self._view, self._action = view, action
         self._cloexec, self._returns_fd = cloexec, returns_fd
         self._uses_umask = uses_umask
+
+    @property
+    def moved_entries(self) -> Callable[[], list[tuple[str, str]]] | None:
+        """For a rename: what else it renames (Moving.entries), to be decided with the agent frozen."""
+        return self._action.entries if isinstance(self._action, Moving) else None
 
     def perform(self) -> FsResult:
         """Do the call with the agent's identity; raises OSError(errno) as the kernel would."""
@@ -170,7 +175,52 @@ def _rename(view, d):
     src = locate_slot(view, _dirfd(d), _path(d), "rename")
     dst = locate_slot(view, _dirfd(d, "newdirfd"), d.get("newpath"), "rename")
     args = _args(src.path, ff.names(flags, ff.RENAME_FLAG_NAMES), dest=os.fsdecode(dst.path))
-    return "fs/rename", args, lambda: lf.renameat2(src.parent_fd, src.name, dst.parent_fd, dst.name, flags)
+    sides = [(src, dst)] + ([(dst, src)] if flags & lf.RENAME_EXCHANGE else [])
+    return "fs/rename", args, Moving(lambda: lf.renameat2(src.parent_fd, src.name, dst.parent_fd, dst.name, flags),
+                                     lambda: [pair for old, new in sides for pair in moved_entries(old, new)])
+
+
+MAX_MOVED_ENTRIES = 4096  # a directory with more is refused with EXDEV: mv then copies file by file
+
+
+class Moving:
+    """A rename's action, and ``entries()``: (old path, new path) of everything inside a directory
+    it moves, for the supervisor to decide with the agent frozen (supervisor._perform_rename)."""
+
+    def __init__(self, action: Callable[[], int | None], entries: Callable[[], list[tuple[str, str]]]):
+        self.action, self.entries = action, entries
+
+    def __call__(self) -> int | None:
+        return self.action()
+
+
+def moved_entries(old: Slot, new: Slot) -> list[tuple[str, str]]:
+    """What renaming ``old`` to ``new`` also renames: every entry under it when it is a directory
+    (symlinks not followed). EXDEV when it holds more than MAX_MOVED_ENTRIES or cannot be read
+    whole: a program then copies and deletes entry by entry, each decided on its own."""
+    try:
+        info = os.stat(old.name, dir_fd=old.parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return []  # renameat2 reports it
+    if not stat.S_ISDIR(info.st_mode):
+        return []
+    top = os.open(old.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=old.parent_fd)
+    pairs: list[tuple[str, str]] = []
+    try:
+        for where, dirs, files, _ in os.fwalk(".", dir_fd=top, onerror=_unreadable):
+            for name in dirs + files:
+                inside = os.path.normpath(os.path.join(where, name))
+                pairs.append((os.fsdecode(old.path.rstrip(b"/")) + "/" + inside,
+                              os.fsdecode(new.path.rstrip(b"/")) + "/" + inside))
+                if len(pairs) > MAX_MOVED_ENTRIES:
+                    raise fail(errno.EXDEV, f"a directory of over {MAX_MOVED_ENTRIES} entries is not renamed whole")
+    finally:
+        os.close(top)
+    return pairs
+
+
+def _unreadable(err: OSError) -> None:
+    raise fail(errno.EXDEV, f"a directory that cannot be read whole is not renamed whole: {err}")
 
 
 def _mkdir(view, d):

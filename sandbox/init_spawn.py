@@ -148,6 +148,8 @@ class Plan:
             record("f", struct.pack("<I", agent_spawn.SECCOMP_FLAGS))
         for signum in agent_spawn.DEFAULT_SIGNALS:
             record("s", struct.pack("<I", signum))
+        for number in run.cap_drop:
+            record("k", struct.pack("<I", number))
         env = _agent_env(spec)
         args, envp, failure = agent_spawn.encoded(spec.argv, env)
         if "\0" in spec.argv[0] and "/" not in spec.argv[0]:  # no file on PATH has that name

@@ -27,8 +27,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sandbox import (_libc, _libc_ns, _nethandover, agent_spawn, cgroups, fastpath, init_spawn, landlock, limits,
-                     mounts, namespaces, placement, seccomp, supervisor)
+from sandbox import (_libc, _libc_ns, _nethandover, agent_spawn, capabilities, cgroups, fastpath, init_spawn,
+                     landlock, limits, mounts, namespaces, placement, seccomp, supervisor)
 from sandbox.errors import SandboxError, hint_for
 from sandbox.spec import SandboxSpec
 
@@ -64,6 +64,7 @@ class _Run:
     limits: limits.Enforcer | None = None  # launcher: resource limits (sandbox/limits.py)
     decision_keys: object = None  # Engine.decision_keys when repeated reads may be answered in C
     watch_credentials: bool = False  # the filter sends credential calls to the fast path (sandbox/fastpath.py)
+    cap_drop: list[int] = field(default_factory=list)  # capabilities the agent gives up (sandbox/capabilities.py)
 
 
 # ---- stages run in the launcher -------------------------------------------------------------
@@ -271,6 +272,7 @@ STAGES = (
     ("chdir", "agent", _chdir),
     ("close_fds", "agent", _close_fds),
     ("rlimits", "agent", lambda run: run.limits.apply_rlimits()),  # not in init: RLIMIT_AS would bind its Python
+    ("drop_capabilities", "agent", lambda run: capabilities.drop(run.cap_drop)),  # root keeps a short set
     ("no_new_privs", "agent", _no_new_privs),
     ("landlock", "agent", _restrict_landlock),  # before the filter: its syscalls are not trapped
     ("seccomp", "agent", _install_filter),
@@ -397,7 +399,7 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
     Returns the agent's exit status (128+N for signal N, 126/127 when CMD cannot run);
     raises SandboxError when the sandbox cannot be set up. Call it from a single-threaded process:
     the supervisor's threads start only once the sandbox exists, and are gone when it returns."""
-    run = _Run(spec)
+    run = _Run(spec, cap_drop=capabilities.to_drop(capabilities.agent_is_privileged(spec.wants_user_namespace())))
     if not spec.audit_all:
         run.decision_keys = getattr(decide, "decision_keys", None)
         run.watch_credentials = fastpath.wanted(run.decision_keys, audit is not None, spec.fast_repeats)

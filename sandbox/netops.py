@@ -2,7 +2,7 @@
 
 The agent lives in a network namespace with only loopback. Its internet sockets are created
 by the supervisor in the supervisor's own namespace and handed over (ADDFD). For connect,
-bind, sendto, sendmsg and sendmmsg the supervisor takes its own duplicate of the agent's
+bind, listen, sendto, sendmsg and sendmmsg the supervisor takes its own duplicate of the agent's
 socket (pidfd_getfd: the same open file description, so non-blocking mode and options set
 by the agent apply), reads the address and the data once, decides, and performs the call
 on the duplicate; the agent gets the result. Nothing is ever CONTINUEd, so rewriting the
@@ -10,7 +10,8 @@ address after the read (another thread, shared memory) changes nothing.
 
 ``prepare`` resolves a call into a NetOp: the tool call to decide (None when nothing needs
 a decision: socket creation, sends to the connected peer, the DNS stub redirect, abstract
-and unnamed unix addresses) and the action to perform once it is permitted.
+and unnamed unix addresses) and the action to perform once it is permitted, or a refusal of
+the broker's own (UDP to a host the egress inspects) recorded in place of a decision.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Callable, Mapping, NamedTuple
 
 import psutil
 
-from sandbox import _libc_net, _netaddr
+from policy.decision import Decision, deny
+from sandbox import _libc_net, _netaddr, _netlisten
 from sandbox._netaddr import Target
 from sandbox._netguard import ProbeCache, guarded_address, no_names
 from sandbox._netmsg import translate_control
@@ -96,6 +98,9 @@ class NetResult:
     kind: str  # "fd": inject value (ours, closed after), "value": the syscall's return value
     value: int
     cloexec: bool = False
+    # A write into the agent's memory before it is answered (sendmmsg's msg_len): the supervisor
+    # makes it only while no exec decision has the agent frozen, and only if the task still waits.
+    write_back: Callable[[], None] | None = None
 
 
 class Repeatable(NamedTuple):
@@ -119,12 +124,14 @@ class NetOp:
     """One prepared call; holds our duplicate of the agent's socket until it is performed
     (or close()). ``reads_task``: preparing it read the task's fd table, memory or /proc,
     which count only if the notification is still valid afterwards (a socket() reads none).
-    ``repeatable``: set for a plain internet connect (see Repeatable)."""
+    ``repeatable``: set for a plain internet connect (see Repeatable). ``refusal``: a DENY the
+    supervisor records and answers instead of asking the policy (the action is never performed)."""
 
     def __init__(self, tool: str | None, args: dict, action: Callable[[], NetResult], fds: list[int],
-                 guarded: bool = False, reads_task: bool = True, repeatable: Repeatable | None = None):
+                 guarded: bool = False, reads_task: bool = True, repeatable: Repeatable | None = None,
+                 refusal: Decision | None = None):
         self.tool, self.args, self.guarded, self.reads_task = tool, args, guarded, reads_task
-        self.repeatable = repeatable
+        self.repeatable, self.refusal = repeatable, refusal
         self._action, self._fds = action, fds
 
     def perform(self) -> NetResult:
@@ -198,6 +205,7 @@ class _Builder:
         self.ctx, self.pid, self.decoded, self.sock, self.fds = ctx, pid, decoded, sock, fds
         self.unix_path: UnixPath | None = None  # a resolved pathname: performed as the agent
         self.repeatable: Repeatable | None = None
+        self.refusal: Decision | None = None
 
     # -- addresses ----------------------------------------------------------------
 
@@ -272,6 +280,8 @@ class _Builder:
         via = self.intercepted(args, target, guarded)
         if via is not None:
             return "net/connect", args, _value(lambda: _connect_via(fd, target, via)), guarded
+        if self.refuse_datagram(args, target, guarded):
+            return "net/connect", args, _refused, guarded
         address = target.sockaddr()
         self.repeatable = self.repeat(target, args, address, generation)
         return "net/connect", args, _value(lambda: _libc_net.connect(fd, address)), guarded
@@ -294,12 +304,27 @@ class _Builder:
         raw = self.decoded["addr"] or b""
         return Repeatable(self.sock.family, self.sock.kind, self.sock.proto, raw, address, generation, expires_ns)
 
-    def intercepted(self, args: dict, target: Target, guarded: bool):
-        """The egress proxy's (address, register) when it inspects this TCP connection, else None."""
-        if self.ctx.intercept is None or guarded or self.sock.kind != socket.SOCK_STREAM:
+    def inspected(self, args: dict, target: Target, guarded: bool):
+        """The egress proxy's (address, register) when the egress inspects ``target``, else None."""
+        if self.ctx.intercept is None or guarded:
             return None
         name = args["host"] if args["host"] != target.ip else None
         return self.ctx.intercept(name, target.ip, target.port, "inet6" if target.v6_socket else "inet")
+
+    def intercepted(self, args: dict, target: Target, guarded: bool):
+        """The egress proxy's (address, register) when it inspects this TCP connection, else None."""
+        return self.inspected(args, target, guarded) if self.sock.kind == socket.SOCK_STREAM else None
+
+    def refuse_datagram(self, args: dict, target: Target, guarded: bool) -> bool:
+        """A UDP connect or datagram to a host:port the egress inspects is refused (self.refusal):
+        HTTP/3 (QUIC) to it would pass the HTTP rules by, permitted by the net/connect rule that
+        lets the inspected TCP connections out."""
+        if self.sock.kind != socket.SOCK_DGRAM or self.inspected(args, target, guarded) is None:
+            return False
+        self.refusal = deny("EGRESS_INSPECTED_UDP",
+                            f"{args['host']}:{target.port} is inspected by the HTTP egress: UDP to it (HTTP/3, "
+                            f"QUIC) would bypass the HTTP rules; only TCP through the egress reaches it")
+        return True
 
     def bind(self):
         if self.local_family():
@@ -314,6 +339,19 @@ class _Builder:
             return tool, args, self.as_agent(lambda: _libc_net.bind(fd, address)), False
         args, _ = self.inet_args(target, with_host=False)
         return "net/listen", args, _value(lambda: _libc_net.bind(fd, target.sockaddr())), False
+
+    def listen(self):
+        """listen() of an unbound TCP socket binds it to the wildcard address, any free port:
+        decided as that bind (net/listen). A bound one (its bind was decided), a unix socket
+        (unbound: EINVAL) and any other socket listen with no decision (sandbox/_netlisten.py)."""
+        fd, backlog = self.sock.fd, self.decoded["backlog"]
+        action = _value(lambda: _netlisten.listen(fd, backlog))
+        wildcard = _netlisten.WILDCARD.get(self.sock.family)
+        if wildcard is None or self.sock.kind != socket.SOCK_STREAM or not _netlisten.binds(fd, self.sock.family):
+            return None, {}, action, False
+        family = "inet6" if self.sock.family == socket.AF_INET6 else "inet"
+        args, _ = self.inet_args(Target(family, wildcard, 0, v6_socket=family == "inet6"), with_host=False)
+        return "net/listen", args, action, False
 
     def send(self, name: bytes | None, perform: Callable[[bytes | None], int]):
         """A send to ``name`` (None: the connected peer). TCP ignores an address unless
@@ -341,6 +379,8 @@ class _Builder:
         if stream_inet and self.intercepted(args, target, guarded) is not None:
             # TCP Fast Open would carry data past the egress: such hosts take a plain connect().
             raise OSError(errno.EOPNOTSUPP, "TCP Fast Open to a host the egress inspects")
+        if self.refuse_datagram(args, target, guarded):
+            return tool, args, _refused, guarded
         return tool, args, _value(lambda: perform(target.sockaddr())), guarded
 
     def sendto(self):
@@ -360,9 +400,13 @@ class _Builder:
 
         def first_message() -> NetResult:
             sent = action().value
-            _libc_net.write_u32(pid, where, sent)  # as the kernel fills in msg_len
-            return NetResult("value", 1)
+            return NetResult("value", 1, write_back=lambda: _libc_net.write_u32(pid, where, sent))  # msg_len
         return tool, args, first_message, guarded
+
+
+def _refused() -> NetResult:
+    """The action of a call the broker refuses: never performed; fails closed if it ever is."""
+    raise OSError(errno.EPERM, "refused by the socket broker")
 
 
 def _connect_via(fd: int, target: Target, via) -> None:
@@ -394,4 +438,4 @@ def prepare(pid: int, decoded: dict, ctx: NetContext) -> NetOp:
         for fd in fds:
             os.close(fd)
         raise
-    return NetOp(tool, args, action, fds, guarded, repeatable=builder.repeatable)
+    return NetOp(tool, args, action, fds, guarded, repeatable=builder.repeatable, refusal=builder.refusal)

@@ -111,9 +111,25 @@ def _personality_rules() -> list[Rule]:
 # running as root could change the host's interfaces, routes or firewall through them.
 SOCKET_IOCTL_BLOCKS = ((0xFFFFFFFC, 0x8900), (0xFFFFFFFF, 0x8904), (0xFFFFFFF8, 0x8908), (0xFFFFFFF0, 0x8910),
                        (0xFFFFFFE0, 0x8920), (0xFFFFFFC0, 0x8940), (0xFFFFFF80, 0x8980))  # 0x89xx but 0x8905-7
-SOL_SOCKET, SOL_IP, SOL_IPV6, SO_MARK = 1, 0, 41, 36
+SOL_SOCKET, SOL_IP, SOL_TCP, SOL_IPV6 = 1, 0, 6, 41
 NETFILTER_IP_OPTNAMES = 64  # IPT_BASE_CTL and up: iptables, arptables, ebtables, ipset, IPVS
 NETFILTER_IPV6_OPTNAMES = (0xFFFFFFF8, 64)  # IP6T_SO_SET_REPLACE .. IP6T_SO_GET_REVISION_TARGET
+# The supervisor performs a decided connect or send on the agent's own socket, so these options
+# would apply to it: why each group is refused, then (option, level, optname).
+HOST_SOCKET_OPTIONS = {
+    "a source route sends the packet to its first hop, not to the decided address": (
+        ("IP_OPTIONS", SOL_IP, 4), ("IPV6_RTHDR", SOL_IPV6, 57), ("IPV6_2292RTHDR", SOL_IPV6, 5),
+        ("IPV6_2292PKTOPTIONS", SOL_IPV6, 6)),  # sets IPV6_RTHDR among others
+    "out of an interface of its choice, past the host's policy routing (a VPN, a firewall mark)": (
+        ("SO_BINDTODEVICE", SOL_SOCKET, 25), ("SO_BINDTOIFINDEX", SOL_SOCKET, 62), ("SO_MARK", SOL_SOCKET, 36),
+        ("IP_UNICAST_IF", SOL_IP, 50), ("IPV6_UNICAST_IF", SOL_IPV6, 76)),
+    "a source address the host does not own, or another host's traffic": (
+        ("IP_TRANSPARENT", SOL_IP, 19), ("IP_FREEBIND", SOL_IP, 15), ("IPV6_TRANSPARENT", SOL_IPV6, 75),
+        ("IPV6_FREEBIND", SOL_IPV6, 78)),
+    "a TCP connection's state set by hand, with no handshake": (
+        ("TCP_REPAIR", SOL_TCP, 19), ("TCP_REPAIR_QUEUE", SOL_TCP, 20), ("TCP_QUEUE_SEQ", SOL_TCP, 21),
+        ("TCP_REPAIR_OPTIONS", SOL_TCP, 22), ("TCP_REPAIR_WINDOW", SOL_TCP, 29)),
+}
 
 
 def _host_socket_rules() -> list[Rule]:
@@ -124,8 +140,9 @@ def _host_socket_rules() -> list[Rule]:
                           "netfilter options"))
         rules.append(Rule(name, EPERM, (MaskedEq(1, 0xFFFFFFFF, SOL_IPV6), MaskedEq(2, *NETFILTER_IPV6_OPTNAMES)),
                           "netfilter options"))
-    rules.append(Rule("setsockopt", EPERM, (MaskedEq(1, 0xFFFFFFFF, SOL_SOCKET), MaskedEq(2, 0xFFFFFFFF, SO_MARK)),
-                      "SO_MARK"))
+    # level and optname are ints to the kernel: the high halves do not count.
+    rules += [Rule("setsockopt", EPERM, (MaskedEq(1, 0xFFFFFFFF, level), MaskedEq(2, 0xFFFFFFFF, optname)), option)
+              for options in HOST_SOCKET_OPTIONS.values() for option, level, optname in options]
     return rules
 
 
@@ -267,7 +284,7 @@ def trap_rules(name: str, tools: Mapping[str, int]) -> list[tuple[int, tuple]]:
     from writing ones by their flags register (``int``: a 32-bit mask is exact)."""
     row = traced.BY_NAME.get(name)
     tool = row.tool if row else ""
-    if tool in (traced.NET_TOOL, traced.SOCKET_TOOL):
+    if tool.startswith("net/"):  # never decided in the kernel, whatever the policy says
         return net_trap_rules(name)
     if tool != traced.OPEN_TOOL:
         if name in DEVICE_NODE_CALLS and tools.get(tool) == ALLOW:

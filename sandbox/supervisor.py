@@ -311,17 +311,44 @@ class Supervisor:
             if not decision.permitted:
                 notify.send_error(self.listener, notification.id, errno.EACCES)
                 return
-            self._gate.enter_shared()
             try:
-                result = op.perform()
+                result = self._perform_rename(notification.pid, op) if op.moved_entries else self._perform(op)
             except OSError as err:
                 notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
                 return
-            finally:
-                self._gate.leave_shared()
             self._deliver(notification, result, bool(decoded.get("flags", 0) & os.O_CLOEXEC))
         finally:
             op.close()
+
+    def _perform(self, op):
+        self._gate.enter_shared()  # never while an exec decision has the agent frozen
+        try:
+            return op.perform()
+        finally:
+            self._gate.leave_shared()
+
+    def _perform_rename(self, pid: int, op):
+        """A rename, with the agent frozen so that no task can turn its source into a directory or
+        add to one meanwhile: everything a moved directory carries is decided entry by entry (read,
+        write and delete of its old name, write of its new one), as a rename of each. One refused,
+        or too many entries, is EXDEV: mv then copies and deletes entry by entry, each decided."""
+        self._freezer_ready.wait(FREEZER_CHECK_TIMEOUT)
+        if self.freezer is None:
+            raise OSError(errno.EXDEV, f"cannot freeze the agent for a rename: {self.freeze_problem}")
+        with self._exec_lock, self._gate.exclusive():
+            try:
+                self.freezer.freeze(pid)
+            except freeze.FreezeError as err:
+                raise OSError(errno.EXDEV, f"cannot freeze the agent for a rename: {err}") from None
+            try:
+                for old, new in op.moved_entries():
+                    for tool, path in (("fs/read", old), ("fs/write", old), ("fs/delete", old), ("fs/write", new)):
+                        call = self._call(tool, {"path": path, "flags": [], "mode": None, "via": "rename"}, pid)
+                        if not self._decide_one(call).permitted:
+                            raise OSError(errno.EXDEV, f"{tool} of {path} is not permitted")
+                return op.perform()
+            finally:
+                self.freezer.thaw()
 
     def _handle_net(self, notification: notify.Notification, started: float) -> None:
         # Performed on our duplicate of the agent's socket (sandbox/netops.py), never CONTINUEd.
@@ -340,7 +367,8 @@ class Supervisor:
                 return
             if op.tool is not None:
                 call = self._call(op.tool, op.args, notification.pid)
-                decided = self._decide(call)
+                # The broker's own refusal (UDP to a host the egress inspects) stands whatever the policy says.
+                decided = op.refusal if op.refusal is not None else self._decide(call)
                 if op.guarded:
                     decided = guard_decision(call, decided, self._decide, self.net.probes)
                 decision = self._settle(call, decided, notification)
@@ -355,12 +383,27 @@ class Supervisor:
                     return
             try:
                 result = op.perform()
+                if result.write_back is not None and not self._write_back(notification, result.write_back):
+                    return
             except OSError as err:
                 notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
                 return
             self._deliver(notification, result, result.cloexec)
         finally:
             op.close()
+
+    def _write_back(self, notification: notify.Notification, write: Callable[[], None]) -> bool:
+        """Write into the agent's memory as the kernel would before returning (False: the task is
+        gone). Never while an exec decision has the agent frozen: the write could change a path or
+        argv the decision has read (the gate waits for the decision to end)."""
+        self._gate.enter_shared()
+        try:
+            if not self._still_waiting(notification):  # an exec meanwhile ended this thread
+                return False
+            write()
+            return True
+        finally:
+            self._gate.leave_shared()
 
     def _still_waiting(self, notification: notify.Notification) -> bool:
         """After a slow decision: is the task still in the call? A task that died (or was
@@ -669,17 +712,22 @@ def _implied_calls(call: ToolCall) -> list[tuple[str, dict]]:
     """Calls a call amounts to besides itself: an exec runs its #! interpreters and the program
     the loader loads; a hard link or rename gives the file a new name, so whoever may not read
     or write it under the old name may not give it one; and it writes its destination (a new
-    name, or a file it replaces). RENAME_EXCHANGE also gives the destination's file the source's
-    name. A symlink grants nothing: calls through it are decided on the file it names."""
+    name, or a file it replaces). A rename deletes the old name; RENAME_EXCHANGE instead gives the
+    destination's file the source's name. What a moved directory holds is decided when the
+    rename is performed (_perform_rename). A symlink grants nothing (calls through it are decided on the file it names), but it is
+    a file made at its own path: a write there."""
     if call.tool == "shell/exec":
         return [("shell/exec", _run_args(run, call.args)) for run in call.args.get("runs") or ()]
-    if call.tool in ("fs/link", "fs/rename") and "target" not in call.args:
+    if call.tool == "fs/link" and "target" in call.args:
+        return [("fs/write", {"path": call.args.get("path"), "flags": [], "mode": None, "via": "symlink"})]
+    if call.tool in ("fs/link", "fs/rename"):
         via = call.tool.split("/")[1]
         source = {"path": call.args.get("path"), "flags": [], "mode": None, "via": via}
         dest = {"path": call.args.get("dest"), "flags": [], "mode": None, "via": via}
         implied = [("fs/read", source), ("fs/write", source), ("fs/write", dest)]
-        if "RENAME_EXCHANGE" in (call.args.get("flags") or ()):
-            implied.append(("fs/read", dest))
+        if call.tool == "fs/rename":  # the old name is gone: a delete of it, unless swapped back in
+            implied.append(("fs/read", dest) if "RENAME_EXCHANGE" in (call.args.get("flags") or ())
+                           else ("fs/delete", source))
         return implied
     return []
 

@@ -55,6 +55,7 @@ class Role(str, enum.Enum):
     MSGHDR = "msghdr"  # struct msghdr *: name, iovecs and control messages
     MMSGHDR = "mmsghdr"  # struct mmsghdr[]: the first entry, read as MSGHDR
     VLEN = "vlen"
+    BACKLOG = "backlog"  # listen's int
 
 
 R = Role
@@ -87,7 +88,8 @@ class Traced:
 _CREAT_FLAGS = os.O_CREAT | os.O_WRONLY | os.O_TRUNC
 # The tool of a network call depends on the socket and the address (sandbox/netops.py):
 # connect and sendto with MSG_FASTOPEN are net/connect, a datagram to an address net/send,
-# bind net/listen. socket() itself is no policy call: the supervisor creates internet
+# bind net/listen, and so is listen() of a TCP socket never bound (the kernel would bind it to
+# the wildcard address). socket() itself is no policy call: the supervisor creates internet
 # sockets in its own network namespace and hands them over.
 NET_TOOL = "net/connect|net/send|net/listen"
 SOCKET_TOOL = "net/socket"
@@ -140,6 +142,8 @@ TABLE: tuple[Traced, ...] = (
     Traced("sendto", NET_TOOL, (R.FD, R.BUFFER, R.BUFFER_LEN, R.MSG_FLAGS, R.SOCKADDR, R.SOCKLEN)),
     Traced("sendmsg", NET_TOOL, (R.FD, R.MSGHDR, R.MSG_FLAGS)),
     Traced("sendmmsg", NET_TOOL, (R.FD, R.MMSGHDR, R.VLEN, R.MSG_FLAGS)),
+    # listen() binds an unbound TCP socket to the wildcard address, any port: decided as that bind.
+    Traced("listen", "net/listen", (R.FD, R.BACKLOG)),
 )
 
 BY_NAME: dict[str, Traced] = {row.name: row for row in TABLE}
@@ -173,14 +177,19 @@ TOOL_ARGS = {
             "xattr (attribute name). A hard link or rename is also decided as fs/read and fs/write "
             "of path and fs/write of dest (each with `via` link or rename): a file that may not be read or "
             "written under its name gets no other name, and no file is made or replaced at a name that "
-            "may not be written; with RENAME_EXCHANGE also as fs/read of dest. A policy that permits "
-            "fs/link or fs/rename unconditionally has them decided in the kernel only when it permits "
-            "fs/read and fs/write unconditionally too",
+            "may not be written; a rename also as fs/delete of path (with RENAME_EXCHANGE as fs/read of dest "
+            "instead), and a symlink as fs/write of path (`via` symlink). A directory is renamed with the "
+            "agent frozen, each entry it holds decided as such a rename of its own: one refused, or over "
+            "4096 entries, fails with EXDEV (mv then copies and deletes file by file). A policy that permits "
+            "fs/link unconditionally has it decided in the kernel only when it permits fs/read and fs/write "
+            "unconditionally too; fs/rename only when every fs category is",
     "net/connect": "host (the DNS name the agent looked the address up by, else the IP literal; always the "
                    "literal for a guarded address), ip, port, family (inet, inet6 or unix), protocol (tcp or udp; "
                    "stream, dgram or seqpacket for unix), path (unix: absolute, symlinks resolved)",
     "net/send": "a datagram to an address: host, ip, port, family, protocol (udp)",
-    "net/listen": "a bind: ip and port (0 = any free port), family, protocol; path for a unix socket file",
+    "net/listen": "a bind: ip and port (0 = any free port), family, protocol; path for a unix socket file. "
+                  "A listen of an unbound TCP socket (which the kernel binds to the wildcard address) is decided "
+                  "as a bind to ip 0.0.0.0 or ::, port 0; a listen of a bound socket needs no decision",
 }
 
 
@@ -209,10 +218,11 @@ def render_markdown() -> str:
               "supervisor round trip: `shell/exec` (execve, execveat), `fs/read` (read-only `open` and",
               "`openat`, told apart by their flags register; `openat2` keeps going to the supervisor",
               "because its flags sit behind a pointer), and every other category by syscall. Two",
-              "exceptions: a permit of `fs/link` or `fs/rename` is left to the kernel only when `fs/read`",
-              "and `fs/write` are permitted outright too (a new name is also a read and a write of the",
-              "file), and `mknod`/`mknodat` always go to the supervisor when permitted, which refuses",
-              "block and character device nodes (EPERM, as without `CAP_MKNOD`).",
+              "exceptions: a permit of `fs/link` is left to the kernel only when `fs/read` and `fs/write`",
+              "are permitted outright too (a new name is also a read and a write of the file), of",
+              "`fs/rename` only when every fs category is; and `mknod`/`mknodat` always go to the",
+              "supervisor when permitted, which refuses block and character device nodes (EPERM, as",
+              "without `CAP_MKNOD`).",
               "Network calls are never decided in the kernel (docs/network.md): the DNS stub redirect and",
               "the address guard need the supervisor.", "", *network_markdown()]
     return "\n".join(lines + hardening_markdown()) + "\n"
@@ -234,6 +244,11 @@ def network_markdown() -> list[str]:
         "| `connect`, `bind`, sends | abstract or unnamed unix address, netlink | performed, no decision | |",
         "| `bind` | internet address | `net/listen` | EPERM |",
         "| `bind` | unix pathname | `net/listen` with path | EPERM |",
+        "| `listen` | TCP socket never bound | `net/listen` on the wildcard address, port 0 (as the bind the "
+        "kernel would make) | EPERM |",
+        "| `listen` | bound socket (its bind was decided), unix socket | performed, no decision | |",
+        "| `connect`, `sendto`, `sendmsg`, `sendmmsg` | UDP to a host and port the HTTP egress inspects | "
+        "refused (no QUIC past the egress), recorded as `EGRESS_INSPECTED_UDP` | EPERM |",
         "| `sendto`, `sendmsg`, `sendmmsg` | datagram to an address | `net/send` | EPERM |",
         "| `sendto`, `sendmsg` | TCP with MSG_FASTOPEN | `net/connect` | EPERM |",
         "| `sendto` | NULL address | allowed in the kernel (the connected peer was decided) | |",

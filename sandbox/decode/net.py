@@ -97,4 +97,5 @@ NET_READERS = {
     Role.MSGHDR: _msghdr,
     Role.MMSGHDR: _mmsghdr,
     Role.VLEN: lambda mem, args, i: {"vlen": uint32(args[i])},
+    Role.BACKLOG: lambda mem, args, i: {"backlog": int32(args[i])},
 }

@@ -134,6 +134,11 @@ static const char *read_record(struct init_plan *plan, unsigned char tag, struct
             return "too many default signals";
         agent->default_signals[agent->default_count++] = (int)take_u64(c, 4);
         break;
+    case 'k':
+        if (agent->cap_drop_count == SPAWN_MAX_CAPS)
+            return "too many capabilities to drop";
+        agent->cap_drop[agent->cap_drop_count++] = (int)take_u64(c, 4);
+        break;
     case 'P': plan->search = whole_string(c); break;
     case 'a': if (add(&plan->argv, &plan->argc, (char *)whole_string(c)) < 0) return "out of memory"; break;
     case 'e': if (add(&plan->envp, &plan->envc, (char *)whole_string(c)) < 0) return "out of memory"; break;

@@ -161,6 +161,18 @@ static CHILD_CODE long hand_over(const struct spawn_plan *plan, long listener)
     return SYS(SYS_close, plan->sock, 0, 0, 0, 0, 0);
 }
 
+/* As sandbox/capabilities.drop: out of the bounding set, so the execve leaves root without them.
+ * EINVAL: a capability this kernel does not have. */
+static CHILD_CODE long drop_capabilities(const struct spawn_plan *plan)
+{
+    for (int i = 0; i < plan->cap_drop_count; i++) {
+        long r = SYS(SYS_prctl, PR_CAPBSET_DROP, plan->cap_drop[i], 0, 0, 0, 0);
+        if (r < 0 && r != -EINVAL)
+            return r;
+    }
+    return 0;
+}
+
 CHILD_CODE int spawn_agent_main(void *arg)
 {
     struct spawn_plan *plan = arg;
@@ -173,6 +185,8 @@ CHILD_CODE int spawn_agent_main(void *arg)
         fail(plan, STAGE_CLOSE_FDS, r);
     if ((r = set_rlimits(plan)) < 0)
         fail(plan, STAGE_RLIMITS, r);
+    if ((r = drop_capabilities(plan)) < 0)
+        fail(plan, STAGE_DROP_CAPABILITIES, r);
     if ((r = SYS(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0, 0)) < 0)
         fail(plan, STAGE_NO_NEW_PRIVS, r);
     if ((r = restrict_landlock(plan)) < 0)

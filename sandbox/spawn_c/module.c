@@ -78,24 +78,25 @@ static int read_pairs(PyObject *list, struct spawn_plan *plan)
     return 0;
 }
 
-static int read_signals(PyObject *list, struct spawn_plan *plan)
+/* A list of at most ``max`` ints (signal or capability numbers) into ``out``; its length into ``count``. */
+static int read_ints(PyObject *list, int *out, int *count, int max, const char *what)
 {
-    if (!PyList_Check(list) || PyList_GET_SIZE(list) > SPAWN_MAX_DEFAULTS) {
-        PyErr_SetString(PyExc_ValueError, "default_signals must be a list of at most 16 signal numbers");
+    if (!PyList_Check(list) || PyList_GET_SIZE(list) > max) {
+        PyErr_Format(PyExc_ValueError, "%s must be a list of at most %d numbers", what, max);
         return -1;
     }
-    plan->default_count = (int)PyList_GET_SIZE(list);
-    for (int i = 0; i < plan->default_count; i++) {
-        plan->default_signals[i] = (int)PyLong_AsLong(PyList_GET_ITEM(list, i));
-        if (plan->default_signals[i] == -1 && PyErr_Occurred())
+    *count = (int)PyList_GET_SIZE(list);
+    for (int i = 0; i < *count; i++) {
+        out[i] = (int)PyLong_AsLong(PyList_GET_ITEM(list, i));
+        if (out[i] == -1 && PyErr_Occurred())
             return -1;
     }
     return 0;
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn_agent(*, sock, cwd, rlimits, ruleset, program, seccomp_flags, default_signals, path, argv, envp,\n"
-"            exit_status) -> (pid, failed_stage, errno, exec_errno)\n\n"
+"spawn_agent(*, sock, cwd, rlimits, ruleset, program, seccomp_flags, default_signals, drop_capabilities,\n"
+"            path, argv, envp, exit_status) -> (pid, failed_stage, errno, exec_errno)\n\n"
 "Start the agent and run its set-up stages (STAGES, in order), then execve(path, argv, envp), or,\n"
 "when exit_status is not None, exit with it instead. Returns once the child has exec'd or exited:\n"
 "failed_stage is the index into STAGES of the stage that failed (the child exited 125) or -1;\n"
@@ -106,14 +107,14 @@ PyDoc_STRVAR(spawn_doc,
 static PyObject *spawn_agent(PyObject *self, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"sock", "cwd", "rlimits", "ruleset", "program", "seccomp_flags", "default_signals",
-                            "path", "argv", "envp", "exit_status", NULL};
+                            "drop_capabilities", "path", "argv", "envp", "exit_status", NULL};
     struct spawn_plan plan;
     memset(&plan, 0, sizeof(plan));
-    PyObject *cwd, *rlimits, *defaults, *argv_list, *envp_list, *exit_status;
+    PyObject *cwd, *rlimits, *defaults, *caps, *argv_list, *envp_list, *exit_status;
     Py_buffer program = {0};
     const char *path;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iOOiy*IOyOOO", names, &plan.sock, &cwd, &rlimits,
-                                     &plan.ruleset, &program, &plan.seccomp_flags, &defaults, &path,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$iOOiy*IOOyOOO", names, &plan.sock, &cwd, &rlimits,
+                                     &plan.ruleset, &program, &plan.seccomp_flags, &defaults, &caps, &path,
                                      &argv_list, &envp_list, &exit_status))
         return NULL;
     PyObject *result = NULL;
@@ -142,7 +143,9 @@ static PyObject *spawn_agent(PyObject *self, PyObject *args, PyObject *kwargs)
         if (plan.exit_status == -1 && PyErr_Occurred())
             goto done;
     }
-    if (read_pairs(rlimits, &plan) < 0 || read_signals(defaults, &plan) < 0)
+    if (read_pairs(rlimits, &plan) < 0
+        || read_ints(defaults, plan.default_signals, &plan.default_count, SPAWN_MAX_DEFAULTS, "default_signals") < 0
+        || read_ints(caps, plan.cap_drop, &plan.cap_drop_count, SPAWN_MAX_CAPS, "drop_capabilities") < 0)
         goto done;
     if (!(argv = byte_strings(argv_list, "argv")) || !(envp = byte_strings(envp_list, "envp")))
         goto done;

@@ -7,12 +7,14 @@
 
 #define SPAWN_MAX_RLIMITS 16
 #define SPAWN_MAX_DEFAULTS 16
+#define SPAWN_MAX_CAPS 64
 
 /* The agent's stages, in the order of the agent rows of sandbox.launch.STAGES; the names are
  * exported as sandbox._spawn.STAGES, which Python compares with those rows before using us. */
 #define SPAWN_STAGES(X)                                                                          \
     X(STAGE_RESTORE_SIGNALS, "restore_signals") X(STAGE_CHDIR, "chdir") X(STAGE_CLOSE_FDS, "close_fds") \
-    X(STAGE_RLIMITS, "rlimits") X(STAGE_NO_NEW_PRIVS, "no_new_privs") X(STAGE_LANDLOCK, "landlock")      \
+    X(STAGE_RLIMITS, "rlimits") X(STAGE_DROP_CAPABILITIES, "drop_capabilities")                           \
+    X(STAGE_NO_NEW_PRIVS, "no_new_privs") X(STAGE_LANDLOCK, "landlock")                                   \
     X(STAGE_SECCOMP, "seccomp") X(STAGE_HAND_OVER_LISTENER, "hand_over_listener")
 
 #define SPAWN_STAGE_ENUM(id, name) id,
@@ -33,6 +35,8 @@ struct spawn_plan {
     unsigned int seccomp_flags;
     int default_count;           /* signals set to SIG_DFL even when ignored */
     int default_signals[SPAWN_MAX_DEFAULTS];
+    int cap_drop_count;          /* capabilities dropped from the bounding set (sandbox/capabilities.py) */
+    int cap_drop[SPAWN_MAX_CAPS];
     const char *path;            /* what execve runs */
     char *const *argv;
     char *const *envp;

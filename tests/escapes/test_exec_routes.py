@@ -1,5 +1,5 @@
 """A denied program must stay denied whatever route reaches it: PATH lookup, env, a symlink named
-differently, a copy, a rename, a hard link, the dynamic loader, a shebang, a memfd.
+differently, a copy, a rename, a hard link, the dynamic loader, a shebang (absolute or relative), a memfd.
 
 The policy is written the way a user would: `deny! shell/* when args.program == "curl"`. The
 product decides on what will run (docs/tool-calls.md: `path` is the resolved executable,
@@ -19,6 +19,7 @@ SETUP = f"""
 route() {{ name=$1; shift; out=$("$@" 2>&1); case "$out" in *Protocols:*) echo "$name=ran";; *) echo "$name=stopped";; esac; }}
 mkdir bin; cp {CURL} bin/curl; cp {CURL} fetch; cp {CURL} curl; mv curl kurl; ln {CURL} hardlink; ln -s {CURL} ls
 printf '#!{CURL} --version\\n' > fetcher; chmod +x fetcher
+mkdir -p usr/bin; ln -s {CURL} usr/bin/true; printf '#!usr/bin/true --version\\n' > relfetcher; chmod +x relfetcher
 """
 ROUTES = {  # route -> command; each ends in the marker route-NAME so its audit record can be found
     "direct": "curl --version route-direct",
@@ -30,6 +31,8 @@ ROUTES = {  # route -> command; each ends in the marker route-NAME so its audit 
     "hard-link": "./hardlink --version route-hard-link",
     "loader": f"/lib64/ld-linux-x86-64.so.2 {CURL} --version route-loader",
     "shebang": "./fetcher route-shebang",
+    # a relative #! is opened from the cwd, where usr/bin/true is curl (not /usr/bin/true)
+    "shebang-relative": "./relfetcher route-shebang-relative",
     "memfd-execveat": "{memfd} execveat " + CURL + " curl curl --version route-memfd-execveat",
     "memfd-proc-fd": "{memfd} procfd " + CURL + " curl curl --version route-memfd-proc-fd",
 }

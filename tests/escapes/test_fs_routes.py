@@ -196,3 +196,60 @@ def test_device_nodes_cannot_be_made(tmp_path, kernel):
     assert "Operation not permitted" in run.stderr
     assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
     assert not (tmp_path / "disk").exists() and not (tmp_path / "mem").exists()
+
+
+RENAME_DIRS = """
+import os, sys
+for old, new in (("anc", "anc2"), ("free", "free2")):
+    try:
+        os.rename(old, new)
+        print(f"{old}=ok")
+    except OSError as err:
+        print(f"{old}=errno:{err.errno}")
+"""
+
+
+def test_a_directory_rename_is_decided_on_everything_it_moves(tmp_path):
+    """`deny fs/write` under anc/prot: renaming anc would give anc/prot/f another name, and
+    renaming it back would put a file of the agent's there. With the agent frozen, every entry a
+    directory carries is decided as a rename of its own: EXDEV when one is refused (mv then copies
+    file by file, each decided), an atomic rename otherwise."""
+    for where in (tmp_path, tmp_path / "native"):
+        (where / "anc" / "prot").mkdir(parents=True)
+        (where / "anc" / "prot" / "f").write_text("kept\n")
+        (where / "free" / "sub").mkdir(parents=True)
+        (where / "free" / "sub" / "g").write_text("g\n")
+    policy_text = ('agent a {\n  default permit\n'
+                   f'  deny fs/write when args.path startsWith "{tmp_path}/anc/prot" reason: "kept as it is"\n}}\n')
+    argv = ["python3", "-c", RENAME_DIRS]
+    assert native(argv, cwd=tmp_path / "native").lines() == {"anc": "ok", "free": "ok"}
+    moved_inode = (tmp_path / "free").stat().st_ino
+    run = sandboxed(policy_text, argv, tmp_path)
+    assert run.lines() == {"anc": "errno:18", "free": "ok"}, run.explain()
+    assert (tmp_path / "anc" / "prot" / "f").read_text() == "kept\n"
+    assert (tmp_path / "free2").stat().st_ino == moved_inode  # renamed whole, not copied
+    script = f"mv anc anc2; echo pwned > anc2/prot/f; mv anc2 anc; cat {tmp_path}/anc/prot/f"
+    run = sandboxed(policy_text, ["sh", "-c", script], tmp_path)
+    assert "pwned" not in run.stdout, run.explain()
+
+
+def test_a_symlink_is_a_write_at_its_own_path(tmp_path):
+    """No symlink is made at a name that may not be written (a planted .bashrc or git hook)."""
+    policy_text = ('agent a {\n  default permit\n'
+                   f'  deny fs/write when args.path startsWith "{tmp_path}/hooks/" reason: "no hooks"\n}}\n')
+    (tmp_path / "hooks").mkdir()
+    run = sandboxed(policy_text, ["sh", "-c", "ln -s /tmp/evil hooks/pre-commit; echo made=$?; ln -s x ok; echo ok=$?"],
+                    tmp_path)
+    assert run.lines() == {"made": "1", "ok": "0"}, run.explain()
+    assert not os.path.lexists(tmp_path / "hooks" / "pre-commit")
+    assert [(r["tool"], r["args"]["path"]) for r in run.denials("fs/")] == [("fs/link", f"{tmp_path}/hooks/pre-commit")]
+
+
+def test_a_rename_deletes_its_old_name(tmp_path):
+    """Under `deny fs/delete` of keep.txt, moving it away (then deleting it elsewhere) is refused."""
+    policy_text = ('agent a {\n  default permit\n'
+                   '  deny fs/delete when args.path endsWith "/keep.txt" reason: "keep it"\n}\n')
+    (tmp_path / "keep.txt").write_text("keep\n")
+    run = sandboxed(policy_text, ["sh", "-c", "mv keep.txt gone.txt; echo mv=$?; rm -f gone.txt"], tmp_path)
+    assert run.lines() == {"mv": "1"}, run.explain()
+    assert (tmp_path / "keep.txt").read_text() == "keep\n"

@@ -24,7 +24,7 @@ def sessions_in(stderr: str) -> list[str]:
 def session_leftovers(session: str, runtime: Path, launcher_pid: int) -> list[str]:
     """Every host path a run of ``session`` (launched by ``launcher_pid``) may create, that exists."""
     paths = limits.cgroup_dirs(session) + [str(runtime / f"{session}.sock"), str(runtime / "runs" / f"{session}.run")]
-    found = [p for p in paths if os.path.lexists(p)]
+    found = [p for p in paths if os.path.lexists(p)] + glob.glob(str(runtime / "sdk" / f"faramesh-sdk-{session}-*"))
     v2 = cgroups.v2_mount()
     if v2 is not None:
         parent = os.path.dirname(limits.cgroup_dirs(session)[0])

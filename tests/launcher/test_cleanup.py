@@ -50,7 +50,7 @@ def run_in_process(policy, *args: str) -> int:
 def test_consecutive_runs_leave_nothing_behind(private_dirs, capfd):
     """RUNS runs ending every way (exit, agent SIGKILL, timeout, OOM, not found) leave the host as before."""
     tmp, runtime, policy = private_dirs
-    assert run_in_process(policy, "--", "true") == 0  # creates the runtime dir and its runs/ once
+    assert run_in_process(policy, "--", "true") == 0  # creates the runtime dir, its runs/ and sdk/ once
     before = host_state(tmp, runtime)
     statuses = [run_in_process(policy, *ENDINGS[i % len(ENDINGS)]) for i in range(RUNS)]
     after = host_state(tmp, runtime)
@@ -60,7 +60,7 @@ def test_consecutive_runs_leave_nothing_behind(private_dirs, capfd):
     assert [p for s in sessions for p in session_leftovers(s, runtime, os.getpid())] == []
     before.pop("fds"), after.pop("fds")  # test_runs_leave_no_open_fds
     assert after == before
-    assert (before["runtime"], before["tmp"], before["children"], before["threads"]) == (["runs"], [], [], 1)
+    assert (before["runtime"], before["tmp"], before["children"], before["threads"]) == (["runs", "sdk"], [], [], 1)
 
 
 def test_runs_leave_no_open_fds(private_dirs):

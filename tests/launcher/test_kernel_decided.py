@@ -49,6 +49,15 @@ def test_links_and_renames_are_permitted_in_the_kernel_only_with_reads_and_write
     assert decided["fs/mkdir"] == 0
 
 
+@pytest.mark.parametrize("tool", ["fs/delete", "fs/mkdir", "fs/link"])
+def test_renames_go_to_the_supervisor_while_any_fs_category_is_conditional(tool):
+    """A rename deletes its old name and moves all a directory holds: with any fs rule left to
+    decide, the supervisor decides renames (links need only reads and writes)."""
+    decided = kernel_decided(engine(f"agent a {{\n  default permit\n  deny {tool} when args.path endsWith \"/k\"\n}}\n"))
+    assert "fs/rename" not in decided
+    assert ("fs/link" in decided) is (tool != "fs/link")
+
+
 def test_refused_links_and_renames_stay_in_the_kernel():
     """A refusal needs no check of what else the call amounts to."""
     decided = kernel_decided(engine("agent a {\n  permit fs/read when args.path startsWith \"/w\"\n}\n"))

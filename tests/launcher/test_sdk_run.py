@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -166,7 +167,7 @@ def test_non_root_agent_reaches_the_socket():
         if fixed:
             assert path == "/run/faramesh/faramesh.sock"
         else:
-            assert path.startswith(str(shared / "faramesh-sdk-")) and path.endswith("/faramesh.sock")
+            assert path.startswith(str(shared / "run" / "sdk" / "faramesh-sdk-")) and path.endswith("/faramesh.sock")
     finally:
         shutil.rmtree(shared)
 
@@ -197,3 +198,48 @@ def test_serve_run_without_mount_namespace_uses_the_host_path():
         assert sdk.agent_socket_path == spec.env["FARAMESH_SOCKET"]
     finally:
         sdk.close()
+
+
+OTHER_RUN_AGENT = """
+import os, socket, sys
+def reach(path):
+    conn = socket.socket(socket.AF_UNIX)
+    try:
+        conn.connect(path)
+        return "ok"
+    except OSError as err:
+        return f"errno:{err.errno}"
+print("own=" + reach(os.environ.get("FARAMESH_SOCKET", sys.argv[1])))
+print("other=" + reach(sys.argv[1]))
+runs = os.path.dirname(os.path.dirname(sys.argv[1]))
+print("runs=" + ("seen" if os.path.isdir(runs) and os.listdir(runs) else "unseen"))
+"""
+
+
+@pytest.mark.kernel
+def test_an_agent_cannot_reach_another_runs_sdk_socket(tmp_path):
+    """Two runs under one runtime directory: outside the sandbox the first run's socket answers;
+    the second run's agent reaches its own socket, but neither sees nor reaches the first run's
+    (which would answer with that run's policy and write to its audit)."""
+    runtime = Path(tempfile.mkdtemp(prefix="fs-", dir="/tmp"))  # short: a unix socket path has 107 bytes
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FARAMESH_SANDBOX_RUNTIME_DIR": str(runtime),
+           "FARAMESH_SANDBOX_CONFIG": str(tmp_path / "none.toml")}
+    policy_file = tmp_path / "p.fpl"
+    policy_file.write_text("agent a {\n  default permit\n}\n")
+    run = [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--no-audit-db", "--no-prompt",
+           "--no-egress", "--"]
+    first = subprocess.Popen([*run, "sleep", "60"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not (sockets := list((runtime / "sdk").glob("faramesh-sdk-*/faramesh.sock"))):
+            assert time.monotonic() < deadline and first.poll() is None, "the first run's socket never appeared"
+            time.sleep(0.05)
+        probe = [sys.executable, "-c", OTHER_RUN_AGENT, str(sockets[0])]
+        outside = subprocess.run(probe, capture_output=True, text=True, env=env)
+        assert outside.stdout.splitlines() == ["own=ok", "other=ok", "runs=seen"], outside.stderr
+        inside = subprocess.run([*run, *probe], capture_output=True, text=True, env=env, timeout=60)
+        assert inside.stdout.splitlines() == ["own=ok", "other=errno:2", "runs=unseen"], inside.stderr
+    finally:
+        first.kill()
+        first.wait()
+        shutil.rmtree(runtime, ignore_errors=True)

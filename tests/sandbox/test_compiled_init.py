@@ -21,7 +21,7 @@ import pytest
 
 from policy.decision import Decision, Effect
 from sandbox import _libc_landlock as ll
-from sandbox import init_spawn, landlock, traced
+from sandbox import capabilities, init_spawn, landlock, traced
 from sandbox.errors import SandboxError
 from sandbox.launch import launch
 from sandbox.limits import Limits
@@ -194,8 +194,8 @@ def _real_plan() -> tuple[bytes, init_spawn.Plan]:
                           paths={"/usr": ll.FS_EXECUTE}, ports={8080: ll.NET_BIND_TCP})
     spec = SandboxSpec(argv=["/bin/true", "x"], env={"PATH": "/usr/bin:/bin", "A": "b"}, cwd="/",
                        hostname="cut", binds=[("/tmp", "/mnt")], landlock=found)
-    run_state = types.SimpleNamespace(spec=spec, program=RET_ALLOW, limits=types.SimpleNamespace(
-        rlimit_list=lambda: [(resource.RLIMIT_NOFILE, 256)]))
+    run_state = types.SimpleNamespace(spec=spec, program=RET_ALLOW, cap_drop=capabilities.to_drop(True),
+                                      limits=types.SimpleNamespace(rlimit_list=lambda: [(resource.RLIMIT_NOFILE, 256)]))
     plan = init_spawn.Plan(run_state)
     return plan.encode(), plan
 
@@ -229,7 +229,7 @@ def plan_cuts():
 def test_the_whole_plan_runs_the_agent(plan_cuts):
     """The driver is sound: the uncut plan sets everything up and the agent hands over its listener."""
     size, _ends, results = plan_cuts
-    assert size == 559
+    assert size == 820  # the stage names, then the records (27 capabilities to drop: 9 bytes each)
     assert results[size] == (0, "listener 4")
 
 

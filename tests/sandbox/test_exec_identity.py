@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -83,3 +84,22 @@ def test_only_the_loader_counts_in_library_directories(root):
     time.sleep(TICK)
     index = ProgramIndex(str(root))
     assert (index.listed("/lib/ld-linux-x86-64.so.2"), index.listed("/lib/libc.so.6")) == ("ld-linux-x86-64.so.2", None)
+
+
+def test_a_loader_given_a_bare_program_name_is_refused(root):
+    """`ld.so curl` looks curl up as a library would be, not from the cwd: nothing can be decided
+    on the path the loader will take, so the exec is refused (EACCES)."""
+    (root / "lib64").mkdir()
+    loader = root / "lib64" / "ld-linux-x86-64.so.2"
+    loader.write_bytes(b"\x7fELF loader")
+    loader.chmod(0o755)
+    identity = ExecIdentity(str(root))
+    args = {"path": "/lib64/ld-linux-x86-64.so.2", "program": "ld-linux-x86-64.so.2",
+            "argv": ["/lib64/ld-linux-x86-64.so.2", "tool", "--version"], "cwd": "/usr/bin"}
+    with pytest.raises(OSError) as err:
+        identity.also_runs(args, str(loader), str(root), lambda path, base: os.path.join(base, path))
+    assert err.value.errno == errno.EACCES
+    args["argv"][1] = "./tool"
+    assert [run["path"] for run in identity.also_runs(args, str(loader), str(root),
+                                                       lambda path, base: os.path.normpath(os.path.join(base, path)))] \
+        == ["/usr/bin/tool"]

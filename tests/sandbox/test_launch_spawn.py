@@ -50,8 +50,8 @@ def run(argv: list[str], **fields) -> int:
 
 def test_compiled_stages_are_the_agent_rows_of_stages():
     """sandbox._spawn names its stages, from its C enum, exactly as the agent rows of STAGES."""
-    assert AGENT_STAGES == ("restore_signals", "chdir", "close_fds", "rlimits", "no_new_privs", "landlock",
-                            "seccomp", "hand_over_listener")
+    assert AGENT_STAGES == ("restore_signals", "chdir", "close_fds", "rlimits", "drop_capabilities", "no_new_privs",
+                            "landlock", "seccomp", "hand_over_listener")
     assert agent_spawn._spawn.STAGES == AGENT_STAGES
     assert agent_spawn.unavailable_reason() is None
 
@@ -120,6 +120,7 @@ def _parent_during_clone() -> tuple[str, str, str]:
     helper = os.fork()
     if helper == 0:
         try:
+            childs.close()  # so a spawn that fails before the hand-over ends our recv, not hangs it
             ours.recv(64)  # "listener N": the child is waiting for our answer; its parent is in clone
             status = Path(f"/proc/{parent}/status").read_text()
             blocked = next(line for line in status.splitlines() if line.startswith("SigBlk:"))
@@ -134,15 +135,16 @@ def _parent_during_clone() -> tuple[str, str, str]:
     try:
         pid, failed, _err, exec_errno = agent_spawn._spawn.spawn_agent(
             sock=childs.fileno(), cwd=None, rlimits=[], ruleset=-1, program=allow,
-            seccomp_flags=agent_spawn.SECCOMP_FLAGS, default_signals=[], path=b"/bin/true", argv=[b"true"],
+            seccomp_flags=agent_spawn.SECCOMP_FLAGS, default_signals=[], drop_capabilities=[], path=b"/bin/true",
+            argv=[b"true"],
             envp=[], exit_status=None)
         after = Path("/proc/self/maps").read_text()
         with os.fdopen(readable, "rb") as pipe:
             blocked, during = pipe.read().decode().split("\n", 1)
     finally:
+        childs.close()
         os.waitpid(helper, 0)
         ours.close()
-        childs.close()
     assert (failed, exec_errno, os.waitpid(pid, 0)[1]) == (-1, 0, 0)
     return blocked, during, after
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
+import time
 
+import psutil
 import pytest
 
 from sandbox import _libc, _libc_ns
@@ -61,15 +64,37 @@ def test_cannot_signal_a_host_process(capfd):
 
 
 def test_mounts_do_not_propagate_to_the_host(capfd, tmp_path):
-    """Propagation is made private first: a mount inside a shared host mount stays inside."""
-    shared = tmp_path / "shared"
+    """Propagation is made private first: a mount made in the sandbox's mount namespace, inside a
+    shared host mount, stays inside. Made from outside with nsenter: the agent itself holds no
+    CAP_SYS_ADMIN (sandbox/capabilities.py)."""
+    shared, ready, done = tmp_path / "shared", tmp_path / "ready", tmp_path / "done"
     shared.mkdir()
     _libc_ns.mount("tmpfs", str(shared), "tmpfs", 0)
+    failures: list[str] = []
+
+    def mount_inside() -> None:
+        try:
+            while not ready.exists():
+                time.sleep(0.01)
+            agent = next(p for p in psutil.process_iter(["cmdline"])
+                         if p.pid != os.getpid() and str(done) in " ".join(p.info["cmdline"] or ()))
+            made = subprocess.run(["nsenter", "-t", str(agent.pid), "-m", "mount", "-t", "tmpfs", "none",
+                                   f"{shared}/inner"], capture_output=True, text=True)
+            if made.returncode:
+                failures.append(made.stderr)
+        except Exception as err:  # noqa: BLE001 - reported by the test, not lost in the thread
+            failures.append(repr(err))
+        finally:
+            done.touch()
     try:
         _libc_ns.mount(None, str(shared), None, MS_SHARED)
         (shared / "inner").mkdir()
-        status, out, _ = run_sh(f"mount -t tmpfs none {shared}/inner && grep -c ' {shared}/inner ' /proc/self/mountinfo",
-                                capfd)
+        script = (f"touch {ready}; for i in $(seq 1000); do [ -e {done} ] && break; sleep 0.01; done; "
+                  f"grep -c ' {shared}/inner ' /proc/self/mountinfo")
+        status = launch(SandboxSpec(argv=["sh", "-c", script], seccomp=False), decide=None,
+                        started=lambda: threading.Thread(target=mount_inside, daemon=True).start())
+        out, _ = capfd.readouterr()
+        assert failures == []
         assert (status, out) == (0, "1\n")
         with open("/proc/self/mountinfo") as f:
             assert f" {shared}/inner " not in f.read()

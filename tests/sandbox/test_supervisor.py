@@ -254,6 +254,34 @@ def test_a_receiver_that_cannot_start_leaves_the_current_one_receiving(cgroup_di
     assert refused and run.stats["threads"] == 1
 
 
+def test_a_write_into_agent_memory_waits_for_a_frozen_exec_decision(monkeypatch):
+    """sendmmsg's msg_len is written into the agent only while no exec decision holds the gate
+    (the write could change a path the decision read), and not at all once the task is gone."""
+    from sandbox import freeze
+
+    sup = Supervisor.__new__(Supervisor)
+    sup._gate = freeze.Gate()
+    waiting = [True]
+    monkeypatch.setattr(sup, "_still_waiting", lambda notification: waiting[0])
+    events = []
+    decision_held = threading.Event()
+
+    def exec_decision():
+        with sup._gate.exclusive():
+            decision_held.set()
+            time.sleep(0.3)
+            events.append("decision over")
+    deciding = threading.Thread(target=exec_decision)
+    deciding.start()
+    decision_held.wait(5)
+    assert sup._write_back(None, lambda: events.append("written")) is True
+    deciding.join()
+    assert events == ["decision over", "written"]
+    waiting[0] = False
+    assert sup._write_back(None, lambda: events.append("written again")) is False
+    assert events == ["decision over", "written"]
+
+
 def test_vfork_spawn_from_python_is_decided(cgroup_dir):
     """Python's subprocess (vfork + exec) runs an allowed command and is refused a denied one."""
     code = ("import subprocess\n"

@@ -1,0 +1,70 @@
+"""Capabilities a root agent gives up before it runs CMD: dropped from its bounding set, so the
+execve leaves root with the rest only (as container runtimes keep a short default set).
+
+Seccomp refuses the dangerous syscalls by number, but many powers live behind calls the filter
+lets through: a read-only descriptor reaches the filesystem's ioctls (FIFREEZE, ext4's shutdown,
+FITRIM, labels, verity), and a host socket takes IP_TRANSPARENT or SO_BINDTODEVICE. Without the
+capability the kernel refuses each of them, whatever the number. An agent that is not root holds
+none of these and cannot gain them (no_new_privs): nothing is dropped for it."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from sandbox import _libc
+
+PR_CAPBSET_DROP = 24
+
+# capability -> (number, what a root agent could do with it)
+DROPPED = {
+    "CAP_DAC_READ_SEARCH": (2, "open_by_handle_at-style reads by inode, linkat(AT_EMPTY_PATH)"),
+    "CAP_LINUX_IMMUTABLE": (9, "chattr +i/+a on host files"),
+    "CAP_NET_BROADCAST": (11, "broadcast and multicast listening on host sockets"),
+    "CAP_NET_ADMIN": (12, "IP_TRANSPARENT, TCP_REPAIR, interfaces and routes of host sockets"),
+    "CAP_NET_RAW": (13, "raw and packet sockets, SO_BINDTODEVICE on host sockets"),
+    "CAP_IPC_OWNER": (15, "System V IPC of other users"),
+    "CAP_SYS_MODULE": (16, "kernel modules"),
+    "CAP_SYS_RAWIO": (17, "raw block and I/O port access, FIBMAP"),
+    "CAP_SYS_PTRACE": (19, "ptrace of any process"),
+    "CAP_SYS_PACCT": (20, "process accounting"),
+    "CAP_SYS_ADMIN": (21, "FIFREEZE, ext4 shutdown, FITRIM, labels and most other filesystem ioctls"),
+    "CAP_SYS_BOOT": (22, "reboot, kexec"),
+    "CAP_SYS_RESOURCE": (24, "raising hard rlimits past the sandbox's limits"),
+    "CAP_SYS_TIME": (25, "the host clock"),
+    "CAP_SYS_TTY_CONFIG": (26, "vhangup"),
+    "CAP_MKNOD": (27, "device nodes (a disk's, /dev/mem)"),
+    "CAP_LEASE": (28, "leases on files of other users"),
+    "CAP_AUDIT_CONTROL": (30, "the kernel audit rules"),
+    "CAP_MAC_OVERRIDE": (32, "overriding the MAC policy"),
+    "CAP_MAC_ADMIN": (33, "changing the MAC policy"),
+    "CAP_SYSLOG": (34, "the kernel log"),
+    "CAP_WAKE_ALARM": (35, "system wake-up alarms"),
+    "CAP_BLOCK_SUSPEND": (36, "blocking system suspend"),
+    "CAP_AUDIT_READ": (37, "reading the audit log"),
+    "CAP_PERFMON": (38, "perf events"),
+    "CAP_BPF": (39, "BPF programs and maps"),
+    "CAP_CHECKPOINT_RESTORE": (40, "checkpoint/restore controls of other processes"),
+}
+
+
+def to_drop(privileged: bool) -> list[int]:
+    """The capability numbers to drop: all of DROPPED for an agent that is root (on the host or
+    in its user namespace), none for one that holds no capability."""
+    return sorted(number for number, _ in DROPPED.values()) if privileged else []
+
+
+def drop(numbers: list[int]) -> None:
+    """In the agent, before no_new_privs: drop each from the bounding set. EINVAL means a
+    capability this kernel does not have: nothing to drop."""
+    for number in numbers:
+        try:
+            _libc.prctl(PR_CAPBSET_DROP, number)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+
+
+def agent_is_privileged(wants_user_namespace: bool) -> bool:
+    """Root on the host, or root of its own user namespace."""
+    return wants_user_namespace or os.geteuid() == 0
