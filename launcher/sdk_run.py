@@ -42,12 +42,16 @@ def serve_run(spec: SandboxSpec, decide: Decide, *, audit=None, approve: Approve
     """Bind the socket for ``spec`` and point the agent at it (edits spec.binds and spec.env);
     pass ``.serve`` to launch() as ``started`` (no thread may run before the sandbox exists).
     Raises SandboxError when the socket cannot be created."""
+    # Reached through the bind mount, the directory can sit under the runtime directory, which
+    # the sandbox covers; given by its own path, it must stay where the agent can see it.
+    fixed = _mount_point_ready(spec)
     try:
-        parent = control.private_dir(os.path.join(control.runtime_dir(), SOCKETS_DIR))
-        host_dir = tempfile.mkdtemp(prefix=f"faramesh-sdk-{spec.session_id}-", dir=parent)  # 0700 as well
+        parent = control.private_dir(os.path.join(control.runtime_dir(), SOCKETS_DIR)) if fixed else None
+        host_dir = tempfile.mkdtemp(prefix=f"faramesh-sdk-{spec.session_id}-", dir=parent)  # 0700
     except (OSError, control.ControlError) as err:
         raise SandboxError("start_sdk_socket", f"no private directory: {getattr(err, 'strerror', None) or err}",
-                           "set FARAMESH_SANDBOX_RUNTIME_DIR to a writable directory, or pass --no-sdk-socket") from None
+                           "set FARAMESH_SANDBOX_RUNTIME_DIR (or TMPDIR) to a writable directory, or pass "
+                           "--no-sdk-socket") from None
     try:
         server = SdkServer(os.path.join(host_dir, SOCKET_NAME), decide, session_id=spec.session_id,
                            audit=audit, approve=approve, approve_timeout=spec.approve_timeout).listen()
@@ -55,8 +59,8 @@ def serve_run(spec: SandboxSpec, decide: Decide, *, audit=None, approve: Approve
         shutil.rmtree(host_dir, ignore_errors=True)
         raise SandboxError("start_sdk_socket", f"{host_dir}: {err.strerror or err}",
                            "pass --no-sdk-socket to run without the agent SDK socket") from None
-    agent_dir = SANDBOX_SOCKET_DIR if _mount_point_ready(spec) else host_dir
-    if agent_dir != host_dir:
+    agent_dir = SANDBOX_SOCKET_DIR if fixed else host_dir
+    if fixed:
         spec.binds.append((host_dir, agent_dir))
         if not any(_inside(parent, hidden) for hidden in spec.hidden):  # covered after the binds are made
             spec.hidden.append(parent)

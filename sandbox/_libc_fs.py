@@ -199,6 +199,20 @@ def get_effective_caps() -> tuple[int, int]:
     return eff, perm
 
 
+def remove_caps(mask: int) -> None:
+    """Take the capabilities in ``mask`` out of the calling thread's effective, permitted and
+    inheritable sets (lowering them needs no privilege)."""
+    header = _CapHeader(_CAP_VERSION_3, 0)
+    data = (_CapData * 2)()
+    syscall("capget", ctypes.byref(header), data)
+    for half in (0, 1):
+        keep = ~(mask >> (32 * half)) & 0xFFFFFFFF
+        data[half].effective &= keep
+        data[half].permitted &= keep
+        data[half].inheritable &= keep
+    syscall("capset", ctypes.byref(header), data)
+
+
 def set_effective_caps(effective: int) -> None:
     """Set the calling thread's effective set, keeping permitted and inheritable as they are."""
     header = _CapHeader(_CAP_VERSION_3, 0)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import errno
 import os
 
-from sandbox import _libc
+from sandbox import _libc, _libc_fs
 
-PR_CAPBSET_DROP = 24
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 
 # capability -> (number, what a root agent could do with it)
 DROPPED = {
@@ -55,14 +55,21 @@ def to_drop(privileged: bool) -> list[int]:
 
 
 def drop(numbers: list[int]) -> None:
-    """In the agent, before no_new_privs: drop each from the bounding set. EINVAL means a
-    capability this kernel does not have: nothing to drop."""
+    """In the agent, before no_new_privs: drop each from the bounding set (EINVAL: a capability
+    this kernel does not have), empty the ambient set and take them out of the inheritable,
+    permitted and effective sets: root's exec adds the inheritable and ambient sets to what the
+    bounding set allows, so a launcher started with them (a service's AmbientCapabilities=)
+    would otherwise hand them on."""
+    if not numbers:
+        return
     for number in numbers:
         try:
             _libc.prctl(PR_CAPBSET_DROP, number)
         except OSError as err:
             if err.errno != errno.EINVAL:
                 raise
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    _libc_fs.remove_caps(sum(1 << number for number in numbers))
 
 
 def agent_is_privileged(wants_user_namespace: bool) -> bool:

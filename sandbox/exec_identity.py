@@ -180,6 +180,16 @@ def loader_target(argv: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _base_for(path: str, args: dict) -> str:
+    """Where a path an exec also runs is resolved from: the task's cwd for a relative one, which
+    must then be known (refused otherwise: from "/" it would name another file)."""
+    if path.startswith("/"):
+        return "/"
+    if not args.get("cwd"):
+        raise OSError(errno.EACCES, f"{path!r} is relative and the task's cwd is unknown")
+    return args["cwd"]
+
+
 def is_loader(program: str) -> bool:
     return bool(LOADER_NAME.fullmatch(program))
 
@@ -247,12 +257,12 @@ class ExecIdentity:
             if interp is not None:
                 interpreter, extra = interp
                 # The kernel opens a relative interpreter from the exec'ing task's cwd, as the loader's target.
-                via, path, argv = "shebang", resolve(interpreter, args.get("cwd") or "/"), \
+                via, path, argv = "shebang", resolve(interpreter, _base_for(interpreter, args)), \
                     [interpreter, *extra, path, *argv[1:]]
             elif is_loader(program) and (target := loader_target(argv)) is not None:
                 if "/" not in target[0]:  # ld.so looks a bare name up as a library, not from the cwd
                     raise OSError(errno.EACCES, f"the loader's program {target[0]!r} names no path")
-                via, path, argv = "loader", resolve(target[0], args.get("cwd") or "/"), target[1]
+                via, path, argv = "loader", resolve(target[0], _base_for(target[0], args)), target[1]
             else:
                 return found
             host_path = host_root + path

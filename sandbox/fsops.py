@@ -195,32 +195,44 @@ class Moving:
 
 
 def moved_entries(old: Slot, new: Slot) -> list[tuple[str, str]]:
-    """What renaming ``old`` to ``new`` also renames: every entry under it when it is a directory
-    (symlinks not followed). EXDEV when it holds more than MAX_MOVED_ENTRIES or cannot be read
-    whole: a program then copies and deletes entry by entry, each decided on its own."""
+    """What renaming ``old`` to ``new`` also renames: every entry under it when it is a directory,
+    found without following a symlink (the agent is frozen meanwhile). EXDEV when it holds more
+    than MAX_MOVED_ENTRIES or cannot be read whole: a program then copies and deletes entry by
+    entry, each decided on its own."""
     try:
         info = os.stat(old.name, dir_fd=old.parent_fd, follow_symlinks=False)
     except FileNotFoundError:
         return []  # renameat2 reports it
     if not stat.S_ISDIR(info.st_mode):
         return []
-    top = os.open(old.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=old.parent_fd)
+    old_path, new_path = os.fsdecode(old.path.rstrip(b"/")), os.fsdecode(new.path.rstrip(b"/"))
     pairs: list[tuple[str, str]] = []
     try:
-        for where, dirs, files, _ in os.fwalk(".", dir_fd=top, onerror=_unreadable):
-            for name in dirs + files:
-                inside = os.path.normpath(os.path.join(where, name))
-                pairs.append((os.fsdecode(old.path.rstrip(b"/")) + "/" + inside,
-                              os.fsdecode(new.path.rstrip(b"/")) + "/" + inside))
-                if len(pairs) > MAX_MOVED_ENTRIES:
-                    raise fail(errno.EXDEV, f"a directory of over {MAX_MOVED_ENTRIES} entries is not renamed whole")
-    finally:
-        os.close(top)
+        top = os.open(old.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=old.parent_fd)
+        try:
+            pending = [""]
+            while pending:
+                inside = pending.pop()
+                where = lf.openat2(top, os.fsencode(inside or "."), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, 0,
+                                   lf.RESOLVE_NO_SYMLINKS | lf.RESOLVE_BENEATH)
+                try:
+                    with os.scandir(where) as entries:
+                        for entry in entries:
+                            relative = f"{inside}/{entry.name}" if inside else entry.name
+                            pairs.append((f"{old_path}/{relative}", f"{new_path}/{relative}"))
+                            if len(pairs) > MAX_MOVED_ENTRIES:
+                                raise fail(errno.EXDEV, f"over {MAX_MOVED_ENTRIES} entries are not renamed whole")
+                            if entry.is_dir(follow_symlinks=False):
+                                pending.append(relative)
+                finally:
+                    os.close(where)
+        finally:
+            os.close(top)
+    except OSError as err:
+        if err.errno == errno.EXDEV:
+            raise
+        raise fail(errno.EXDEV, f"a directory that cannot be read whole is not renamed whole: {err}") from None
     return pairs
-
-
-def _unreadable(err: OSError) -> None:
-    raise fail(errno.EXDEV, f"a directory that cannot be read whole is not renamed whole: {err}")
 
 
 def _mkdir(view, d):

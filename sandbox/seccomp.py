@@ -122,7 +122,9 @@ HOST_SOCKET_OPTIONS = {
         ("IPV6_2292PKTOPTIONS", SOL_IPV6, 6)),  # sets IPV6_RTHDR among others
     "out of an interface of its choice, past the host's policy routing (a VPN, a firewall mark)": (
         ("SO_BINDTODEVICE", SOL_SOCKET, 25), ("SO_BINDTOIFINDEX", SOL_SOCKET, 62), ("SO_MARK", SOL_SOCKET, 36),
-        ("IP_UNICAST_IF", SOL_IP, 50), ("IPV6_UNICAST_IF", SOL_IPV6, 76)),
+        ("IP_UNICAST_IF", SOL_IP, 50), ("IPV6_UNICAST_IF", SOL_IPV6, 76),
+        ("IPV6_PKTINFO", SOL_IPV6, 50),  # sticky: the interface index of every later send
+        ("IP_MULTICAST_IF", SOL_IP, 32), ("IPV6_MULTICAST_IF", SOL_IPV6, 17)),
     "a source address the host does not own, or another host's traffic": (
         ("IP_TRANSPARENT", SOL_IP, 19), ("IP_FREEBIND", SOL_IP, 15), ("IPV6_TRANSPARENT", SOL_IPV6, 75),
         ("IPV6_FREEBIND", SOL_IPV6, 78)),

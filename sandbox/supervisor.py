@@ -312,7 +312,8 @@ class Supervisor:
                 notify.send_error(self.listener, notification.id, errno.EACCES)
                 return
             try:
-                result = self._perform_rename(notification.pid, op) if op.moved_entries else self._perform(op)
+                result = self._perform_rename(notification, decoded["syscall"], started, op) \
+                    if op.moved_entries else self._perform(op)
             except OSError as err:
                 notify.send_error(self.listener, notification.id, err.errno or errno.EIO)
                 return
@@ -327,28 +328,34 @@ class Supervisor:
         finally:
             self._gate.leave_shared()
 
-    def _perform_rename(self, pid: int, op):
+    def _perform_rename(self, notification: notify.Notification, syscall: str, started: float, op):
         """A rename, with the agent frozen so that no task can turn its source into a directory or
-        add to one meanwhile: everything a moved directory carries is decided entry by entry (read,
-        write and delete of its old name, write of its new one), as a rename of each. One refused,
-        or too many entries, is EXDEV: mv then copies and deletes entry by entry, each decided."""
+        add to one meanwhile: each entry a moved directory carries is decided as a rename of its
+        own (with what that implies: _implied_calls). One refused (recorded), or too many
+        entries, is EXDEV: mv then copies and deletes entry by entry, each decided."""
         self._freezer_ready.wait(FREEZER_CHECK_TIMEOUT)
         if self.freezer is None:
             raise OSError(errno.EXDEV, f"cannot freeze the agent for a rename: {self.freeze_problem}")
-        with self._exec_lock, self._gate.exclusive():
-            try:
-                self.freezer.freeze(pid)
-            except freeze.FreezeError as err:
-                raise OSError(errno.EXDEV, f"cannot freeze the agent for a rename: {err}") from None
-            try:
-                for old, new in op.moved_entries():
-                    for tool, path in (("fs/read", old), ("fs/write", old), ("fs/delete", old), ("fs/write", new)):
-                        call = self._call(tool, {"path": path, "flags": [], "mode": None, "via": "rename"}, pid)
-                        if not self._decide_one(call).permitted:
-                            raise OSError(errno.EXDEV, f"{tool} of {path} is not permitted")
-                return op.perform()
-            finally:
-                self.freezer.thaw()
+        try:
+            with self._exec_lock, self._gate.exclusive():
+                self.freezer.freeze(notification.pid)
+                try:
+                    for old, new in op.moved_entries():
+                        call = self._call("fs/rename", {"path": old, "flags": [], "mode": None, "dest": new},
+                                          notification.pid)
+                        decision = self._decide(call)
+                        if not decision.permitted:
+                            if decision.effect is Effect.DEFER:  # no approval can be awaited with the agent frozen
+                                decision = _replace(decision, Effect.DENY, "MOVED_ENTRY_DEFERRED",
+                                                    f"{decision.reason} (an entry of a moved directory cannot wait "
+                                                    "for approval: its entries are then moved one by one)")
+                            self._record(notification, syscall, call, decision, started)
+                            raise OSError(errno.EXDEV, f"{old} may not be moved to {new}")
+                    return op.perform()
+                finally:
+                    self.freezer.thaw()
+        except freeze.FreezeError as err:
+            raise OSError(errno.EXDEV, f"cannot freeze the agent for a rename: {err}") from None
 
     def _handle_net(self, notification: notify.Notification, started: float) -> None:
         # Performed on our duplicate of the agent's socket (sandbox/netops.py), never CONTINUEd.

@@ -8,6 +8,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <linux/capability.h>
 #include <linux/seccomp.h>
 
 #include "raw_syscall.h"
@@ -161,16 +162,35 @@ static CHILD_CODE long hand_over(const struct spawn_plan *plan, long listener)
     return SYS(SYS_close, plan->sock, 0, 0, 0, 0, 0);
 }
 
-/* As sandbox/capabilities.drop: out of the bounding set, so the execve leaves root without them.
- * EINVAL: a capability this kernel does not have. */
+/* As sandbox/capabilities.drop: out of the bounding set (EINVAL: a capability this kernel does not
+ * have), the ambient set emptied, and out of the inheritable, permitted and effective sets, so the
+ * execve leaves root without them. */
 static CHILD_CODE long drop_capabilities(const struct spawn_plan *plan)
 {
+    if (plan->cap_drop_count == 0)
+        return 0;
+    struct __user_cap_header_struct header = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    long r;
     for (int i = 0; i < plan->cap_drop_count; i++) {
-        long r = SYS(SYS_prctl, PR_CAPBSET_DROP, plan->cap_drop[i], 0, 0, 0, 0);
+        r = SYS(SYS_prctl, PR_CAPBSET_DROP, plan->cap_drop[i], 0, 0, 0, 0);
         if (r < 0 && r != -EINVAL)
             return r;
     }
-    return 0;
+    if ((r = SYS(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0)) < 0)
+        return r;
+    if ((r = SYS(SYS_capget, &header, data, 0, 0, 0, 0)) < 0)
+        return r;
+    for (int i = 0; i < plan->cap_drop_count; i++) {
+        int cap = plan->cap_drop[i];
+        if (cap < 0 || cap >= 64)
+            continue;
+        unsigned int bit = 1u << (cap % 32);
+        data[cap / 32].effective &= ~bit;
+        data[cap / 32].permitted &= ~bit;
+        data[cap / 32].inheritable &= ~bit;
+    }
+    return SYS(SYS_capset, &header, data, 0, 0, 0, 0);
 }
 
 CHILD_CODE int spawn_agent_main(void *arg)

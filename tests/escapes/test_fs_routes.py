@@ -253,3 +253,18 @@ def test_a_rename_deletes_its_old_name(tmp_path):
     run = sandboxed(policy_text, ["sh", "-c", "mv keep.txt gone.txt; echo mv=$?; rm -f gone.txt"], tmp_path)
     assert run.lines() == {"mv": "1"}, run.explain()
     assert (tmp_path / "keep.txt").read_text() == "keep\n"
+
+
+def test_a_moved_directorys_entries_meet_the_rename_rules_too(tmp_path):
+    """`deny fs/rename` under d/sub/: moving d/sub away would rename d/sub/f without a decision
+    naming it. Each entry is decided as a rename of its own: refused, and recorded, so EXDEV."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "f").write_text("f\n")
+    policy_text = ('agent a {\n  default permit\n'
+                   f'  deny fs/rename when args.path startsWith "{tmp_path}/d/sub/" reason: "stays put"\n}}\n')
+    script = "import os\ntry:\n    os.rename('d/sub', 'sub2'); print('moved=ok')\nexcept OSError as err:\n    print(f'moved=errno:{err.errno}')\n"
+    run = sandboxed(policy_text, ["python3", "-c", script], tmp_path)
+    assert run.lines() == {"moved": "errno:18"}, run.explain()
+    assert (tmp_path / "d" / "sub" / "f").exists()
+    assert [(r["tool"], r["args"]["path"], r["args"]["dest"], r["reason_code"]) for r in run.denials("fs/")] == [
+        ("fs/rename", f"{tmp_path}/d/sub/f", f"{tmp_path}/sub2/f", "RULE_DENY")], run.explain()

@@ -17,6 +17,7 @@ import pytest
 
 import launcher.cli
 import policy
+from launcher import sdk_run
 from launcher.sdk_run import serve_run
 from sandbox import _libc, _libc_ns
 from launcher.sdk_server import SANDBOX_SOCKET_PATH
@@ -167,7 +168,7 @@ def test_non_root_agent_reaches_the_socket():
         if fixed:
             assert path == "/run/faramesh/faramesh.sock"
         else:
-            assert path.startswith(str(shared / "run" / "sdk" / "faramesh-sdk-")) and path.endswith("/faramesh.sock")
+            assert path.startswith(str(shared / "faramesh-sdk-")) and path.endswith("/faramesh.sock")
     finally:
         shutil.rmtree(shared)
 
@@ -185,6 +186,23 @@ def test_serve_run_binds_a_private_directory_at_the_fixed_path():
     finally:
         sdk.close()
     assert not os.path.exists(sdk.host_dir)
+
+
+def test_without_the_fixed_mount_point_the_socket_stays_outside_the_hidden_runtime_dir(tmp_path, monkeypatch):
+    """A user who cannot make /run/faramesh is given the private directory's own path: it is made in
+    TMPDIR, not under the runtime directory the sandbox covers (where the agent could not reach it)."""
+    monkeypatch.setenv("FARAMESH_SANDBOX_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sdk_run, "_mount_point_ready", lambda spec: False)
+    engine = policy.Engine([policy.load_policy(POLICY, "p.fpl")], policy.SessionStore())
+    spec = SandboxSpec(argv=["true"], env={}, session_id="s")
+    sdk = serve_run(spec, engine.decide)
+    try:
+        assert (spec.binds, spec.hidden) == ([], [])
+        assert os.path.dirname(sdk.host_dir) == str(tmp_path)
+        assert spec.env == {"FARAMESH_SOCKET": os.path.join(sdk.host_dir, "faramesh.sock")}
+    finally:
+        sdk.close()
 
 
 def test_serve_run_without_mount_namespace_uses_the_host_path():

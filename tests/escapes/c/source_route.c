@@ -2,6 +2,7 @@
  * socket, and prints NAME=<with a real value> <with an unreadable value>. "ok errno:14" says the
  * kernel took the option and read its value; "errno:1 errno:1" says it was refused before the
  * value was read (the seccomp filter). */
+#define _GNU_SOURCE  /* struct in6_pktinfo */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -65,6 +66,13 @@ int main(void) {
     TRY("SO_MARK", udp4, SOL_SOCKET, SO_MARK, &mark, sizeof(int));
     TRY("IP_UNICAST_IF", unicast4, SOL_IP, IP_UNICAST_IF, &loopback_index_be, sizeof(int));
     TRY("IPV6_UNICAST_IF", unicast6, SOL_IPV6, IPV6_UNICAST_IF, &loopback_index_be, sizeof(int));
+    int sticky6 = socket(AF_INET6, SOCK_DGRAM, 0), multicast4 = socket(AF_INET, SOCK_DGRAM, 0);
+    int multicast6 = socket(AF_INET6, SOCK_DGRAM, 0);
+    struct in6_pktinfo sticky = {.ipi6_addr = IN6ADDR_ANY_INIT, .ipi6_ifindex = 1};  /* every later send via lo */
+    TRY("IPV6_PKTINFO", sticky6, SOL_IPV6, IPV6_PKTINFO, &sticky, sizeof sticky);
+    struct in_addr loopback4 = {.s_addr = htonl(INADDR_LOOPBACK)};
+    TRY("IP_MULTICAST_IF", multicast4, SOL_IP, IP_MULTICAST_IF, &loopback4, sizeof loopback4);
+    TRY("IPV6_MULTICAST_IF", multicast6, SOL_IPV6, IPV6_MULTICAST_IF, &loopback_index, sizeof(int));
 
     TRY("IP_TRANSPARENT", udp4, SOL_IP, IP_TRANSPARENT, &one, sizeof(int));
     TRY("IP_FREEBIND", udp4, SOL_IP, IP_FREEBIND, &one, sizeof(int));
