@@ -14,7 +14,8 @@ from tests.sandbox.conftest import permit_all, spawn_filtered
 class LayoutTarget:
     """Sends commands to a running layout helper and reads its one-line answers."""
 
-    def __init__(self, binary: str, trapped=None, decide=permit_all):
+    def __init__(self, binary: str, trapped=None, decide=permit_all, cgroup: str | None = None):
+        """``cgroup``: a v2 cgroup to run in, giving the supervisor a freezer (renames need one)."""
         self.audit: list[dict] = []
         cmd_read, self._cmd = os.pipe()
         out_read, out_write = os.pipe()
@@ -26,8 +27,9 @@ class LayoutTarget:
         else:
             self.proc = None
             program = seccomp.build_filter(trapped, {})
-            self.pid, self._listener = spawn_filtered([binary, str(cmd_read)], program, None, out_write, 2)
-            self.supervisor = Supervisor(self._listener, decide, session_id="fuzz", audit=self.audit.append)
+            self.pid, self._listener = spawn_filtered([binary, str(cmd_read)], program, cgroup, out_write, 2)
+            self.supervisor = Supervisor(self._listener, decide, session_id="fuzz", audit=self.audit.append,
+                                         cgroup_dir=cgroup)
             self._serving = threading.Thread(target=self.supervisor.serve, daemon=True)
             self._serving.start()
         os.close(cmd_read)

@@ -119,12 +119,12 @@ def test_opens_of_bad_pointers_fail_with_efault_and_leave_the_supervisor_answeri
     assert [r["reason_code"] for r in target.audit if r["effect"] == "DENY"] == ["DECODE_ERROR"] * 4
 
 
-def test_rename_between_names_that_are_not_utf8(cbin, world):
+def test_rename_between_names_that_are_not_utf8(cbin, world, cgroup_dir):
     """rename of a file named b"\\xff\\xfe" to b"\\x80x" under the supervisor succeeds and is
     recorded; the supervisor answers the next call."""
     old, new = os.fsencode(world) + b"/\xff\xfe", os.fsencode(world) + b"/\x80x"
     open(old, "wb").close()
-    target = LayoutTarget(cbin("layout"), trapped=FS_TRAPPED)
+    target = LayoutTarget(cbin("layout"), trapped=FS_TRAPPED, cgroup=cgroup_dir)
     try:
         answers = (target.ask("rename", hexed(old + b"\0"), hexed(new)), target.ask("canary", str(world / "f")))
     finally:

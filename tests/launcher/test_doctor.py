@@ -138,8 +138,8 @@ def test_compiled_start_up_row_names_a_stage_list_that_differs(monkeypatch):
     check = probe.compiled_spawn_check()
     assert (check.status, check.detail) == (
         "missing", "sandbox._spawn runs the stages ('chdir', 'restore_signals'), not sandbox.launch's "
-                   "('restore_signals', 'chdir', 'close_fds', 'rlimits', 'no_new_privs', 'landlock', 'seccomp', "
-                   "'hand_over_listener') (rebuild it: python3 setup.py build_ext --inplace)")
+                   "('restore_signals', 'chdir', 'close_fds', 'rlimits', 'drop_capabilities', 'no_new_privs', "
+                   "'landlock', 'seccomp', 'hand_over_listener') (rebuild it: python3 setup.py build_ext --inplace)")
 
 
 def test_compiled_init_row_says_which_init_runs(monkeypatch, tmp_path):
