@@ -9,8 +9,10 @@ the compiled fast path (`--fast-repeats`, every category trapped).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -74,6 +76,18 @@ def secret(tmp_path: Path) -> Path:
     path = tmp_path / "secret.txt"
     path.write_text(SECRET + "\n")
     return path
+
+
+@contextlib.contextmanager
+def loopback_udp(timeout: float):
+    """A UDP socket of the test's on 127.0.0.1, any free port, closed afterwards."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        yield sock
+    finally:
+        sock.close()
 
 
 def native(argv, *, timeout: float = 60, **kwargs) -> Outcome:

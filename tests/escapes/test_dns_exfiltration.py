@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.escapes.conftest import native, sandboxed
+from tests.escapes.conftest import loopback_udp, native, sandboxed
 
 pytestmark = pytest.mark.kernel
 PROBE = Path(__file__).parent / "net_probe.py"
@@ -20,11 +20,8 @@ LEAKED_NAME = "544f50534543524554.exfil.test"  # "TOPSECRET" in hex, as a tunnel
 @pytest.fixture
 def listener():
     """A DNS server of the attacker's on the host's loopback, recording what arrives."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.settimeout(0.5)
-    yield sock
-    sock.close()
+    with loopback_udp(timeout=0.5) as sock:
+        yield sock
 
 
 def received(sock: socket.socket) -> list[bytes]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import _netmsg, seccomp
-from tests.escapes.conftest import native, sandboxed
+from tests.escapes.conftest import loopback_udp, native, sandboxed
 
 pytestmark = pytest.mark.kernel
 OPTIONS = [option for options in seccomp.HOST_SOCKET_OPTIONS.values() for option, _level, _optname in options]
@@ -134,11 +134,8 @@ class LoopbackSniffer:
 @pytest.fixture
 def sink():
     """A UDP socket on 127.0.0.1 that permitted datagrams reach."""
-    made = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    made.bind(("127.0.0.1", 0))
-    made.settimeout(5)
-    yield made
-    made.close()
+    with loopback_udp(timeout=5) as made:
+        yield made
 
 
 def run_agent(run, sink, workdir: Path):
