@@ -9,6 +9,7 @@ none of these and cannot gain them (no_new_privs): nothing is dropped for it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
@@ -70,6 +71,24 @@ def drop(numbers: list[int]) -> None:
                 raise
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     _libc_fs.remove_caps(sum(1 << number for number in numbers))
+
+
+@contextlib.contextmanager
+def acting_like_the_agent(numbers: list[int]):
+    """While supervising: the calling thread (and every thread it starts, the supervisor's) has
+    the dropped capabilities out of its effective set, kept in its permitted set. The compiled
+    receiver then answers for the agent (it acts only for tasks holding every capability its
+    thread has), and what it opens it opens without them, as the agent would."""
+    mask = sum(1 << number for number in numbers)
+    if not mask:
+        yield
+        return
+    effective, _ = _libc_fs.get_effective_caps()
+    _libc_fs.set_effective_caps(effective & ~mask)
+    try:
+        yield
+    finally:
+        _libc_fs.set_effective_caps(effective)
 
 
 def agent_is_privileged(wants_user_namespace: bool) -> bool:

@@ -458,6 +458,11 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         return exit_code(_wait_init(run, None))
     reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     before = set(threading.enumerate())  # the supervisor's threads, its constructor's included, are joined
+    with capabilities.acting_like_the_agent(run.cap_drop):  # the supervisor's threads inherit it
+        return _supervise_as_agent(run, decide, audit, approve, reserved, before)
+
+
+def _supervise_as_agent(run: _Run, decide, audit, approve, reserved: int, before: set) -> int:
     try:
         # Built while the sandbox sets itself up, so the constructor's freezer self-test (a few ms)
         # overlaps it; the listener then takes over the reserved descriptor number.
