@@ -26,7 +26,7 @@ def private_audit_store(tmp_path_factory, monkeypatch):
 IN_PROCESS_LAUNCH = {
     "launcher/test_doctor.py": "test_as_an_ordinary_user", "launcher/test_cleanup.py": None, "launcher/test_cleanup_kill.py": None, "launcher/test_run.py": None,
     "launcher/test_start_parts.py": "test_a_part_failing_to_start",
-    "sandbox/test_compiled_init.py": None,
+    "sandbox/test_compiled_init.py": None, "sandbox/test_capabilities.py": "test_the_compiled_receiver",
     "sandbox/test_dns_stub.py": "test_launched_agent", "sandbox/test_fs_placement.py": None,
     "sandbox/test_landlock_kernel.py": None, "sandbox/test_launch.py": None, "sandbox/test_launch_spawn.py": None,
     "sandbox/test_limits.py": None,

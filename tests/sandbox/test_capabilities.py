@@ -47,3 +47,35 @@ def test_a_root_agent_holds_none_of_the_dropped_capabilities(path):
 def test_an_unprivileged_agent_has_nothing_to_drop():
     assert capabilities.to_drop(False) == []
     assert capabilities.agent_is_privileged(wants_user_namespace=True)
+
+
+def test_the_compiled_receiver_still_answers_a_root_agent(tmp_path, monkeypatch, capfd):
+    """The supervisor acts with the agent's capabilities in effect, so repeated reads of a root agent
+    (which holds fewer capabilities than the launcher) are still answered in compiled code, and the
+    launcher's own thread has its capabilities back afterwards."""
+    from launcher.run import kernel_decided
+    import policy
+    from sandbox import _libc_fs, fastpath, traced
+    from sandbox.launch import launch
+    from sandbox.spec import SandboxSpec
+
+    (tmp_path / "note").write_text("x")
+    engine = policy.Engine([policy.load_policy(
+        'agent a {\n  default permit\n  deny fs/read when args.path endsWith "/secret"\n}\n', "p.fpl")],
+        policy.SessionStore())
+
+    def decide(call):
+        return engine.decide(call)
+    decide.decision_keys = engine.decision_keys
+    answered_in_c = []
+    records = fastpath.FastOpens.records
+    monkeypatch.setattr(fastpath.FastOpens, "records",
+                        lambda self, session: answered_in_c.extend(found := records(self, session)) or found)
+    spec = SandboxSpec(argv=["sh", "-c", f"for i in $(seq 50); do cat {tmp_path}/note; done"],
+                       trapped=frozenset(row.name for row in traced.TABLE), kernel_decided=kernel_decided(engine),
+                       fast_repeats=True)
+    before = _libc_fs.get_effective_caps()
+    assert launch(spec, decide, audit=lambda record: None) == 0
+    assert capfd.readouterr().out == "x" * 50
+    assert len([r for r in answered_in_c if r["args"].get("path") == f"{tmp_path}/note"]) >= 40
+    assert _libc_fs.get_effective_caps() == before
