@@ -74,11 +74,9 @@ def drop(numbers: list[int]) -> None:
 
 
 @contextlib.contextmanager
-def acting_like_the_agent(numbers: list[int]):
-    """While supervising: the calling thread (and every thread it starts, the supervisor's) has
-    the dropped capabilities out of its effective set, kept in its permitted set. The compiled
-    receiver then answers for the agent (it acts only for tasks holding every capability its
-    thread has), and what it opens it opens without them, as the agent would."""
+def without(numbers: list[int]):
+    """The calling thread with these capabilities out of its effective set (kept permitted, and
+    back afterwards): the compiled receiver runs so, acting exactly as the agent would."""
     mask = sum(1 << number for number in numbers)
     if not mask:
         yield

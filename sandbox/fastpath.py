@@ -26,7 +26,7 @@ from typing import Callable
 
 from policy.decision import Decision, Effect
 from sandbox import _fsflags as ff
-from sandbox import fastpath_exec, fastpath_net, notify, placement, seccomp
+from sandbox import capabilities, fastpath_exec, fastpath_net, notify, placement, seccomp
 from sandbox._fastpath_entries import Entries
 from sandbox._fscreds import _ours
 from sandbox._libc import syscall_number
@@ -109,8 +109,14 @@ class FastOpens:
     """The compiled receiver and the decisions it repeats; one per supervisor."""
 
     def __init__(self, listener: int, stop_fd: int, credentials_watched: bool, opens: bool = True,
-                 net: NetContext | None = None, programs_started: int | None = None):
+                 net: NetContext | None = None, programs_started: int | None = None,
+                 agent_dropped: list[int] | None = None):
         fsuid, fsgid, groups, caps = _ours()
+        # A root agent gave some capabilities up: C receives (and opens) without them, so that it
+        # acts exactly as such a task would, and answers for it (it answers only for tasks holding
+        # every capability it has). Python's handling keeps ours: acting_as switches per call.
+        self._agent_dropped = list(agent_dropped or ())
+        caps &= ~sum(1 << number for number in self._agent_dropped)
         # Watched credential calls let C remember that a task acts as we do; unwatched, it reads
         # the task's /proc status on every call.
         watched = sorted(seccomp.credential_numbers()) if credentials_watched else []
@@ -137,7 +143,7 @@ class FastOpens:
     @classmethod
     def create(cls, listener: int, stop_fd: int, decision_keys: Callable[[str], frozenset | None] | None,
                credentials_watched: bool = False, net: NetContext | None = None,
-               programs_started: int | None = None):
+               programs_started: int | None = None, agent_dropped: list[int] | None = None):
         """A FastOpens when the extension is built and the policy's fs/read decisions read only
         path, flags and mode, or (given ``net``) its net/connect decisions only the address and
         the network context allows repeating them, or (given ``programs_started``, the exec program
@@ -154,14 +160,15 @@ class FastOpens:
         if not opens and net is None and programs_started is None:
             return None
         try:
-            return cls(listener, stop_fd, credentials_watched, opens, net, programs_started)
+            return cls(listener, stop_fd, credentials_watched, opens, net, programs_started, agent_dropped)
         except (ValueError, OSError, MemoryError):  # e.g. more supplementary groups than it compares
             return None
 
     def receive(self) -> notify.Notification | fastpath_net.PendingConnect | fastpath_exec.PendingExec | None:
         """The next notification Python must answer (see the module doc), or a decided TCP
         connect for the receiving thread to perform (it may wait for long: fastpath_net)."""
-        raw = self.native.receive()
+        with capabilities.without(self._agent_dropped):
+            raw = self.native.receive()
         if raw is None:
             return None
         if type(raw[0]) is tuple:  # a permitted exec: (job, entry, notification, waiting, result)

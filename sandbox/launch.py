@@ -458,11 +458,6 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         return exit_code(_wait_init(run, None))
     reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     before = set(threading.enumerate())  # the supervisor's threads, its constructor's included, are joined
-    with capabilities.acting_like_the_agent(run.cap_drop):  # the supervisor's threads inherit it
-        return _supervise_as_agent(run, decide, audit, approve, reserved, before)
-
-
-def _supervise_as_agent(run: _Run, decide, audit, approve, reserved: int, before: set) -> int:
     try:
         # Built while the sandbox sets itself up, so the constructor's freezer self-test (a few ms)
         # overlaps it; the listener then takes over the reserved descriptor number.
@@ -471,7 +466,7 @@ def _supervise_as_agent(run: _Run, decide, audit, approve, reserved: int, before
                                     cgroup_dir=run.cgroup_dir,
                                     pidns_of=None if run.cgroup_dir else run.init_pid, net=run.spec.net,
                                     decision_keys=run.decision_keys, fast_repeats=run.spec.fast_repeats,
-                                    credentials_watched=run.watch_credentials)
+                                    credentials_watched=run.watch_credentials, agent_dropped=run.cap_drop)
         try:
             listener = _receive_listener(run)
         except BaseException:

@@ -58,7 +58,9 @@ class Supervisor:
                  approve: Callable[[ToolCall, Decision, float], bool] | None = None,
                  approve_timeout: float = 300.0, cgroup_dir: str | None = None, pidns_of: int | None = None,
                  net: NetContext | None = None, decision_keys: Callable[[str], frozenset | None] | None = None,
-                 fast_repeats: bool = False, credentials_watched: bool = False):
+                 fast_repeats: bool = False, credentials_watched: bool = False, agent_dropped: list[int] = ()):
+        """``agent_dropped``: the capabilities the agent gave up (sandbox/capabilities.py); the
+        compiled receiver answers for it without them."""
         self.listener = listener_fd
         self.net = net if net is not None else NetContext()
         self.decide = decide
@@ -90,7 +92,7 @@ class Supervisor:
         # Repeated read-only opens and connects answered in C (sandbox/fastpath.py, fastpath_net.py);
         # with an audit sink only when the caller accepts their records being written just after the answer.
         self.fast = fastpath.FastOpens.create(listener_fd, self._stop_read, decision_keys, credentials_watched,
-                                              self.net, self.exec_identity.started) \
+                                              self.net, self.exec_identity.started, list(agent_dropped)) \
             if fastpath.wanted(decision_keys, audit is not None, fast_repeats) else None
         if self.fast is not None and self.fast.execs is not None:  # shared with the compiled receiver
             self._exec_lock, self._gate = self.fast.execs.lock, self.fast.execs.gate
