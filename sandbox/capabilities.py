@@ -4,8 +4,9 @@ execve leaves root with the rest only (as container runtimes keep a short defaul
 Seccomp refuses the dangerous syscalls by number, but many powers live behind calls the filter
 lets through: a read-only descriptor reaches the filesystem's ioctls (FIFREEZE, ext4's shutdown,
 FITRIM, labels, verity), and a host socket takes IP_TRANSPARENT or SO_BINDTODEVICE. Without the
-capability the kernel refuses each of them, whatever the number. An agent that is not root holds
-none of these and cannot gain them (no_new_privs): nothing is dropped for it."""
+capability the kernel refuses each of them, whatever the number. An agent that is not root cannot
+gain them (no_new_privs) unless the launcher hands them on as ambient capabilities (a service's
+AmbientCapabilities=): then they are cleared for it too."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import contextlib
 import errno
 import os
 
-from sandbox import _libc, _libc_fs
+from sandbox import _libc, _libc_fs, _procstatus
 
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 
@@ -46,6 +47,7 @@ DROPPED = {
     "CAP_PERFMON": (38, "perf events"),
     "CAP_BPF": (39, "BPF programs and maps"),
     "CAP_CHECKPOINT_RESTORE": (40, "checkpoint/restore controls of other processes"),
+    "CAP_SETFCAP": (31, "file capabilities on host programs (security.capability)"),
 }
 
 
@@ -66,8 +68,8 @@ def drop(numbers: list[int]) -> None:
     for number in numbers:
         try:
             _libc.prctl(PR_CAPBSET_DROP, number)
-        except OSError as err:
-            if err.errno != errno.EINVAL:
+        except OSError as err:  # EPERM: no CAP_SETPCAP (not root); ambient and the rest still go
+            if err.errno not in (errno.EINVAL, errno.EPERM):
                 raise
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     _libc_fs.remove_caps(sum(1 << number for number in numbers))
@@ -78,10 +80,10 @@ def without(numbers: list[int]):
     """The calling thread with these capabilities out of its effective set (kept permitted, and
     back afterwards): the compiled receiver runs so, acting exactly as the agent would."""
     mask = sum(1 << number for number in numbers)
-    if not mask:
+    effective, _ = _libc_fs.get_effective_caps()
+    if not effective & mask:
         yield
         return
-    effective, _ = _libc_fs.get_effective_caps()
     _libc_fs.set_effective_caps(effective & ~mask)
     try:
         yield
@@ -90,5 +92,12 @@ def without(numbers: list[int]):
 
 
 def agent_is_privileged(wants_user_namespace: bool) -> bool:
-    """Root on the host, or root of its own user namespace."""
-    return wants_user_namespace or os.geteuid() == 0
+    """Root on the host, root of its own user namespace, or a launcher holding any of DROPPED
+    permitted, inheritable or ambient (a service's AmbientCapabilities= hands those on)."""
+    if wants_user_namespace or os.geteuid() == 0:
+        return True
+    fields = _procstatus.status_fields("self")
+    held = 0
+    for name in ("CapPrm", "CapInh", "CapAmb"):
+        held |= int(fields.get(name, "0"), 16)
+    return bool(held & sum(1 << number for number, _ in DROPPED.values()))

@@ -163,7 +163,7 @@ static CHILD_CODE long hand_over(const struct spawn_plan *plan, long listener)
 }
 
 /* As sandbox/capabilities.drop: out of the bounding set (EINVAL: a capability this kernel does not
- * have), the ambient set emptied, and out of the inheritable, permitted and effective sets, so the
+ * have; EPERM: not root, which then gains nothing from it), the ambient set emptied, and out of the inheritable, permitted and effective sets, so the
  * execve leaves root without them. */
 static CHILD_CODE long drop_capabilities(const struct spawn_plan *plan)
 {
@@ -174,7 +174,7 @@ static CHILD_CODE long drop_capabilities(const struct spawn_plan *plan)
     long r;
     for (int i = 0; i < plan->cap_drop_count; i++) {
         r = SYS(SYS_prctl, PR_CAPBSET_DROP, plan->cap_drop[i], 0, 0, 0, 0);
-        if (r < 0 && r != -EINVAL)
+        if (r < 0 && r != -EINVAL && r != -EPERM)  /* EPERM: no CAP_SETPCAP; the rest still goes */
             return r;
     }
     if ((r = SYS(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0, 0)) < 0)

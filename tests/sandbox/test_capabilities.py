@@ -49,6 +49,19 @@ def test_an_unprivileged_agent_has_nothing_to_drop():
     assert capabilities.agent_is_privileged(wants_user_namespace=True)
 
 
+@pytest.mark.parametrize("held, privileged", [
+    ({"CapPrm": "0", "CapInh": "0", "CapAmb": "0"}, False),
+    ({"CapPrm": "0", "CapInh": "0", "CapAmb": "1000"}, True),  # CAP_NET_ADMIN ambient: survives the exec
+    ({"CapPrm": "200000", "CapInh": "0", "CapAmb": "0"}, True),  # CAP_SYS_ADMIN permitted
+    ({"CapPrm": "400", "CapInh": "0", "CapAmb": "400"}, False),  # CAP_NET_BIND_SERVICE: kept anyway
+])
+def test_a_non_root_launcher_holding_a_dropped_capability_drops_it(monkeypatch, held, privileged):
+    """Not root and no user namespace: the agent still loses what the launcher would hand on."""
+    monkeypatch.setattr(capabilities.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(capabilities._procstatus, "status_fields", lambda pid: held)
+    assert capabilities.agent_is_privileged(wants_user_namespace=False) is privileged
+
+
 def test_the_compiled_receiver_still_answers_a_root_agent(tmp_path, monkeypatch, capfd):
     """The supervisor acts with the agent's capabilities in effect, so repeated reads of a root agent
     (which holds fewer capabilities than the launcher) are still answered in compiled code, and the
