@@ -12,7 +12,7 @@ Limits, stated rather than hidden:
   user namespace its capabilities cover only inodes mapped into it, ours do not
   have that limit; the supervisor of a rootless sandbox runs as the mapped user
   and has no capabilities to lend, so this matters only for a root supervisor
-  with a user namespace, which the launcher does not create.
+  with a user namespace, which launch() refuses.
 - Landlock domains and seccomp filters of the agent do not apply to us.
 - glibc's set*id/setgroups wrappers rewrite the credentials of *every* thread,
   so the supervisor must not call them (os.setuid, os.setgroups...) once it

@@ -92,3 +92,16 @@ def test_the_compiled_receiver_still_answers_a_root_agent(tmp_path, monkeypatch,
     assert capfd.readouterr().out == "x" * 50
     assert len([r for r in answered_in_c if r["args"].get("path") == f"{tmp_path}/note"]) >= 40
     assert _libc_fs.get_effective_caps() == before
+
+
+def test_a_root_launcher_is_refused_a_user_namespace():
+    """As root a user namespace would map root to root, and the supervisor would lend the host's
+    capabilities to an agent whose own hold only inside: launch() refuses it before any fork."""
+    from sandbox.errors import SandboxError
+    from sandbox.launch import launch
+    from sandbox.spec import SandboxSpec
+
+    with pytest.raises(SandboxError) as err:
+        launch(SandboxSpec(argv=["true"], user_namespace=True), lambda call: None)
+    assert err.value.stage == "user_namespace"
+    assert err.value.render().startswith("cannot create user namespace: a user namespace is only for a launcher")
