@@ -399,9 +399,10 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
     Returns the agent's exit status (128+N for signal N, 126/127 when CMD cannot run);
     raises SandboxError when the sandbox cannot be set up. Call it from a single-threaded process:
     the supervisor's threads start only once the sandbox exists, and are gone when it returns."""
-    if spec.user_namespace and os.geteuid() == 0:
+    if spec.user_namespace and spec.seccomp and os.geteuid() == 0:
         # Root would map to root: the supervisor, acting with the host's capabilities for an agent
-        # whose own hold only in its namespace, would do for it what the kernel would refuse.
+        # whose own hold only in its namespace, would do for it what the kernel would refuse
+        # (namespaces only, with no supervisor, lend nothing).
         raise SandboxError("user_namespace", "a user namespace is only for a launcher that is not root",
                            "run as root without one (the default), or launch as an ordinary user")
     run = _Run(spec, cap_drop=capabilities.to_drop(capabilities.agent_is_privileged(spec.wants_user_namespace())))

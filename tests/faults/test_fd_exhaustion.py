@@ -25,7 +25,7 @@ def starve(pid: int, spare: int) -> int:
 
 
 def test_opens_under_descriptor_starvation_succeed_recorded_or_fail(cbin, tmp_path):
-    """With the launcher left 3 spare descriptors, 8 threads x 200 creating opens each either fail with
+    """With the launcher left 1 spare descriptor, 8 threads x 200 creating opens each either fail with
     EMFILE or succeed on the right file with its own PERMIT record (a PERMIT whose on-behalf open then
     runs out of descriptors fails too: a record never stands for more than was done)."""
     scratch = Path(f"/tmp/faults-fd-{uuid.uuid4().hex[:8]}")
@@ -34,7 +34,7 @@ def test_opens_under_descriptor_starvation_succeed_recorded_or_fail(cbin, tmp_pa
     run = launch.start([cbin("opener"), scratch, THREADS, COUNT, "wait"], stdin=subprocess.PIPE)
     try:
         assert run.stdout.readline() == "ready\n"
-        starve(run.pid, 3)
+        starve(run.pid, 1)
         out, err = run.communicate("go\n", timeout=120)
         assert run.returncode == 0, err[-2000:]
         opened, failed = opener_result(out)

@@ -96,7 +96,8 @@ def test_the_compiled_receiver_still_answers_a_root_agent(tmp_path, monkeypatch,
 
 def test_a_root_launcher_is_refused_a_user_namespace():
     """As root a user namespace would map root to root, and the supervisor would lend the host's
-    capabilities to an agent whose own hold only inside: launch() refuses it before any fork."""
+    capabilities to an agent whose own hold only inside: launch() refuses it before any fork
+    (namespaces only, with no supervisor, it is allowed: tests/sandbox/test_dns_stub.py)."""
     from sandbox.errors import SandboxError
     from sandbox.launch import launch
     from sandbox.spec import SandboxSpec
