@@ -57,6 +57,11 @@ def to_drop(privileged: bool) -> list[int]:
     return sorted(number for number, _ in DROPPED.values()) if privileged else []
 
 
+def mask_of(numbers) -> int:
+    """The capability set (a bit per number) of ``numbers``."""
+    return sum(1 << number for number in numbers)
+
+
 def drop(numbers: list[int]) -> None:
     """In the agent, before no_new_privs: drop each from the bounding set (EINVAL: a capability
     this kernel does not have), empty the ambient set and take them out of the inheritable,
@@ -72,14 +77,14 @@ def drop(numbers: list[int]) -> None:
             if err.errno not in (errno.EINVAL, errno.EPERM):
                 raise
     _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
-    _libc_fs.remove_caps(sum(1 << number for number in numbers))
+    _libc_fs.remove_caps(mask_of(numbers))
 
 
 @contextlib.contextmanager
 def without(numbers: list[int]):
     """The calling thread with these capabilities out of its effective set (kept permitted, and
     back afterwards): the compiled receiver runs so, acting exactly as the agent would."""
-    mask = sum(1 << number for number in numbers)
+    mask = mask_of(numbers)
     effective, _ = _libc_fs.get_effective_caps()
     if not effective & mask:
         yield
@@ -100,4 +105,4 @@ def agent_is_privileged(wants_user_namespace: bool) -> bool:
     held = 0
     for name in ("CapPrm", "CapInh", "CapAmb"):
         held |= int(fields.get(name, "0"), 16)
-    return bool(held & sum(1 << number for number, _ in DROPPED.values()))
+    return bool(held & mask_of(number for number, _ in DROPPED.values()))

@@ -116,7 +116,7 @@ class FastOpens:
         # acts exactly as such a task would, and answers for it (it answers only for tasks holding
         # every capability it has). Python's handling keeps ours: acting_as switches per call.
         self._agent_dropped = list(agent_dropped or ())
-        caps &= ~sum(1 << number for number in self._agent_dropped)
+        caps &= ~capabilities.mask_of(self._agent_dropped)
         # Watched credential calls let C remember that a task acts as we do; unwatched, it reads
         # the task's /proc status on every call.
         watched = sorted(seccomp.credential_numbers()) if credentials_watched else []
