@@ -212,10 +212,15 @@ def credential_numbers() -> frozenset[int]:
     return frozenset(_syscall_id(name) for name in (*CREDENTIAL_CALLS, "prctl"))
 
 
-# Opens whose flags are a register argument: the filter can tell reads from writes.
+# Opens whose flags are a register argument: the filter can tell reads from writes. Only a
+# write-only open is fs/write alone: O_RDWR, or O_RDONLY with O_CREAT or O_TRUNC, hands back a
+# descriptor that reads too, so it is fs/read and fs/write at once (sandbox/supervisor.py
+# _implied_calls). Each (mask, value) below tests the access mode and one flag in one comparison.
 OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
-WRITE_OPEN_FLAGS = (os.O_WRONLY, os.O_RDWR, os.O_CREAT, os.O_TRUNC)
-WRITE_OPEN_MASK = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
+WRITE_ONLY_OPENS = ((os.O_ACCMODE, os.O_WRONLY),)
+READ_WRITE_OPENS = ((os.O_ACCMODE, os.O_RDWR), (os.O_ACCMODE, os.O_ACCMODE),
+                    (os.O_ACCMODE | os.O_CREAT, os.O_CREAT), (os.O_ACCMODE | os.O_TRUNC, os.O_TRUNC))
+READ_ONLY_OPENS = ((os.O_ACCMODE | os.O_CREAT | os.O_TRUNC, 0),)
 NOTIFY = pyseccomp.NOTIFY
 
 
@@ -299,8 +304,17 @@ def trap_rules(name: str, tools: Mapping[str, int]) -> list[tuple[int, tuple]]:
     if read == write:
         return [(read, ())]
     index = OPEN_FLAGS_ARG[name]
-    return [(write, (MaskedEq(index, flag, flag),)) for flag in WRITE_OPEN_FLAGS] + \
-        [(read, (MaskedEq(index, WRITE_OPEN_MASK, 0),))]
+    both = _both(read, write)
+    return [(action, (MaskedEq(index, mask, value),))
+            for action, opens in ((write, WRITE_ONLY_OPENS), (both, READ_WRITE_OPENS), (read, READ_ONLY_OPENS))
+            for mask, value in opens]
+
+
+def _both(read: int, write: int) -> int:
+    """The action for an open that is a read and a write: a refusal of either refuses it, and
+    the kernel lets it through only when both are allowed; anything else goes to the supervisor."""
+    refusals = [action for action in (write, read) if action not in (ALLOW, NOTIFY)]
+    return refusals[0] if refusals else ALLOW if read == write == ALLOW else NOTIFY
 
 
 def _check_disjoint(trapped: set[str], kernel_decided: Mapping[str, int]) -> None:

@@ -738,7 +738,20 @@ def _implied_calls(call: ToolCall) -> list[tuple[str, dict]]:
             implied.append(("fs/read", dest) if "RENAME_EXCHANGE" in (call.args.get("flags") or ())
                            else ("fs/delete", source))
         return implied
+    if call.tool == "fs/write" and _open_reads(call.args.get("flags") or ()):
+        return [("fs/read", {key: call.args.get(key) for key in ("path", "flags", "mode")})]
     return []
+
+
+# An open that writes hands back a descriptor that also reads unless it is write-only; O_TMPFILE
+# and O_CREAT|O_EXCL make a new file, with nothing in it to read (sandbox/_fsflags.py names).
+READING_ACCESS = frozenset({"O_RDONLY", "O_RDWR", "O_ACCMODE"})
+
+
+def _open_reads(flags) -> bool:
+    names = set(flags)
+    new_file = "O_TMPFILE" in names or {"O_CREAT", "O_EXCL"} <= names
+    return bool(names & READING_ACCESS) and not new_file
 
 
 def _run_args(run: dict, args: dict) -> dict:

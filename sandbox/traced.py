@@ -215,6 +215,11 @@ def render_markdown() -> str:
         implied = ", ".join(f"{k}={v:#x}" for k, v in row.implied.items())
         lines.append(f"| `{row.name}` | {tool} | {roles} | {implied} |")
     lines += ["", "An open is `fs/write` when it asks for write access, `O_CREAT` or `O_TRUNC`; otherwise `fs/read`.",
+              "An `fs/write` open whose descriptor can also read (`O_RDWR`, or `O_RDONLY` with `O_CREAT` or",
+              "`O_TRUNC`, on a file that may already exist) is decided as an `fs/read` of the same path and",
+              "arguments too, and fails unless both are permitted; so is it in the kernel, which lets it",
+              "through only when both categories are permitted outright. `O_CREAT|O_EXCL` and `O_TMPFILE`",
+              "make a new file, with nothing to read: those are `fs/write` alone.",
               "", "## Decided in the kernel", "",
               "When the policy decides a category unconditionally, the filter answers it without a",
               "supervisor round trip: `shell/exec` (execve, execveat), `fs/read` (read-only `open` and",

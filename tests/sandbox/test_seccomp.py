@@ -192,6 +192,8 @@ def test_denied_reads_decided_in_the_kernel():
     program = seccomp.build_filter(["openat"], {"fs/read": errno.EACCES})
     assert verdict(program, "openat", 0, 0, os.O_RDONLY) == errno_action(errno.EACCES)
     assert verdict(program, "openat", 0, 0, os.O_WRONLY) == RET_USER_NOTIF
+    for flags in (os.O_RDWR, os.O_RDONLY | os.O_CREAT, os.O_RDONLY | os.O_TRUNC, 3):  # they read too
+        assert verdict(program, "openat", 0, 0, flags) == errno_action(errno.EACCES)
     with pytest.raises(ValueError, match=r"unknown tool categories \['net/teleport'\]"):
         seccomp.build_filter(["openat"], {"net/teleport": 0})
 
@@ -204,3 +206,21 @@ def test_kernel_decided_reads_never_reach_the_supervisor(tmp_path):
     assert run.status == 0, run.explain()
     assert target.read_text() == open("/etc/hostname").read()
     assert [(r["syscall"], r["tool"], r["args"]["path"]) for r in run.audit] == [("openat", "fs/write", str(target))]
+
+
+@pytest.mark.parametrize("read, expected", [
+    (None, RET_USER_NOTIF), (errno.EACCES, errno_action(errno.EACCES)), (seccomp.ALLOW, RET_ALLOW)])
+def test_only_write_only_opens_are_writes_alone_in_the_kernel(read, expected):
+    """With fs/write allowed outright, an open whose descriptor also reads (O_RDWR, or O_RDONLY
+    with O_CREAT or O_TRUNC) is a read as well: the kernel lets it through only when reads are
+    allowed outright too, refuses it when they are refused, and asks the supervisor otherwise."""
+    decided = {"fs/write": seccomp.ALLOW, **({} if read is None else {"fs/read": read})}
+    program = seccomp.build_filter(["open", "openat"], decided)
+    for name, flags_at in (("openat", 2), ("open", 1)):
+        def at(flags):
+            return verdict(program, name, *([0] * flags_at), flags)
+        assert at(os.O_WRONLY | os.O_CREAT | os.O_TRUNC) == RET_ALLOW
+        assert at(os.O_WRONLY | os.O_APPEND) == RET_ALLOW
+        for flags in (os.O_RDWR, os.O_RDWR | os.O_CREAT, os.O_RDONLY | os.O_CREAT, os.O_RDONLY | os.O_TRUNC, 3):
+            assert at(flags) == expected, (name, oct(flags))
+        assert at(os.O_RDONLY) == (RET_USER_NOTIF if read is None else expected)
