@@ -24,7 +24,6 @@ import os
 import posixpath
 import secrets
 import select
-import shlex
 import threading
 import time
 from typing import Callable
@@ -34,7 +33,7 @@ from policy.decision import Decision, Effect, deny
 from sandbox import (audit_sink, exec_verify, fastpath, fastpath_exec, fastpath_net, freeze, notify, ptrace_freeze,
                      seccomp)
 from sandbox.decode import UnknownSyscall, decode, row_for
-from sandbox.decode.exec import exec_arguments
+from sandbox.decode.exec import command_line, exec_arguments
 from sandbox.exec_identity import ExecIdentity
 from sandbox.traced import Role, refusal_errno
 
@@ -756,7 +755,7 @@ def _open_reads(flags) -> bool:
 
 def _run_args(run: dict, args: dict) -> dict:
     """The shell/exec arguments of a program an exec also runs (``args["runs"]``)."""
-    return {"path": run["path"], "requested": run["path"], "argv": run["argv"], "cmd": shlex.join(run["argv"]),
+    return {"path": run["path"], "requested": run["path"], "argv": run["argv"], "cmd": command_line(run["program"], run["argv"]),
             "program": run["program"], "cwd": args.get("cwd"), "via": run["via"],
             **({"sha256": run["sha256"]} if "sha256" in run else {})}
 

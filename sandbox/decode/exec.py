@@ -121,7 +121,6 @@ def exec_arguments(decoded: dict, identity=None, seen: dict | None = None) -> di
         "path": resolved,
         "requested": requested,
         "argv": argv,
-        "cmd": shlex.join(argv),
         "program": posixpath.basename(resolved),
         "cwd": cwd,
     }
@@ -140,7 +139,16 @@ def exec_arguments(decoded: dict, identity=None, seen: dict | None = None) -> di
             seen["examined"] = examined
     if seen is not None:
         seen["root"] = root
+    args["cmd"] = command_line(args["program"], argv)
     return args
+
+
+def command_line(program: str, argv: list[str]) -> str:
+    """``cmd``: argv as one shell-quoted string, its first word the program that runs. argv[0]
+    is whatever the caller chose (`exec -a innocent rm -rf /`): it stays only when it names the
+    program (`/bin/rm` for rm), else the program's name replaces it."""
+    first = argv[0] if argv and posixpath.basename(argv[0]) == program else program
+    return shlex.join([first, *argv[1:]])
 
 
 def _executable_host_path(decoded: dict, resolved: str) -> str:

@@ -45,7 +45,7 @@ def test_permitted_program_runs_like_native(cgroup_dir):
     exec_record = records(run, "shell/exec")[0]
     assert exec_record["args"]["path"] == os.path.realpath("/bin/cat")
     assert exec_record["args"]["argv"] == ["/bin/cat", "/etc/hostname"]
-    assert exec_record["args"]["cmd"] == "/bin/cat /etc/hostname"
+    assert exec_record["args"]["cmd"] == "/bin/cat /etc/hostname"  # argv[0] names the program: kept
     assert (exec_record["effect"], exec_record["rule_id"], exec_record["session"]) == ("PERMIT", "allow-rest", "test")
     read = records(run, "fs/read", "/etc/hostname")[0]
     assert (read["syscall"], read["effect"]) == ("openat", "PERMIT")
@@ -360,3 +360,21 @@ def test_a_handler_that_fails_after_its_replacement_ends_serving_at_once(tmp_pat
     os.close(listener)
     assert ended.get("error") == "handler bug"
     assert ended["at"] - failed_at[0] < 1.0  # 3.8 s (the agent's sleep) when the receiver was not woken
+
+
+def test_cmd_names_the_program_that_runs_whatever_argv0_says(cgroup_dir):
+    """`exec -a innocent echo`: argv[0] is the caller's choice, so cmd starts with the program
+    (a rule on `args.cmd matches "^echo"` still sees echo); argv keeps what was given."""
+    rules = policy_engine('agent a {\n  deny! shell/exec when args.cmd matches "^echo( |$)"\n  permit shell/exec\n'
+                          '  permit fs/*\n}\n')
+    run = run_sandboxed(["/bin/bash", "-c", "exec -a innocent echo hi; echo ran"], rules, cgroup=cgroup_dir)
+    assert run.stdout == b"", run.explain()
+    denied = [r for r in records(run, "shell/exec") if r["effect"] == "DENY"]
+    assert denied and denied[0]["args"]["argv"] == ["innocent", "hi"], run.explain()
+    assert denied[0]["args"]["cmd"] == f"{denied[0]['args']['program']} hi"
+
+
+def policy_engine(text: str):
+    import policy as fpl
+
+    return fpl.Engine([fpl.load_policy(text, "p.fpl")]).decide
