@@ -10,6 +10,7 @@ import ipaddress
 import os
 import ssl
 import threading
+from collections import OrderedDict
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -19,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 LEAF_DAYS = 7  # a run rarely lasts longer; the CA dies with the run anyway
 CA_DAYS = 30
 CLOCK_SKEW = datetime.timedelta(hours=1)
+MAX_CONTEXTS = 256  # server contexts kept, the least recently used dropped (a new one costs a key and a signature)
 
 
 def _name(common: str) -> x509.Name:
@@ -37,7 +39,7 @@ class CertificateAuthority:
     """One per run: ``cert_pem`` goes into the sandbox's trust stores; ``context_for(host)``
     is a server-side TLS context presenting a certificate for ``host`` signed by it."""
 
-    def __init__(self, session_id: str = ""):
+    def __init__(self, session_id: str = "", max_contexts: int = MAX_CONTEXTS):
         self._key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         name = _name(f"faramesh-sandbox egress CA {session_id}".strip())
@@ -52,7 +54,8 @@ class CertificateAuthority:
                      .add_extension(x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False)
                      .sign(self._key, hashes.SHA256()))
         self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
-        self._contexts: dict[str, ssl.SSLContext] = {}
+        self._contexts: OrderedDict[str, ssl.SSLContext] = OrderedDict()  # least recently used first
+        self._max_contexts = max(1, max_contexts)
         self._lock = threading.Lock()
 
     def leaf_pem(self, host: str) -> bytes:
@@ -73,10 +76,13 @@ class CertificateAuthority:
         return key_pem + cert.public_bytes(serialization.Encoding.PEM)
 
     def context_for(self, host: str) -> ssl.SSLContext:
-        """A server context for ``host`` (cached per host)."""
+        """A server context for ``host`` (the last ``max_contexts`` hosts' are kept: an agent may
+        make up names without end, e.g. under a `host: *.example.com` rule)."""
         with self._lock:
             context = self._contexts.get(host)
-            if context is None:
+            if context is not None:
+                self._contexts.move_to_end(host)
+            else:
                 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 context.minimum_version = ssl.TLSVersion.TLSv1_2
                 context.set_alpn_protocols(["http/1.1"])  # the proxy speaks HTTP/1.1 only
@@ -87,6 +93,8 @@ class CertificateAuthority:
                 finally:
                     os.close(fd)
                 self._contexts[host] = context
+                while len(self._contexts) > self._max_contexts:
+                    self._contexts.popitem(last=False)  # a handshake still using it keeps its own reference
             return context
 
     def trust_bundle(self, existing: bytes) -> bytes:

@@ -2,7 +2,8 @@
 
 Each ``*.toml`` file in a catalogue directory lists ``[[endpoint]]`` tables (docs/egress.md):
 ``tool``, ``method``, ``host``, ``path`` (``{name}`` matches one path segment), ``body``
-(the accepted body formats), ``auth`` (how an injected credential is sent) and ``args``: name ->
+(the accepted body formats), ``auth`` (how an injected credential is sent), ``fold_case`` (the
+server reads the path without case) and ``args``: name ->
 ``{ from = "body.X" | "query.X" | "path.X" | "header.X", type = ..., currency = ... }``."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -105,13 +107,24 @@ class Endpoint:
     auth: str
     fields: tuple[Field, ...]
     origin: str  # file and entry number, for messages
+    fold_case: bool = False  # the server ignores the path's case (GitHub's owner/repo): values lower-cased
 
     def match(self, method: str, host: str, port: int, path: str) -> dict[str, str] | None:
-        """The path's ``{name}`` segments when this entry describes the request, else None."""
+        """The path's ``{name}`` segments, percent-decoded, when this entry describes the request
+        (``path`` is normalised, docs/egress.md), else None; ArgumentError for a segment that is not UTF-8."""
         if (method, host, port) != (self.method, self.host, self.port):
             return None
         found = self.pattern.fullmatch(path)
-        return None if found is None else found.groupdict()
+        return None if found is None else {name: _segment(value, self.fold_case)
+                                           for name, value in found.groupdict().items()}
+
+
+def _segment(value: str, fold_case: bool) -> str:
+    try:
+        text = urllib.parse.unquote(value, errors="strict")
+    except UnicodeDecodeError:
+        raise ArgumentError(f"path segment {value[:80]!r} is not UTF-8") from None
+    return text.lower() if fold_case else text
 
 
 def _source(spec: str, where: str) -> tuple[str, str]:
@@ -136,12 +149,16 @@ def _field(name: str, spec: object, where: str) -> Field:
     return Field(name, *_source(spec["from"], where), kind, currency)
 
 
-def _path_pattern(path: str, where: str) -> re.Pattern:
+def _path_pattern(path: str, fold_case: bool, where: str) -> re.Pattern:
     if not path.startswith("/"):
         raise CatalogueError(f"{where}: path {path!r} must start with /")
-    parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", path)
+    if re.search(r"[%?#;\s]|//", path):  # requests are matched normalised: such a path would never match
+        raise CatalogueError(f"{where}: path {path!r} cannot have %, ?, #, ;, spaces or //: write it as "
+                             "the egress normalises request paths (%61 as a; the query is not part of it)")
+    parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", path.rstrip("/") or "/")
     regex = "".join(f"(?P<{p[1:-1]}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts)
-    return re.compile(regex)
+    # Servers route /v1/refunds/ as /v1/refunds: a trailing slash must not leave the tool.
+    return re.compile(regex if regex == "/" else regex + "/?", re.IGNORECASE if fold_case else 0)
 
 
 def _endpoint(entry: object, where: str) -> Endpoint:
@@ -162,9 +179,12 @@ def _endpoint(entry: object, where: str) -> Endpoint:
     args = entry.get("args", {})
     if not isinstance(args, dict):
         raise CatalogueError(f"{where}: args must be a table")
+    fold_case = entry.get("fold_case", False)
+    if not isinstance(fold_case, bool):
+        raise CatalogueError(f"{where}: fold_case {fold_case!r} is not true or false")
     return Endpoint(entry["tool"], entry["method"].upper(), entry["host"].lower().rstrip("."), port, entry["path"],
-                    _path_pattern(entry["path"], where), BODY_FORMATS[bodies], auth,
-                    tuple(_field(name, spec, where) for name, spec in args.items()), where)
+                    _path_pattern(entry["path"], fold_case, where), BODY_FORMATS[bodies], auth,
+                    tuple(_field(name, spec, where) for name, spec in args.items()), where, fold_case)
 
 
 def load_file(path: Path) -> list[Endpoint]:

@@ -49,7 +49,7 @@ class Decider:
         decision = self.settle(call, self.evaluate(call))
         verdict = Verdict(decision, tool, args, endpoint)
         if decision.effect is Effect.PERMIT:
-            verdict = self.broker(verdict)
+            verdict = self.broker(verdict, request.scheme)
         return self.record(verdict, started)
 
     def refuse(self, tool: str, args: dict, code: str, reason: str) -> None:
@@ -89,10 +89,16 @@ class Decider:
                       "APPROVAL_GRANTED" if approved else "APPROVAL_DENIED",
                       f"{'approved' if approved else 'approval refused'} ({decision.reason})")
 
-    def broker(self, verdict: Verdict) -> Verdict:
-        """Attach the secret for a tool a credential block covers; a missing secret denies."""
+    def broker(self, verdict: Verdict, scheme: str) -> Verdict:
+        """Attach the secret for a tool a credential block covers; a missing secret denies, and so
+        does plain HTTP (anyone on the path would read the secret)."""
         credential = self.plan.credential_for(verdict.tool)
         if credential is None:
+            return verdict
+        if scheme != "https":
+            verdict.decision = _final(verdict.decision, Effect.DENY, "CREDENTIAL_NEEDS_TLS",
+                                      f"credential {credential.name} is sent over TLS only; this request "
+                                      f"({verdict.args.get('url')}) is plain HTTP")
             return verdict
         secret = credential.secret(self.environ)
         if secret is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import ssl
 
@@ -18,6 +19,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"pro
                         b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 NOT_FORWARDED = HOP_BY_HOP | {b"content-length", b"expect"}  # the body is re-framed by length
 KEPT_IN_RESPONSE = {b"transfer-encoding"}  # h11 frames the relayed body the way upstream did
+HOST_VALUE = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::[0-9]{1,5})?")  # host[:port], [v6][:port]
 
 
 def _next(conn: h11.Connection, sock: socket.socket):
@@ -33,10 +35,13 @@ def _text(value: bytes) -> str:
 
 
 def _host_of(value: str) -> str:
-    """``name``, ``name:port`` or ``[v6]:port`` -> the host, lower case, no root dot."""
-    if value.startswith("["):
-        return value[1:value.find("]")].lower()
-    return value.rsplit(":", 1)[0].lower().rstrip(".") if value.count(":") == 1 else value.lower().rstrip(".")
+    """``name[:port]`` or ``[v6][:port]`` -> the host, lower case, no root dot. The Host header is
+    forwarded as sent, so anything else (``host:1@evil``, ``[host]evil``, ``host/x``) is refused:
+    a server could read another host in it."""
+    found = HOST_VALUE.fullmatch(value.lower())
+    if found is None:
+        raise BodyError(f"the Host header {value[:80]!r} is not host[:port] or [IPv6][:port]")
+    return (found[1] or found[2]).rstrip(".")
 
 
 def read_request(sock: socket.socket, conn: h11.Connection, destination, scheme: str,
@@ -121,6 +126,8 @@ class Upstream:
 
     def exchange(self, agent: socket.socket, incoming: h11.Connection, request: HttpRequest, verdict) -> None:
         """Send ``request`` (with the brokered secret, if any) and relay the response to the agent."""
+        if verdict.secret is not None and self.scheme != "https":  # the decider refuses it first
+            raise BodyError("a brokered credential is never sent over plain HTTP")
         if self.conn is None:
             try:
                 self._open()

@@ -4,11 +4,14 @@ A request a catalogue entry describes is the entry's tool (``stripe/refund``) wi
 arguments; any other is ``http/<method>``. Both carry the request itself: ``url``, ``host``
 (the name the agent connected to, never the Host header), ``port``, ``method``, ``path``,
 ``query`` and ``headers`` (credentials shown as their scheme only); ``http/<method>`` also
-carries the parsed ``body``. Whatever cannot be read exactly is refused (BodyError)."""
+carries the parsed ``body``. The target is normalised first (normal_target): the path the policy
+decides is the one forwarded. Whatever cannot be read exactly is refused (BodyError)."""
 
 from __future__ import annotations
 
 import json
+import re
+import string
 import urllib.parse
 from dataclasses import dataclass
 
@@ -24,23 +27,67 @@ class BodyError(ValueError):
     """A request the egress cannot read exactly: refused, with this message as the reason."""
 
 
+UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")  # RFC 3986: %XX of these means the letter
+ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+# Paths a server could route differently from the text the policy decides (checked once normalised).
+PATH_REFUSALS = (
+    (re.compile(r"//"), "has an empty segment (// can be read as a host name, or merged into one /)"),
+    (re.compile(r";"), "has a ; (servers that take path parameters drop what follows, as in /..;/)"),
+    (re.compile(r"\\|%2F|%5C"), "has an encoded slash or a backslash"),
+    (re.compile(r"%(?:[01][0-9A-F]|7F)"), "has an encoded control character (%00 ends a path in C servers)"),
+    (re.compile(r"(?:^|/)\.\.?(?:/|$)"), "has a . or .. segment"),
+)
+
+
+def _one_escape(found: re.Match) -> str:
+    char = chr(int(found[1], 16))
+    return char if char in UNRESERVED else f"%{found[1].upper()}"
+
+
+def _normal_escapes(text: str, what: str) -> str:
+    """RFC 3986 6.2.2: ``%61`` -> ``a`` (unreserved), ``%2f`` -> ``%2F``; a stray % is refused."""
+    if "%" in ESCAPE.sub("", text):
+        raise BodyError(f"{what} {text[:80]!r} has a % that is not followed by two hex digits")
+    return ESCAPE.sub(_one_escape, text)
+
+
+def normal_target(target: str) -> str:
+    """The target the policy decides and the egress forwards: origin-form (``/path?query``),
+    percent-encoding normalised; refused when a server could read its path as another one."""
+    if not target.startswith("/"):
+        raise BodyError(f"request target {target[:80]!r} is not a path (absolute-form and * are not inspected)")
+    if "#" in target:  # clients never send a fragment; servers differ on where the path ends
+        raise BodyError(f"request target {target[:80]!r} has a # (a fragment)")
+    if any(not "\x21" <= c <= "\x7e" for c in target):
+        raise BodyError(f"request target {target[:80]!r} has a space, a control or a non-ASCII character")
+    path, mark, query = target.partition("?")  # the path ends at the first ?, whatever follows
+    path = _normal_escapes(path, "path")
+    for pattern, why in PATH_REFUSALS:
+        if pattern.search(path):
+            raise BodyError(f"path {path[:80]!r} {why}")
+    return path + mark + _normal_escapes(query, "query")
+
+
 @dataclass
 class HttpRequest:
     method: str
-    target: str  # the request line's target: /path?query
+    target: str  # the request line's target, normalised (normal_target): what is decided is what is sent
     headers: list[tuple[str, str]]
     body: bytes
     host: str  # the name the agent connected to (or its address)
     port: int
     scheme: str = "https"
 
+    def __post_init__(self):
+        self.target = normal_target(self.target)  # BodyError: no request exists that could not be decided
+
     @property
     def path(self) -> str:
-        return urllib.parse.urlsplit(self.target).path or "/"
+        return self.target.partition("?")[0]
 
     @property
     def query_text(self) -> str:
-        return urllib.parse.urlsplit(self.target).query
+        return self.target.partition("?")[2]
 
     def header(self, name: str) -> list[str]:
         return [v for k, v in self.headers if k.lower() == name]
@@ -49,11 +96,12 @@ class HttpRequest:
 def _pairs_to_map(pairs: list[tuple[str, str]]) -> dict:
     found: dict = {}
     for key, value in pairs:
-        if key in found:
-            previous = found[key]
-            found[key] = Repeated(previous + [value] if isinstance(previous, Repeated) else [previous, value])
-        else:
+        if key not in found:
             found[key] = value
+        elif isinstance(found[key], Repeated):
+            found[key].append(value)  # in place: a body of one key repeated must stay linear
+        else:
+            found[key] = Repeated([found[key], value])
     return found
 
 
@@ -147,18 +195,17 @@ def shown_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
     """Headers as the policy sees them: a repeated name keeps every value (under another
     spelling: names compare case-insensitively); secrets show their scheme only."""
     shown: dict[str, str] = {}
+    seen: dict[str, int] = {}  # lower-case name -> spellings used (only its own spellings can collide)
     for name, value in headers:
         lower = name.lower()
         if lower in SECRET_HEADERS:
             scheme = value.split(" ", 1)[0] if " " in value else ""
             value = f"{scheme} <redacted>".strip()
-        key = lower
-        variant = 0
-        while key in shown:
-            variant += 1
-            key = _spelling(lower, variant)
-            if key is None:
-                raise BodyError(f"header {name} repeats too often to be inspected")
+        variant = seen.get(lower, 0)
+        key = _spelling(lower, variant)
+        if key is None:
+            raise BodyError(f"header {name} repeats too often to be inspected")
+        seen[lower] = variant + 1
         shown[key] = value
     return shown
 
@@ -183,22 +230,9 @@ def _url(request: HttpRequest) -> str:
     return f"{request.scheme}://{netloc}{request.target}"
 
 
-def check_target(target: str) -> None:
-    """Only an origin-form target whose path means what it says: a server may normalise
-    ``/a/../b`` or ``%2F`` into a path the policy never saw."""
-    if not target.startswith("/"):
-        raise BodyError(f"request target {target[:80]!r} is not a path (absolute-form and * are not inspected)")
-    path = urllib.parse.urlsplit(target).path
-    if "\\" in path or any(code in path.lower() for code in ("%2f", "%5c")):
-        raise BodyError(f"path {path[:80]!r} has an encoded slash or a backslash")
-    if any(urllib.parse.unquote(segment) in (".", "..") for segment in path.split("/")):
-        raise BodyError(f"path {path[:80]!r} has a . or .. segment")
-
-
 def to_tool_call(request: HttpRequest, catalogue: Catalogue,
                  max_body: int = MAX_BODY) -> tuple[str, dict, Endpoint | None]:
     """(tool, args, catalogue entry or None); BodyError when the request cannot be read exactly."""
-    check_target(request.target)
     if len(request.body) > max_body:
         raise BodyError(f"request body over {max_body} bytes cannot be inspected")
     query = parse_form(request.query_text, "query string")
@@ -206,7 +240,10 @@ def to_tool_call(request: HttpRequest, catalogue: Catalogue,
     args = {"url": _url(request), "host": request.host, "port": request.port, "method": request.method,
             "path": request.path, "query": {k: list(v) if isinstance(v, Repeated) else v for k, v in query.items()},
             "headers": shown_headers(request.headers)}
-    found = catalogue.match(request.method, request.host, request.port, request.path)
+    try:
+        found = catalogue.match(request.method, request.host, request.port, request.path)
+    except ArgumentError as err:
+        raise BodyError(f"path {request.path[:80]!r}: {err}") from None
     if found is None:
         body = parse_body(request, kind)
         if body is not None:
@@ -219,7 +256,7 @@ def to_tool_call(request: HttpRequest, catalogue: Catalogue,
                         f"{' or '.join(endpoint.bodies) or 'no'} body, not {kind}")
     body = parse_body(request, kind)
     sources = {"body": body if isinstance(body, dict) else {}, "query": query, "path": segments,
-               "header": {k.lower(): v for k, v in request.headers}}
+               "header": _pairs_to_map([(k.lower(), v) for k, v in request.headers])}  # repeated: ambiguous
     try:
         typed = typed_args(endpoint, sources)
     except ArgumentError as err:

@@ -159,11 +159,15 @@ def test_sni_for_another_host_is_refused(rig):
 
 @pytest.mark.parametrize("headers,body,code", [
     ({"Host": "evil.test"}, None, "EGRESS_UNREADABLE"),
+    ({"Host": f"{HOST}:1@evil.test"}, None, "EGRESS_UNREADABLE"),  # a server may read evil.test
+    ({"Host": f"[{HOST}]evil.test"}, None, "EGRESS_UNREADABLE"),
+    ({"Host": f"{HOST}:443/x"}, None, "EGRESS_UNREADABLE"),
     ({"Content-Type": "application/json"}, b"{broken", "EGRESS_UNREADABLE"),
     ({"Content-Type": "application/json", "Content-Length": str(2 << 20)}, None, "EGRESS_UNREADABLE"),
 ])
 def test_requests_that_cannot_be_read_exactly_are_refused(rig, headers, body, code):
-    """A foreign Host header, an unparseable body or an over-size body get a 403; upstream sees nothing."""
+    """A foreign Host header (or one that is not host[:port]), an unparseable body or an over-size
+    body get a 403; upstream sees nothing."""
     sock = connect(rig)
     conn = http.client.HTTPConnection(HOST)
     conn.sock = sock
@@ -223,6 +227,34 @@ def test_chunked_request_body_is_read_whole_and_sent_by_length(rig):
                  headers={"Host": HOST, "Content-Type": "application/json", "Transfer-Encoding": "chunked"})
     assert conn.getresponse().status == 200
     assert [(s["path"], s["body"]) for s in rig["upstream"].seen] == [("/v1/orders", '{"n": 2}')]
+
+
+def test_the_normalised_target_is_what_reaches_upstream(rig):
+    """/v1/%69tems is decided as /v1/items, and upstream receives exactly that target."""
+    assert exchange(connect(rig), "GET", "/v1/%69tems?q=%7e%41%2f")[0] == 200
+    assert [s["path"] for s in rig["upstream"].seen] == ["/v1/items?q=~A%2F"]
+    assert [(r["args"]["path"], r["args"]["url"]) for r in rig["records"]] == [
+        ("/v1/items", f"https://{HOST}:{rig['upstream'].port}/v1/items?q=~A%2F")]
+
+
+@pytest.mark.parametrize("target", ["//admin/v1/items", "/v1/items#/../../admin", "/v1/..;/admin",
+                                    "/v1//items", "/v1/%2e%2e/admin"])
+def test_targets_a_server_could_read_as_another_path_are_refused(rig, target):
+    """//admin/v1/items was decided as /v1/items (permitted) and sent as is: now refused, unsent."""
+    status, body = exchange(connect(rig), "GET", target)
+    assert (status, body["error"]["code"]) == (403, "EGRESS_UNREADABLE")
+    assert rig["upstream"].seen == []
+    assert [(r["tool"], r["effect"]) for r in rig["records"]] == [("http/request", "DENY")]
+
+
+def test_a_brokered_secret_is_not_sent_over_plain_http(rig):
+    """Plain HTTP for a tool a credential covers is refused: anyone on the path would read the secret."""
+    raw = socket.create_connection(rig["proxy"].address("inet"))
+    rig["proxy"].registry.register(raw.getsockname(), Destination(HOST, "127.0.0.1", rig["upstream"].port))
+    status, body = exchange(raw, "POST", "/v1/orders", b"{}", {"Content-Type": "application/json"})
+    assert (status, body["error"]["code"]) == (403, "CREDENTIAL_NEEDS_TLS")
+    assert rig["upstream"].seen == []
+    assert [(r["tool"], r["effect"], r.get("credential")) for r in rig["records"]] == [("http/post", "DENY", None)]
 
 
 def test_plain_http_is_inspected_too(rig):
