@@ -1,8 +1,8 @@
 """The approval broker: deferred calls wait here until a person answers or they expire.
 
 One Broker per run holds the pending approvals, the session's standing answers ("approve/deny
-for the rest of the session", keyed by tool and canonical arguments), the pending limit and
-the expiry clock. ``submit()`` blocks the calling supervisor thread only; every other answer
+for the rest of the session", keyed by origin, tool and canonical arguments), the pending limit
+and the expiry clock. ``submit()`` blocks the calling supervisor thread only; every other answer
 path (terminal prompt, control socket) calls ``resolve()`` from its own thread.
 
 Each approval resolves exactly once: approved, denied, expired (a denial) or withdrawn (the
@@ -32,6 +32,10 @@ DEFAULT_MAX_PENDING = 16
 RESOLVED_KEPT = 1024  # resolved approvals remembered for show and for "already approved" answers
 SCOPES = ("once", "session")
 NOT_IN_KEY = ("pid", "session")  # vary per call, never part of "the same call"
+# Who a held call comes from. The agent can report any call over the SDK socket, so an approval
+# says which it is, and an answer given for one origin never stands for the other.
+SANDBOX, SDK = "sandbox", "sdk"
+ORIGINS = {SANDBOX: "observed by the sandbox", SDK: "reported by the agent over the SDK socket, not observed"}
 WAIT_STEP = 0.25  # seconds between checks that the waiting task is still there
 
 
@@ -59,6 +63,7 @@ class Pending:
     notify: str
     created: float
     expires_at: float
+    origin: str = SANDBOX
     state: str = "pending"  # pending | approved | denied | expired | withdrawn
     approver: str = ""
     scope: str = ""
@@ -68,17 +73,17 @@ class Pending:
 
     def view(self) -> dict:
         """What the control protocol shows about this approval."""
-        out = {k: getattr(self, k) for k in ("id", "session", "tool", "args", "rule_id", "reason", "defer_token",
-                                             "notify", "created", "expires_at", "state", "approver", "scope",
-                                             "resolved_at")}
+        out = {k: getattr(self, k) for k in ("id", "session", "origin", "tool", "args", "rule_id", "reason",
+                                             "defer_token", "notify", "created", "expires_at", "state", "approver",
+                                             "scope", "resolved_at")}
         out["deliveries"] = list(self.deliveries)
         return out
 
 
-def call_key(tool: str, args: dict) -> str:
-    """Identity of "the same tool and arguments" for session-wide answers."""
+def call_key(tool: str, args: dict, origin: str = SANDBOX) -> str:
+    """Identity of "the same call from the same origin" for session-wide answers."""
     kept = {k: v for k, v in args.items() if k not in NOT_IN_KEY}
-    return tool + "\0" + json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return origin + "\0" + tool + "\0" + json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class Broker:
@@ -98,8 +103,10 @@ class Broker:
     # -- the supervisor's side -------------------------------------------------------------
 
     def submit(self, tool: str, args: dict, decision: dict, timeout: float,
-               gone: Callable[[], bool] = lambda: False) -> Resolution:
+               gone: Callable[[], bool] = lambda: False, origin: str = SANDBOX) -> Resolution:
         """Wait for an answer to one deferred call; returns when resolved, expired or gone()."""
+        if origin not in ORIGINS:
+            raise ValueError(f"origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
         now = self._clock()
         expires_at = now + max(0.0, timeout)
         if decision.get("defer_expires_at"):
@@ -107,8 +114,8 @@ class Broker:
         item = Pending(id=self._new_id(), session=self.session_id, tool=tool, args=dict(args),
                        rule_id=decision.get("rule_id", ""), reason=decision.get("reason", ""),
                        defer_token=decision.get("defer_token", ""), notify=decision.get("notify", ""),
-                       created=now, expires_at=expires_at)
-        key = call_key(tool, args)
+                       created=now, expires_at=expires_at, origin=origin)
+        key = call_key(tool, args, origin)
         with self._lock:
             while item.id in self._pending or item.id in self._resolved:
                 item.id = self._new_id()
@@ -155,10 +162,10 @@ class Broker:
         if not self._settle(item, state, approver, scope):
             raise ApprovalError(f"approval {approval_id} was resolved meanwhile")
         if scope == "session":
-            key = call_key(item.tool, item.args)
+            key = call_key(item.tool, item.args, item.origin)
             with self._lock:
                 self._standing[key] = (approve, approver)
-                twins = [p for p in self._pending.values() if call_key(p.tool, p.args) == key]
+                twins = [p for p in self._pending.values() if call_key(p.tool, p.args, p.origin) == key]
             for twin in twins:
                 self._settle(twin, state, f"{approver}, session answer", "session")
         return item.view()
@@ -217,9 +224,9 @@ class Broker:
 
     def _finish_at_once(self, item: Pending, state: str, approver: str, scope: str, code: str,
                         reason: str) -> Resolution:
+        # Not remembered: it never waited, so nobody can answer or look it up, and a flood of
+        # them (past the limit) would keep RESOLVED_KEPT calls' arguments; the audit record has it.
         item.state, item.approver, item.scope, item.resolved_at = state, approver, scope, self._clock()
-        with self._lock:
-            self._remember(item)
         return self._resolution(item, code, reason)
 
     def _settle(self, item: Pending, state: str, approver: str, scope: str) -> bool:
@@ -254,8 +261,9 @@ class Broker:
         kind = {"approved": "approval", "expired": "expiry"}.get(item.state, "denial")
         record = {
             "kind": kind, "time": item.resolved_at, "session": item.session, "approval_id": item.id,
-            "tool": item.tool, "args": item.args, "effect": "PERMIT" if item.state == "approved" else "DENY",
-            "rule_id": item.rule_id, "reason_code": code, "reason": reason, "approver": item.approver,
+            "origin": item.origin, "tool": item.tool, "args": item.args,
+            "effect": "PERMIT" if item.state == "approved" else "DENY", "rule_id": item.rule_id,
+            "reason_code": code, "reason": reason, "approver": item.approver,
             "scope": item.scope, "defer_token": item.defer_token, "waited_s": waited,
             "deliveries": list(item.deliveries),
         }
@@ -317,7 +325,9 @@ class ApprovalService:
         return Approver(self._ask, audit)
 
     def _ask(self, call, decision, timeout: float) -> dict:
-        request = {"tool": call.tool, "args": call.args, "timeout": timeout,
+        # launcher.sdk_server.SdkCall says "sdk"; every other call is one the sandbox observed
+        request = {"origin": getattr(call, "origin", SANDBOX), "tool": call.tool, "args": call.args,
+                   "timeout": timeout,
                    "decision": {k: getattr(decision, k) for k in ("rule_id", "reason", "defer_token",
                                                                   "defer_expires_at", "notify")}}
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -36,7 +36,7 @@ def add_show_arguments(parser):
 def _add_answer_arguments(parser):
     _with_id(parser)
     parser.add_argument("--for-session", action="store_true",
-                        help="also answer every later call with the same tool and arguments in this run")
+                        help="also answer every later call with the same tool, arguments and origin (sandbox or sdk) in this run")
 
 
 add_approve_arguments = add_deny_arguments = _add_answer_arguments
@@ -59,15 +59,16 @@ def _ask(args, request: dict) -> dict | None:
 
 
 def _cells(view: dict) -> list[str]:
-    """ID, TOOL, ARGUMENTS (JSON, ASCII only: a name cannot disguise itself), RULE, EXPIRES."""
+    """ID, TOOL, ORIGIN, ARGUMENTS (JSON, ASCII only: a name cannot disguise itself), RULE, EXPIRES."""
     left = max(0, round(view["expires_at"] - time.time()))
     args = {k: v for k, v in view["args"].items() if k not in ("session",)}
-    return [view["id"], view["tool"], json.dumps(args, default=str), view["rule_id"] or "-", f"in {left}s"]
+    return [view["id"], view["tool"], view.get("origin") or "unknown", json.dumps(args, default=str),
+            view["rule_id"] or "-", f"in {left}s"]
 
 
 def _line(view: dict) -> str:
-    approval_id, tool, args, rule, expires = _cells(view)
-    return f"{approval_id}  {tool:<12} {args}  rule {rule}  expires {expires}"
+    approval_id, tool, origin, args, rule, expires = _cells(view)
+    return f"{approval_id}  {tool:<12} {origin:<7} {args}  rule {rule}  expires {expires}"
 
 
 def list_main(args) -> int:
@@ -79,7 +80,7 @@ def list_main(args) -> int:
     elif not reply["pending"]:
         print(f"no approvals pending in session {reply['session']}")
     else:
-        rows = [["ID", "TOOL", "ARGUMENTS", "RULE", "EXPIRES"]] + [_cells(view) for view in reply["pending"]]
+        rows = [["ID", "TOOL", "ORIGIN", "ARGUMENTS", "RULE", "EXPIRES"]] + [_cells(view) for view in reply["pending"]]
         for line in term.table(rows, {1: lambda _: "DEFER"}):
             print(line)
     return 0

@@ -289,7 +289,7 @@ def _serve_call(broker: Broker, fd: int) -> None:
         try:
             request = json.loads(stream.readline(MAX_REQUEST))
             resolution = broker.submit(request["tool"], dict(request["args"]), dict(request["decision"]),
-                                       float(request["timeout"]), gone)
+                                       float(request["timeout"]), gone, request["origin"])
         except (ValueError, KeyError, TypeError):
             return  # the launcher side treats a closed connection as a denial
         reply = {"approved": resolution.approved, "reason_code": resolution.reason_code,
@@ -302,8 +302,8 @@ def _serve_call(broker: Broker, fd: int) -> None:
 
 def defer_event(item: Pending) -> dict:
     """The JSON a notification channel receives."""
-    return {"event": "defer", "session": item.session, "id": item.id, "tool": item.tool, "args": item.args,
-            "rule_id": item.rule_id, "reason": item.reason, "notify": item.notify,
+    return {"event": "defer", "session": item.session, "id": item.id, "origin": item.origin, "tool": item.tool,
+            "args": item.args, "rule_id": item.rule_id, "reason": item.reason, "notify": item.notify,
             "expires_at": item.expires_at, "defer_token": item.defer_token,
             "approve": f"faramesh-sandbox approvals approve {item.id} --session {item.session}",
             "deny": f"faramesh-sandbox approvals deny {item.id} --session {item.session}"}

@@ -15,7 +15,7 @@ import termios
 import threading
 import time
 
-from launcher.approvals import ApprovalError, Broker
+from launcher.approvals import ORIGINS, ApprovalError, Broker
 
 POLL = 1.0  # seconds between checks that the approval shown is still pending (events wake it sooner)
 BACKGROUND_WAIT = 1.0
@@ -39,6 +39,12 @@ def start(broker: Broker) -> bool:
     return True
 
 
+def origin_text(view: dict) -> str:
+    """``sdk (reported by the agent ...)``: a person must know whether the sandbox saw the call."""
+    origin = view.get("origin", "")
+    return f"{origin} ({ORIGINS[origin]})" if origin in ORIGINS else f"unknown ({origin!r})"
+
+
 def describe(view: dict) -> str:
     args = {k: v for k, v in view["args"].items() if k != "session"}
     seconds = max(0, round(view["expires_at"] - time.time()))
@@ -46,6 +52,7 @@ def describe(view: dict) -> str:
     lines = [
         f"\nfaramesh-sandbox: approval {view['id']} (session {view['session']}) {status}",
         f"  tool:   {view['tool']}",
+        f"  origin: {origin_text(view)}",
         # ASCII only: a file name with escape sequences or bidi overrides cannot disguise itself.
         f"  args:   {json.dumps(args, default=str)}",
         f"  rule:   {view['rule_id'] or '(default)'}",

@@ -1,10 +1,16 @@
 """Deferred SDK calls: a random token per DEFER, an approval running on its own thread, and a
 status the agent polls (pending, approved, denied, expired). A token answers one final status
-once; after that, or for a token never issued, the answer is denied."""
+once; after that, or for a token never issued or forgotten, the answer is denied.
+
+The agent drives how many defers it opens, so the table is bounded: at most MAX_PENDING open
+approvals (each holds its call), and once an approval resolves only its final status is kept,
+for at most MAX_RESOLVED tokens and KEEP_RESOLVED seconds."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import secrets
 import threading
 import time
@@ -15,7 +21,9 @@ from policy.calls import ToolCall
 from policy.decision import Decision, Effect
 
 PENDING, APPROVED, DENIED, EXPIRED = "pending", "approved", "denied", "expired"
-MAX_PENDING = 64  # open approvals (each holds a thread); more defers are denied
+MAX_PENDING = 64  # open approvals (each holds a thread and its call); more defers are denied
+MAX_RESOLVED = 4096  # unpolled final statuses kept (a few dozen bytes each); the oldest go first
+MAX_ARGS = 64 << 10  # characters of JSON arguments a deferred call may have: held while it waits, shown to a person
 GRACE = 5.0  # seconds an approve() callable may overrun the timeout before the call expires
 KEEP_RESOLVED = 600.0  # seconds an unpolled final status is kept
 EXPIRY_CODES = frozenset({"APPROVAL_TIMEOUT", "APPROVAL_EXPIRED"})  # reported to the agent as expired
@@ -26,6 +34,14 @@ Approve = Callable[[ToolCall, Decision, float], bool]
 Resolved = Callable[[ToolCall, Decision, str], bool]
 
 
+class Refused(Exception):
+    """A DEFER the table does not open; ``code`` and the message become the DENY's."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class _Entry:
     token: str
@@ -33,7 +49,6 @@ class _Entry:
     decision: Decision
     deadline: float
     status: str = PENDING
-    resolved_at: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -44,51 +59,64 @@ class DeferTable:
         self._timeout = timeout
         self._resolved = resolved
         self._clock = clock
-        self._entries: dict[str, _Entry] = {}
+        self._pending: dict[str, _Entry] = {}
+        # token -> (final status, when resolved), oldest first: no call or arguments once resolved
+        self._statuses: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._closed = threading.Event()
 
-    def open(self, call: ToolCall, decision: Decision) -> str | None:
-        """Register a DEFER; its token, or None when too many are open. start() begins the
-        approval once the DEFER is on record; cancel() drops it instead."""
+    def open(self, call: ToolCall, decision: Decision) -> str:
+        """Register a DEFER and return its token; raises Refused when it cannot be held. start()
+        begins the approval once the DEFER is on record; cancel() drops it instead."""
+        size = len(json.dumps(call.args, separators=(",", ":"), default=str))
+        if size > MAX_ARGS:
+            raise Refused("DEFER_ARGS_TOO_LARGE", f"the arguments of a call held for approval may take at most "
+                                                  f"{MAX_ARGS} characters as JSON, these take {size}")
         now = self._clock()
         with self._lock:
             self._prune(now)
-            if sum(e.status == PENDING for e in self._entries.values()) >= MAX_PENDING or self._closed.is_set():
-                return None
+            if self._closed.is_set():
+                raise Refused("RUN_ENDING", "the run is ending; no approval can be opened")
+            if len(self._pending) >= MAX_PENDING:
+                raise Refused("DEFER_LIMIT", f"too many approvals open at once ({MAX_PENDING} wait already; "
+                                             f"answer those first)")
             token = "dfr_" + secrets.token_hex(16)  # unguessable: a token is the only proof of a defer
-            self._entries[token] = _Entry(token, call, decision, now + self._timeout)
+            self._pending[token] = _Entry(token, call, decision, now + self._timeout)
         return token
 
     def start(self, token: str) -> None:
         with self._lock:
-            entry = self._entries[token]
+            entry = self._pending.get(token)
+        if entry is None:  # close() ended it meanwhile: its status waits for the poll
+            return
         threading.Thread(target=self._settle, args=(entry,), name=f"sdk-approval-{token[:12]}",
                          daemon=True).start()
 
     def cancel(self, token: str) -> None:
         with self._lock:
-            self._entries.pop(token, None)
+            self._pending.pop(token, None)
 
     def poll(self, token: str) -> str:
         with self._lock:
-            entry = self._entries.get(token)
-        if entry is None:
-            return DENIED
-        if entry.status == PENDING and self._clock() > entry.deadline + GRACE:
+            entry = self._pending.get(token)
+        if entry is not None and self._clock() > entry.deadline + GRACE:
             self._finish(entry, EXPIRED, "APPROVAL_TIMEOUT", f"not approved within {self._timeout:g}s")
-        if entry.status == PENDING:
-            return PENDING
         with self._lock:
-            if self._entries.pop(token, None) is None:  # another poll took the final answer
-                return DENIED
-        return entry.status
+            if token in self._pending:
+                return PENDING
+            # taken once; a second poll, or a token never issued or forgotten, reads denied
+            return self._statuses.pop(token, (DENIED, 0.0))[0]
+
+    def sizes(self) -> tuple[int, int]:
+        """(open approvals, final statuses waiting to be polled)."""
+        with self._lock:
+            return len(self._pending), len(self._statuses)
 
     def close(self) -> None:
         """Stop issuing tokens; open approvals expire (approve() threads cannot be interrupted)."""
         self._closed.set()
         with self._lock:
-            entries = list(self._entries.values())
+            entries = list(self._pending.values())
         for entry in entries:
             self._finish(entry, EXPIRED, "APPROVAL_TIMEOUT", "the run ended before approval")
 
@@ -127,7 +155,11 @@ class DeferTable:
                 self._record(entry.call, _final(entry.decision, Effect.DENY, "AUDIT_WRITE_FAILED",
                                                 "the approval could not be recorded"), entry.token)
             entry.status = status
-            entry.resolved_at = self._clock()
+            with self._lock:  # from here only the status is kept: the call and its arguments go
+                if self._pending.pop(entry.token, None) is not None:  # a cancelled DEFER keeps nothing
+                    self._statuses[entry.token] = (status, self._clock())
+                    while len(self._statuses) > MAX_RESOLVED:
+                        self._statuses.popitem(last=False)  # forgotten: polled as denied, fails closed
 
     def _record(self, call: ToolCall, decision: Decision, token: str) -> bool:
         try:
@@ -136,9 +168,12 @@ class DeferTable:
             return False
 
     def _prune(self, now: float) -> None:
-        stale = [t for t, e in self._entries.items() if e.status != PENDING and now - e.resolved_at > KEEP_RESOLVED]
-        for token in stale:
-            del self._entries[token]
+        """Forget final statuses older than KEEP_RESOLVED (caller holds the lock); oldest first."""
+        while self._statuses:
+            token, (_status, resolved_at) = next(iter(self._statuses.items()))
+            if now - resolved_at <= KEEP_RESOLVED:
+                return
+            del self._statuses[token]
 
 
 def _final(deferred: Decision, effect: Effect, reason_code: str, reason: str) -> Decision:

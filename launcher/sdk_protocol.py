@@ -15,7 +15,8 @@ Two request forms reach the socket (both as sent by the ``faramesh-sdk`` Python 
   ``{"type": "poll_defer", "agent_id", "defer_token"}``, answered with a flat object;
   ``{"error": "..."}`` on failure.
 
-Every error reply makes the SDK raise, so anything this module rejects is denied.
+Every error reply makes the SDK raise, so anything this module rejects is denied. That includes
+tool ids in the namespaces of the calls the sandbox observes itself (SANDBOX_NAMESPACES).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from policy.canonical import NulByte, canonical_tool
 from policy.decision import Decision, Effect
 
 MAX_LINE = 1 << 20  # bytes in one request; a longer one is refused unread
@@ -35,6 +37,11 @@ MAX_REASON = 1024  # characters of reason text in a reply (the SDK reads at most
 OPERATOR_ONLY = frozenset({"approve_defer", "kill", "audit_subscribe", "callback_subscribe", "status",
                            "session", "delegate", "scan_output"})
 OPERATOR_ONLY_PREFIXES = ("standing_grant", "supervisor_")
+
+# Namespaces of the calls the sandbox observes itself: syscalls (sandbox/traced.py: fs/, net/,
+# shell/), DNS lookups (net/dns) and requests through the egress (http/<method>, net/tls). Reported
+# by the agent, such a call would pass for one the sandbox saw, so they are refused.
+SANDBOX_NAMESPACES = ("fs", "net", "shell", "http")
 
 JSONRPC_PARSE_ERROR = -32700
 JSONRPC_INVALID_REQUEST = -32600
@@ -91,7 +98,8 @@ def _parse_rpc(message: dict) -> Request:
     if method == "govern":
         tool = _text(params, "tool", rpc=True, rpc_id=rpc_id, required=True)
         operation = _text(params, "operation", rpc=True, rpc_id=rpc_id)
-        return Request("govern", True, rpc_id, tool=f"{tool}/{operation}" if operation else tool,
+        return Request("govern", True, rpc_id,
+                       tool=_reportable(f"{tool}/{operation}" if operation else tool, rpc=True, rpc_id=rpc_id),
                        args=_args(params, rpc=True, rpc_id=rpc_id),
                        agent_id=_text(params, "agent_id", rpc=True, rpc_id=rpc_id),
                        call_id=_text(params, "call_id", rpc=True, rpc_id=rpc_id))
@@ -104,7 +112,8 @@ def _parse_rpc(message: dict) -> Request:
 def _parse_typed(message: dict) -> Request:
     kind = message.get("type")
     if kind == "govern":
-        return Request("govern", False, tool=_text(message, "tool_id", rpc=False, required=True),
+        tool = _text(message, "tool_id", rpc=False, required=True)
+        return Request("govern", False, tool=_reportable(tool, rpc=False),
                        args=_args(message, rpc=False), agent_id=_text(message, "agent_id", rpc=False),
                        call_id=_text(message, "call_id", rpc=False))
     if kind == "poll_defer":
@@ -134,6 +143,20 @@ def _text(source: dict, key: str, *, rpc: bool, rpc_id: Any = None, required: bo
         raise BadRequest(f"{key} is longer than {MAX_ID} characters", rpc=rpc, rpc_id=rpc_id,
                          code=JSONRPC_INVALID_PARAMS)
     return value
+
+
+def _reportable(tool: str, *, rpc: bool, rpc_id: Any = None) -> str:
+    """``tool``, unless the engine would read it as a tool of the sandbox's own namespaces."""
+    try:
+        namespace = canonical_tool(tool).lstrip("/").split("/", 1)[0].lower()  # as the engine matches it
+    except NulByte:
+        return tool  # the engine denies it (NUL_BYTE)
+    if namespace in SANDBOX_NAMESPACES:
+        raise BadRequest(f"tool {tool[:64]!r} is refused: fs/, net/, shell/ and http/ name the calls the sandbox "
+                         f"observes itself (syscalls, DNS lookups, HTTP through the egress), which the agent cannot "
+                         f"report; give the tool a name outside them", rpc=rpc, rpc_id=rpc_id,
+                         code=JSONRPC_INVALID_PARAMS)
+    return tool
 
 
 def _args(source: dict, *, rpc: bool, rpc_id: Any = None) -> dict:

@@ -18,7 +18,7 @@ import time
 from typing import Callable
 
 from launcher import sdk_protocol as wire
-from launcher.sdk_defer import Approve, DeferTable
+from launcher.sdk_defer import Approve, DeferTable, Refused
 from policy.calls import ToolCall
 from policy.decision import Decision, Effect, deny
 
@@ -30,6 +30,14 @@ MAX_CONNECTIONS = 64  # served at once; more are closed unanswered (the SDK then
 ACCEPT_POLL = 0.2  # seconds between checks for close() while waiting for a connection
 
 Decide = Callable[[ToolCall], Decision]
+
+
+class SdkCall(ToolCall):
+    """A call the agent reported over the socket, not one the sandbox observed: approvals show
+    its origin and keep its "for this session" answers apart (launcher/approvals.py)."""
+
+    __slots__ = ()
+    origin = "sdk"
 
 
 UNIX_PATH_MAX = 108
@@ -178,15 +186,16 @@ class SdkServer:
         import uuid  # ~5 ms to import: only once an SDK call arrives
 
         started = time.monotonic()
-        call = ToolCall(tool=request.tool, args=request.args, session_id=self.session_id,
-                        agent_id=request.agent_id, call_id=request.call_id or uuid.uuid4().hex,
-                        timestamp=time.time())
+        call = SdkCall(tool=request.tool, args=request.args, session_id=self.session_id,
+                       agent_id=request.agent_id, call_id=request.call_id or uuid.uuid4().hex,
+                       timestamp=time.time())
         decision = self._decide(call)
         token = ""
         if decision.effect is Effect.DEFER:
-            token = self.defers.open(call, decision) or ""
-            if not token:
-                decision = deny("DEFER_LIMIT", f"too many approvals open at once ({decision.reason})",
+            try:
+                token = self.defers.open(call, decision)
+            except Refused as refused:
+                decision = deny(refused.code, f"{refused} ({decision.reason})",
                                 rule_id=decision.rule_id, policy_version=decision.policy_version)
         if not self._record(call, decision, pid, started, token) and decision.effect is not Effect.DENY:
             decision = deny("AUDIT_WRITE_FAILED", f"the audit record could not be written ({decision.reason})",
@@ -253,10 +262,12 @@ def _read_line(conn: socket.socket, deadline: float) -> bytes | None:
 
 
 def _peer_pid(conn: socket.socket) -> int | None:
-    """SO_PEERCRED pid, as this process's pid namespace sees it (recorded in the audit)."""
+    """SO_PEERCRED pid, as this process's pid namespace sees it (recorded in the audit); None when
+    the peer is this process: the sandbox performs the agent's connect() on its behalf
+    (sandbox/netops.py), so the agent's own pid is not known and the launcher's would mislead."""
     try:
         pid, _uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                               struct.calcsize("3i")))
-        return pid or None
     except OSError:
         return None
+    return pid if pid and pid != os.getpid() else None

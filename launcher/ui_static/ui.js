@@ -6,6 +6,7 @@
 const TOKEN_KEY = "faramesh-sandbox-token";
 const token = readToken();
 const rows = new Map(); // "session/id" -> <tr> of a pending approval
+const ORIGINS = {sandbox: "observed by the sandbox", sdk: "reported by the agent over the SDK socket, not observed"};
 let clockOffset = 0; // server time minus this browser's time, seconds
 let auditHead = -1;
 let verifying = false;
@@ -156,7 +157,9 @@ function pendingRow(view) {
   delete args.session;
   const argsCell = el("td");
   argsCell.appendChild(el("pre", JSON.stringify(args, null, 1)));
-  row.append(el("td", view.session), el("td", view.id), el("td", view.tool), argsCell,
+  // Whether the sandbox saw the call or the agent only reported it (SDK) matters to the answer.
+  const origin = Object.hasOwn(ORIGINS, view.origin) ? view.origin + " (" + ORIGINS[view.origin] + ")" : "unknown";
+  row.append(el("td", view.session), el("td", view.id), el("td", view.tool), el("td", origin), argsCell,
              el("td", view.rule_id || "-"), el("td", view.reason || ""), el("td", "", "age"),
              el("td", "", "expires"));
   const answers = el("td");

@@ -165,11 +165,73 @@ def test_watch_sees_pending_then_resolved():
 
 
 def test_call_key_ignores_pid_and_session_only():
-    """The session-answer key leaves out pid and session but keeps every other argument."""
+    """The session-answer key leaves out pid and session but keeps every other argument, and the origin."""
     assert call_key("fs/write", {"path": "/a", "pid": 1, "session": "x"}) == \
         call_key("fs/write", {"session": "y", "path": "/a", "pid": 2})
     assert call_key("fs/write", {"path": "/a"}) != call_key("fs/write", {"path": "/a", "flags": 1})
     assert call_key("fs/write", {"path": "/a"}) != call_key("fs/read", {"path": "/a"})
+    assert call_key("fs/write", {"path": "/a"}, "sandbox") != call_key("fs/write", {"path": "/a"}, "sdk")
+
+
+def test_session_answer_stands_only_for_calls_of_the_same_origin():
+    """An answer for the session given to an SDK report never answers the call observed by the sandbox (and
+    the reverse), even with a fake pid; it does answer the next report."""
+    broker = Broker("s1")
+    result: list = []
+    reported = threading.Thread(target=lambda: result.append(
+        broker.submit("fs/write", dict(WRITE, pid=1), DEFER, 10.0, origin="sdk")))
+    reported.start()
+    deadline = time.monotonic() + 5
+    while not broker.list() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    [pending] = broker.list()
+    assert pending["origin"] == "sdk"
+    broker.resolve(pending["id"], True, "session", "tty /dev/pts/1")
+    reported.join(5)
+    observed = broker.submit("fs/write", WRITE, DEFER, 0.0)
+    assert (observed.reason_code, observed.record["origin"]) == ("APPROVAL_EXPIRED", "sandbox")
+    again = broker.submit("fs/write", WRITE, DEFER, 0.0, origin="sdk")
+    assert (again.reason_code, again.record["origin"]) == ("SESSION_APPROVAL", "sdk")
+    thread, waiting = submit_async(broker)
+    broker.resolve(broker.list()[0]["id"], False, "session", "tty /dev/pts/1")
+    thread.join(5)
+    assert broker.submit("fs/write", WRITE, DEFER, 0.0).reason_code == "SESSION_DENIAL"
+    assert broker.submit("fs/write", WRITE, DEFER, 0.0, origin="sdk").reason_code == "SESSION_APPROVAL"
+
+
+def test_unknown_origin_is_refused():
+    """submit() takes only the origins it can show; the service closes the call (a denial) on anything else."""
+    with pytest.raises(ValueError, match="^origin must be one of sandbox, sdk, not 'agent'$"):
+        Broker("s1").submit("fs/write", WRITE, DEFER, 0.0, origin="agent")
+
+
+def test_answers_given_at_once_are_not_remembered():
+    """Refusals past the limit (and session answers) never waited: the broker keeps nothing of them, so a flood
+    of deferred calls with large arguments cannot grow it; the audit record carries the call."""
+    broker = Broker("s1", max_pending=1)
+    thread, _ = submit_async(broker)
+    big = dict(WRITE, path="/tmp/x/" + "y" * 100_000)
+    refused = [broker.submit("fs/write", big, DEFER, 30.0) for _ in range(50)]
+    assert {r.reason_code for r in refused} == {"TOO_MANY_PENDING"}
+    assert refused[0].record["args"] == big
+    with pytest.raises(ApprovalError, match="^no approval "):
+        broker.show(refused[0].record["approval_id"])
+    broker.close()
+    thread.join(5)
+    assert len(broker._resolved) == 1  # the one that waited
+
+
+def test_notification_event_carries_the_origin():
+    """What a notify channel receives says whether the sandbox saw the call."""
+    from launcher.control import defer_event
+    broker = Broker("s1")
+    events: list = []
+    broker.on_pending = lambda item: events.append(defer_event(item))
+    thread = threading.Thread(target=broker.submit, args=("stripe/refund", {"amount": 900}, DEFER, 0.3),
+                              kwargs={"origin": "sdk"})
+    thread.start()
+    thread.join(5)
+    assert [(e["origin"], e["tool"]) for e in events] == [("sdk", "stripe/refund")]
 
 
 def test_prompt_text_cannot_be_disguised_by_the_arguments():
@@ -180,3 +242,13 @@ def test_prompt_text_cannot_be_disguised_by_the_arguments():
     text = describe(view)
     assert '  args:   {"path": "/tmp/\\u001b[2K\\u009b2K\\u202eok", "pid": 4}\n' in text
     assert not any(ch in text for ch in "\x1b\x9b\u202e")
+
+
+def test_prompt_says_where_the_call_comes_from():
+    """The prompt names the origin: observed by the sandbox, or reported by the agent over the SDK."""
+    view = {"id": "0a1b2c3d", "session": "s1", "tool": "stripe/refund", "rule_id": "fpl-0", "reason": "r",
+            "state": "pending", "expires_at": time.time() + 60, "args": {"amount": 900}}
+    assert "\n  tool:   stripe/refund\n  origin: sdk (reported by the agent over the SDK socket, not observed)\n" \
+        in describe(dict(view, origin="sdk"))
+    assert "\n  origin: sandbox (observed by the sandbox)\n" in describe(dict(view, origin="sandbox"))
+    assert "\n  origin: unknown ('')\n" in describe(view)

@@ -218,3 +218,64 @@ def test_cli_without_live_run_says_so(rundir):
     out = cli(rundir, "list")
     assert (out.returncode, out.stderr) == (1, f"faramesh-sandbox: no run is live (no control socket in {rundir}) "
                                                "— start one with `faramesh-sandbox run`\n")
+
+
+def sdk_govern(path: str, args: dict) -> dict:
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.settimeout(10)
+        conn.connect(path)
+        conn.sendall(json.dumps({"type": "govern", "tool_id": "stripe/refund", "args": args}).encode() + b"\n")
+        return json.loads(conn.makefile("rb").readline())
+
+
+def test_sdk_call_shows_its_origin_and_its_session_answer_covers_no_observed_call(service, rundir, tmp_path):
+    """An SDK-reported defer is shown as such (list, show, audit), and approving it for the session pre-approves
+    later SDK reports only: the same tool and arguments observed by the sandbox (here, as the egress would name
+    an HTTP request) still wait for a person."""
+    import policy
+    from launcher.sdk_server import SdkServer
+    engine = policy.Engine([policy.load_policy('agent a {\n  default deny\n  rules {\n    defer stripe/refund '
+                                               'when args.amount > 500 reason: "high value"\n  }\n}\n', "p.fpl")],
+                           policy.SessionStore())
+    audit: list = []
+    server = SdkServer(str(tmp_path / "sdk.sock"), engine.decide, session_id="s1", audit=audit.append,
+                       approve=service.approver(audit.append), approve_timeout=20.0).start()
+    try:
+        args = {"amount": 900, "charge": "ch_1"}
+        token = sdk_govern(server.socket_path, args)["defer_token"]
+        [pending] = wait_pending(rundir)
+        assert (pending["origin"], pending["tool"], pending["args"]) == ("sdk", "stripe/refund", args)
+        listed = cli(rundir, "list")
+        assert listed.stdout.splitlines()[1].split()[:3] == [pending["id"], "stripe/refund", "sdk"]
+        shown = cli(rundir, "show", pending["id"])
+        assert "  origin: sdk (reported by the agent over the SDK socket, not observed)\n" in shown.stdout
+        assert cli(rundir, "approve", pending["id"], "--for-session").returncode == 0
+        deadline = time.monotonic() + 10
+        while server.defers.poll(token) == "pending" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        observed = ToolCall("stripe/refund", dict(args), session_id="s1")  # not an SdkCall: the sandbox saw it
+        answer = service.approver(audit.append).answer(observed, DEFER, 0.5)
+        assert (answer.effect, answer.reason_code) == (Effect.DENY, "APPROVAL_EXPIRED")
+        again = sdk_govern(server.socket_path, args)["defer_token"]
+        deadline = time.monotonic() + 10
+        while (status := server.defers.poll(again)) == "pending" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert status == "approved"
+    finally:
+        server.close()
+    outcomes = [(r["origin"], r["reason_code"]) for r in audit if r.get("kind") in ("approval", "denial", "expiry")]
+    assert outcomes == [("sdk", "APPROVAL_GRANTED"), ("sandbox", "APPROVAL_EXPIRED"), ("sdk", "SESSION_APPROVAL")]
+
+
+def test_a_sandbox_session_answer_does_not_cover_an_sdk_report(service, rundir):
+    """The other way round: "for this session" on an observed call leaves the same call reported over the SDK
+    waiting."""
+    from launcher.sdk_server import SdkCall
+    audit: list = []
+    thread, answers = ask_async(service, audit, ToolCall("stripe/refund", {"amount": 900}, session_id="s1"))
+    [pending] = wait_pending(rundir)
+    assert pending["origin"] == "sandbox"
+    assert cli(rundir, "approve", pending["id"], "--for-session").returncode == 0
+    thread.join(10)
+    reported = service.approver(audit.append).answer(SdkCall("stripe/refund", {"amount": 900}), DEFER, 0.5)
+    assert [answers[0].reason_code, reported.reason_code] == ["APPROVAL_GRANTED", "APPROVAL_EXPIRED"]

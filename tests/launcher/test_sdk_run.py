@@ -101,6 +101,8 @@ def test_sdk_calls_and_syscalls_share_policy_session_and_audit(tmp_path: Path):
         ("stripe/refund", {"amount": 800}, "DEFER", "RULE_DEFER"),
         ("stripe/refund", {"amount": 800}, "DENY", "APPROVAL_EXPIRED"),
     ]
+    # The sandbox connects on the agent's behalf: its pid is unknown, and the launcher's is not recorded.
+    assert {r["pid"] for r in records if r["syscall"] == "sdk"} == {None}
     secret = [r for r in records if r["tool"] == "fs/read" and str(r["args"].get("path", "")).endswith("secret.txt")]
     assert [(r["effect"], r["reason_code"]) for r in secret] == [("DENY", "RULE_DENY")]
     assert secret[0]["syscall"] in ("open", "openat")

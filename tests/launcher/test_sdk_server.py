@@ -4,6 +4,8 @@ shared with syscall-style calls, and the audit records it writes."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -85,7 +87,7 @@ def test_permitted_call_runs_and_is_audited_like_a_syscall(sdk_env):
                                    "reason_code", "agent_id", "pid")} == {
         "session": "run-1", "syscall": "sdk", "kind": "decision", "tool": "stripe/refund",
         "args": {"amount": 100}, "effect": "PERMIT", "rule_id": "fpl-2", "reason_code": "RULE_PERMIT",
-        "agent_id": "payments", "pid": os.getpid()}
+        "agent_id": "payments", "pid": None}  # this process is the peer: see test_peer_pid_*
     assert len(record["policy_version"]) == 16
 
 
@@ -290,4 +292,31 @@ def test_open_approvals_are_capped(sdk_env, monkeypatch):
     finally:
         release.set()
     assert (first["effect"], second["effect"], second["reason_code"]) == ("DEFER", "DENY", "DEFER_LIMIT")
-    assert records[1]["reason"] == "too many approvals open at once (high value refund)"
+    assert records[1]["reason"] == "too many approvals open at once (1 wait already; answer those first) " \
+                                   "(high value refund)"
+
+
+def test_peer_pid_is_the_connecting_process_or_none_for_the_launcher_itself(sdk_env):
+    """Another process connecting directly is recorded with its pid; a connection this process made (as the
+    sandbox does for the agent, on its behalf) is recorded with pid null, never with the launcher's pid."""
+    server, records = sdk_env()
+    script = ("import json, socket, sys\n"
+              "conn = socket.socket(socket.AF_UNIX)\n"
+              "conn.connect(sys.argv[1])\n"
+              "conn.sendall(json.dumps({'type': 'govern', 'tool_id': 'stripe/refund', 'args': {'amount': 1}})"
+              ".encode() + b'\\n')\n"
+              "print(json.loads(conn.makefile().readline())['effect'])\n")
+    child = subprocess.Popen([sys.executable, "-c", script, server.socket_path], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    out, err = child.communicate(timeout=30)
+    assert out == "PERMIT\n", err
+    govern_via_transport(detect_transport(), "stripe/refund", {"amount": 2}, agent_id="payments")
+    assert [(r["args"]["amount"], r["pid"]) for r in records] == [(1, child.pid), (2, None)]
+
+
+def test_deferred_sdk_call_reaches_the_approver_marked_as_reported(sdk_env):
+    """The call an approver is asked about says it came over the SDK (launcher/approvals.py shows and keys it so)."""
+    asked = []
+    sdk_env(approve=lambda call, decision, timeout: asked.append(getattr(call, "origin", None)) or True)
+    assert refund_tool()().run(amount=800) == "refunded 800"
+    assert asked == ["sdk"]

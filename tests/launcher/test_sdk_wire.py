@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import policy
-from launcher import sdk_server
+from launcher import sdk_defer, sdk_server
 from launcher.sdk_server import SdkServer
 
 POLICY = """agent a {
@@ -231,3 +231,49 @@ def test_connections_beyond_the_limit_are_closed_unanswered(tmp_path: Path, monk
             conn.close()
         time.sleep(0.2)
         assert exchange(srv.socket_path, rpc_govern("stripe", "refund", {"amount": 1}))["result"]["effect"] == "PERMIT"
+
+
+RESERVED = ("is refused: fs/, net/, shell/ and http/ name the calls the sandbox observes itself (syscalls, DNS "
+            "lookups, HTTP through the egress), which the agent cannot report; give the tool a name outside them")
+
+
+@pytest.mark.parametrize("tool_id", ["fs/write", "net/connect", "net/dns", "shell/exec", "http/post", "http/request",
+                                     "FS/write", "\u0455hell/exec", " fs//write", "/net/connect", "fs"])
+def test_tool_ids_of_the_sandbox_namespaces_are_refused(server, tool_id):
+    """An agent cannot report a call under the tool ids of what the sandbox observes (spelled in any way the
+    engine would read as one of them): the SDK gets an error, nothing is decided or recorded."""
+    request = {"type": "govern", "tool_id": tool_id, "args": {"path": "/etc/hosts", "flags": ["O_WRONLY"], "pid": 1}}
+    assert exchange(server.socket_path, json.dumps(request).encode() + b"\n") == {
+        "error": f"tool {tool_id!r} {RESERVED}"}
+    assert server.records == []
+
+
+def test_jsonrpc_tool_and_operation_in_a_sandbox_namespace_are_refused(server):
+    """tool "shell" (the SDK sends a bare name as operation "invoke") gets a JSON-RPC error naming the joined id."""
+    for tool, operation, joined in (("fs", "write", "fs/write"), ("shell", "invoke", "shell/invoke")):
+        reply = exchange(server.socket_path, rpc_govern(tool, operation, {}))
+        assert reply["error"] == {"code": -32602, "message": f"tool {joined!r} {RESERVED}"}
+    assert server.records == []
+
+
+@pytest.mark.parametrize("tool_id", ["stripe/refund", "files/write", "httpx/get", "network/ping", "search/invoke",
+                                     "search", "myfs/write"])
+def test_tool_ids_outside_the_sandbox_namespaces_are_decided(server, tool_id):
+    """Names that only start like a sandbox namespace, and the SDK's own forms, are decided as usual."""
+    request = {"type": "govern", "tool_id": tool_id, "args": {"amount": 1}}
+    assert "effect" in exchange(server.socket_path, json.dumps(request).encode() + b"\n")
+    assert [r["tool"] for r in server.records] == [tool_id]
+
+
+def test_deferred_call_with_oversized_arguments_is_denied_unheld(server):
+    """A DEFER whose arguments are too large to hold for a person is answered DENY DEFER_ARGS_TOO_LARGE: no token,
+    no approval asked, nothing kept; a PERMIT of the same size is unaffected."""
+    pad = "x" * sdk_defer.MAX_ARGS
+    result = exchange(server.socket_path, rpc_govern("stripe", "refund", {"amount": 900, "pad": pad}))["result"]
+    assert (result["effect"], result["reason_code"], "defer_token" in result) == ("DENY", "DEFER_ARGS_TOO_LARGE", False)
+    assert result["reason"].startswith(f"the arguments of a call held for approval may take at most "
+                                       f"{sdk_defer.MAX_ARGS} characters as JSON, these take ")
+    assert server.defers.sizes() == (0, 0)
+    assert [(r["effect"], r["reason_code"]) for r in server.records] == [("DENY", "DEFER_ARGS_TOO_LARGE")]
+    result = exchange(server.socket_path, rpc_govern("stripe", "refund", {"amount": 9, "pad": pad}))["result"]
+    assert result["effect"] == "PERMIT"

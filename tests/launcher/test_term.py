@@ -225,10 +225,10 @@ def test_approvals_list_prints_an_aligned_table(rundir, service):  # noqa: F811 
             time.sleep(0.05)
         lines = listed.stdout.splitlines()
         approval_id = lines[1].split()[0]
-        assert lines[0].split() == ["ID", "TOOL", "ARGUMENTS", "RULE", "EXPIRES"]
-        assert [lines[0].index(word) for word in ("TOOL", "ARGUMENTS", "RULE", "EXPIRES")] == \
-            [lines[1].index(cell) for cell in ("fs/write", '{"path": "/tmp/x/a"', "fpl-0", "in ")]
-        assert lines[1].startswith(f"{approval_id}  fs/write  ")
+        assert lines[0].split() == ["ID", "TOOL", "ORIGIN", "ARGUMENTS", "RULE", "EXPIRES"]
+        assert [lines[0].index(word) for word in ("TOOL", "ORIGIN", "ARGUMENTS", "RULE", "EXPIRES")] == \
+            [lines[1].index(cell) for cell in ("fs/write", "sandbox", '{"path": "/tmp/x/a"', "fpl-0", "in ")]
+        assert lines[1].startswith(f"{approval_id}  fs/write  sandbox  ")
     finally:
         cli(rundir, "deny", approval_id)
         thread.join()

@@ -75,10 +75,11 @@ def test_call_appears_after_load_and_approve_lets_it_proceed(page, lab):
     cells = row.locator("td")
     expect(cells.nth(0)).to_have_text("s1")
     expect(cells.nth(2)).to_have_text("fs/write")
-    expect(cells.nth(3)).to_contain_text('"path": "/tmp/x/report.txt"')
-    expect(cells.nth(4)).to_have_text("fpl-3")
-    expect(cells.nth(5)).to_have_text("writes under /tmp/x need a person")
-    expect(cells.nth(7)).to_have_text(countdown(110, 120))
+    expect(cells.nth(3)).to_have_text("sandbox (observed by the sandbox)")
+    expect(cells.nth(4)).to_contain_text('"path": "/tmp/x/report.txt"')
+    expect(cells.nth(5)).to_have_text("fpl-3")
+    expect(cells.nth(6)).to_have_text("writes under /tmp/x need a person")
+    expect(cells.nth(8)).to_have_text(countdown(110, 120))
     row.get_by_role("button", name="Approve", exact=True).click()
     waiter.join(10)
     [resolution] = lab.answers
@@ -137,7 +138,7 @@ def test_markup_in_arguments_is_shown_as_text(page, lab):
     """A path an agent chose that looks like HTML is displayed literally, never parsed into elements."""
     open_page(page, lab)
     lab.defer('/tmp/x/<img src=/ onerror="document.title=1">', timeout=60)
-    cell = page.locator("#pending tbody tr td").nth(3)
+    cell = page.locator("#pending tbody tr td").nth(4)
     expect(cell).to_contain_text('<img src=/ onerror=\\"document.title=1\\">')
     assert page.locator("#pending img").count() == 0
     assert page.title() == "faramesh-sandbox approvals"

@@ -81,9 +81,9 @@ def test_page_answers_a_real_runs_held_writes(world):
             run = start_run(world, "a", "b")
             row = page.locator("#pending tbody tr")
             expect(row).to_have_count(1, timeout=20_000)
-            expect(row.locator("td").nth(3)).to_contain_text(f'"path": "{world["dir"]}/a"')
+            expect(row.locator("td").nth(4)).to_contain_text(f'"path": "{world["dir"]}/a"')
             row.get_by_role("button", name="Approve", exact=True).click()
-            expect(row.locator("td").nth(3)).to_contain_text(f'"path": "{world["dir"]}/b"', timeout=20_000)
+            expect(row.locator("td").nth(4)).to_contain_text(f'"path": "{world["dir"]}/b"', timeout=20_000)
             row.get_by_role("button", name="Deny").click()
             out, err = run.communicate(timeout=30)
             assert (run.returncode, out) == (0, "a ok\nb errno=13\n"), err
