@@ -2,6 +2,7 @@
 
 Codes (stable): E301-E306 conditions (see _conditions), E310-E316 block values,
 E320/E321 ``deny!`` guarantee (E322 under ``policy check`` only), E330-E334 document shape; W300-W303 warnings.
+E323/E324 and W307 (tool patterns) come from ``_patterns``, which runs first.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from policy import ast
+from policy._patterns import canonical_patterns
 from policy.errors import Diagnostic
 from policy.glob import compile_glob, has_meta, is_valid_glob
 
@@ -195,6 +197,8 @@ def check_layer_conflicts(files: list[tuple[str, str, ast.Document]]) -> list[Di
 
     Stacked as layers, the deny! wins, so the rule never takes effect. It is a
     warning, not an error: each file is valid on its own."""
+    # patterns as the compiler reads them; their own diagnostics were reported per file
+    files = [(path, text, canonical_patterns(doc, Reporter(path, text))) for path, text, doc in files]
     covering = _CoverIndex()
     order = 0
     for path, text, doc in files:

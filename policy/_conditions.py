@@ -18,6 +18,7 @@ from policy import _context as context
 from policy import _exprlib as lib
 from policy import _functions as functions
 from policy import ast
+from policy._patterns import tool_pattern
 from policy.glob import compile_glob, glob_match
 
 MAX_CALLS = 32
@@ -144,6 +145,7 @@ class _Codegen:
     def __init__(self, span: ast.Span):
         self.consts: dict[str, object] = {}
         self.problems: list[tuple[str, str, ast.Span, str]] = []
+        self.warnings: list[tuple[str, str, ast.Span, str]] = []
         self.calls = 0
         self.operators = 0
         self.temps = 0
@@ -279,9 +281,21 @@ class _Codegen:
     def _ListExpr(self, node: ast.ListExpr, depth: int) -> str:
         return "[" + ", ".join(self.emit(item, depth) for item in node.items) + "]"
 
+    def _tool_glob(self, pattern: str, node) -> str:
+        """A literal tool pattern, canonical like the tool ids it meets (policy/_patterns.py)."""
+        canonical, problem = tool_pattern(pattern)
+        if problem is not None:
+            severity, code, message, help_text = problem
+            if severity == "error":
+                self.problem(code, message, node, help_text)
+                return "None"
+            span = getattr(node, "span", ast.NO_SPAN)
+            self.warnings.append((code, message, span if span.line else self.span, help_text))
+        return self.const(compile_glob(canonical))
+
     def _glob_arg(self, node, depth: int) -> str:
         if isinstance(node, ast.Literal) and isinstance(node.value, str):
-            return self.const(compile_glob(node.value))
+            return self._tool_glob(node.value, node)
         return f"_dglob({self.emit(node, depth)})"
 
     def _Call(self, node: ast.Call, depth: int) -> str:
@@ -320,18 +334,19 @@ class _Codegen:
             return "None"
         window = self.emit(kwargs["window"], depth) if "window" in kwargs else "None"
         self.sum_fields.add(field)
-        return f"_sum(c, {self.const(compile_glob(tool))}, {field!r}, {window})"
+        return f"_sum(c, {self._tool_glob(tool, node)}, {field!r}, {window})"
 
 
 class CompiledCondition:
     """A condition as a Python function of an ``EvalContext``, plus what it needs."""
 
-    __slots__ = ("function", "source", "sum_fields")
+    __slots__ = ("function", "source", "sum_fields", "warnings")
 
-    def __init__(self, function, source: str, sum_fields: frozenset[str]):
+    def __init__(self, function, source: str, sum_fields: frozenset[str], warnings: tuple = ()):
         self.function = function
         self.source = source
         self.sum_fields = sum_fields
+        self.warnings = warnings  # (code, message, span, help), e.g. W307 for a rewritten tool pattern
 
 
 def compile_condition(expr: ast.Expr, text: str, span: ast.Span, label: str) -> CompiledCondition:
@@ -358,4 +373,4 @@ def compile_condition(expr: ast.Expr, text: str, span: ast.Span, label: str) -> 
         raise ConditionError([("E305", "condition is too deeply nested to compile", span,
                                "split the condition into several rules")]) from None
     exec(code, namespace)  # source is generated from the AST, never from user text
-    return CompiledCondition(namespace["condition"], source, frozenset(gen.sum_fields))
+    return CompiledCondition(namespace["condition"], source, frozenset(gen.sum_fields), tuple(gen.warnings))

@@ -4,6 +4,12 @@ Each takes the ``EvalContext`` first. Tool-pattern arguments arrive as
 precompiled ``path.Match`` matchers. History is read through ``SessionState``,
 which raises ``HistoryTruncated`` when the bound has dropped entries a window
 needs; the evaluator turns that into a deny.
+
+``history_*`` and ``session.sum`` see only PERMIT entries (permitted calls, and
+deferred ones a human approved: ``Engine.commit_approved``). A denied or
+unapproved call never happened, and an agent must not satisfy ``permit deploy
+when history_contains_within("ci/tests_passed", 3600)`` by asking for a tool it
+knows will be refused. ``deny_count_within`` counts the DENY entries.
 """
 
 from __future__ import annotations
@@ -31,19 +37,19 @@ def _seconds(value) -> float:
 
 def fn_history_contains_within(c: EvalContext, matcher, seconds) -> bool:
     since = c.now - _seconds(seconds)
-    return any(matcher(entry[TOOL]) for entry in c.state.window(since))
+    return any(entry[EFFECT] == "PERMIT" and matcher(entry[TOOL]) for entry in c.state.window(since))
 
 
 def fn_history_sequence(c: EvalContext, *matchers) -> bool:
     position = 0
     for entry in c.state.whole_history():
-        if position < len(matchers) and matchers[position](entry[TOOL]):
+        if position < len(matchers) and entry[EFFECT] == "PERMIT" and matchers[position](entry[TOOL]):
             position += 1
     return position == len(matchers)
 
 
 def fn_history_tool_count(c: EvalContext, matcher) -> int:
-    return c.state.count_matching(matcher)
+    return c.state.count_permitted(matcher)
 
 
 def fn_deny_count_within(c: EvalContext, seconds) -> int:

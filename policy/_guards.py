@@ -23,18 +23,23 @@ def _decision(policy: CompiledPolicy, layer: int, effect: Effect, code: str, rea
 
 
 def rate_limit(policy: CompiledPolicy, layer: int, tool: str, state: SessionState, now: float) -> Decision | None:
-    """Token bucket per ``rate_limit`` line: N calls per window, refilled continuously."""
-    for pattern, matcher, count, seconds in policy.rate_limits:
+    """Token bucket per ``rate_limit`` line: N calls per window, refilled continuously.
+
+    A call takes a token from every matching bucket, or, when one is empty, from none."""
+    taken = []
+    for pattern, matcher, count, seconds, bucket in policy.rate_limits:
         if not matcher(tool):
             continue
-        key = f"{layer}:{pattern}"
+        key = f"{layer}:{bucket}"
         tokens, last = state.buckets.get(key, (float(count), now))
         tokens = min(float(count), tokens + max(now - last, 0.0) * count / seconds)
         if tokens < 1.0:
             state.buckets[key] = [tokens, now]
             return _decision(policy, layer, Effect.DENY, "RATE_EXCEEDED",
                              f"rate limit {pattern}: {count} per {int(seconds)}s exceeded")
-        state.buckets[key] = [tokens - 1.0, now]
+        taken.append((key, tokens - 1.0))
+    for key, tokens in taken:
+        state.buckets[key] = [tokens, now]
     return None
 
 

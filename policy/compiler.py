@@ -17,6 +17,7 @@ from policy._checks import SAME_PATTERN_PERMIT, Reporter, check_document, ordere
 from policy._static import reads_session
 from policy._conditions import CompiledCondition, ConditionError, compile_condition
 from policy._network import compile_net_clauses
+from policy._patterns import canonical_patterns
 from policy.decision import Decision, Effect
 from policy.errors import Diagnostic, PolicyError
 from policy.glob import compile_glob, compile_visibility, has_meta
@@ -68,7 +69,7 @@ class CompiledPolicy:
     start_phase: str | None
     delegates: dict[str, ast.Delegate]
     manifest: tuple[ast.Manifest, ...]
-    rate_limits: tuple[tuple[str, object, int, float], ...]  # (pattern, matcher, count, seconds)
+    rate_limits: tuple[tuple[str, object, int, float, str], ...]  # (pattern, matcher, count, seconds, bucket)
     vars: dict[str, object]
     warnings: tuple[Diagnostic, ...]
     sum_fields: frozenset[str]
@@ -118,6 +119,8 @@ def _compile_rule(rule: ast.Rule, position: int, version: str, path: str, report
         try:
             condition = compile_condition(rule.condition, rule.condition_text, rule.span, label)
             sum_fields.update(condition.sum_fields)
+            for code, message, span, help_text in condition.warnings:
+                report.warning(code, message, span, help_text)
         except ConditionError as exc:
             for code, message, span, help_text in exc.problems:
                 report.error(code, message, span, help_text)
@@ -169,6 +172,18 @@ def _phases(agent: ast.Agent | None) -> tuple[dict[str, CompiledPhase], str | No
 _PER_SECONDS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 
 
+def _rate_limits(agent: ast.Agent | None) -> tuple:
+    """One token bucket per ``rate_limit`` line. The bucket is named by the pattern (as
+    session files store it) and, from a pattern's second line on, by its occurrence too:
+    ``10 per second`` beside ``3 per day`` must not refill the daily bucket."""
+    limits, seen = [], {}
+    for line in (agent.of(ast.RateLimit) if agent else ()):
+        seen[line.pattern] = n = seen.get(line.pattern, 0) + 1
+        bucket = line.pattern if n == 1 else f"{line.pattern}\x00{n}"  # no pattern holds a NUL (E323)
+        limits.append((line.pattern, compile_glob(line.pattern), line.count, _PER_SECONDS[line.per], bucket))
+    return tuple(limits)
+
+
 def compile_policy(doc: ast.Document, source_text: str | bytes, path: str) -> CompiledPolicy:
     """Check and compile one document. Raises PolicyError listing every error.
 
@@ -178,6 +193,7 @@ def compile_policy(doc: ast.Document, source_text: str | bytes, path: str) -> Co
     if isinstance(source_text, bytes):
         source_text = source_text.decode("utf-8", "replace")
     report = Reporter(path, source_text)
+    doc = canonical_patterns(doc, report)
     check_document(doc, report)
     sum_fields: set[str] = set()
     compiled = [_compile_rule(rule, n, version, path, report, sum_fields) for n, rule in enumerate(ordered_rules(doc))]
@@ -195,8 +211,7 @@ def compile_policy(doc: ast.Document, source_text: str | bytes, path: str) -> Co
         else:
             exact.setdefault(rule.tool, []).append(rule.position)
     phases, start = _phases(agent)
-    limits = tuple((r.pattern, compile_glob(r.pattern), r.count, _PER_SECONDS[r.per])
-                   for r in (agent.of(ast.RateLimit) if agent else ()))
+    limits = _rate_limits(agent)
     return CompiledPolicy(
         path=path, version=version, agent=agent.name if agent else "", rules=rules,
         default=DEFAULT_EFFECT.get(default_written, Effect.DENY), default_written=default_written,

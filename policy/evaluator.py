@@ -16,7 +16,9 @@ Pipeline of one decision (every step may decide; the first that does wins):
    restrictive effect wins (DENY > DEFER > PERMIT); ties go to the earlier layer.
    So a later layer can add and tighten but never loosen;
 7. when canonicalisation changed an argument and the result is not DENY, the
-   rules run again on the arguments as written and the stricter result stands.
+   rules run again on the arguments as written and the stricter result stands;
+8. the call is recorded in its session; a PERMIT also commits its spend. A DEFER
+   counts as having happened only once ``commit_approved`` reports its approval.
 
 A condition error or a non-bool result denies with EXPR_RUNTIME_ERROR and the
 rule's id; running over the time limits denies with POLICY_EVAL_TIMEOUT; any
@@ -37,7 +39,7 @@ from policy.compiler import CompiledPolicy, CompiledRule
 from policy.decision import Decision, Effect, deny
 from policy._static import static_effect
 from policy._purity import decision_keys
-from policy._envelope import Envelope, envelope
+from policy._envelope import ANYTHING, Envelope, envelope
 from policy.session import SessionStore
 
 DEFER_TTL_SECONDS = 300.0
@@ -88,21 +90,34 @@ class Engine:
         self._sum_fields = tuple(sorted(frozenset().union(*(layer.sum_fields for layer in self.layers))))
         self._tracks_cost = any(layer.budget is not None and (layer.budget.max is not None or layer.budget.daily is not None)
                                 for layer in self.layers)
+        self._spends = self._tracks_cost or bool(self._sum_fields)  # a PERMIT has spend or sums to record
+
+    # The static analyses answer the launcher before any call: like ``decide`` they never
+    # raise, and on a failure give the answer that decides nothing in advance.
 
     def static_effect(self, tool: str) -> Effect | None:
         """PERMIT or DENY when every call to ``tool`` gets that effect whatever its
         arguments and session (the kernel may then decide it), else None."""
-        return static_effect(self.layers, tool)
+        try:
+            return static_effect(self.layers, tool)
+        except Exception:  # None: every call goes to decide, which fails closed
+            return None
 
     def envelope(self, tool: str, key: str = "path") -> Envelope:
         """Every value argument ``key`` of a ``tool`` call can have when the call is permitted
         or deferred (an over-approximation; policy/_envelope.py)."""
-        return envelope(self.layers, tool, key)
+        try:
+            return envelope(self.layers, tool, key)
+        except Exception:  # anything: the kernel closes nothing, decide still rules each call
+            return ANYTHING
 
     def decision_keys(self, tool: str) -> frozenset[str] | None:
         """Argument names that decide every call to ``tool``: calls agreeing on them get the
         same decision whatever else differs (preconditions: policy/_purity.py), or None."""
-        return decision_keys(self.layers, tool)
+        try:
+            return decision_keys(self.layers, tool)
+        except Exception:  # None: no decision is reused
+            return None
 
     @staticmethod
     def _default_decision(index: int, layer: CompiledPolicy) -> Decision:
@@ -153,14 +168,41 @@ class Engine:
             effect = decision.effect
             numbers: tuple = ()
             if effect is _PERMIT:
-                if self._sum_fields:
-                    numbers = tuple((k, float(args[k])) for k in self._sum_fields if is_number(args.get(k)))
-                if self._tracks_cost:
-                    state.add_cost(cost_of(args, call.args), int(call.timestamp // 86400))
+                if self._spends:
+                    numbers = self._spend(state, args, call.args, call.timestamp)
             elif effect is _DEFER:
                 decision = self._with_defer(decision, call, tool)
             state.record(tool, _EFFECT_NAME[effect], call.timestamp, numbers)
         return decision
+
+    def _spend(self, state, args: dict, written: dict, timestamp: float) -> tuple:
+        """Commit a permitted call's cost; the numbers its history entry keeps for session.sum."""
+        if self._tracks_cost:
+            state.add_cost(cost_of(args, written), int(timestamp // 86400))
+        if not self._sum_fields:
+            return ()
+        return tuple((k, float(args[k])) for k in self._sum_fields if is_number(args.get(k)))
+
+    def commit_approved(self, call, decision: Decision, timestamp: float | None = None) -> None:
+        """Record that a human approved ``decision`` (a DEFER of ``call``) and the call ran.
+
+        The session gains a PERMIT entry for it: its spend counts against the budget, its
+        numbers against ``session.sum``, and ``history_*`` see it. The DEFER entry stays
+        (``session.history`` shows both). ``timestamp`` is when it ran, by default the call's;
+        an entry never goes before the newest one, since windows read history in time order.
+        Call it once per approved call; a denied or expired DEFER needs nothing.
+        Raises ValueError when ``decision`` is not a DEFER or ``call`` is malformed."""
+        if decision.effect is not _DEFER:
+            raise ValueError(f"only a DEFER can be approved, not {decision.effect.value}")
+        when = call.timestamp if timestamp is None else timestamp
+        if type(call.tool) is not str or not isinstance(call.args, dict) or type(when) not in _FINITE_TYPES \
+                or not -_FOREVER < when < _FOREVER:
+            raise ValueError("tool must be a string, args a map and the timestamp a finite number")
+        tool, args = canonical_tool(call.tool), canonical_args(call.args)  # NulByte is a ValueError
+        state = self.store.get(call.session_id or call.agent_id)
+        with state.lock:
+            when = max(when, state.newest_timestamp())
+            state.record(tool, "PERMIT", when, self._spend(state, args, call.args, when))
 
     def _canonical_tool(self, tool: str) -> str:
         """canonical_tool with a bounded cache: agents call few distinct tools."""

@@ -36,6 +36,10 @@ class BadPattern(ValueError):
     """The pattern is not valid ``path.Match`` syntax."""
 
 
+class PatternTooLarge(ValueError):
+    """RE2 cannot compile the pattern within its memory budget (many stars in a long segment)."""
+
+
 def has_meta(pattern: str) -> bool:
     """True when ``pattern`` uses any glob syntax."""
     return any(ch in _META for ch in pattern)
@@ -142,7 +146,9 @@ def _needs_re2(pattern: str) -> bool:
 
 
 def compile_glob(pattern: str) -> Matcher:
-    """Compile ``pattern`` once; the result answers ``path.Match(pattern, name)``."""
+    """Compile ``pattern`` once; the result answers ``path.Match(pattern, name)``.
+
+    Raises PatternTooLarge when RE2 cannot compile it (the policy compiler reports E324)."""
     simple = _simple_shape(pattern)
     if simple is not None:
         return simple
@@ -154,6 +160,9 @@ def compile_glob(pattern: str) -> Matcher:
         return _match_none
     if _needs_re2(pattern):
         compiled = re2._re2.RE2(regex.encode(), _RE2_OPTIONS)
+        if not compiled.ok():  # its Match would return nothing: refuse here, not on every call
+            raise PatternTooLarge(f"pattern of {len(pattern)} characters is too large to match "
+                                  f"({compiled.error()[:80]})")
         both = compiled.Anchor.ANCHOR_BOTH
         match = compiled.Match
 

@@ -17,6 +17,7 @@ from collections import deque
 HISTORY_LIMIT = 4096
 TOOL_COUNT_LIMIT = 4096
 NUMERIC_FIELD_LIMIT = 16
+_OVERFLOW = "\x00overflow"  # permit_counts key: too many tools to count, history_tool_count fails closed
 
 
 class HistoryTruncated(Exception):
@@ -25,6 +26,7 @@ class HistoryTruncated(Exception):
 
 # A history entry is a plain tuple (cheaper than a named one on the hot path):
 # (tool, effect "PERMIT"|"DENY"|"DEFER", timestamp, ((field, number), ...) for session.sum).
+# Entries are in time order; only PERMIT entries are calls that happened (policy/_functions.py).
 TOOL, EFFECT, TIMESTAMP, NUMBERS = range(4)
 HistoryEntry = tuple
 
@@ -33,7 +35,7 @@ class SessionState:
     """Counters and bounded history of one session. Use ``with state.lock``."""
 
     __slots__ = (
-        "lock", "call_count", "history", "evicted_at", "tool_counts", "deny_count",
+        "lock", "call_count", "history", "evicted_at", "permit_counts", "deny_count",
         "cost_usd", "daily_cost_usd", "day", "phase", "buckets", "invocations",
     )
 
@@ -42,7 +44,7 @@ class SessionState:
         self.call_count = 0
         self.history: deque[HistoryEntry] = deque()
         self.evicted_at: float | None = None  # timestamp of the newest evicted entry
-        self.tool_counts: dict[str, int] = {}
+        self.permit_counts: dict[str, int] = {}  # tool -> PERMIT entries, for history_tool_count
         self.deny_count = 0
         self.cost_usd = 0.0
         self.daily_cost_usd = 0.0
@@ -59,16 +61,24 @@ class SessionState:
         if len(history) >= HISTORY_LIMIT:
             self.evicted_at = history.popleft()[TIMESTAMP]
         history.append((tool, effect, timestamp, numbers))
-        counts = self.tool_counts
+        if effect == "PERMIT":
+            self._count_permit(tool)
+        elif effect == "DENY":
+            self.deny_count += 1
+
+    def _count_permit(self, tool: str) -> None:
+        counts = self.permit_counts
         seen = counts.get(tool)
         if seen is not None:
             counts[tool] = seen + 1
         elif len(counts) < TOOL_COUNT_LIMIT:
             counts[tool] = 1
         else:
-            counts["\x00overflow"] = counts.get("\x00overflow", 0) + 1
-        if effect == "DENY":
-            self.deny_count += 1
+            counts[_OVERFLOW] = counts.get(_OVERFLOW, 0) + 1
+
+    def newest_timestamp(self) -> float:
+        """Timestamp of the latest entry (-inf when empty): windows rely on time order."""
+        return self.history[-1][TIMESTAMP] if self.history else -math.inf
 
     def add_cost(self, amount: float, day: int) -> None:
         self.roll_day(day)
@@ -97,10 +107,11 @@ class SessionState:
             raise HistoryTruncated("session history is longer than the kept bound")
         return iter(self.history)
 
-    def count_matching(self, matcher) -> int:
-        if "\x00overflow" in self.tool_counts:
+    def count_permitted(self, matcher) -> int:
+        """PERMIT entries (evicted ones included) whose tool ``matcher`` accepts."""
+        if _OVERFLOW in self.permit_counts:
             raise HistoryTruncated("too many distinct tool names in this session")
-        return sum(n for tool, n in self.tool_counts.items() if matcher(tool))
+        return sum(n for tool, n in self.permit_counts.items() if matcher(tool))
 
     def history_view(self) -> list[dict]:
         """``session.history`` for conditions: newest first."""
@@ -108,12 +119,23 @@ class SessionState:
 
     # ------------------------------------------------------------ persistence
 
+    def _recount_permits(self) -> None:
+        """permit_counts for a session file written before they existed (its ``tool_counts``
+        counted refused calls too): from the history when it is whole, else fail closed."""
+        self.permit_counts = {}
+        if self.evicted_at is not None:
+            self.permit_counts[_OVERFLOW] = 1
+            return
+        for entry in self.history:
+            if entry[EFFECT] == "PERMIT":
+                self._count_permit(entry[TOOL])
+
     def to_dict(self) -> dict:
         return {
             "call_count": self.call_count,
             "history": [[e[TOOL], e[EFFECT], e[TIMESTAMP], [list(p) for p in e[NUMBERS]]] for e in self.history],
             "evicted_at": self.evicted_at,
-            "tool_counts": dict(self.tool_counts),
+            "permit_counts": dict(self.permit_counts),
             "deny_count": self.deny_count,
             "cost_usd": self.cost_usd,
             "daily_cost_usd": self.daily_cost_usd,
@@ -134,7 +156,10 @@ class SessionState:
             state.history.append((str(tool), str(effect), _float(ts), pairs))
         evicted = data.get("evicted_at")
         state.evicted_at = None if evicted is None else _float(evicted)
-        state.tool_counts = {str(k): _int(v) for k, v in data.get("tool_counts", {}).items()}
+        if "permit_counts" in data:
+            state.permit_counts = {str(k): _int(v) for k, v in data["permit_counts"].items()}
+        else:
+            state._recount_permits()
         state.deny_count = _int(data.get("deny_count", 0))
         state.cost_usd = _float(data.get("cost_usd", 0.0))
         state.daily_cost_usd = _float(data.get("daily_cost_usd", 0.0))

@@ -1,6 +1,9 @@
 """Session state: budgets, phases, history functions, session.sum, persistence, threads."""
 
+import json
 import threading
+
+import pytest
 
 from policy import Effect, Engine, SessionStore, ToolCall, ast
 from policy.session import HISTORY_LIMIT, SessionState
@@ -125,7 +128,7 @@ def test_store_round_trips_through_json():
     run(engine, "t", {"amount": 3}, ts=5.0)
     restored = SessionStore.from_json(engine.store.to_json())
     state = restored.get("s1")
-    assert (state.call_count, list(state.history), state.tool_counts) == (1, [("t", "PERMIT", 5.0, ())], {"t": 1})
+    assert (state.call_count, list(state.history), state.permit_counts) == (1, [("t", "PERMIT", 5.0, ())], {"t": 1})
     again = Engine([policy], restored)
     assert run(again, "t").effect is Effect.PERMIT
     assert run(again, "t").reason_code == "SESSION_TOOL_LIMIT"
@@ -176,8 +179,128 @@ def test_rate_limit_token_bucket():
 
 
 def test_state_object_records_denies():
-    """SessionState.record counts denies and tools."""
+    """SessionState.record counts denies, and per tool only the permitted calls."""
     state = SessionState()
     state.record("a", "DENY", 1.0)
     state.record("a", "PERMIT", 2.0)
-    assert (state.deny_count, state.tool_counts) == (1, {"a": 2})
+    state.record("a", "DEFER", 3.0)
+    assert (state.deny_count, state.permit_counts, len(state.history)) == (1, {"a": 1}, 3)
+
+
+def test_each_rate_limit_line_has_its_own_bucket():
+    """Two lines on one pattern are two buckets: 10 per second must not refill 3 per day."""
+    engine = Engine([compiled(agent(ast.RateLimit("stripe/refund", 10, "second"),
+                                    ast.RateLimit("stripe/refund", 3, "day"), default="permit"))])
+    effects = [run(engine, "stripe/refund", ts=1000.0 + n).effect for n in range(100)]
+    assert effects.count(Effect.PERMIT) == 3
+    assert run(engine, "stripe/refund", ts=1000.0 + 86400).effect is Effect.PERMIT
+
+
+def test_a_refused_call_takes_no_token():
+    """When one bucket is empty the call is refused and the other lines keep their tokens."""
+    engine = Engine([compiled(agent(ast.RateLimit("net/get", 2, "day"), ast.RateLimit("net/*", 1, "hour"),
+                                    default="permit"))])
+    assert run(engine, "net/get", ts=0.0).effect is Effect.PERMIT
+    assert run(engine, "net/get", ts=1.0).reason_code == "RATE_EXCEEDED"  # hourly empty
+    assert run(engine, "net/get", ts=3601.0).effect is Effect.PERMIT  # the refusal spent no daily token
+    assert run(engine, "net/get", ts=7300.0).reason_code == "RATE_EXCEEDED"  # daily empty now
+
+
+def test_rate_limit_buckets_round_trip_and_old_files_keep_the_first_lines_bucket():
+    """The first line of a pattern keeps the bucket name session files already use."""
+    engine = Engine([compiled(agent(ast.RateLimit("t", 5, "day"), ast.RateLimit("t", 1, "day"), default="permit"))])
+    run(engine, "t", ts=0.0)
+    assert sorted(engine.store.get("s1").buckets) == ["0:t", "0:t\x002"]
+    again = Engine(engine.layers, SessionStore.from_json(engine.store.to_json()))
+    assert run(again, "t", ts=1.0).reason_code == "RATE_EXCEEDED"
+
+
+@pytest.mark.parametrize("gate", [
+    call("history_contains_within", lit("ci/*"), lit(3600)),
+    op(">", call("history_tool_count", lit("ci/*")), lit(0)),
+    call("history_sequence", lit("ci/*")),
+], ids=["contains_within", "tool_count", "sequence"])
+def test_history_functions_ignore_refused_and_unapproved_calls(gate):
+    """A denied or deferred call did not happen: asking for a refused tool cannot satisfy a
+    history gate (deny_count_within still counts the denial)."""
+    engine = Engine([compiled(agent(rules(rule("permit", "deploy", gate), rule("defer", "ci/deferred")),
+                                    default="deny"))])
+    run(engine, "ci/passed", ts=1.0)  # denied by default
+    run(engine, "ci/deferred", ts=2.0)  # deferred, never approved
+    assert run(engine, "deploy", ts=3.0).effect is Effect.DENY
+    assert engine.store.get("s1").deny_count == 2
+    allowed = Engine([compiled(agent(rules(rule("permit", "deploy", gate), rule("permit", "ci/passed")),
+                                     default="deny"))])
+    run(allowed, "ci/passed", ts=1.0)
+    assert run(allowed, "deploy", ts=3.0).effect is Effect.PERMIT
+
+
+def test_old_session_files_recount_permits_or_fail_closed():
+    """A file from before permit_counts counted refused calls per tool: counts are rebuilt from
+    the kept history, or history_tool_count fails closed when part of it was evicted."""
+    old = {"version": 1, "sessions": {"s1": {"history": [["ci/x", "DENY", 1.0, []], ["ci/x", "PERMIT", 2.0, []]],
+                                              "tool_counts": {"ci/x": 2}}}}
+    assert SessionStore.from_json(json.dumps(old)).get("s1").permit_counts == {"ci/x": 1}
+    old["sessions"]["s1"]["evicted_at"] = 0.5
+    engine = Engine([compiled(agent(rules(rule("permit", "t", op(">", call("history_tool_count", lit("ci/*")), lit(0))))))],
+                    SessionStore.from_json(json.dumps(old)))
+    assert run(engine, "t", ts=3.0).reason_code == "EXPR_RUNTIME_ERROR"
+
+
+def _refunds(budget=None):
+    total = call("session.sum", ast.Member(ast.Name("stripe/refund"), "amount"), window=lit(86400.0, "h"))
+    items = (rules(rule("permit", "stripe/refund", op("<=", op("+", total, name("amount")), lit(1000, "$"))),
+                   rule("defer", "stripe/refund")),) + ((budget,) if budget else ())
+    return Engine([compiled(agent(*items))])
+
+
+def test_commit_approved_counts_an_approved_defer_as_permitted():
+    """commit_approved(call, decision) records the approved call as a PERMIT: session.sum and the
+    budget spend include it, so the next refund over the running total is deferred too."""
+    engine = _refunds(ast.Budget("session", max=5000.0))
+    assert run(engine, "stripe/refund", {"amount": 100}, ts=10.0).effect is Effect.PERMIT
+    deferred = ToolCall("stripe/refund", {"amount": 950}, session_id="s1", timestamp=20.0, call_id="c2")
+    decision = engine.decide(deferred)
+    assert decision.effect is Effect.DEFER
+    engine.commit_approved(deferred, decision)
+    assert run(engine, "stripe/refund", {"amount": 800}, ts=30.0).effect is Effect.DEFER
+    state = engine.store.get("s1")
+    assert state.cost_usd == 1050.0
+    assert [(e[1], e[3]) for e in state.history][:3] == [
+        ("PERMIT", (("amount", 100.0),)), ("DEFER", ()), ("PERMIT", (("amount", 950.0),))]
+
+
+def test_commit_approved_keeps_history_in_time_order_and_refuses_non_defers():
+    """An approval recorded with an older timestamp goes after the newest entry (windows read
+    history newest first); only a DEFER can be approved."""
+    engine = _refunds()
+    deferred = ToolCall("stripe/refund", {"amount": 2000}, session_id="s1", timestamp=5.0)
+    decision = engine.decide(deferred)
+    run(engine, "other", ts=50.0)
+    engine.commit_approved(deferred, decision)
+    assert [e[2] for e in engine.store.get("s1").history] == [5.0, 50.0, 50.0]
+    engine.commit_approved(deferred, decision, timestamp=60.0)
+    assert engine.store.get("s1").history[-1][2] == 60.0
+    refused = run(engine, "other", ts=70.0)
+    with pytest.raises(ValueError, match="only a DEFER"):
+        engine.commit_approved(ToolCall("other", {}, session_id="s1"), refused)
+
+
+def test_commit_approved_is_thread_safe():
+    """Approvals committed from several threads while others decide are all counted."""
+    engine = _refunds(ast.Budget("session", max=1e9))
+    deferred = ToolCall("stripe/refund", {"amount": 5000}, session_id="s1", timestamp=1.0)
+    decision = engine.decide(deferred)
+
+    def approve():
+        for _ in range(200):
+            engine.commit_approved(deferred, decision)
+            run(engine, "other", ts=1.0)
+
+    threads = [threading.Thread(target=approve) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = engine.store.get("s1")
+    assert (state.cost_usd, state.permit_counts.get("stripe/refund")) == (4 * 200 * 5000.0, 800)
