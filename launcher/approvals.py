@@ -321,8 +321,8 @@ class ApprovalService:
             self.close()
             raise ServiceError(first.decode(errors="replace") or "the approval service exited")
 
-    def approver(self, audit: Callable[[dict], None] | None) -> "Approver":
-        return Approver(self._ask, audit)
+    def approver(self, audit: Callable[[dict], None] | None, commit=None) -> "Approver":
+        return Approver(self._ask, audit, commit)
 
     def _ask(self, call, decision, timeout: float) -> dict:
         # launcher.sdk_server.SdkCall says "sdk"; every other call is one the sandbox observed
@@ -371,10 +371,12 @@ class ApprovalService:
 class Approver:
     """The approve callable: ``approver(call, decision, timeout) -> bool``; ``answer()`` is the
     same with the reason code and reason (e.g. TOO_MANY_PENDING), which the supervisor prefers.
-    The outcome is audited before it is returned: an approval that cannot be recorded is a denial."""
+    The outcome is audited before it is returned: an approval that cannot be recorded is a denial.
+    ``commit(call, decision)`` (policy.Engine.commit_approved) counts an approved call as done, so
+    budgets, session sums and history see it as they see a permitted one."""
 
-    def __init__(self, ask: Callable[..., dict], audit: Callable[[dict], None] | None):
-        self._ask, self._audit = ask, audit
+    def __init__(self, ask: Callable[..., dict], audit: Callable[[dict], None] | None, commit=None):
+        self._ask, self._audit, self._commit = ask, audit, commit
 
     def __call__(self, call, decision: Decision, timeout: float) -> bool:
         return self.answer(call, decision, timeout).effect is Effect.PERMIT
@@ -388,6 +390,11 @@ class Approver:
                 self._audit(reply["record"])
             except Exception:  # noqa: BLE001 - an approval nobody can account for is not granted
                 approved, code, reason = False, "AUDIT_WRITE_FAILED", "the approval could not be recorded"
+        if approved and self._commit is not None:
+            try:
+                self._commit(call, decision)
+            except Exception as err:  # noqa: BLE001 - a call the budgets cannot count does not run
+                approved, code, reason = False, "APPROVAL_NOT_COUNTED", f"the approval could not be counted: {err}"
         return Decision(Effect.PERMIT if approved else Effect.DENY, rule_id=decision.rule_id,
                         reason_code=code, reason=reason, policy_version=decision.policy_version)
 

@@ -196,7 +196,7 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
               file=sys.stderr)
         record = cleanup.NoRecord()
     service = _start_approvals(spec, args, channels)  # forks: before any thread exists
-    approve = service.approver(audit) if service is not None else None
+    approve = service.approver(audit, engine.commit_approved) if service is not None else None
     if status_line is not None and approve is not None:
         approve = status_line.counter.approvals(approve)  # counts the calls waiting for a human
     try:

@@ -252,3 +252,32 @@ def test_prompt_says_where_the_call_comes_from():
         in describe(dict(view, origin="sdk"))
     assert "\n  origin: sandbox (observed by the sandbox)\n" in describe(dict(view, origin="sandbox"))
     assert "\n  origin: unknown ('')\n" in describe(view)
+
+
+REFUNDS = ('agent pay {\n  default deny\n  rules {\n'
+           '    permit stripe/refund when session.sum(stripe/refund.amount, window=24h) + amount <= 1000\n'
+           '    defer stripe/refund reason: "over 1000 a day: a human decides"\n  }\n}\n')
+
+
+@pytest.mark.parametrize("counted", [True, False])
+def test_an_approved_call_counts_toward_session_sums(counted):
+    """100 permitted, 950 deferred and approved: 800 more must be deferred too (1850 > 1000),
+    which it is only when the approver commits the approved call to the engine."""
+    import policy
+    from launcher.approvals import Approver
+    from policy.decision import Effect
+
+    engine = policy.Engine([policy.load_policy(REFUNDS, "p.fpl")], policy.SessionStore())
+    approver = Approver(lambda call, decision, timeout: {"approved": True, "reason_code": "APPROVED", "reason": "ok"},
+                        None, engine.commit_approved if counted else None)
+
+    def refund(amount):
+        call = policy.ToolCall(tool="stripe/refund", args={"amount": amount}, session_id="s",
+                               call_id=f"c{amount}", timestamp=time.time())
+        decision = engine.decide(call)
+        if decision.effect is Effect.DEFER:
+            return "approved" if approver.answer(call, decision, 5).effect is Effect.PERMIT else "denied"
+        return decision.effect.name
+    assert refund(100) == "PERMIT"
+    assert refund(950) == "approved"
+    assert refund(800) == ("approved" if counted else "PERMIT")  # asked, not waved through
