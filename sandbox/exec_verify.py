@@ -3,7 +3,8 @@
 A single-threaded process exec'ing an ELF file (most execs) is decided under VerifiedExec:
 the holder alone is seized before CONTINUE and stopped at PTRACE_EVENT_EXEC, before its first
 instruction, where the executable, argv, filename, working directory and program are compared
-with the decision. Every other exec freezes the sandbox (sandbox/freeze.py).
+with the decision. Every other exec freezes the sandbox (sandbox/freeze.py), and FrozenExec
+checks its new image, still frozen, the same way.
 """
 
 from __future__ import annotations
@@ -253,3 +254,80 @@ def _inside(root: str, host_path: str) -> str:
     if root == "/" or not (host_path == root or host_path.startswith(root + "/")):
         return host_path
     return host_path[len(root):] or "/"
+
+
+class FrozenExec:
+    """What an exec decided with the whole sandbox frozen actually ran, checked before anything
+    of it runs (the new image is frozen on its way to user space, as sandbox/freeze.py waits).
+
+    Freezing stops every task's own code, not the kernel's writes on a task's behalf: a frozen
+    task that a fatal signal kills still clears its clear_child_tid word and marks its robust
+    futexes on the way out, in memory the exec'ing task may share, so the path or argv can change
+    between the decision's read and the kernel's copy. So the new image is compared with the
+    decision: the executable must be the decided file or one of the interpreters and loaded
+    programs it named (``runs``), argv must be the decided one (a script's interpreter sees
+    ``[interpreter, its argument, the path, argv[1:]...]``, so its tail is compared), and an
+    execve's copied filename (AT_EXECFN) must be the decided path. An image unchanged by the exec
+    (it failed) runs nothing new. A difference kills the process before its first instruction."""
+
+    def __init__(self, pid: int, decoded: dict, args: dict, root: str):
+        self.pid = _thread_group(pid)  # a non-leader's exec takes over the leader's pid
+        argv = list(decoded.get("argv") or ()) or [b""]  # argc 0: the kernel adds an empty argv[0]
+        runs = args.get("runs") or ()
+        self.executables = {_outside(root, path) for path in (args["path"], *(run["path"] for run in runs))}
+        if decoded.get("path") == b"":  # execveat(fd, "", AT_EMPTY_PATH): the descriptor's file
+            self.executables.add(os.readlink(f"/proc/{pid}/fd/{decoded.get('dirfd')}"))
+        self.scripted = any(run.get("via") == "shebang" for run in runs)
+        self.cmdline = b"".join(arg + b"\0" for arg in argv)
+        # execve passes its path to a script's interpreter as given; execveat as /dev/fd/N/...
+        self.execfn = decoded.get("path") if decoded.get("syscall") == "execve" else None
+        self.tail = b"".join(arg + b"\0" for arg in [*([self.execfn] if self.execfn is not None else []), *argv[1:]])
+        self.before = self._image()  # the image that asked for the exec
+
+    def _image(self) -> tuple | None:
+        """(executable, argv, AT_EXECFN, stack start) of the process now; None when it is gone."""
+        proc = f"/proc/{self.pid}/"
+        try:
+            exe = os.readlink(proc + "exe")
+            fields = _read_start(proc + "stat", 4096).rsplit(b")", 1)[1].split()
+            cmdline = _read_start(proc + "cmdline", max(len(self.cmdline), len(self.tail)) + 4096 + 1)
+            auxv = _read_start(proc + "auxv", 1024)
+        except (ProcessLookupError, FileNotFoundError):
+            return None
+        execfn = b""
+        for key, value in struct.iter_unpack("=QQ", auxv[:len(auxv) // 16 * 16]):
+            if key == AT_EXECFN:
+                execfn = RemoteMemory(self.pid).cstring(value)
+        return exe, cmdline, execfn, fields[25]  # field 28 of stat: the start of the stack
+
+    def difference(self) -> str:
+        """Why the new image is not the decided one; "" when it is, or nothing new runs."""
+        try:
+            now = self._image()
+        except OSError as err:
+            return f"the new image cannot be inspected ({err.strerror})"
+        if now is None or now == self.before:
+            return ""  # gone, or the exec failed: the image that asked goes on
+        exe, cmdline, execfn, _stack = now
+        if exe not in self.executables:
+            return f"executable {exe!r} is none of the decided {sorted(self.executables)!r}"
+        if not (cmdline.endswith(self.tail) if self.scripted else cmdline == self.cmdline):
+            return f"argv {cmdline[:200]!r} is not the decided {self.cmdline[:200]!r}"
+        if self.execfn is not None and execfn != self.execfn:
+            return f"path {execfn!r} is not the decided {self.execfn!r}"
+        return ""
+
+    def kill(self) -> None:
+        """SIGKILL the frozen process: it dies without running an instruction of the new image."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _thread_group(tid: int) -> int:
+    with open(f"/proc/{tid}/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"Tgid:"):
+                return int(line.split()[1])
+    raise ProcessLookupError(tid)

@@ -562,7 +562,8 @@ class Supervisor:
             answered = False
             try:
                 decoded = decode(notification)
-                call = self._call("shell/exec", exec_arguments(decoded, self.exec_identity), notification.pid)
+                seen: dict = {}
+                call = self._call("shell/exec", exec_arguments(decoded, self.exec_identity, seen), notification.pid)
                 if not notify.id_valid(self.listener, notification.id):
                     self.stats["gone"] += 1
                     return call, None
@@ -574,12 +575,17 @@ class Supervisor:
                     decision = deny("CHANGED_AFTER_APPROVAL", "the command changed while it waited for approval")
                 if decision.effect is Effect.DEFER:
                     return call, decision
+                # What the new image must be, read before the answer (an OSError here is a refusal).
+                ran = exec_verify.FrozenExec(notification.pid, decoded, call.args, seen["root"]) \
+                    if decision.permitted else None
                 decision = self._record(notification, decoded["syscall"], call, decision, started)
                 answered = True
                 if not decision.permitted:
                     notify.send_error(self.listener, notification.id, errno.EPERM)
-                elif notify.send_continue(self.listener, notification.id):
+                    return call, None
+                if notify.send_continue(self.listener, notification.id):
                     self.freezer.wait_exec_finished(notification.pid)  # kills the cgroup on timeout
+                    self._check_frozen_exec(ran, notification, call, started)
                 return call, None
             except (OSError, freeze.FreezeError) as err:
                 if not answered:
@@ -589,6 +595,15 @@ class Supervisor:
                 return None, None
             finally:
                 self.freezer.thaw()
+
+    def _check_frozen_exec(self, ran: "exec_verify.FrozenExec", notification, call: ToolCall, started: float) -> None:
+        """Still frozen: the new image must be the decided one (exec_verify.FrozenExec), or it dies unrun."""
+        problem = ran.difference()
+        if problem:
+            ran.kill()
+            self.stats["exec_changed"] += 1
+            self._record(notification, "execve", call, deny("EXEC_CHANGED", f"{problem}; killed before it ran"),
+                         started)
 
     # -- decisions -----------------------------------------------------------------
 

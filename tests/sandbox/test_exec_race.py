@@ -259,3 +259,27 @@ def test_a_holder_a_host_debugger_traces_is_decided_with_the_agent_frozen(cbin, 
     execs = [(r["args"]["argv"], r["effect"]) for r in run.audit if r["tool"] == "shell/exec"]
     assert execs[1:] == [(["sh", "-c", "exec /bin/true evil"], "PERMIT"), (["/bin/true", "evil"], "DENY")]
     assert run.stats["exec_verified"] == 1  # the denial; the permit could not be seized (2 untraced)
+
+
+def test_an_exec_rewritten_by_a_dying_task_is_killed_before_it_runs(cbin, programs, cgroup_dir, tmp_path):
+    """Frozen tasks still write memory as they die (clear_child_tid): a script's path turned into a
+    denied program's between the decision and the kernel's copy is caught on the new image, still
+    frozen, and killed (sandbox/exec_verify.py FrozenExec). The race is hit (some are killed) and
+    never won."""
+    script = tmp_path / "okZZZZ"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
+    shutil.copy(programs[1], tmp_path / "ok")  # exits 42
+
+    def refuse_ok(call):
+        if call.tool == "shell/exec" and call.args["path"].endswith("/ok"):
+            return deny("exec-denied", "forbidden command", rule_id="no-ok")
+        return Decision(Effect.PERMIT)
+    run = run_sandboxed([cbin("exit_write_race"), str(tmp_path), "300", "500", "8000"], refuse_ok, cgroup=cgroup_dir,
+                        timeout=180)
+    counts = tally(run.stdout)
+    assert run.status == 0 and counts["tries"] == 300, run.explain()
+    assert counts["ran_denied"] == 0, counts
+    assert counts["killed"] > 0 and counts["script"] > 0, counts
+    changed = [r for r in run.audit if r["reason_code"] == "EXEC_CHANGED"]
+    assert len(changed) == counts["killed"] and all("/ok'" in r["reason"] for r in changed), changed[:2]
