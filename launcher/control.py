@@ -266,8 +266,8 @@ def serve_service(channel, session_id: str, directory: str, max_pending: int, pr
     broker = Broker(session_id, max_pending=max_pending, on_pending=on_pending)
     server = ControlServer(broker, directory)
     try:
-        if prompt:
-            terminal.start(broker)
+        if prompt:  # True or "ask": a question on the terminal; "notice": one line per waiting call
+            terminal.start(broker, ask=prompt != "notice")
         channel.send(READY)
         while True:
             _msg, fds, _flags, _addr = socket.recv_fds(channel, 16, 1)

@@ -29,14 +29,75 @@ CHOICES = {
 QUESTION = "  approve [a] once, [s] for this session; deny [d] once, [n] for this session? "
 
 
-def start(broker: Broker) -> bool:
-    """Prompt on the controlling terminal from a thread of its own; False when there is none."""
+def start(broker: Broker, ask: bool = True) -> bool:
+    """Prompt on the controlling terminal from a thread of its own (``ask``), or only announce
+    each waiting call there (Notices); False when there is no terminal."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError:
         return False  # no controlling terminal: answers come through the control socket only
-    threading.Thread(target=TerminalPrompt(broker, fd).run, name="approval-prompt", daemon=True).start()
+    shown = TerminalPrompt(broker, fd) if ask else Notices(broker, fd)
+    threading.Thread(target=shown.run, name="approval-prompt", daemon=True).start()
     return True
+
+
+def agent_shares_terminal(fds=(0, 1, 2)) -> bool:
+    """Whether the agent, given these descriptors, writes to the controlling terminal: it could
+    then draw over a question (move the cursor up, paint another call) and have the wrong call
+    approved, so approvals are announced there, not asked (docs/approvals.md)."""
+    terminal = controlling_terminal()
+    for fd in fds:
+        try:
+            if terminal is not None and os.isatty(fd) and _device(os.fstat(fd).st_rdev) == terminal:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def controlling_terminal() -> tuple[int, int] | None:
+    """(major, minor) of this process's controlling terminal (/proc/self/stat tty_nr; a stat of
+    /dev/tty names /dev/tty itself), or None."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            tty_nr = int(stat.read().rsplit(b")", 1)[1].split()[4])
+    except (OSError, ValueError, IndexError):
+        return None
+    if tty_nr == 0:
+        return None
+    return (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+
+
+def _device(rdev: int) -> tuple[int, int]:
+    return os.major(rdev), os.minor(rdev)
+
+
+def notice(view: dict) -> str:
+    session = view["session"]
+    return (f"\nfaramesh-sandbox: approval {view['id']} waits ({view['tool']}). The agent writes to this "
+            f"terminal, so it is not asked here: from another terminal run\n"
+            f"  faramesh-sandbox approvals show {view['id']} --session {session}\n")
+
+
+class Notices:
+    """One line per waiting call on a terminal the agent also writes to; the answer comes from
+    another terminal (`approvals`), the web page or a notification channel, where the agent
+    cannot draw."""
+
+    def __init__(self, broker: Broker, fd: int):
+        self.broker, self.fd = broker, fd
+
+    def run(self) -> None:
+        events = self.broker.watch()
+        try:
+            while True:
+                kind, view = events.get()
+                if kind == "pending":
+                    os.write(self.fd, notice(view).encode(errors="replace"))
+        except OSError:
+            return  # the terminal is gone: the control socket still answers
+        finally:
+            self.broker.unwatch(events)
 
 
 def origin_text(view: dict) -> str:

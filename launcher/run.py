@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {approvals.DEFAULT_MAX_PENDING}); docs/approvals.md")
     parser.add_argument("--no-prompt", action="store_true",
                         help="never ask on this terminal; answer with `faramesh-sandbox approvals`")
+    parser.add_argument("--prompt-shared-terminal", action="store_true",
+                        help="ask on this terminal even when the agent writes to it too (by default only announced "
+                             "there: the agent could draw over the question); docs/approvals.md")
     parser.add_argument("--report", metavar="FILE",
                         help="write a JSON summary of the run (every deny and defer) to FILE; traps every "
                              "category, as --audit-all (docs/ci.md)")
@@ -243,13 +246,23 @@ def _start_approvals(spec: SandboxSpec, args: argparse.Namespace, channels: dict
     try:
         directory = control.private_dir(control.runtime_dir())
         service = approvals.ApprovalService(spec.session_id, directory, max_pending=args.max_pending,
-                                            prompt=not args.no_prompt, channels=channels)
+                                            prompt=_prompt_mode(args), channels=channels)
     except (control.ControlError, approvals.ServiceError) as err:
         print(f"faramesh-sandbox: warning: approvals unavailable ({err}); deferred calls are denied "
               "after --approve-timeout", file=sys.stderr)
         return None
     spec.hidden.append(directory)
     return service
+
+
+def _prompt_mode(args: argparse.Namespace):
+    """"ask" on the terminal, "notice" there when the agent writes to it too (it could draw over
+    the question), or False (--no-prompt)."""
+    if args.no_prompt:
+        return False
+    from launcher.prompt import agent_shares_terminal
+
+    return "ask" if args.prompt_shared_terminal or not agent_shares_terminal() else "notice"
 
 
 def _hide_store(spec: SandboxSpec, path: str) -> None:

@@ -204,8 +204,9 @@ def read_until(fd: int, needle: bytes, timeout: float = 20) -> bytes:
 
 @pytest.mark.parametrize(("typed", "result"), [(b"a\n", b"a ok"), (b"d\n", b"a errno=13")])
 def test_terminal_prompt_answers_on_the_launchers_tty(world, typed: bytes, result: bytes):
-    """On a pty, the prompt shows tool, arguments, rule and reason; typing a approves, d denies."""
-    argv = run_argv(world, "a", options=())
+    """On a pty, the prompt shows tool, arguments, rule and reason; typing a approves, d denies
+    (the agent shares that pty: asked there only with --prompt-shared-terminal)."""
+    argv = run_argv(world, "a", options=("--prompt-shared-terminal",))
     pid, master = pty.fork()
     if pid == 0:
         os.execve(sys.executable, argv, world["env"])
@@ -269,7 +270,7 @@ def test_prompt_drops_a_call_answered_through_the_socket(world):
     """Prompt and control socket are live at once: an answer from another terminal ends the question."""
     pid, master = pty.fork()
     if pid == 0:
-        os.execve(sys.executable, run_argv(world, "a", options=()), world["env"])
+        os.execve(sys.executable, run_argv(world, "a", options=("--prompt-shared-terminal",)), world["env"])
     try:
         read_until(master, b"for this session? ")
         [pending] = wait_pending(world)
@@ -282,3 +283,23 @@ def test_prompt_drops_a_call_answered_through_the_socket(world):
         os.close(master)
     assert f"approval {pending['id']} is denied (answered elsewhere)".encode() in shown
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_terminal_the_agent_writes_to_only_announces_approvals(world):
+    """The agent writes to the launcher's pty, so it could draw over a question: by default each
+    waiting call is announced there in one line, never asked, and answered from elsewhere."""
+    pid, master = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, run_argv(world, "a", options=()), world["env"])
+    try:
+        [pending] = wait_pending(world)
+        shown = read_until(master, f"approvals show {pending['id']} --session {pending['session']}".encode())
+        os.write(master, b"a\n")  # typed on the shared terminal: answers nothing
+        time.sleep(0.5)
+        assert control.request({"op": "list"}, directory=world["env"]["FARAMESH_SANDBOX_RUNTIME_DIR"])["pending"]
+        assert approvals(world, "deny", pending["id"], "--session", pending["session"]).returncode == 0
+        shown += read_until(master, b"a errno=13")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(master)
+    assert (os.waitstatus_to_exitcode(status), b"approve [a]" in shown) == (0, False)
