@@ -12,6 +12,8 @@ waiting task is gone). The returned Resolution carries the audit record for that
 from __future__ import annotations
 
 import collections
+import dataclasses
+import hashlib
 import importlib
 import json
 import os
@@ -26,10 +28,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from launcher import cleanup
+from launcher.audit_bound import shorten
 from policy.decision import Decision, Effect
 
 DEFAULT_MAX_PENDING = 16
 RESOLVED_KEPT = 1024  # resolved approvals remembered for show and for "already approved" answers
+KEPT_ARGS_BYTES = 4096  # JSON of a remembered approval's arguments, shortened as audit records are
 SCOPES = ("once", "session")
 NOT_IN_KEY = ("pid", "session")  # vary per call, never part of "the same call"
 # Who a held call comes from. The agent can report any call over the SDK socket, so an approval
@@ -81,9 +85,11 @@ class Pending:
 
 
 def call_key(tool: str, args: dict, origin: str = SANDBOX) -> str:
-    """Identity of "the same call from the same origin" for session-wide answers."""
+    """Identity of "the same call from the same origin" for session-wide answers: a digest, so a
+    standing answer keeps 64 bytes however large the call's arguments."""
     kept = {k: v for k, v in args.items() if k not in NOT_IN_KEY}
-    return origin + "\0" + tool + "\0" + json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    text = origin + "\0" + tool + "\0" + json.dumps(kept, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 class Broker:
@@ -231,13 +237,17 @@ class Broker:
 
     def _settle(self, item: Pending, state: str, approver: str, scope: str) -> bool:
         """Resolve once; False when someone else already did."""
+        # What show and watchers get of a settled call: its arguments can be megabytes (an exec's
+        # argv), and RESOLVED_KEPT of them are remembered. Its audit record keeps more of them.
+        args = shorten(item.args, KEPT_ARGS_BYTES)
         with self._lock:
             if self._pending.pop(item.id, None) is None:
                 return False
             item.state, item.approver, item.scope, item.resolved_at = state, approver, scope, self._clock()
-            self._remember(item)
+            kept = dataclasses.replace(item, args=args)  # shares done and deliveries with the waiting call
+            self._remember(kept)
         item.done.set()
-        self._publish("resolved", item)
+        self._publish("resolved", kept)
         return True
 
     def _remember(self, item: Pending) -> None:

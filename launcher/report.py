@@ -1,8 +1,9 @@
 """``run --report FILE [--fail-on-deny]``: a machine-readable summary of a run for CI jails.
 
 The report counts every decision and lists each deny and defer (with approvals' outcomes) as
-recorded in the audit trail. ``--report`` traps every category (as ``--audit-all``), so a
-call the policy refuses unconditionally is seen too. Format: docs/ci.md."""
+recorded in the audit trail, up to MAX_VIOLATIONS of them (the rest are only counted).
+``--report`` traps every category (as ``--audit-all``), so a call the policy refuses
+unconditionally is seen too. Format: docs/ci.md."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from sandbox import audit_sink
 REPORT_VERSION = 1
 VIOLATION_EFFECTS = ("DENY", "DEFER")
 EXIT_VIOLATIONS = 3  # --fail-on-deny: the agent succeeded but the policy refused something
+MAX_VIOLATIONS = 1000  # listed in full; beyond them only counted (an agent can be denied 10,000 times a second)
 KEPT_ARGS = ("path", "dest", "cmd", "program", "host", "ip", "port", "family", "protocol", "type", "flags",
              "amount", "currency")
 
@@ -28,7 +30,8 @@ class RunReport:
         self.session, self.command, self.policies = session, list(command), list(policies)
         self.started = time.time()
         self.counts: collections.Counter = collections.Counter()
-        self.violations: list[dict] = []
+        self.violations: list[dict] = []  # the first MAX_VIOLATIONS
+        self.violation_count = 0
         self._lock = threading.Lock()
 
     def observe(self, record: dict) -> None:
@@ -37,7 +40,9 @@ class RunReport:
         with self._lock:
             self.counts[f"{kind}:{effect}"] += 1
             deferred = str(record.get("reason_code") or "").startswith("APPROVAL_")  # a defer, settled
-            if kind == "decision" and (effect in VIOLATION_EFFECTS or deferred):
+            violation = kind == "decision" and (effect in VIOLATION_EFFECTS or deferred)
+            self.violation_count += violation
+            if violation and len(self.violations) < MAX_VIOLATIONS:
                 args = record.get("args") or {}
                 self.violations.append({
                     "time": record.get("time"), "pid": record.get("pid"), "syscall": record.get("syscall"),
@@ -63,7 +68,7 @@ class RunReport:
 
     @property
     def violated(self) -> bool:
-        return bool(self.violations)
+        return self.violation_count > 0
 
     def summary(self, exit_status: int) -> dict:
         with self._lock:
@@ -71,7 +76,8 @@ class RunReport:
             return {"version": REPORT_VERSION, "session": self.session, "command": self.command,
                     "policies": self.policies, "started": self.started, "finished": time.time(),
                     "exit_status": exit_status, "decisions": decisions,
-                    "violations": list(self.violations)}
+                    "violations": list(self.violations), "violation_count": self.violation_count,
+                    "violations_truncated": self.violation_count > len(self.violations)}
 
     def write(self, path: str, exit_status: int) -> None:
         """Write atomically (a CI step reading it never sees half a file)."""

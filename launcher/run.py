@@ -15,6 +15,7 @@ import sys
 import policy
 from launcher import approvals, cleanup, control, limits_cfg, notify, term
 from launcher.audit import AuditLog, AuditTrail
+from launcher.audit_bound import Bounded
 from launcher.audit_store import AuditStore, AuditStoreError, default_path
 from launcher.report import EXIT_VIOLATIONS, RunReport
 from launcher.run_dns import parse_upstream, start_dns
@@ -192,6 +193,8 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         counter = term.DecisionCounter()
         audit = counter.tee(audit)
         status_line = term.StatusLine(counter, sys.stderr.fileno())
+    if audit is not None:  # the one place records are shortened: every writer and sink is behind it
+        audit = Bounded(audit)
     try:  # forks the reaper: before any thread exists; it removes what the run leaves (docs/run.md)
         record = cleanup.record_run(session_id, control.private_dir(control.runtime_dir()))
     except (cleanup.CleanupError, control.ControlError) as err:
@@ -293,7 +296,7 @@ def _finish_report(report: RunReport | None, args: argparse.Namespace, status: i
                   "must exist and be writable", file=sys.stderr)
             return EXIT_SETUP
     if args.fail_on_deny and status == 0 and report.violated:
-        print(f"faramesh-sandbox: {len(report.violations)} call(s) denied or deferred (--fail-on-deny)",
+        print(f"faramesh-sandbox: {report.violation_count} call(s) denied or deferred (--fail-on-deny)",
               file=sys.stderr)
         return EXIT_VIOLATIONS
     return status

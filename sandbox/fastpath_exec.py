@@ -22,6 +22,7 @@ seconds itself (the stall watchdog sees only Python's handlers), then hands the 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import stat
@@ -37,6 +38,11 @@ from sandbox.freeze import EXEC_TIMEOUT, FreezeError
 EXEC_KEYS = frozenset({"path", "requested", "argv", "cmd", "program", "cwd", "sha256", "anonymous", "runs", "via"})
 MAX_EXECS = 1024  # distinct (path, argv, cwd) decisions remembered
 MAX_EXEC_RECORDS = 4 * MAX_EXECS  # distinct records kept for them over a run
+MAX_EXEC_BYTES = 16 << 20  # what those records keep (templates, argv), all together
+# What exec.c can learn and later find (sandbox/fastpath_c/fastpath.h); Python learns nothing larger.
+PATH_LIMIT = 4096  # bytes of the path, cwd and executable links, each shorter than this
+ARGV_LIMIT = 256  # arguments
+ARGV_BYTES = 65536  # bytes of argv, each argument with its NUL
 WAIT_HERE = 0.005  # seconds the receiver waits for an exec stop itself (under supervisor.STALL)
 GATE_TIMEOUT = 5.0  # seconds an exec decision waits for filesystem operations (as freeze.Gate)
 
@@ -126,12 +132,12 @@ class FastExecs:
     """The exec decisions a compiled receiver repeats, and their audit records."""
 
     def __init__(self, native, failed_evaluation: frozenset[str], programs_started: int,
-                 limit: int = MAX_EXEC_RECORDS):
+                 limit: int = MAX_EXEC_RECORDS, max_bytes: int = MAX_EXEC_BYTES):
         self.native, self.programs_started = native, programs_started
         self._failed = failed_evaluation
         native.configure_execs(EXEC_TIMEOUT, WAIT_HERE)
         self.lock, self.gate = ExecLock(native), ExecGate(native)  # the supervisor's, from then on
-        self._entries = Entries(limit)  # -> (args template, decision, verifier)
+        self._entries = Entries(limit, max_bytes)  # -> (args template, decision, verifier)
 
     def learn(self, args: dict, verified: VerifiedExec, decision: Decision) -> bool:
         """Repeat ``decision`` (recorded, neither deferred nor replaced) for later execs like this one."""
@@ -140,19 +146,22 @@ class FastExecs:
             return False
         if args.get("runs") or args.get("anonymous") or "sha256" in args or is_loader(args.get("program", "")):
             return False  # a script, the loader, a file named by its content: decided afresh each time
-        path = verified.execfn
+        path, cwd, exe = verified.execfn, os.fsencode(verified.cwd_link), os.fsencode(verified.exe_link)
         if not path.startswith(b"/") or os.fsdecode(path).startswith(UNVERIFIABLE_PREFIXES) or info is None or \
                 not stat.S_ISREG(info.st_mode) or info.st_ctime_ns >= self.programs_started:
             return False
+        if not c_can_learn(path, verified.cmdline, cwd, exe):
+            return False  # an entry C would never answer: its template and argv would only take memory
         template = {name: value for name, value in args.items() if name not in ("pid", "session")}
-        key = (path, verified.cmdline, verified.cwd_link, verified.exe_link, repr(sorted(template.items())),
-               decision.effect, decision.rule_id, decision.reason_code, decision.reason, decision.policy_version)
-        entry = self._entries.number(key, (template, decision, verified))
+        shown = repr((path, verified.cmdline, cwd, exe, sorted(template.items()), decision.effect, decision.rule_id,
+                      decision.reason_code, decision.reason, decision.policy_version))
+        # Keyed by its digest, sized by its text: about what the template and the verifier keep.
+        key = hashlib.sha256(shown.encode("utf-8", "backslashreplace")).digest()
+        entry = self._entries.number(key, (template, decision, verified), len(shown))
         if entry is None:
             return False
         file_key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-        return self.native.remember_exec(path, verified.cmdline, os.fsencode(verified.cwd_link),
-                                         os.fsencode(verified.exe_link), entry, decision.effect is Effect.DENY,
+        return self.native.remember_exec(path, verified.cmdline, cwd, exe, entry, decision.effect is Effect.DENY,
                                          file_key)
 
     def record(self, entry: int, session_id: str, pid: int) -> tuple[dict, Decision]:
@@ -183,3 +192,9 @@ class FastExecs:
         else:
             problem = f"the new image cannot be inspected ({os.strerror(err)})"
         return f"pid {pid}: {problem}; killed before it ran"
+
+
+def c_can_learn(path: bytes, cmdline: bytes, cwd: bytes, exe: bytes) -> bool:
+    """Whether exec.c takes this exec into its table and can read it back from a later call."""
+    return 0 < len(path) < PATH_LIMIT and 0 < len(cmdline) <= ARGV_BYTES and \
+        cmdline.count(b"\0") <= ARGV_LIMIT and len(cwd) < PATH_LIMIT and len(exe) < PATH_LIMIT

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 
 import pytest
 
-from launcher.approvals import ApprovalError, Broker, call_key
+from launcher.approvals import KEPT_ARGS_BYTES, ApprovalError, Broker, call_key
+from launcher.audit_store import canonical
 from launcher.prompt import describe
 
 WRITE = {"path": "/tmp/x/report", "pid": 41, "session": "s1"}
@@ -219,6 +222,22 @@ def test_answers_given_at_once_are_not_remembered():
     broker.close()
     thread.join(5)
     assert len(broker._resolved) == 1  # the one that waited
+
+
+def test_settled_approvals_keep_their_arguments_shortened():
+    """An exec deferred with a 1 MiB argv, then expired, is remembered (for show) in 4 KiB: path
+    whole, each argument's prefix with the SHA-256 of the whole; its audit record has more."""
+    raw = b"\xff" * (1 << 20)
+    args = {"path": "/usr/bin/curl", "argv": ["curl", os.fsdecode(raw)], "cmd": "curl " + os.fsdecode(raw),
+            "cwd": "/tmp", "pid": 41, "session": "s1"}
+    broker = Broker("s1")
+    expired = [broker.submit("shell/exec", args, DEFER, 0.0) for _ in range(3)]
+    assert len(canonical(expired[0].record["args"])) > 1 << 20
+    kept = [broker.show(done.record["approval_id"])["args"] for done in expired]
+    assert all(len(canonical(view)) <= KEPT_ARGS_BYTES for view in kept)
+    assert (kept[0]["path"], kept[0]["cwd"], kept[0]["argv"][0]) == ("/usr/bin/curl", "/tmp", "curl")
+    assert kept[0]["argv"][1].endswith(f"…[truncated: {1 << 20} bytes, sha256 {hashlib.sha256(raw).hexdigest()}]")
+    assert len(call_key("shell/exec", args)) == 64  # a session answer's key: a digest
 
 
 def test_notification_event_carries_the_origin():

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.report import MAX_VIOLATIONS, RunReport
+
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 POLICY = """agent a {
@@ -79,3 +81,21 @@ def test_unwritable_report_is_a_setup_error(tmp_path):
     done = run(tmp_path, extra=("--report", str(tmp_path / "missing" / "r.json")))
     assert done.returncode == 125
     assert "cannot write report" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_violations_beyond_the_limit_are_counted_not_kept():
+    """1,500 denials keep the first MAX_VIOLATIONS; the report counts every one and says it is cut."""
+    report = RunReport("s1", ["agent"], ["p.fpl"])
+    denial = {"kind": "decision", "tool": "fs/read", "effect": "DENY", "reason_code": "RULE_DENY",
+              "args": {"path": "/etc/shadow"}}
+    for pid in range(MAX_VIOLATIONS + 500):
+        report.observe(dict(denial, pid=pid))
+    summary = report.summary(0)
+    assert len(report.violations) == len(summary["violations"]) == MAX_VIOLATIONS
+    assert [v["pid"] for v in summary["violations"][:2]] == [0, 1]  # the first ones are kept
+    assert (summary["decisions"]["DENY"], summary["violation_count"], summary["violations_truncated"]) == (
+        MAX_VIOLATIONS + 500, MAX_VIOLATIONS + 500, True)
+    assert report.violated
+    small = RunReport("s1", ["agent"], ["p.fpl"])
+    small.observe(denial)
+    assert (small.summary(0)["violation_count"], small.summary(0)["violations_truncated"]) == (1, False)

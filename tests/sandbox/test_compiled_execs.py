@@ -9,11 +9,15 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 import policy
+from policy.decision import Decision, Effect
 from sandbox import _fastpath, fastpath_exec
+from sandbox.decode.exec import command_line
+from sandbox.exec_verify import VerifiedExec
 from sandbox.freeze import FreezeError
 from tests.sandbox.conftest import WAIT_FOR_TRACER, outside_tracer, run_sandboxed
 
@@ -287,6 +291,60 @@ def test_gate_is_shared_by_filesystem_operations_and_exclusive_for_an_exec():
         native.close()
         os.close(read_end)
         os.close(write_end)
+
+
+@pytest.fixture
+def exec_table():
+    """A compiled receiver's exec table, never started: what FastExecs.learn teaches it."""
+    read_end, write_end = os.pipe()
+    native = _fastpath.FastPath(listener=read_end, stop_fd=write_end, nr_open=-1, nr_openat=-1, arch=0,
+                                valid_flags=0, fsuid=0, fsgid=0, groups=[], caps=0, record=False, watched=[],
+                                nr_execve=59, execs=fastpath_exec.MAX_EXECS)
+    yield native
+    native.close()
+    os.close(read_end)
+    os.close(write_end)
+
+
+def learn(execs: fastpath_exec.FastExecs, argv: list[bytes]) -> bool:
+    """Teach a permitted exec of /usr/bin/true with ``argv``, as the supervisor does after deciding it."""
+    verified = VerifiedExec(os.getpid(), "/usr/bin/true", "/", argv, b"/usr/bin/true")
+    verified.identity = (None, ("true", None), os.stat("/usr/bin/true"))
+    decoded = [os.fsdecode(arg) for arg in argv]
+    args = {"path": "/usr/bin/true", "requested": "/usr/bin/true", "argv": decoded, "program": "true", "cwd": "/",
+            "cmd": command_line("true", decoded), "pid": 1, "session": "s1"}
+    return execs.learn(args, verified, Decision(Effect.PERMIT, reason_code="RULE_PERMIT", reason="ok"))
+
+
+def test_execs_the_compiled_receiver_cannot_answer_are_not_learned(exec_table):
+    """An argv past exec.c's limits (64 KiB, 256 arguments) leaves nothing in Python either."""
+    execs = fastpath_exec.FastExecs(exec_table, frozenset(), time.time_ns() + 10**18)
+    assert not learn(execs, [b"/usr/bin/true", b"A" * (1 << 20)])
+    assert not learn(execs, [b"/usr/bin/true", b"A" * fastpath_exec.ARGV_BYTES])
+    assert not learn(execs, [b"/usr/bin/true"] + [b"a"] * fastpath_exec.ARGV_LIMIT)
+    assert learn(execs, [b"/usr/bin/true"] + [b"a"] * (fastpath_exec.ARGV_LIMIT - 1))
+    assert len(execs._entries._values) == 1
+
+
+def test_learned_execs_keep_at_most_their_byte_budget(exec_table):
+    """100 distinct 60 KB argvs: learning stops at the budget, and the entries hold no more than it;
+    each is keyed by a digest, not by its argv."""
+    execs = fastpath_exec.FastExecs(exec_table, frozenset(), time.time_ns() + 10**18, max_bytes=1 << 20)
+    learned = [learn(execs, [b"/usr/bin/true", b"%05d" % n + b"A" * 60_000]) for n in range(100)]
+    assert learned[0] and not learned[-1]
+    kept = sum(len(verified.cmdline) + sys.getsizeof(template["cmd"]) + sum(map(sys.getsizeof, template["argv"]))
+               for template, _decision, verified in execs._entries._values)
+    assert kept <= 1 << 20
+    assert all(len(key) == 32 for key in execs._entries._numbers)
+
+
+def test_python_knows_the_limits_of_exec_c():
+    """fastpath_exec's copies of exec.c's limits are the header's."""
+    header = (Path(__file__).resolve().parents[2] / "sandbox/fastpath_c/fastpath.h").read_text()
+    defined = dict(re.findall(r"^#define (\w+) (\d+)", header, re.MULTILINE))
+    assert {name: int(defined[name]) for name in ("PATH_LIMIT", "ARGV_LIMIT", "ARGV_BYTES")} == {
+        "PATH_LIMIT": fastpath_exec.PATH_LIMIT, "ARGV_LIMIT": fastpath_exec.ARGV_LIMIT,
+        "ARGV_BYTES": fastpath_exec.ARGV_BYTES}
 
 
 def test_large_environment_is_checked_through_proc(cgroup_dir):
