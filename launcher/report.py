@@ -80,8 +80,13 @@ class RunReport:
                     "violations_truncated": self.violation_count > len(self.violations)}
 
     def write(self, path: str, exit_status: int) -> None:
-        """Write atomically (a CI step reading it never sees half a file)."""
+        """Write atomically (a CI step reading it never sees half a file); anything that is not a
+        regular file (/dev/stdout, a pipe, /dev/null) is written in place, never replaced."""
         text = json.dumps(self.summary(exit_status), indent=2, default=str) + "\n"
+        if os.path.exists(path) and not os.path.isfile(path):
+            with open(path, "w", encoding="utf-8") as out:
+                out.write(text)
+            return
         partial = f"{path}.{os.getpid()}.partial"
         with open(partial, "w", encoding="utf-8") as out:
             out.write(text)

@@ -141,6 +141,10 @@ def _check_existing(obj: Obj, flags: int, *, creating: bool) -> int:
     """Refuse what the agent's open would refuse; returns the file type."""
     st = os.fstat(obj.fd)
     kind = stat.S_IFMT(st.st_mode)
+    if kind == stat.S_IFBLK:
+        # A disk's node reads (and writes) past every path rule and hidden directory: never for the
+        # agent, as on a nodev mount (its /dev has none; one on a host filesystem is refused here).
+        raise fail(errno.EACCES, f"{obj.path!r} is a block device")
     if kind == stat.S_IFCHR and st.st_rdev == _DEV_TTY:
         # /dev/tty means the opener's controlling terminal: ours, not the agent's.
         raise fail(errno.ENXIO, "/dev/tty cannot be opened on the agent's behalf")

@@ -36,6 +36,7 @@ STAGE_DESCRIPTIONS = {
     "map_user": "map the caller's uid/gid into the user namespace",
     "release_init": "start the sandbox init",
     "await_release": "start the sandbox init",
+    "new_session": "give the sandbox a session of its own",
     "mounts": "set up mounts",
     "hostname": "set the sandbox hostname",
     "loopback": "bring up the loopback interface",

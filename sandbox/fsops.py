@@ -47,7 +47,8 @@ any symlink hands the call to the general walk.
 
 Known differences from the kernel acting for the agent itself: a blocking
 write-open of a FIFO without a reader fails with ENXIO instead of waiting;
-/dev/tty fails with ENXIO (it would be the supervisor's terminal); O_NOCTTY is
+/dev/tty fails with ENXIO (it would be the supervisor's terminal); a block device
+fails with EACCES, as on a nodev mount (a disk's node reads past every path rule); O_NOCTTY is
 implied; O_PATH yields a read-only fd for files and directories and EOPNOTSUPP
 otherwise, because ADDFD cannot install O_PATH files (``sandbox._fsopen``); a
 relative path that climbs above its start directory is re-walked by name from

@@ -5,10 +5,11 @@ sandbox._spawn.start_init clones init with clone3(CLONE_VM|CLONE_VFORK) into the
 the child execs sandbox/_init at once with the launcher socket, the plan and the program at fixed
 fds. No copy of the launcher's memory is made, so none is unmapped when init ends, and init holds
 nothing of the launcher's. init runs the init rows of sandbox.launch.STAGES in the same order
-(mounts from sandbox.mounts.plan, the hostname, loopback, then the Landlock ruleset, the PATH
-search and the agent, set up by the same compiled stages as sandbox/agent_spawn.py), then forwards
-signals and exits with the agent's status. A failure comes back as one message naming the stage,
-the errno and which item failed; ``error`` writes it as the Python stages would.
+(a session of its own, mounts from sandbox.mounts.plan, the hostname, loopback, then the Landlock
+ruleset, the PATH search and the agent, set up by the same compiled stages as
+sandbox/agent_spawn.py), then forwards signals and exits with the agent's status. A failure comes
+back as one message naming the stage, the errno and which item failed; ``error`` writes it as the
+Python stages would.
 
 Without the program (or with stages that differ from launch's) init runs the Python stages in a
 copy of the launcher (sandbox/launch.py), as before; so does a run in a user namespace (a launcher
@@ -33,6 +34,7 @@ FAILED = b"initfail\0"
 # init's stages in the clone child before its execve (sandbox/spawn_c/init_start.c) -> their calls
 _CLONE_CHILD_CALLS = {"die_with_launcher": "prctl(PR_SET_PDEATHSIG)",
                       "close_fds": "fcntl(F_DUPFD), dup3 or close_range"}
+_MAKE_KINDS = {"dir": b"d", "file": b"f", "symlink": b"l"}  # mounts.Make's kinds in a plan (init.h)
 
 
 def unavailable_reason() -> str | None:
@@ -122,9 +124,12 @@ class Plan:
             payload = b"".join(parts)
             out.append(tag.encode() + struct.pack("<I", len(payload)) + payload)
 
-        for mount in self.mounts:
-            record("m", struct.pack("<Q", mount.flags), *(_text(value) for value in
-                                                            (mount.source, mount.target, mount.fstype, mount.data)))
+        for step in self.mounts:
+            if isinstance(step, mounts.Make):
+                record("d", _MAKE_KINDS[step.kind], _text(step.path), _text(step.target))
+                continue
+            record("m", struct.pack("<Q", step.flags), *(_text(value) for value in
+                                                           (step.source, step.target, step.fstype, step.data)))
         if "uts" in spec.namespaces:
             record("h", _field("hostname", spec.hostname))
         if "net" in spec.namespaces:
@@ -170,6 +175,8 @@ class Plan:
         """How the failed item of ``stage`` is named in its error, as the Python stages name it."""
         if stage == "mounts" and 0 <= item < len(self.mounts):
             return self.mounts[item].call()
+        if stage == "new_session":
+            return "setsid()"
         if stage == "hostname":
             return f"sethostname({self.spec.hostname!r})"
         if stage == "loopback":

@@ -4,8 +4,9 @@ Process tree, host view:
 
     launcher   host namespaces; runs the supervisor on the seccomp listener
      └ init    pid 1 of the new pid namespace, born there (and in the agent's cgroup) by clone3:
-        │      forwards signals, reaps orphans, exits with the agent's status; the compiled program
-        │      sandbox/_init when built (sandbox/init_spawn.py), else a forked copy of the launcher
+        │      leads a session of its own (out of the launcher's process group, no controlling
+        │      terminal), forwards signals, reaps orphans, exits with the agent's status; the compiled
+        │      program sandbox/_init when built (sandbox/init_spawn.py), else a forked copy of the launcher
         └ agent  pid 2: no_new_privs, seccomp filter, then execve(CMD) (itself trapped and decided);
                  set up in C between clone and execve when sandbox._spawn is built (sandbox/agent_spawn.py),
                  else by the Python stages in a forked copy of init
@@ -35,7 +36,9 @@ from sandbox.spec import SandboxSpec
 EXIT_SETUP = 125
 EXIT_CANNOT_RUN = 126
 EXIT_NOT_FOUND = 127
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# Sent to the launcher, with kill or by its terminal (whose foreground group the agent is never in:
+# init made a session of its own), and passed on through init to the agent.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH)
 _WAITED = {*FORWARDED, signal.SIGCHLD}  # init's: the agent's end, orphans' ends, forwarded signals
 # init tells its end to the launcher with its own signal, not SIGCHLD: every ptrace stop of an agent
 # task also sends the tracer (a supervisor thread) SIGCHLD, and the launcher's main thread would
@@ -44,7 +47,6 @@ INIT_EXIT_SIGNAL = signal.SIGRTMAX - 1
 _LAUNCHER_WAITED = {*FORWARDED, INIT_EXIT_SIGNAL}
 _BLOCKED = _WAITED | _LAUNCHER_WAITED
 _WALL = 0x40000000  # waitpid option: init is a "clone child" (its exit signal is not SIGCHLD)
-SI_KERNEL = 0x80  # the terminal sent it to the whole foreground group: the agent has its own copy
 RELEASE = b"go"
 
 
@@ -187,6 +189,20 @@ def _await_release(run: _Run) -> None:
         os._exit(EXIT_SETUP)
 
 
+def _new_session(run: _Run) -> None:
+    """init leaves the launcher's session and process group before the agent exists: the agent's
+    kill(0, sig) (not scoped by Landlock below ABI 6) then reaches only the sandbox, never the
+    launcher, its helpers or the user's pipeline. No sandbox process has a controlling terminal:
+    init leads the session and opens none, the agent is no session leader (no TIOCSPGRP, no
+    /dev/tty). The terminal's signals reach the launcher alone, which forwards them (FORWARDED)."""
+    try:
+        os.setsid()
+    except OSError as err:
+        raise OSError(err.errno, f"setsid(): {os.strerror(err.errno)}") from None
+    while signal.sigtimedwait(FORWARDED, 0) is not None:
+        pass  # the terminal's, sent to the launcher's group before: the launcher forwards its own copy
+
+
 def _fork_agent(run: _Run) -> None:
     if agent_spawn.available():  # the agent rows below run in C between clone and execve
         pid = agent_spawn.start(run, AGENT_STAGES, agent_spawn.exec_target(
@@ -204,7 +220,7 @@ def _fork_agent(run: _Run) -> None:
 
 def _restore_signals(run: _Run) -> None:
     """The agent starts with the signal state a shell would give it, not the launcher's."""
-    for signum in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
+    for signum in agent_spawn.DEFAULT_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
@@ -264,6 +280,7 @@ STAGES = (
     ("map_user", "launcher", _map_user),
     ("release_init", "launcher", _release_init),
     ("await_release", "init", _await_release),
+    ("new_session", "init", _new_session),  # before the agent exists: it is born outside the launcher's group
     ("mounts", "init", lambda run: mounts.apply(run.spec)),
     ("hostname", "init", lambda run: namespaces.set_hostname(run.spec)),
     ("loopback", "init", lambda run: namespaces.bring_up_loopback(run.spec)),
@@ -362,8 +379,7 @@ def _wait_and_forward(child: int) -> None:
         while status is None:
             info = signal.sigwaitinfo(_WAITED)
             if info.si_signo != signal.SIGCHLD:
-                if info.si_code != SI_KERNEL:
-                    _kill(child, info.si_signo)
+                _kill(child, info.si_signo)  # no terminal sends us any: each is the agent's only copy
                 continue
             while True:  # init reaps orphans too
                 try:
@@ -583,17 +599,17 @@ class _InitWatch:
         if pidfd in {fd for fd, _events in poll.poll()}:
             signal.pthread_kill(waiter, INIT_EXIT_SIGNAL)
 
-    def wait(self, timeout: float | None) -> tuple[int, int] | None:
-        """(signal, si_code) of a forwarded signal or (INIT_EXIT_SIGNAL, 0), or None after
-        ``timeout``. Forwarded signals first: the kernel hands out a signal sent to this thread
-        before one sent to the process, and none may stay pending for the caller."""
+    def wait(self, timeout: float | None) -> int | None:
+        """A forwarded signal or INIT_EXIT_SIGNAL, or None after ``timeout``. Forwarded signals
+        first: the kernel hands out a signal sent to this thread before one sent to the process,
+        and none may stay pending for the caller."""
         if not self.ended:
             info = signal.sigtimedwait(_LAUNCHER_WAITED, timeout)
             if info is None or info.si_signo != INIT_EXIT_SIGNAL:
-                return None if info is None else (info.si_signo, info.si_code)
+                return None if info is None else info.si_signo
             self.ended = True
         forwarded = signal.sigtimedwait(FORWARDED, 0)
-        return (INIT_EXIT_SIGNAL, 0) if forwarded is None else (forwarded.si_signo, forwarded.si_code)
+        return INIT_EXIT_SIGNAL if forwarded is None else forwarded.si_signo
 
     def close(self) -> None:
         """Stops and joins the thread: nothing is sent once this returns (launch() then takes a
@@ -619,7 +635,7 @@ def _wait_init(run: _Run, serving: _Serving | None) -> int:
 
 def _wait_init_with(run: _Run, serving: _Serving | None, watch: _InitWatch) -> int:
     while True:
-        info = watch.wait(run.limits.remaining(0.25))
+        signum = watch.wait(run.limits.remaining(0.25))
         if run.limits.expired():  # --timeout: init's death takes the whole pid namespace along
             _kill(run.init_pid, signal.SIGKILL)
             status, run.init_pid = _reap(run.init_pid), 0
@@ -628,13 +644,13 @@ def _wait_init_with(run: _Run, serving: _Serving | None, watch: _InitWatch) -> i
             _kill(run.init_pid, signal.SIGKILL)  # fail closed: no supervisor, no agent
             status, run.init_pid = _reap(run.init_pid), 0  # reaped: its pid may be anyone's now
             return status
-        if info is None or info[0] == INIT_EXIT_SIGNAL:
+        if signum is None or signum == INIT_EXIT_SIGNAL:
             pid, status = os.waitpid(run.init_pid, os.WNOHANG | _WALL)
             if pid:
                 run.init_pid = 0
                 return status
-        elif info[1] != SI_KERNEL:
-            _kill(run.init_pid, info[0])
+        else:  # the terminal's too: the agent, in a session of its own, gets no copy of them
+            _kill(run.init_pid, signum)
 
 
 def _reap(pid: int) -> int:

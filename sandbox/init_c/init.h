@@ -10,8 +10,8 @@
  * first two run in the clone child before its execve (sandbox/spawn_c/init_start.c). */
 #define INIT_STAGES(X)                                                                               \
     X(INIT_DIE_WITH_LAUNCHER, "die_with_launcher") X(INIT_CLOSE_FDS, "close_fds")                    \
-    X(INIT_AWAIT_RELEASE, "await_release") X(INIT_MOUNTS, "mounts") X(INIT_HOSTNAME, "hostname")     \
-    X(INIT_LOOPBACK, "loopback") X(INIT_FORK_AGENT, "fork_agent")
+    X(INIT_AWAIT_RELEASE, "await_release") X(INIT_NEW_SESSION, "new_session") X(INIT_MOUNTS, "mounts") \
+    X(INIT_HOSTNAME, "hostname") X(INIT_LOOPBACK, "loopback") X(INIT_FORK_AGENT, "fork_agent")
 
 #define INIT_STAGE_ENUM(id, name) id,
 enum init_stage { INIT_STAGES(INIT_STAGE_ENUM) INIT_STAGE_COUNT };
@@ -29,6 +29,7 @@ enum init_stage { INIT_STAGES(INIT_STAGE_ENUM) INIT_STAGE_COUNT };
     X(TAG_HOSTNAME, 'h')   /* string */                                                              \
     X(TAG_LOOPBACK, 'l')   /* empty */                                                               \
     X(TAG_MOUNT, 'm')      /* u64 flags, then source, target, fstype, data: strings, "" for none */  \
+    X(TAG_MAKE, 'd')       /* u8 kind (MAKE_*), then the path and a symlink's content ("" for none) */ \
     X(TAG_RULESET, 'r')    /* u64 fs, net, scoped, file rights; u32 attribute size */                \
     X(TAG_PATH_RULE, 'p')  /* u64 rights, then the path */                                           \
     X(TAG_PORT_RULE, 'n')  /* u64 rights, u64 port */                                                \
@@ -43,9 +44,15 @@ enum init_stage { INIT_STAGES(INIT_STAGE_ENUM) INIT_STAGE_COUNT };
     X(TAG_NO_EXEC, 'x')    /* u32 exit status, then the bytes init prints: CMD cannot be run */         \
     X(TAG_END, 'z')        /* empty: the last record; a plan without it was cut short */
 
+/* The mount stage's steps, in order: mounts, and what is made in a tmpfs mounted just before
+ * (sandbox.mounts.Make): a directory, an empty file (a mount point) or a symlink. */
+enum mount_kind { MOUNT = 'm', MAKE_DIR = 'd', MAKE_FILE = 'f', MAKE_SYMLINK = 'l' };
+
 struct init_mount {
+    int kind;                                     /* enum mount_kind */
     uint64_t flags;
-    const char *source, *target, *fstype, *data;  /* NULL for "" except target */
+    const char *source, *target, *fstype, *data;  /* NULL for "" except target; a symlink's content
+                                                   * is its source, the path made its target */
 };
 
 #endif

@@ -11,13 +11,13 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "setup.h"
 
 #define EXIT_SETUP 125
 #define RELEASE "go"
-#define SI_KERNEL_CODE 0x80  /* the terminal sent it to the whole foreground group: the agent has its own */
 
 #define STAGE_NAME(id, name) name,
 static const char *const agent_stage_names[STAGE_COUNT] = {SPAWN_STAGES(STAGE_NAME)};
@@ -112,13 +112,34 @@ static int exit_code(int status)
     return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : WEXITSTATUS(status);
 }
 
+/* sandbox.launch.FORWARDED: the signals passed on to the agent. */
+static void forwarded_signals(sigset_t *set)
+{
+    sigemptyset(set);
+    for (const int *sig = (const int[]){SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGWINCH, 0}; *sig; sig++)
+        sigaddset(set, *sig);
+}
+
+/* As sandbox.launch._new_session: out of the launcher's session and process group, so the agent's
+ * kill(0, sig) reaches only the sandbox and no sandbox process has a controlling terminal. */
+static int new_session(void)
+{
+    if (setsid() < 0)
+        return errno;
+    sigset_t forwarded;
+    forwarded_signals(&forwarded);
+    static const struct timespec now = {0, 0};
+    while (sigtimedwait(&forwarded, NULL, &now) > 0)
+        ;  /* the terminal's, sent to the launcher's group before: the launcher forwards its own copy */
+    return 0;
+}
+
 /* Forward signals sent to us to the agent, reap everything, exit with the agent's status. */
 static __attribute__((noreturn)) void wait_and_forward(pid_t agent)
 {
     sigset_t waited;
-    sigemptyset(&waited);
-    for (const int *sig = (const int[]){SIGCHLD, SIGTERM, SIGINT, SIGHUP, 0}; *sig; sig++)
-        sigaddset(&waited, *sig);
+    forwarded_signals(&waited);
+    sigaddset(&waited, SIGCHLD);
     for (;;) {
         siginfo_t info;
         int sig = sigwaitinfo(&waited, &info);
@@ -128,8 +149,7 @@ static __attribute__((noreturn)) void wait_and_forward(pid_t agent)
             _exit(EXIT_SETUP);
         }
         if (sig != SIGCHLD) {
-            if (info.si_code != SI_KERNEL_CODE)
-                kill(agent, sig);
+            kill(agent, sig);  /* no terminal sends us any: each is the agent's only copy */
             continue;
         }
         for (;;) {  /* init reaps orphans too */
@@ -161,8 +181,10 @@ int main(void)
     await_release();  /* first, even for a bad plan: closing with "go" unread would reset the socket */
     if (why)
         fail("clone_init", 0, -1, why);
-    int item = -1, err = apply_mounts(&plan, &item);
-    if (err)
+    int item = -1, err;
+    if ((err = new_session()))
+        fail(init_stage_names[INIT_NEW_SESSION], err, -1, NULL);
+    if ((err = apply_mounts(&plan, &item)))
         fail(init_stage_names[INIT_MOUNTS], err, item, NULL);
     if ((err = set_hostname(&plan)))
         fail(init_stage_names[INIT_HOSTNAME], err, -1, NULL);

@@ -80,11 +80,25 @@ static const char *read_record(struct init_plan *plan, unsigned char tag, struct
         struct init_mount *m = append(&plan->mounts, &plan->mount_count, sizeof(*m));
         if (!m)
             return "out of memory";
+        m->kind = MOUNT;
         m->flags = take_u64(c, 8);
         m->source = take_string(c, 1);
         m->target = take_string(c, 0);
         m->fstype = take_string(c, 1);
         m->data = take_string(c, 1);
+        break;
+    }
+    case 'd': {
+        struct init_mount *m = append(&plan->mounts, &plan->mount_count, sizeof(*m));
+        if (!m)
+            return "out of memory";
+        m->kind = (int)take_u64(c, 1);
+        m->target = take_string(c, 0);
+        m->source = take_string(c, 1);
+        if (m->kind != MAKE_DIR && m->kind != MAKE_FILE && m->kind != MAKE_SYMLINK)
+            return "a step of an unknown kind";
+        if ((m->kind == MAKE_SYMLINK) != (m->source != NULL))
+            return "a symlink without content";
         break;
     }
     case 'r':

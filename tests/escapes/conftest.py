@@ -97,8 +97,11 @@ def native(argv, *, timeout: float = 60, **kwargs) -> Outcome:
 
 
 # How the supervisor answers: every call in Python with its record first (--audit-all), or
-# repeated reads in compiled code (--fast-repeats; --report keeps every category trapped).
-ANSWERING = {"python": ("--audit-all",), "compiled": ("--fast-repeats", "--report", os.devnull)}
+# repeated reads in compiled code (--fast-repeats; --report keeps every category trapped). The
+# options, given the audit file: the report goes beside it, never to /dev/null (a report replaces
+# its path: /dev/null would become a regular file).
+ANSWERING = {"python": lambda audit_file: ("--audit-all",),
+             "compiled": lambda audit_file: ("--fast-repeats", "--report", f"{audit_file}.report")}
 
 
 @pytest.fixture(autouse=True, params=sorted(ANSWERING))
@@ -113,7 +116,7 @@ MODE = "python"
 
 def launcher_argv(policy_file: Path, audit_file: Path, argv, options=(), kernel: bool = False) -> list[str]:
     return [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--audit", str(audit_file),
-            *(() if kernel else ANSWERING[MODE]), "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--",
+            *(() if kernel else ANSWERING[MODE](audit_file)), "--no-audit-db", "--no-sdk-socket", "--no-prompt", *options, "--",
             *[str(a) for a in argv]]
 
 

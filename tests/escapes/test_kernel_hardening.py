@@ -7,6 +7,8 @@ errno the kernel returned, after showing the same call succeeds natively (as roo
 
 from __future__ import annotations
 
+import os
+import stat
 import sys
 
 import pytest
@@ -42,8 +44,12 @@ CASES = {  # probe -> (native answers, sandboxed answers)
 @pytest.fixture(scope="module")
 def hardening_outcomes(cbin, tmp_path_factory):
     """(native, sandboxed) outcomes of one script running every probe of CASES (their keys differ)."""
-    script = "".join(f"{cbin(probe)}\n" for probe in CASES)
-    return native(["sh", "-c", script]), sandboxed(PERMIT_ALL, ["sh", "-c", script], tmp_path_factory.mktemp("hard"))
+    work = tmp_path_factory.mktemp("hard")
+    # The agent's /dev has no userfaultfd: a node of it on a host filesystem is what it could reach.
+    device = work / "userfaultfd"
+    os.mknod(device, stat.S_IFCHR | 0o600, os.stat("/dev/userfaultfd").st_rdev)
+    script = "".join(f"{cbin(probe)}{' ' + str(device) if probe == 'userfaultfd' else ''}\n" for probe in CASES)
+    return native(["sh", "-c", script]), sandboxed(PERMIT_ALL, ["sh", "-c", script], work)
 
 
 @pytest.mark.parametrize("probe", list(CASES))

@@ -163,5 +163,5 @@ def test_compiled_init_row_names_init_stages_that_differ(monkeypatch):
     check = probe.compiled_init_check()
     assert (check.status, check.detail) == (
         "missing", "sandbox._spawn runs the init stages ('mounts',), not sandbox.launch's ('die_with_launcher', "
-                   "'close_fds', 'await_release', 'mounts', 'hostname', 'loopback', 'fork_agent') "
+                   "'close_fds', 'await_release', 'new_session', 'mounts', 'hostname', 'loopback', 'fork_agent') "
                    "(rebuild it: python3 setup.py build_ext --inplace)")

@@ -99,3 +99,17 @@ def test_violations_beyond_the_limit_are_counted_not_kept():
     small = RunReport("s1", ["agent"], ["p.fpl"])
     small.observe(denial)
     assert (small.summary(0)["violation_count"], small.summary(0)["violations_truncated"]) == (1, False)
+
+
+def test_a_report_to_something_not_a_regular_file_is_written_in_place(tmp_path):
+    """--report /dev/stdout or a FIFO is written to, never replaced by a regular file (an atomic
+    rename over /dev/null once turned the host's /dev/null into a file)."""
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        RunReport("s", ["true"], []).write(str(fifo), 0)
+        assert json.loads(os.read(reader, 1 << 20))["exit_status"] == 0
+    finally:
+        os.close(reader)
+    assert fifo.is_fifo() and not list(tmp_path.glob("*.partial"))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -154,19 +157,29 @@ def test_sigterm_to_the_launcher_reaches_the_agent(permit):
     assert (proc.returncode, out) == (7, "got TERM\n")
 
 
-def test_ctrl_c_reaches_the_agent_exactly_once(permit):
-    """The terminal's SIGINT reaches the agent directly and is not forwarded a second time."""
-    script = ("n=0; trap 'n=$((n+1))' INT; echo ready; while [ $n -eq 0 ]; do sleep 0.05; done; "
+def _resize(terminal: int) -> None:
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+
+
+@pytest.mark.parametrize(("name", "event", "echo"), [
+    ("INT", lambda terminal: os.write(terminal, b"\x03"), b"^C"),  # Ctrl-C
+    ("QUIT", lambda terminal: os.write(terminal, b"\x1c"), b"^\\"),  # Ctrl-backslash
+    ("WINCH", _resize, b""),  # the window's size changed
+], ids=["ctrl-c", "ctrl-backslash", "resize"])
+def test_the_terminals_signals_reach_the_agent_exactly_once(permit, name, event, echo):
+    """The terminal sends its signals to its foreground process group, which the agent (in a
+    session of its own) is not in: the launcher forwards them through init, exactly once."""
+    script = (f"n=0; trap 'n=$((n+1))' {name}; echo ready; while [ $n -eq 0 ]; do sleep 0.05; done; "
               "sleep 0.5; echo n=$n; exit 5")
     pid, terminal = pty.fork()
     if pid == 0:
-        os.environ["PYTHONPATH"] = str(ROOT)
-        os.execv(sys.executable, [sys.executable, "-m", "launcher", "run", "--policy", str(permit), "--",
-                                  "sh", "-c", script])
+        os.environ.update(PYTHONPATH=str(ROOT), TERM="dumb")  # no status line: the agent's output only
+        os.execv(sys.executable, [sys.executable, "-m", "launcher", "run", "--policy", str(permit), "--timeout",
+                                  "20", "--", "sh", "-c", script])
     seen = b""
     while b"ready" not in seen:
         seen += os.read(terminal, 100)
-    os.write(terminal, b"\x03")  # the terminal sends SIGINT to its whole foreground process group
+    event(terminal)
     out = b""
     while True:
         try:
@@ -177,7 +190,7 @@ def test_ctrl_c_reaches_the_agent_exactly_once(permit):
             break
         out += chunk
     _, status = os.waitpid(pid, 0)
-    assert (os.waitstatus_to_exitcode(status), out) == (5, b"^Cn=1\r\n")
+    assert (os.waitstatus_to_exitcode(status), out) == (5, echo + b"n=1\r\n")
 
 
 def test_launcher_death_takes_the_whole_sandbox(permit):

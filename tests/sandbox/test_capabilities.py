@@ -3,6 +3,7 @@ even when the launcher itself holds them inheritable or ambient (a service's Amb
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -27,12 +28,14 @@ if sys.argv[1] != "compiled init":
     init_spawn.available = lambda: False
 if sys.argv[1] == "python stages":
     agent_spawn._spawn = None
-spec = SandboxSpec(argv=["grep", "^Cap", "/proc/self/status"], trapped=frozenset(row.name for row in traced.TABLE))
+spec = SandboxSpec(argv=sys.argv[2:] or ["grep", "^Cap", "/proc/self/status"],
+                   trapped=frozenset(row.name for row in traced.TABLE))
 sys.exit(launch(spec, lambda call: Decision(Effect.PERMIT, rule_id="permit")))
 """
+PATHS = ["compiled init", "python init, agent set up in C", "python stages"]
 
 
-@pytest.mark.parametrize("path", ["compiled init", "python init, agent set up in C", "python stages"])
+@pytest.mark.parametrize("path", PATHS)
 def test_a_root_agent_holds_none_of_the_dropped_capabilities(path):
     launched = subprocess.run(
         ["setpriv", "--inh-caps", "+sys_admin,+net_admin,+mknod", "--ambient-caps", "+net_admin", "--",
@@ -42,6 +45,37 @@ def test_a_root_agent_holds_none_of_the_dropped_capabilities(path):
     assert {name: sets[name] & DROPPED for name in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")} == dict.fromkeys(
         ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"), 0)
     assert sets["CapEff"] & CAP_CHOWN  # what root keeps
+
+
+# In a root agent: real-time scheduling (a SCHED_FIFO spinner per CPU starves the host) and locked
+# memory past RLIMIT_MEMLOCK, which CAP_SYS_NICE and CAP_IPC_LOCK would grant.
+RT_AND_MLOCK = """
+import ctypes, mmap, os
+try:
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    print("SCHED_FIFO granted")
+except PermissionError:
+    print("SCHED_FIFO refused")
+memory = mmap.mmap(-1, 1 << 20)
+address = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+locked = ctypes.CDLL(None, use_errno=True).mlock(ctypes.c_void_p(address), ctypes.c_size_t(1 << 20)) == 0
+print("mlock granted" if locked else "mlock refused")
+"""
+
+
+def _small_limits() -> None:  # no real-time priority, 64 KiB of locked memory: only the capabilities lift them
+    resource.setrlimit(resource.RLIMIT_RTPRIO, (0, 0))
+    resource.setrlimit(resource.RLIMIT_MEMLOCK, (1 << 16, 1 << 16))
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_root_agent_gets_no_real_time_scheduling_nor_locked_memory(path):
+    """CAP_SYS_NICE and CAP_IPC_LOCK are dropped, as a container runtime's default set does."""
+    assert subprocess.run([sys.executable, "-c", RT_AND_MLOCK], capture_output=True, text=True,
+                          preexec_fn=_small_limits).stdout == "SCHED_FIFO granted\nmlock granted\n"  # natively
+    launched = subprocess.run([sys.executable, "-c", DRIVER, path, sys.executable, "-c", RT_AND_MLOCK],
+                              capture_output=True, text=True, cwd=ROOT, timeout=60, preexec_fn=_small_limits)
+    assert (launched.returncode, launched.stdout) == (0, "SCHED_FIFO refused\nmlock refused\n"), launched.stderr
 
 
 def test_an_unprivileged_agent_has_nothing_to_drop():

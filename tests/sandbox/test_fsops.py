@@ -319,6 +319,16 @@ def test_dev_tty_is_not_the_supervisors_terminal(agent):
     assert _errno_of(agent, "openat", dirfd=AT_FDCWD, path=b"/dev/tty", flags=os.O_RDWR, mode=0) == errno.ENXIO
 
 
+def test_a_block_device_is_never_opened_for_the_agent(agent):
+    """A disk's node would read past every path rule: opening a block device fails with EACCES,
+    whatever the flags, as on a nodev mount (the node is the host's, on its devtmpfs)."""
+    disks = [path for path in (b"/dev/loop0", b"/dev/vda", b"/dev/sda") if os.path.exists(path)]
+    if not disks:
+        pytest.skip("no block device node in /dev")
+    for flags in (os.O_RDONLY, os.O_RDWR, os.O_PATH):
+        assert _errno_of(agent, "openat", dirfd=AT_FDCWD, path=disks[0], flags=flags, mode=0) == errno.EACCES
+
+
 def test_o_path_is_answered_with_an_injectable_read_only_fd(agent, work):
     """ADDFD refuses O_PATH files: O_PATH on a directory yields a read-only fd, on a symlink EOPNOTSUPP."""
     os.symlink("dir", work / "link")

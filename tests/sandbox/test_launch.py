@@ -171,6 +171,7 @@ def test_stages_run_in_a_fixed_security_order():
     assert at["filter", "launcher"] < at["cgroup", "launcher"] < at["clone_init", "launcher"]
     assert at["close_fds", "init"] < at["map_user", "launcher"] < at["release_init", "launcher"]
     assert at["release_init", "launcher"] < at["await_release", "init"] < at["mounts", "init"]
+    assert at["await_release", "init"] < at["new_session", "init"] < at["fork_agent", "init"]
 
 
 def test_supervisor_threads_are_gone_when_launch_returns(capfd, monkeypatch):
