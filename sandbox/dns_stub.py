@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sandbox.dns_names import NameMap
 from sandbox.dns_upstream import host_nameservers
+from sandbox.throttled import Throttled
 
 if TYPE_CHECKING:
     from sandbox.dns_answer import Answerer
@@ -41,25 +42,6 @@ def resolv_conf() -> bytes:
     edns0 lets answers up to 1200 bytes come over UDP; trust-ad is left out because the stub
     does not validate DNSSEC, so glibc clears the AD bit instead of passing it on."""
     return f"nameserver {STUB_ADDRESS}\noptions edns0\n".encode()
-
-
-class _Throttled:
-    """A warning at most once per ``interval`` seconds, with the count of those held back."""
-
-    def __init__(self, interval: float = 1.0):
-        self._interval = interval
-        self._last = float("-inf")
-        self._held = 0
-        self._lock = threading.Lock()
-
-    def warn(self, text: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self._interval:
-                self._held += 1
-                return
-            held, self._held, self._last = self._held, 0, now
-        _log.warning("%s%s", text, f" ({held} more since the last report)" if held else "")
 
 
 class DnsStub:
@@ -83,7 +65,7 @@ class DnsStub:
         self._tcp_slots = threading.BoundedSemaphore(max_tcp_connections)
         self._tcp_open: set[socket.socket] = set()
         self._tcp_idle = tcp_idle
-        self._overload = _Throttled()
+        self._overload = Throttled(_log)
         self._udp: socket.socket | None = None
         self._tcp: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()

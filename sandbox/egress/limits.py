@@ -1,16 +1,13 @@
-"""The egress's bounds on what agents may hold in it: each request's deadline, the bytes of
-requests not yet decided across connections, and warnings that do not flood the log
-(sandbox/egress/proxy.py; docs/egress.md)."""
+"""The egress's bounds on what agents may hold in it: each request's deadline and the bytes of
+requests not yet decided across connections (sandbox/egress/proxy.py; docs/egress.md)."""
 
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 import time
 
 IDLE_TIMEOUT = 300.0  # seconds a connection may wait, silent, for its next request (or the first)
-_log = logging.getLogger("faramesh_sandbox.egress")
 
 
 class RequestTimeout(Exception):
@@ -142,20 +139,3 @@ class RequestReader:
 
     def __getattr__(self, name):
         return getattr(self.sock, name)
-
-
-class Throttled:
-    """A warning at most once per ``interval`` seconds, with the count of those held back."""
-
-    def __init__(self, interval: float = 1.0):
-        self._interval, self._last, self._held = interval, float("-inf"), 0
-        self._lock = threading.Lock()
-
-    def warn(self, text: str) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if now - self._last < self._interval:
-                self._held += 1
-                return
-            held, self._held, self._last = self._held, 0, now
-        _log.warning("%s%s", text, f" ({held} more since the last report)" if held else "")

@@ -15,6 +15,7 @@ closed at once); a TLS handshake, and each request (headers and body), must arri
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 import ssl
 import threading
@@ -27,7 +28,8 @@ from sandbox.egress.ca import CertificateAuthority
 from sandbox.egress.deciding import Decider
 from sandbox.egress.forward import READ_SIZE, Upstream, deny_response, read_request
 from sandbox.egress.http_calls import BodyError
-from sandbox.egress.limits import IDLE_TIMEOUT, ByteBudget, Overloaded, RequestReader, RequestTimeout, Throttled
+from sandbox.egress.limits import IDLE_TIMEOUT, ByteBudget, Overloaded, RequestReader, RequestTimeout
+from sandbox.throttled import Throttled
 
 REGISTER_WAIT = 5.0  # seconds an accepted connection waits for the broker's registration
 UNCLAIMED_TTL = 120.0  # seconds a registration waits for its connection (a non-blocking connect may be slow)
@@ -40,6 +42,7 @@ ACCEPT_BACKOFF = 0.1  # seconds between accepts while descriptors, memory or thr
 TLS_PORTS = frozenset({443})  # plain HTTP here is refused (the catalogue's entries name no scheme)
 LINGER_SECONDS, LINGER_BYTES = 1.0, 16 << 20  # reading what the agent still sends before closing
 TLS_RECORD = 0x16  # first byte of a TLS handshake
+_log = logging.getLogger("faramesh_sandbox.egress")
 PINNING_HINT = "TLS handshake with the sandbox CA failed: the client may pin certificates"
 
 
@@ -100,7 +103,7 @@ class EgressProxy:
         self.max_connections, self.request_deadline = max_connections, request_deadline
         self._slots = threading.BoundedSemaphore(max_connections)
         self.budget = ByteBudget(max_buffered)
-        self._overload = Throttled()
+        self._overload = Throttled(_log)
         self.listeners: dict[str, socket.socket] = {}
         for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
             try:
