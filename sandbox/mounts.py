@@ -112,8 +112,11 @@ def _dev() -> list[Mount | Make]:
              Make("dir", f"{stage}/pts"), Make("dir", f"{stage}/shm")]
     for name in DEV_NODES:
         if _is_char_device(f"/dev/{name}"):  # one the host lacks (or has replaced), the agent lacks too
-            # A bind keeps the host mount's flags (not the tmpfs's nodev): the node works.
-            steps += [Make("file", f"{stage}/{name}"), Mount(f"/dev/{name}", f"{stage}/{name}", None, _MS_BIND)]
+            # A bind keeps the host mount's flags (not the tmpfs's nodev): the node works. Read-only,
+            # so a root agent cannot chmod or chown the host's node (opening a device to write
+            # still works on a read-only mount).
+            steps += [Make("file", f"{stage}/{name}"),
+                      *_bind(f"/dev/{name}", f"{stage}/{name}", _mount_flags(f"/dev/{name}") | _libc_ns.MS_RDONLY)]
     steps += [Make("symlink", f"{stage}/{name}", target) for name, target in DEV_LINKS.items()]
     # Terminals of its own (none of the host's other ones): /dev/ptmx opens this instance's ptmx.
     steps.append(Mount("devpts", f"{stage}/pts", "devpts", _libc_ns.MS_NOSUID | _libc_ns.MS_NOEXEC,
@@ -122,6 +125,15 @@ def _dev() -> list[Mount | Make]:
     steps.append(Mount(stage, "/dev", None, _MS_MOVE))
     steps.append(Mount(None, "/dev", None, _MS_REMOUNT | _MS_BIND | _PSEUDO | _libc_ns.MS_RDONLY))
     return steps
+
+
+# statvfs f_flag bits that are mount(2) flags of the same value (nosuid, nodev, noexec, noatime,
+# nodiratime; relatime, the default, differs): a remount in a user namespace must keep them.
+_KEPT_MOUNT_FLAGS = 0x2 | 0x4 | 0x8 | 0x400 | 0x800
+
+
+def _mount_flags(path: str) -> int:
+    return os.statvfs(path).f_flag & _KEPT_MOUNT_FLAGS
 
 
 def _is_char_device(path: str) -> bool:

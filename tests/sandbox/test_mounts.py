@@ -34,9 +34,10 @@ echo private > /dev/shm/faramesh-test-$1 && cat /dev/shm/faramesh-test-$1
 touch /dev/made 2>/dev/null || echo "/dev: read-only"
 head -c 1 /dev/loop0 2>/dev/null || echo "/dev/loop0: none"
 readlink /dev/stdout /dev/ptmx | tr '\\n' ' '; echo
+chmod 600 /dev/null 2>/dev/null || echo "/dev/null: mode kept"
 """
 EXPECTED = [" ".join(DEV) + " ", "ptmx ", "0000", "8", "/dev/full: full", "/dev/pts/0", "private", "/dev: read-only",
-            "/dev/loop0: none", "/proc/self/fd/1 pts/ptmx "]
+            "/dev/loop0: none", "/proc/self/fd/1 pts/ptmx ", "/dev/null: mode kept"]
 
 
 def permit_all(call):
@@ -107,6 +108,7 @@ def test_the_agent_has_a_dev_of_its_own(kind):
             os.close(fd)
     assert (status, out.splitlines()) == (0, EXPECTED)
     assert not os.path.exists(f"/dev/shm/faramesh-test-{os.getpid()}")  # the host's /dev/shm is untouched
+    assert os.stat("/dev/null").st_mode & 0o777 == 0o666  # the host's node: bound read-only
 
 
 def test_a_kernel_decided_read_reaches_no_block_device(capfd):
