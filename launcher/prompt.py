@@ -46,13 +46,19 @@ def agent_shares_terminal(fds=(0, 1, 2)) -> bool:
     then draw over a question (move the cursor up, paint another call) and have the wrong call
     approved, so approvals are announced there, not asked (docs/approvals.md)."""
     terminal = controlling_terminal()
+    if terminal is None:
+        return False
     for fd in fds:
         try:
-            if terminal is not None and os.isatty(fd) and _device(os.fstat(fd).st_rdev) == terminal:
+            # /dev/tty (5, 0) opened by the caller (`run -- agent > /dev/tty`) is the controlling terminal
+            if os.isatty(fd) and _device(os.fstat(fd).st_rdev) in (terminal, DEV_TTY):
                 return True
         except OSError:
             continue
     return False
+
+
+DEV_TTY = (5, 0)
 
 
 def controlling_terminal() -> tuple[int, int] | None:

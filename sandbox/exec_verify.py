@@ -16,12 +16,13 @@ import struct
 import time
 
 from sandbox import _libc_ptrace as pt
-from sandbox.freeze import EXEC_TIMEOUT, FreezeError
+from sandbox.freeze import EXEC_TIMEOUT, FROZEN_WCHAN, FreezeError, task_state
 from sandbox.memory import RemoteMemory
 
 
 ELF_MAGIC = b"\x7fELF"
 SPIN = 0.002  # seconds of sched_yield polling for the exec stop before sleeping between polls
+AT_FDCWD = -100
 AT_EXECFN = 31  # auxv entry: address of the filename the kernel copied onto the new stack
 UNVERIFIABLE_PREFIXES = ("/proc/", "/dev/fd/")  # magic links: the supervisor's view differs
 
@@ -258,31 +259,56 @@ def _inside(root: str, host_path: str) -> str:
 
 class FrozenExec:
     """What an exec decided with the whole sandbox frozen actually ran, checked before anything
-    of it runs (the new image is frozen on its way to user space, as sandbox/freeze.py waits).
+    of it runs (the new image is frozen on its way to user space).
 
     Freezing stops every task's own code, not the kernel's writes on a task's behalf: a frozen
     task that a fatal signal kills still clears its clear_child_tid word and marks its robust
     futexes on the way out, in memory the exec'ing task may share, so the path or argv can change
     between the decision's read and the kernel's copy. So the new image is compared with the
-    decision: the executable must be the decided file or one of the interpreters and loaded
-    programs it named (``runs``), argv must be the decided one (a script's interpreter sees
-    ``[interpreter, its argument, the path, argv[1:]...]``, so its tail is compared), and an
-    execve's copied filename (AT_EXECFN) must be the decided path. An image unchanged by the exec
-    (it failed) runs nothing new. A difference kills the process before its first instruction."""
+    decision: the executable must be the decided file, what a /proc or /dev/fd link named, or one
+    of the interpreters and loaded programs it named (``runs``); argv must be the decided one (a
+    script's interpreter sees ``[interpreter, its argument, the filename, argv[1:]...]``, so that
+    tail is compared); the filename the kernel copied (AT_EXECFN) must be the decided one, as the
+    kernel spells it (execveat: ``/dev/fd/N/path``). A difference kills the process before its
+    first instruction.
+
+    Success or failure: a leader's failed exec leaves its image as it was (compared with the one
+    read before the answer). A non-leader's exec, once past the point of no return, takes over
+    the leader's pid (de_thread) and the holder's tid goes; until the leader's pid is trapped
+    with one thread the image may be half-made, so settle() waits for that."""
 
     def __init__(self, pid: int, decoded: dict, args: dict, root: str):
-        self.pid = _thread_group(pid)  # a non-leader's exec takes over the leader's pid
+        self.holder, self.pid = pid, _thread_group(pid)
         argv = list(decoded.get("argv") or ()) or [b""]  # argc 0: the kernel adds an empty argv[0]
         runs = args.get("runs") or ()
-        self.executables = {_outside(root, path) for path in (args["path"], *(run["path"] for run in runs))}
+        paths = [path for path in (args["path"], args.get("requested"), *(run["path"] for run in runs)) if path]
+        self.executables = {_outside(root, path) for path in paths}
+        self.executables |= {target for path in paths if (target := _magic_target(pid, path))}
+        self.filename = _kernel_filename(decoded)
         if decoded.get("path") == b"":  # execveat(fd, "", AT_EMPTY_PATH): the descriptor's file
             self.executables.add(os.readlink(f"/proc/{pid}/fd/{decoded.get('dirfd')}"))
         self.scripted = any(run.get("via") == "shebang" for run in runs)
         self.cmdline = b"".join(arg + b"\0" for arg in argv)
-        # execve passes its path to a script's interpreter as given; execveat as /dev/fd/N/...
-        self.execfn = decoded.get("path") if decoded.get("syscall") == "execve" else None
-        self.tail = b"".join(arg + b"\0" for arg in [*([self.execfn] if self.execfn is not None else []), *argv[1:]])
-        self.before = self._image()  # the image that asked for the exec
+        self.tail = b"".join(arg + b"\0" for arg in [self.filename, *argv[1:]])
+        self.failed = False  # settle(): the exec returned an error, nothing new runs
+        self.before = self._image() if self.holder == self.pid else None  # the image that asked
+
+    def settle(self, timeout: float = EXEC_TIMEOUT) -> None:
+        """For a non-leader holder: wait until its exec has failed (it traps under its own tid) or
+        the leader's pid holds the whole new image (one thread, trapped). FreezeError on timeout."""
+        if self.holder == self.pid:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            holder_there = os.path.exists(f"/proc/{self.pid}/task/{self.holder}")
+            if holder_there and _trapped(self.holder):
+                self.failed = True
+                return
+            if not holder_there and _trapped(self.pid) and _thread_count(self.pid) == 1:
+                return
+            if time.monotonic() > deadline:
+                raise FreezeError(f"pid {self.pid}: a multi-threaded exec did not finish within {timeout:.1f}s")
+            os.sched_yield()
 
     def _image(self) -> tuple | None:
         """(executable, argv, AT_EXECFN, stack start) of the process now; None when it is gone."""
@@ -302,19 +328,21 @@ class FrozenExec:
 
     def difference(self) -> str:
         """Why the new image is not the decided one; "" when it is, or nothing new runs."""
+        if self.failed:
+            return ""
         try:
             now = self._image()
         except OSError as err:
             return f"the new image cannot be inspected ({err.strerror})"
-        if now is None or now == self.before:
-            return ""  # gone, or the exec failed: the image that asked goes on
+        if now is None or (self.before is not None and now == self.before):
+            return ""  # gone, or a leader's exec failed: the image that asked goes on
         exe, cmdline, execfn, _stack = now
         if exe not in self.executables:
             return f"executable {exe!r} is none of the decided {sorted(self.executables)!r}"
         if not (cmdline.endswith(self.tail) if self.scripted else cmdline == self.cmdline):
             return f"argv {cmdline[:200]!r} is not the decided {self.cmdline[:200]!r}"
-        if self.execfn is not None and execfn != self.execfn:
-            return f"path {execfn!r} is not the decided {self.execfn!r}"
+        if execfn != self.filename:
+            return f"path {execfn!r} is not the decided {self.filename!r}"
         return ""
 
     def kill(self) -> None:
@@ -323,6 +351,45 @@ class FrozenExec:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _kernel_filename(decoded: dict) -> bytes:
+    """The filename an exec hands the kernel's loader (AT_EXECFN, a script's argument): execve's
+    path as given; execveat's too when absolute or from the cwd, else /dev/fd/N[/path]."""
+    path, dirfd = decoded.get("path") or b"", decoded.get("dirfd", AT_FDCWD)
+    if decoded.get("syscall") == "execve" or path.startswith(b"/") or dirfd == AT_FDCWD:
+        return path
+    return f"/dev/fd/{dirfd}".encode() + (b"/" + path if path else b"")
+
+
+# Links in the agent's view whose target only the holder's own /proc entries name.
+_OWN_LINKS = (("/dev/fd/", "fd/"), ("/proc/self/", ""), ("/proc/thread-self/", "task/{tid}/"))
+
+
+def _magic_target(tid: int, path: str) -> str | None:
+    """The file an exec through a /proc or /dev/fd link runs, as /proc/PID/exe will name it."""
+    if not path.startswith(("/proc/", "/dev/fd/")):
+        return None
+    host = f"/proc/{tid}/root{path}"
+    for prefix, own in _OWN_LINKS:
+        if path.startswith(prefix):
+            host = f"/proc/{tid}/{own.format(tid=tid)}{path[len(prefix):]}"
+    try:
+        return os.readlink(host)
+    except OSError:
+        return None  # nothing to add: an image that is not otherwise decided is killed
+
+
+def _trapped(tid: int) -> bool:
+    state, wchan = task_state(tid)
+    return state in "Tt" or (state, wchan) == FROZEN_WCHAN
+
+
+def _thread_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
 
 
 def _thread_group(tid: int) -> int:

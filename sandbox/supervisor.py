@@ -598,7 +598,11 @@ class Supervisor:
 
     def _check_frozen_exec(self, ran: "exec_verify.FrozenExec", notification, call: ToolCall, started: float) -> None:
         """Still frozen: the new image must be the decided one (exec_verify.FrozenExec), or it dies unrun."""
-        problem = ran.difference()
+        try:
+            ran.settle()
+            problem = ran.difference()
+        except freeze.FreezeError as err:  # an exec that never ends: killed, never thawed into
+            problem = str(err)
         if problem:
             ran.kill()
             self.stats["exec_changed"] += 1
@@ -770,7 +774,7 @@ def _open_reads(flags) -> bool:
 
 def _run_args(run: dict, args: dict) -> dict:
     """The shell/exec arguments of a program an exec also runs (``args["runs"]``)."""
-    return {"path": run["path"], "requested": run["path"], "argv": run["argv"], "cmd": command_line(run["program"], run["argv"]),
+    return {"path": run["path"], "requested": run["path"], "argv": run["argv"], "cmd": command_line(run["program"], run["argv"], (run["path"],)),
             "program": run["program"], "cwd": args.get("cwd"), "via": run["via"],
             **({"sha256": run["sha256"]} if "sha256" in run else {})}
 

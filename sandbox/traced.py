@@ -165,8 +165,8 @@ def names_for_tools(tools: set[str]) -> list[str]:
 TOOL_ARGS = {
     "shell/exec": "path (absolute executable, symlinks resolved inside the agent's root), "
                   "requested (the path as given, made absolute), argv (list of strings), "
-                  "cmd (argv as one shell-quoted string, argv[0] replaced by program unless its basename is "
-                  "program: a caller picks argv[0] freely), program (the system program the file is: "
+                  "cmd (argv as one shell-quoted string, argv[0] replaced by program unless it is program, path or "
+                  "requested: a caller picks argv[0] freely), program (the system program the file is: "
                   "a copy, rename, hard link or memfd of /usr/bin/curl is `curl`; otherwise the basename of "
                   "path), cwd, sha256 (when the content was compared), anonymous (true for a file with no "
                   "name: memfd, deleted), runs (the #! interpreters and the program the dynamic loader "

@@ -139,15 +139,16 @@ def exec_arguments(decoded: dict, identity=None, seen: dict | None = None) -> di
             seen["examined"] = examined
     if seen is not None:
         seen["root"] = root
-    args["cmd"] = command_line(args["program"], argv)
+    args["cmd"] = command_line(args["program"], argv, (resolved, requested))
     return args
 
 
-def command_line(program: str, argv: list[str]) -> str:
+def command_line(program: str, argv: list[str], paths: tuple = ()) -> str:
     """``cmd``: argv as one shell-quoted string, its first word the program that runs. argv[0]
-    is whatever the caller chose (`exec -a innocent rm -rf /`): it stays only when it names the
-    program (`/bin/rm` for rm), else the program's name replaces it."""
-    first = argv[0] if argv and posixpath.basename(argv[0]) == program else program
+    is whatever the caller chose (`exec -a innocent rm -rf /`, `exec -a "x y/rm" rm`): it stays
+    only when it is the program's name or one of ``paths`` (the executable as resolved and as
+    requested), else the program's name replaces it."""
+    first = argv[0] if argv and argv[0] in (program, *paths) else program
     return shlex.join([first, *argv[1:]])
 
 

@@ -303,3 +303,24 @@ def test_a_terminal_the_agent_writes_to_only_announces_approvals(world):
         _, status = os.waitpid(pid, 0)
         os.close(master)
     assert (os.waitstatus_to_exitcode(status), b"approve [a]" in shown) == (0, False)
+
+
+def test_a_terminal_is_shared_through_any_of_its_names():
+    """The controlling terminal as its pts, as /dev/tty, or not at all (a pipe, no terminal)."""
+    probe = ("import os, sys; from launcher.prompt import agent_shares_terminal as shares; "
+             "r, w = os.pipe(); tty = os.open('/dev/tty', os.O_WRONLY); "
+             "print(shares((1,)), shares((tty,)), shares((r, w)))")
+    pid, master = pty.fork()
+    if pid == 0:
+        os.environ["PYTHONPATH"] = str(ROOT)
+        os.execv(sys.executable, [sys.executable, "-c", probe])
+    try:
+        shown = read_until(master, b"\n")
+    finally:
+        os.waitpid(pid, 0)
+        os.close(master)
+    assert shown.split() == [b"True", b"True", b"False"]
+    no_terminal = subprocess.run([sys.executable, "-c", probe.replace("tty = os.open('/dev/tty', os.O_WRONLY)", "tty = 1")],
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                 start_new_session=True)
+    assert no_terminal.stdout.split() == ["False", "False", "False"], no_terminal.stderr

@@ -261,25 +261,50 @@ def test_a_holder_a_host_debugger_traces_is_decided_with_the_agent_frozen(cbin, 
     assert run.stats["exec_verified"] == 1  # the denial; the permit could not be seized (2 untraced)
 
 
-def test_an_exec_rewritten_by_a_dying_task_is_killed_before_it_runs(cbin, programs, cgroup_dir, tmp_path):
+@pytest.mark.parametrize("call", ["execve", "execveat"])
+def test_an_exec_rewritten_by_a_dying_task_is_killed_before_it_runs(cbin, cgroup_dir, tmp_path, call):
     """Frozen tasks still write memory as they die (clear_child_tid): a script's path turned into a
-    denied program's between the decision and the kernel's copy is caught on the new image, still
-    frozen, and killed (sandbox/exec_verify.py FrozenExec). The race is hit (some are killed) and
-    never won."""
-    script = tmp_path / "okZZZZ"
-    script.write_text("#!/bin/sh\nexit 0\n")
-    script.chmod(0o755)
-    shutil.copy(programs[1], tmp_path / "ok")  # exits 42
+    denied script's (same interpreter: only the filename differs, /dev/fd/N/... for execveat)
+    between the decision and the kernel's copy is caught on the new image, still frozen, and
+    killed (sandbox/exec_verify.py FrozenExec). The race is hit (some are killed) and never won."""
+    for name, code in (("okZZZZ", 0), ("ok", 42)):
+        (tmp_path / name).write_text(f"#!/bin/sh\nexit {code}\n")
+        (tmp_path / name).chmod(0o755)
 
     def refuse_ok(call):
         if call.tool == "shell/exec" and call.args["path"].endswith("/ok"):
             return deny("exec-denied", "forbidden command", rule_id="no-ok")
         return Decision(Effect.PERMIT)
-    run = run_sandboxed([cbin("exit_write_race"), str(tmp_path), "300", "500", "8000"], refuse_ok, cgroup=cgroup_dir,
-                        timeout=180)
+    argv = [cbin("exit_write_race"), str(tmp_path), "300", "500", "8000", *(["execveat"] if call == "execveat" else [])]
+    run = run_sandboxed(argv, refuse_ok, cgroup=cgroup_dir, timeout=180)
     counts = tally(run.stdout)
     assert run.status == 0 and counts["tries"] == 300, run.explain()
     assert counts["ran_denied"] == 0, counts
     assert counts["killed"] > 0 and counts["script"] > 0, counts
     changed = [r for r in run.audit if r["reason_code"] == "EXEC_CHANGED"]
-    assert len(changed) == counts["killed"] and all("/ok'" in r["reason"] for r in changed), changed[:2]
+    assert len(changed) == counts["killed"] and all("ok" in r["reason"] for r in changed), changed[:2]
+
+
+THREAD_EXEC = "import os, threading, time; threading.Thread(target=os.execv, args=(EXE, ARGV)).start(); time.sleep(5)"
+
+
+@pytest.mark.parametrize("exe, argv, expected", [
+    ("/bin/echo", ["echo", "ran"], "ran"),  # an ELF from a thread: de_thread moves it to the leader's pid
+    ("/proc/self/exe", ["python3", "-c", "print('re-exec')"], "re-exec"),  # a magic link names the file
+])
+def test_legitimate_frozen_execs_run(cgroup_dir, exe, argv, expected):
+    """What the freezer path decides and checks on the new image is run, not killed: an exec from
+    a thread (waited for until the leader's pid holds the whole new image) and an exec through
+    /proc/self/exe, five times each."""
+    code = THREAD_EXEC.replace("EXE", repr(exe)).replace("ARGV", repr(argv))
+    for _ in range(5):
+        run = run_sandboxed([sys.executable, "-c", code], lambda call: Decision(Effect.PERMIT), cgroup=cgroup_dir)
+        assert (run.status, run.stdout.decode().strip()) == (0, expected), run.explain()
+        assert not [r for r in run.audit if r["reason_code"] == "EXEC_CHANGED"]
+
+
+def test_an_exec_through_dev_fd_runs(cgroup_dir):
+    """bash exec'ing /dev/fd/3 (open on /bin/echo): decided on the freezer path, runs."""
+    run = run_sandboxed(["/bin/bash", "-c", "exec 3</bin/echo; exec /dev/fd/3 fd-ran"],
+                        lambda call: Decision(Effect.PERMIT), cgroup=cgroup_dir)
+    assert (run.status, run.stdout) == (0, b"fd-ran\n"), run.explain()

@@ -367,11 +367,12 @@ def test_cmd_names_the_program_that_runs_whatever_argv0_says(cgroup_dir):
     (a rule on `args.cmd matches "^echo"` still sees echo); argv keeps what was given."""
     rules = policy_engine('agent a {\n  deny! shell/exec when args.cmd matches "^echo( |$)"\n  permit shell/exec\n'
                           '  permit fs/*\n}\n')
-    run = run_sandboxed(["/bin/bash", "-c", "exec -a innocent echo hi; echo ran"], rules, cgroup=cgroup_dir)
-    assert run.stdout == b"", run.explain()
-    denied = [r for r in records(run, "shell/exec") if r["effect"] == "DENY"]
-    assert denied and denied[0]["args"]["argv"] == ["innocent", "hi"], run.explain()
-    assert denied[0]["args"]["cmd"] == f"{denied[0]['args']['program']} hi"
+    for argv0 in ("innocent", "x y/echo"):
+        run = run_sandboxed(["/bin/bash", "-c", f"exec -a '{argv0}' echo hi; echo ran"], rules, cgroup=cgroup_dir)
+        assert run.stdout == b"", run.explain()
+        denied = [r for r in records(run, "shell/exec") if r["effect"] == "DENY"]
+        assert denied and denied[0]["args"]["argv"] == [argv0, "hi"], run.explain()
+        assert denied[0]["args"]["cmd"] == f"{denied[0]['args']['program']} hi"
 
 
 def policy_engine(text: str):

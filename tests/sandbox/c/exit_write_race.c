@@ -5,8 +5,10 @@
 // a process of its own), points its clear_child_tid at "ZZZZ" and arms a timer whose SIGALRM
 // kills it. Dying between the decision's read and the kernel's copy turns the path into DIR/ok,
 // a program that exits 42 and that the policy denies.
-// usage: exit_write_race DIR TRIES MIN_US MAX_US; prints tries= ran_denied= script= refused= killed=
+// With "execveat" last, H runs execveat(DIR's fd, "okZZZZ"), which the kernel names /dev/fd/N/okZZZZ.
+// usage: exit_write_race DIR TRIES MIN_US MAX_US [execveat]; prints tries= ran_denied= script= refused= killed=
 #define _GNU_SOURCE
+#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdio.h>
@@ -34,12 +36,13 @@ static int dying_sibling(void *unused) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5)
+    if (argc != 5 && argc != 6)
         return 2;
+    int at_dir = argc == 6 ? open(argv[1], O_RDONLY | O_DIRECTORY) : -1;
     int tries = atoi(argv[2]);
     long low = atol(argv[3]), high = atol(argv[4]);
     int ran_denied = 0, script = 0, refused = 0, killed = 0;
-    snprintf(path, sizeof path, "%s/okZZZZ", argv[1]);
+    snprintf(path, sizeof path, at_dir >= 0 ? "okZZZZ" : "%s/okZZZZ", argv[1]);
     zeroed_at = strlen(path) - 4;
     for (int i = 0; i < tries; i++) {
         delay_us = low + (long)i * (high - low) / tries;
@@ -51,7 +54,10 @@ int main(int argc, char **argv) {
             while (!armed)
                 ;
             char *args[] = {path, NULL};
-            execv(path, args);
+            if (at_dir >= 0)
+                syscall(SYS_execveat, at_dir, path, args, environ, 0);
+            else
+                execv(path, args);
             _exit(3);
         }
         int status;
