@@ -306,6 +306,8 @@ class FrozenExec:
                 return
             if not holder_there and _trapped(self.pid) and _thread_count(self.pid) == 1:
                 return
+            if not holder_there and task_state(self.pid)[0] in "ZX":
+                return  # died on the way (OOM, a kill): nothing of it runs; difference() finds it gone
             if time.monotonic() > deadline:
                 raise FreezeError(f"pid {self.pid}: a multi-threaded exec did not finish within {timeout:.1f}s")
             os.sched_yield()
