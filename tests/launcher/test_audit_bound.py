@@ -31,7 +31,7 @@ RAW_ARGV = [b"/bin/true", b"00000000" + b"\xff" * (127 * 1024 - 8)] + [b"\xff" *
 def exec_record(raw_argv: list[bytes] = RAW_ARGV, effect=Effect.PERMIT) -> dict:
     argv = [os.fsdecode(arg) for arg in raw_argv]
     args = {"path": "/usr/bin/true", "requested": "/bin/true", "argv": argv, "program": "true", "cwd": "/tmp",
-            "cmd": command_line("true", argv), "pid": 7, "session": "s1"}
+            "cmd": command_line("true", argv, ("/usr/bin/true", "/bin/true")), "pid": 7, "session": "s1"}
     return {"time": 1767322800.25, "session": "s1", "pid": 7, "syscall": "execve", "tool": "shell/exec",
             "args": args, "effect": effect, "rule_id": "fpl-0", "reason_code": "RULE_DENY", "reason": "no",
             "policy_version": "v", "latency_us": 900}
