@@ -313,10 +313,12 @@ class FrozenExec:
             os.sched_yield()
 
     def _image(self) -> tuple | None:
-        """(executable, argv, AT_EXECFN, stack start) of the process now; None when it is gone."""
+        """(executable, its file, argv, AT_EXECFN, stack start) of the process now; None when it is
+        gone. The file (device, inode) tells a new image from the old one under the same name."""
         proc = f"/proc/{self.pid}/"
         try:
             exe = os.readlink(proc + "exe")
+            executed = os.stat(proc + "exe")
             fields = _read_start(proc + "stat", 4096).rsplit(b")", 1)[1].split()
             cmdline = _read_start(proc + "cmdline", max(len(self.cmdline), len(self.tail)) + 4096 + 1)
             auxv = _read_start(proc + "auxv", 1024)
@@ -326,7 +328,7 @@ class FrozenExec:
         for key, value in struct.iter_unpack("=QQ", auxv[:len(auxv) // 16 * 16]):
             if key == AT_EXECFN:
                 execfn = RemoteMemory(self.pid).cstring(value)
-        return exe, cmdline, execfn, fields[25]  # field 28 of stat: the start of the stack
+        return exe, (executed.st_dev, executed.st_ino), cmdline, execfn, fields[25]  # stat field 28: stack start
 
     def difference(self) -> str:
         """Why the new image is not the decided one; "" when it is, or nothing new runs."""
@@ -338,7 +340,7 @@ class FrozenExec:
             return f"the new image cannot be inspected ({err.strerror})"
         if now is None or (self.before is not None and now == self.before):
             return ""  # gone, or a leader's exec failed: the image that asked goes on
-        exe, cmdline, execfn, _stack = now
+        exe, _file, cmdline, execfn, _stack = now
         if exe not in self.executables:
             return f"executable {exe!r} is none of the decided {sorted(self.executables)!r}"
         if not (cmdline.endswith(self.tail) if self.scripted else cmdline == self.cmdline):
