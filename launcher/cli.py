@@ -11,6 +11,7 @@ import sys
 # name -> (module, one-line help). Nested groups use a dict of the same shape.
 COMMANDS: dict[str, object] = {
     "run": ("launcher.run", "run a command under a policy, every trapped syscall decided"),
+    "serve": ("launcher.serve", "keep a sandbox made ahead for each next command (start-up in milliseconds)"),
     "doctor": ("launcher.doctor", "report what this kernel offers and what degrades without it"),
     "learn": ("launcher.learn", "run a command permitting what the base policy allows, then write a policy for it"),
     "init": ("launcher.init_cmd", "write a commented starter policy (--template coding-agent|data-agent|ci)"),

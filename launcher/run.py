@@ -24,7 +24,7 @@ from launcher.sdk_run import serve_run
 from policy.decision import Decision, deny
 from sandbox import landlock, traced
 from sandbox.errors import SandboxError
-from sandbox.launch import EXIT_SETUP, launch
+from sandbox.launch import EXIT_SETUP, launch, late_release_supported
 from sandbox.netops import NetContext
 from sandbox.seccomp import ALLOW
 from sandbox.spec import SandboxSpec
@@ -94,12 +94,14 @@ def start_parts(hooks) -> None:
                                "free some and run again") from None
 
 
-def main(args: argparse.Namespace, wrap_decide=None) -> int:
-    """``wrap_decide(decide) -> decide``: how `learn` records calls while deciding them."""
-    command = list(args.command)
+def main(args: argparse.Namespace, wrap_decide=None, late=None, loaded=None) -> int:
+    """``wrap_decide(decide) -> decide``: how `learn` records calls while deciding them.
+    ``late`` (launcher/serve.py): the sandbox is made first, and the command comes from
+    ``late.wait`` (sandbox.launch.launch); ``loaded``: the policies, already read by load_policies."""
+    command = list(getattr(args, "command", None) or [])
     if command[:1] == ["--"]:
         command = command[1:]
-    if not command:
+    if not command and late is None:
         return _fail("no command given", f"usage: {USAGE_HINT}")
     if not args.policy:
         return _fail("no policy given", "pass --policy FILE; a file with `agent a { default permit }` "
@@ -123,26 +125,16 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         limits = limits_cfg.resolve(args)
     except (limits_cfg.LimitError, notify.ConfigError) as err:
         return _fail(str(err), "see the Limits section of docs/run.md")
-    layers, sources = [], []  # sources: (path, text), for the egress (docs/egress.md)
-    for path in args.policy:
+    loaded = loaded or load_policies(args.policy)
+    if isinstance(loaded, int):
+        return loaded
+    layers, sources = loaded
+    cwd = None  # a late command brings its own
+    if late is None:
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as err:
-            return _fail(f"cannot read policy {path}: {getattr(err, 'strerror', None) or err}",
-                         "check the path given to --policy")
-        try:
-            layers.append(policy.load_policy(text, path))
-            sources.append((path, text))
-        except policy.PolicyError as err:
-            print(err.render(), file=sys.stderr)
-            return EXIT_SETUP
-        for warning in layers[-1].warnings:
-            print(warning.render(), file=sys.stderr)
-    try:
-        cwd = os.getcwd()
-    except OSError as err:
-        return _fail(f"cannot read the working directory: {err.strerror}", "cd to a directory that exists")
+            cwd = os.getcwd()
+        except OSError as err:
+            return _fail(f"cannot read the working directory: {err.strerror}", "cd to a directory that exists")
     engine = policy.Engine(layers, policy.SessionStore(), defer_ttl=args.approve_timeout)
     decide = _fail_closed(engine.decide if wrap_decide is None else wrap_decide(engine.decide))
     if wrap_decide is None:  # learn mode must see every call: nothing is repeated for it
@@ -162,6 +154,8 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         net=NetContext.for_host(),  # the DNS stub adds names= and dns_redirect= (docs/network.md)
         limits=limits,
     )
+    if late is not None:
+        spec.hidden.extend(late.hidden)
     audit = None
     if args.audit:
         try:
@@ -189,7 +183,7 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         report = RunReport(session_id, command, args.policy)
         audit = report.tee(audit)
     status_line = None
-    if term.StatusLine.wanted():  # live counts on the terminal (docs/run.md, Terminal output)
+    if late is None and term.StatusLine.wanted():  # live counts on the terminal (docs/run.md, Terminal output)
         counter = term.DecisionCounter()
         audit = counter.tee(audit)
         status_line = term.StatusLine(counter, sys.stderr.fileno())
@@ -214,7 +208,8 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
         egress = start_egress(spec, decide, audit, approve, sources, args)
         hooks = [part.start for part in (dns, egress) if part is not None] + ([sdk.serve] if sdk is not None else [])
         hooks += [status_line.start] if status_line is not None else []
-        status = launch(spec, decide, audit=audit, approve=approve, started=lambda: start_parts(hooks))
+        late = _late_or_now(spec, late)
+        status = launch(spec, decide, audit=audit, approve=approve, started=lambda: start_parts(hooks), late=late)
         if status_line is not None:
             status_line.stop()
         return _finish_report(report, args, status)
@@ -228,6 +223,38 @@ def main(args: argparse.Namespace, wrap_decide=None) -> int:
                      ("egress proxy", egress, "close"), ("SDK socket", sdk, "close"),
                      ("approval service", service, "close"), ("audit", audit, "close"),
                      ("run record", record, "finish")])
+
+
+def load_policies(paths: list[str]):
+    """(layers, sources) of the policy files, sources as (path, text) for the egress
+    (docs/egress.md); or EXIT_SETUP once what is wrong is printed. Warnings are printed too."""
+    layers, sources = [], []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as err:
+            return _fail(f"cannot read policy {path}: {getattr(err, 'strerror', None) or err}",
+                         "check the path given to --policy")
+        try:
+            layers.append(policy.load_policy(text, path))
+            sources.append((path, text))
+        except policy.PolicyError as err:
+            print(err.render(), file=sys.stderr)
+            return EXIT_SETUP
+        for warning in layers[-1].warnings:
+            print(warning.render(), file=sys.stderr)
+    return layers, sources
+
+
+def _late_or_now(spec: SandboxSpec, late):
+    """``late`` for launch() when init can take the command at its release; otherwise (init in
+    Python) the command is waited for here, before the sandbox is made, and None returned."""
+    if late is None or late_release_supported(spec):
+        return late
+    command = late.wait(0)
+    spec.argv, spec.env, spec.cwd = command.argv, command.env, command.cwd
+    return None
 
 
 def _close_each(parts: list) -> None:

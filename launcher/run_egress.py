@@ -158,12 +158,10 @@ class EgressRun:
             except OSError:
                 continue
             spec.files[path] = ca.trust_bundle(existing)
-        env = dict(os.environ if spec.env is None else spec.env)
         for name in plan.secret_variables():
-            env.pop(name, None)  # the agent never holds a brokered secret
+            spec.env_changes[name] = None  # the agent never holds a brokered secret
         if SYSTEM_BUNDLE in spec.files:
-            env.update({name: SYSTEM_BUNDLE for name in TRUST_VARIABLES})
-        spec.env = env
+            spec.env_changes.update({name: SYSTEM_BUNDLE for name in TRUST_VARIABLES})
 
     def start(self) -> None:
         self.proxy.start()

@@ -39,7 +39,7 @@ class SdkRun:
 
 
 def serve_run(spec: SandboxSpec, decide: Decide, *, audit=None, approve: Approve | None = None) -> SdkRun:
-    """Bind the socket for ``spec`` and point the agent at it (edits spec.binds and spec.env);
+    """Bind the socket for ``spec`` and point the agent at it (edits spec.binds and spec.env_changes);
     pass ``.serve`` to launch() as ``started`` (no thread may run before the sandbox exists).
     Raises SandboxError when the socket cannot be created."""
     # Reached through the bind mount, the directory can sit under the runtime directory, which
@@ -65,7 +65,7 @@ def serve_run(spec: SandboxSpec, decide: Decide, *, audit=None, approve: Approve
         if not any(_inside(parent, hidden) for hidden in spec.hidden):  # covered after the binds are made
             spec.hidden.append(parent)
     agent_path = os.path.join(agent_dir, SOCKET_NAME)
-    spec.env = dict(os.environ if spec.env is None else spec.env, FARAMESH_SOCKET=agent_path)
+    spec.env_changes["FARAMESH_SOCKET"] = agent_path
     return SdkRun(server, host_dir, agent_path)
 
 

@@ -116,14 +116,8 @@ class Plan:
         self.run = run
 
     def encode(self) -> bytes:
-        from sandbox.launch import INIT_STAGES, AGENT_STAGES, _agent_env
         spec, run = self.spec, self.run
-        out = [MAGIC, b"".join(name.encode() + b"\0" for name in (*INIT_STAGES, *AGENT_STAGES)), b"\0"]
-
-        def record(tag: str, *parts: bytes) -> None:
-            payload = b"".join(parts)
-            out.append(tag.encode() + struct.pack("<I", len(payload)) + payload)
-
+        out, record = _records()
         for step in self.mounts:
             if isinstance(step, mounts.Make):
                 record("d", _MAKE_KINDS[step.kind], _text(step.path), _text(step.target))
@@ -142,8 +136,6 @@ class Plan:
                 record("p", struct.pack("<Q", rights), _field("landlock", path))
             for port, rights in sorted(found.ports.items()):
                 record("n", struct.pack("<QQ", rights, port))
-        if spec.cwd is not None:
-            record("c", _field("chdir", spec.cwd))
         for resource, value in run.limits.rlimit_list():
             if not 0 <= value < 2**64:  # never wrapped around to a small limit
                 raise SandboxError("rlimits", "OverflowError: int too big to convert", hint_for("rlimits", None))
@@ -155,20 +147,18 @@ class Plan:
             record("s", struct.pack("<I", signum))
         for number in run.cap_drop:
             record("k", struct.pack("<I", number))
-        env = _agent_env(spec)
-        args, envp, failure = agent_spawn.encoded(spec.argv, env)
-        if "\0" in spec.argv[0] and "/" not in spec.argv[0]:  # no file on PATH has that name
-            failure = (agent_spawn.exec_error(spec.argv[0], errno.ENOENT), 127)
-        if failure is not None:
-            message, status = failure
-            record("x", struct.pack("<I", status), message)
-        elif "/" not in spec.argv[0]:
-            record("P", _text(env.get("PATH", os.defpath)))
-        for arg in args:
-            record("a", arg + b"\0")
-        for variable in envp:
-            record("e", variable + b"\0")
+        if getattr(run, "late", None) is not None:
+            record("w")  # the command comes with the release (encode_late)
+        else:
+            _command_records(spec, record)
         record("z")  # the end: a plan cut short anywhere is refused
+        return b"".join(out)
+
+    def encode_late(self) -> bytes:
+        """The late plan: the command of a plan that waited for one, sent with the release."""
+        out, record = _records()
+        _command_records(self.spec, record)
+        record("z")
         return b"".join(out)
 
     def call(self, stage: str, item: int) -> str:
@@ -182,6 +172,36 @@ class Plan:
         if stage == "loopback":
             return "ioctl(SIOCSIFFLAGS, 'lo', IFF_UP)"
         return ""
+
+
+def _records():
+    """A plan's head, and how a record is added to it."""
+    from sandbox.launch import INIT_STAGES, AGENT_STAGES  # launch imports this module
+    out = [MAGIC, b"".join(name.encode() + b"\0" for name in (*INIT_STAGES, *AGENT_STAGES)), b"\0"]
+
+    def record(tag: str, *parts: bytes) -> None:
+        payload = b"".join(parts)
+        out.append(tag.encode() + struct.pack("<I", len(payload)) + payload)
+    return out, record
+
+
+def _command_records(spec, record) -> None:
+    """The agent's working directory, the PATH search, its arguments and environment."""
+    if spec.cwd is not None:
+        record("c", _field("chdir", spec.cwd))
+    env = spec.agent_env()
+    args, envp, failure = agent_spawn.encoded(spec.argv, env)
+    if "\0" in spec.argv[0] and "/" not in spec.argv[0]:  # no file on PATH has that name
+        failure = (agent_spawn.exec_error(spec.argv[0], errno.ENOENT), 127)
+    if failure is not None:
+        message, status = failure
+        record("x", struct.pack("<I", status), message)
+    elif "/" not in spec.argv[0]:
+        record("P", _text(env.get("PATH", os.defpath)))
+    for arg in args:
+        record("a", arg + b"\0")
+    for variable in envp:
+        record("e", variable + b"\0")
 
 
 def _text(value: str | None) -> bytes:

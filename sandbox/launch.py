@@ -51,6 +51,15 @@ RELEASE = b"go"
 
 
 @dataclass
+class LateCommand:
+    """What a prepared sandbox is given at its release (launch()'s ``late``)."""
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    stdio: tuple[int, int, int]  # the agent's stdin, stdout, stderr
+
+
+@dataclass
 class _Run:
     spec: SandboxSpec
     role: str = "launcher"
@@ -67,6 +76,7 @@ class _Run:
     decision_keys: object = None  # Engine.decision_keys when repeated reads may be answered in C
     watch_credentials: bool = False  # the filter sends credential calls to the fast path (sandbox/fastpath.py)
     cap_drop: list[int] = field(default_factory=list)  # capabilities the agent gives up (sandbox/capabilities.py)
+    late: object = None  # launch()'s ``late``: the command comes with init's release
 
 
 # ---- stages run in the launcher -------------------------------------------------------------
@@ -136,7 +146,7 @@ def _start_init(run: _Run, sandbox_end: socket.socket) -> int:
     cgroup_fd = os.open(run.cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if run.cgroup_dir else None
     try:
         # With a user namespace, or as a non-root user, the execve would drop init's capabilities.
-        if init_spawn.available() and not run.spec.wants_user_namespace() and os.geteuid() == 0:
+        if late_release_supported(run.spec):
             run.compiled_init = init_spawn.start(run, namespaces.clone_flags(run.spec), cgroup_fd,
                                                  INIT_EXIT_SIGNAL, sandbox_end.fileno())
             return run.compiled_init.pid
@@ -168,10 +178,41 @@ def _map_user(run: _Run) -> None:
 
 
 def _release_init(run: _Run) -> None:
+    if run.late is not None:
+        return  # the release waits for the command, once the supervisor is ready (_release_late)
     try:
         run.sock.send(RELEASE)
     except (BrokenPipeError, ConnectionResetError):
         pass  # init already failed: its message waits on the socket (_receive_listener)
+
+
+def _release_late(run: _Run) -> None:
+    """A prepared sandbox (launcher/serve.py): init waits, made and in its cgroup, and the
+    supervisor is built, until a command comes; init gets the command's plan and the agent's
+    stdin, stdout and stderr with its release."""
+    if run.late is None:
+        return
+    if run.compiled_init is None:
+        raise SandboxError("release_init", "a command given after set-up needs the compiled init",
+                           "check late_release_supported() before passing late=")
+    command = run.late.wait(run.init_pid)
+    run.spec.argv, run.spec.env, run.spec.cwd = command.argv, command.env, command.cwd
+    run.limits.start_clock()  # --timeout counts from the command, not from the preparation
+    memfd = os.memfd_create("faramesh-late-plan", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(run.compiled_init.plan.encode_late())
+        while view:
+            view = view[os.write(memfd, view):]
+        socket.send_fds(run.sock, [RELEASE], [memfd, *command.stdio])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # init already failed: its message waits on the socket (_receive_listener)
+    finally:
+        os.close(memfd)
+
+
+def late_release_supported(spec: SandboxSpec) -> bool:
+    """Whether launch() may be given ``late``: init must be the compiled one (_start_init's test)."""
+    return init_spawn.available() and not spec.wants_user_namespace() and os.geteuid() == 0
 
 
 # ---- stages run in init (pid 1) -------------------------------------------------------------
@@ -206,7 +247,7 @@ def _new_session(run: _Run) -> None:
 def _fork_agent(run: _Run) -> None:
     if agent_spawn.available():  # the agent rows below run in C between clone and execve
         pid = agent_spawn.start(run, AGENT_STAGES, agent_spawn.exec_target(
-            run.spec.argv, _agent_env(run.spec), run.spec.cwd, _find_program))
+            run.spec.argv, run.spec.agent_env(), run.spec.cwd, _find_program))
         run.sock.close()
         _wait_and_forward(pid)  # init: never returns
     pid = os.fork()
@@ -334,7 +375,7 @@ def _report_and_exit(run: _Run, error: SandboxError) -> None:
 def _exec_agent(run: _Run) -> None:
     """execve(CMD) with shell-like results: 127 when not found, 126 when it cannot run."""
     argv = run.spec.argv
-    env = _agent_env(run.spec)
+    env = run.spec.agent_env()
     try:
         path = _find_program(argv[0], env.get("PATH", os.defpath))
         os.execve(path, argv, env)
@@ -346,10 +387,6 @@ def _exec_agent(run: _Run) -> None:
         os.write(2, f"faramesh-sandbox: {argv[0]!r}: {err}\n".encode())
     finally:
         os._exit(EXIT_CANNOT_RUN)
-
-
-def _agent_env(spec: SandboxSpec) -> dict:
-    return spec.env if spec.env is not None else dict(os.environ)
 
 
 def _find_program(name: str, search_path: str, cwd: str | None = None) -> str:
@@ -408,9 +445,13 @@ def _kill(pid: int, signum: int) -> None:
 
 # ---- the launcher's side --------------------------------------------------------------------
 
-def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) -> int:
+def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None, late=None) -> int:
     """Run ``spec.argv`` in the sandbox, deciding trapped syscalls with ``decide``;
     ``started()`` runs in the launcher once the sandbox exists (threads may start from then on).
+    ``late``: the command is not known yet. The sandbox is made, then ``late.wait(init_pid)`` blocks
+    until it is (a LateCommand: argv, env, cwd, stdio fds, which replace the spec's), and
+    ``late.ended(status)`` hears the agent's status before the sandbox is taken down. Only when
+    late_release_supported(spec).
 
     Returns the agent's exit status (128+N for signal N, 126/127 when CMD cannot run);
     raises SandboxError when the sandbox cannot be set up. Call it from a single-threaded process:
@@ -421,7 +462,8 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
         # (namespaces only, with no supervisor, lend nothing).
         raise SandboxError("user_namespace", "a user namespace is only for a launcher that is not root",
                            "run as root without one (the default), or launch as an ordinary user")
-    run = _Run(spec, cap_drop=capabilities.to_drop(capabilities.agent_is_privileged(spec.wants_user_namespace())))
+    run = _Run(spec, cap_drop=capabilities.to_drop(capabilities.agent_is_privileged(spec.wants_user_namespace())),
+               late=late)
     if not spec.audit_all:
         run.decision_keys = getattr(decide, "decision_keys", None)
         run.watch_credentials = fastpath.wanted(run.decision_keys, audit is not None, spec.fast_repeats)
@@ -445,7 +487,10 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None) ->
                 print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
         if started is not None:
             started()
-        return run.limits.exit_status(_supervise(run, decide, audit, approve))
+        status = run.limits.exit_status(_supervise(run, decide, audit, approve))
+        if late is not None:
+            late.ended(status)  # before the tear-down: the caller waits for the status alone
+        return status
     finally:
         if run.role == "launcher":
             try:
@@ -476,6 +521,7 @@ def _sigchld_default():
 
 def _supervise(run: _Run, decide, audit, approve) -> int:
     if not run.spec.seccomp:  # namespaces only
+        _release_late(run)
         _receive_listener(run)
         return exit_code(_wait_init(run, None))
     reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -490,6 +536,7 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
                                     decision_keys=run.decision_keys, fast_repeats=run.spec.fast_repeats,
                                     credentials_watched=run.watch_credentials, agent_dropped=run.cap_drop)
         try:
+            _release_late(run)
             listener = _receive_listener(run)
         except BaseException:
             # Set-up failed: any thread the constructor started must end before this process may
@@ -502,6 +549,9 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
         serving = _Serving(sup, before)
         try:
             status = _wait_init(run, serving)
+            if run.late is not None and not serving.failed:  # the caller waits for nothing else
+                run.limits.report_fired()  # while the caller's stderr is still ours
+                run.late.ended(run.limits.exit_status(exit_code(status)))
         finally:
             serving.finish()  # its threads end and are joined however the wait ended
     finally:
@@ -674,3 +724,4 @@ def _tear_down(run: _Run) -> None:
         run.limits.close()  # reads which limit fired: before the cgroups go
     if run.cgroup_dir:
         cgroups.destroy(run.cgroup_dir)
+

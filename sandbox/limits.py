@@ -96,6 +96,7 @@ class Enforcer:
         self.skipped: list[str] = []  # default limits this host cannot hold in a cgroup
         self.deadline: float | None = None
         self.timed_out = False
+        self.reported = False  # report_fired() printed what fired
 
     def prepare(self) -> None:
         """Create and configure the cgroups; raises SandboxError when a limit cannot be enforced."""
@@ -159,6 +160,10 @@ class Enforcer:
         everything it forks stays in them."""
         for directory in self.v1_dirs.values():
             cgroups.join(directory, init_pid)
+        self.start_clock()
+
+    def start_clock(self) -> None:
+        """--timeout counts from here: init's release, when the command is known."""
         if self.limits.timeout is not None:
             self.deadline = time.monotonic() + self.limits.timeout
 
@@ -201,11 +206,18 @@ class Enforcer:
                 lines.append(fired_message(name, value, count))
         return lines
 
+    def report_fired(self) -> None:
+        """Print what fired, once (close() does it when nobody did before)."""
+        if self.reported:
+            return
+        self.reported = True
+        for line in self.fired():
+            print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
+
     def close(self) -> None:
         """Report what fired, then remove the v1 cgroups (init is dead: its tasks are dying)."""
         try:
-            for line in self.fired():
-                print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
+            self.report_fired()
         finally:
             for directory in self.v1_dirs.values():
                 try:

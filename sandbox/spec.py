@@ -13,6 +13,8 @@ DEFAULT_NAMESPACES = frozenset({"mount", "pid", "uts", "ipc", "net"})
 class SandboxSpec:
     argv: list[str]
     env: dict[str, str] | None = None  # None: the launcher's environment
+    # what the run's parts change in that environment, whoever's it is: name -> value, or None to remove
+    env_changes: dict[str, str | None] = field(default_factory=dict)
     cwd: str | None = None  # None: the launcher's working directory
     namespaces: frozenset[str] = DEFAULT_NAMESPACES
     user_namespace: bool | None = None  # None: only when the launcher is not root
@@ -36,6 +38,16 @@ class SandboxSpec:
     same_cpu: bool = False  # agent and supervisor on one CPU: cheaper traps when idle, one core (sandbox/placement.py)
     landlock: object | None = None  # sandbox.landlock.Plan applied in the agent; None: no Landlock floor
     limits: object | None = None  # sandbox.limits.Limits; None: no resource limits
+
+    def agent_env(self) -> dict[str, str]:
+        """The agent's environment: ``env`` (or the launcher's) with ``env_changes`` made."""
+        env = dict(os.environ if self.env is None else self.env)
+        for name, value in self.env_changes.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
+        return env
 
     def wants_user_namespace(self) -> bool:
         if self.user_namespace is None:

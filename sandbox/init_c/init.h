@@ -42,7 +42,13 @@ enum init_stage { INIT_STAGES(INIT_STAGE_ENUM) INIT_STAGE_COUNT };
     X(TAG_ARG, 'a')        /* string, one per argument */                                            \
     X(TAG_ENV, 'e')        /* string, one per variable */                                            \
     X(TAG_NO_EXEC, 'x')    /* u32 exit status, then the bytes init prints: CMD cannot be run */         \
+    X(TAG_LATE, 'w')       /* empty: the command (c P a e x) comes with the release, see LATE_TAGS */ \
     X(TAG_END, 'z')        /* empty: the last record; a plan without it was cut short */
+
+/* The records of a late command: a second plan (the same head) sent with the release, with the
+ * agent's stdin, stdout and stderr (a service's prepared sandbox: launcher/serve.py). */
+#define LATE_TAGS "cPaexz"
+#define LATE_FDS 4  /* the late plan, then the agent's stdin, stdout, stderr */
 
 /* The mount stage's steps, in order: mounts, and what is made in a tmpfs mounted just before
  * (sandbox.mounts.Make): a directory, an empty file (a mount point) or a symlink. */

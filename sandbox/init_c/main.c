@@ -4,6 +4,7 @@
  * sandbox/spawn_c/init_start.c with the launcher's socket, its plan and itself at fixed fds. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,16 +50,54 @@ static void write_all(int fd, const char *text, size_t len)
     }
 }
 
-/* A dead launcher's end of the socket reads as EOF (getppid() is 0 across a pid namespace). */
-static void await_release(void)
+/* Puts the late command's stdio at 0, 1 and 2 (through high numbers first: a received descriptor
+ * may already sit at one of them) and closes the rest; the late plan's fd is returned. */
+static int take_late_fds(const int *fds)
+{
+    int moved[LATE_FDS];
+    for (int i = 0; i < LATE_FDS; i++) {
+        moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
+        if (moved[i] < 0)
+            _exit(EXIT_SETUP);
+        close(fds[i]);
+    }
+    for (int i = 1; i < LATE_FDS; i++) {
+        if (dup2(moved[i], i - 1) < 0)
+            _exit(EXIT_SETUP);
+        close(moved[i]);
+    }
+    return moved[0];
+}
+
+/* A dead launcher's end of the socket reads as EOF (getppid() is 0 across a pid namespace). A plan
+ * that waits for its command gets it here: the late plan and the agent's stdio, LATE_FDS of them. */
+static const char *await_release(struct init_plan *plan)
 {
     char buf[16];
+    union { struct cmsghdr align; char space[CMSG_SPACE(sizeof(int) * LATE_FDS)]; } control;
+    struct iovec iov = {buf, sizeof(buf)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                         .msg_controllen = sizeof(control.space)};
     ssize_t n;
     do
-        n = recv(INIT_SOCK_FD, buf, sizeof(buf), 0);
+        n = recvmsg(INIT_SOCK_FD, &msg, MSG_CMSG_CLOEXEC);
     while (n < 0 && errno == EINTR);
-    if (n != (ssize_t)strlen(RELEASE) || memcmp(buf, RELEASE, strlen(RELEASE)))
-        _exit(EXIT_SETUP);
+    struct cmsghdr *cm = n < 0 ? NULL : CMSG_FIRSTHDR(&msg);
+    int got = 0, fds[LATE_FDS];
+    if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+        got = (int)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+    if (got > 0)
+        memcpy(fds, CMSG_DATA(cm), sizeof(int) * (size_t)(got < LATE_FDS ? got : LATE_FDS));
+    int want = plan->late ? LATE_FDS : 0;
+    if (n != (ssize_t)strlen(RELEASE) || memcmp(buf, RELEASE, strlen(RELEASE)) || got != want ||
+        (msg.msg_flags & (MSG_CTRUNC | MSG_TRUNC)))
+        _exit(EXIT_SETUP);  /* not the launcher's release: nothing of it is used */
+    if (!want)
+        return NULL;
+    int late_plan = take_late_fds(fds);
+    const char *why = read_late_plan(late_plan, plan);
+    close(late_plan);
+    return why;
 }
 
 static pid_t fork_agent(struct init_plan *plan)
@@ -178,9 +217,10 @@ int main(void)
     signal(SIGCHLD, SIG_DFL);  /* an ignored SIGCHLD would reap the agent before we could */
     const char *why = read_plan(INIT_PLAN_FD, &plan);
     close(INIT_PLAN_FD);
-    await_release();  /* first, even for a bad plan: closing with "go" unread would reset the socket */
-    if (why)
-        fail("clone_init", 0, -1, why);
+    /* first, even for a bad plan: closing with "go" unread would reset the socket */
+    const char *late_why = await_release(&plan);
+    if (why || late_why)
+        fail("clone_init", 0, -1, why ? why : late_why);
     int item = -1, err;
     if ((err = new_session()))
         fail(init_stage_names[INIT_NEW_SESSION], err, -1, NULL);

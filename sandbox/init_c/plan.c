@@ -163,13 +163,16 @@ static const char *read_record(struct init_plan *plan, unsigned char tag, struct
         plan->no_exec_len = (size_t)(c->end - c->at);
         c->at = c->end;
         break;
+    case 'w': plan->late = 1; break;
     case 'z': plan->complete = 1; break;
     default: return "a record of an unknown kind";
     }
     return c->bad || c->at != c->end ? "a record of the wrong length" : NULL;
 }
 
-static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan)
+/* ``late_part``: 0 for the first plan (no late command records once 'w' was read), 1 for the late
+ * plan (its records only). */
+static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan, int late_part)
 {
     size_t head = sizeof(PLAN_MAGIC) + sizeof(stage_list);  /* both with their final NUL */
     if (size < head || memcmp(buf, PLAN_MAGIC, sizeof(PLAN_MAGIC)) ||
@@ -183,6 +186,11 @@ static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan
         uint64_t len = take_u64(&c, 4);
         if (c.bad || len > (uint64_t)(c.end - c.at))
             return "a truncated record";
+        int is_late_tag = tag && strchr(LATE_TAGS, tag) != NULL;
+        if (late_part && !is_late_tag)
+            return "a record a late command may not hold";
+        if (!late_part && plan->late && is_late_tag && tag != 'z')
+            return "a command in a plan that waits for one";
         struct cursor record = {c.at, c.at + len, 0};
         const char *why = read_record(plan, tag, &record);
         if (why)
@@ -191,6 +199,8 @@ static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan
     }
     if (!plan->complete)
         return "a plan cut short";
+    if (plan->late && !late_part)
+        return NULL;  /* the command is checked when it comes */
     if ((!plan->argv && !(plan->argv = calloc(1, sizeof(char *)))) ||
         (!plan->envp && !(plan->envp = calloc(1, sizeof(char *)))))
         return "out of memory";
@@ -199,23 +209,48 @@ static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan
     return NULL;
 }
 
-const char *read_plan(int fd, struct init_plan *plan)
+/* The whole file at ``fd``, or NULL. */
+static unsigned char *read_whole(int fd, size_t *size)
 {
     struct stat st;
-    memset(plan, 0, sizeof(*plan));
-    plan->agent.ruleset = -1;
-    plan->agent.failed_stage = -1;
     if (fstat(fd, &st) < 0 || st.st_size <= 0)
-        return "it cannot be read";
+        return NULL;
     unsigned char *buf = malloc((size_t)st.st_size);
     if (!buf)
-        return "out of memory";
+        return NULL;
     size_t got = 0;
     while (got < (size_t)st.st_size) {
         ssize_t n = pread(fd, buf + got, (size_t)st.st_size - got, (off_t)got);
-        if (n <= 0)
-            return "it cannot be read";
+        if (n <= 0) {
+            free(buf);
+            return NULL;
+        }
         got += (size_t)n;
     }
-    return parse(buf, got, plan);  /* strings point into buf, kept for init's life */
+    *size = got;
+    return buf;
+}
+
+const char *read_plan(int fd, struct init_plan *plan)
+{
+    size_t size;
+    memset(plan, 0, sizeof(*plan));
+    plan->agent.ruleset = -1;
+    plan->agent.failed_stage = -1;
+    unsigned char *buf = read_whole(fd, &size);
+    if (!buf)
+        return "it cannot be read";
+    return parse(buf, size, plan, 0);  /* strings point into buf, kept for init's life */
+}
+
+const char *read_late_plan(int fd, struct init_plan *plan)
+{
+    size_t size;
+    if (!plan->late)
+        return "a late command for a plan that holds its own";
+    unsigned char *buf = read_whole(fd, &size);
+    if (!buf)
+        return "the late command cannot be read";
+    plan->complete = 0;
+    return parse(buf, size, plan, 1);
 }

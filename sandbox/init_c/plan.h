@@ -12,6 +12,7 @@ struct init_plan {
     const char *hostname;        /* NULL: not a namespace of ours */
     int loopback;
     int complete;                /* the end record was read */
+    int late;                    /* the command comes with the release (read_late_plan) */
     int mount_count;
     struct init_mount *mounts;    /* each list as long as the plan makes it */
     int has_ruleset;             /* the Landlock floor, built here: paths name this mount namespace */
@@ -30,5 +31,8 @@ struct init_plan {
 
 /* Reads and checks the whole plan from ``fd``; NULL, or what is wrong with it. */
 const char *read_plan(int fd, struct init_plan *plan);
+
+/* Reads the late command's plan (only LATE_TAGS records) into a plan that asked for one. */
+const char *read_late_plan(int fd, struct init_plan *plan);
 
 #endif

@@ -182,7 +182,7 @@ def test_serve_run_binds_a_private_directory_at_the_fixed_path():
     sdk = serve_run(spec, engine.decide)
     try:
         assert spec.binds == [(sdk.host_dir, "/run/faramesh")]
-        assert spec.env == {"PATH": "/usr/bin", "FARAMESH_SOCKET": "/run/faramesh/faramesh.sock"}
+        assert spec.agent_env() == {"PATH": "/usr/bin", "FARAMESH_SOCKET": "/run/faramesh/faramesh.sock"}
         assert stat.S_IMODE(os.stat(sdk.host_dir).st_mode) == 0o700
         assert stat.S_ISSOCK(os.stat(os.path.join(sdk.host_dir, "faramesh.sock")).st_mode)
     finally:
@@ -202,7 +202,7 @@ def test_without_the_fixed_mount_point_the_socket_stays_outside_the_hidden_runti
     try:
         assert (spec.binds, spec.hidden) == ([], [])
         assert os.path.dirname(sdk.host_dir) == str(tmp_path)
-        assert spec.env == {"FARAMESH_SOCKET": os.path.join(sdk.host_dir, "faramesh.sock")}
+        assert spec.agent_env() == {"FARAMESH_SOCKET": os.path.join(sdk.host_dir, "faramesh.sock")}
     finally:
         sdk.close()
 
@@ -214,8 +214,8 @@ def test_serve_run_without_mount_namespace_uses_the_host_path():
     sdk = serve_run(spec, engine.decide)
     try:
         assert spec.binds == []
-        assert spec.env == {"FARAMESH_SOCKET": os.path.join(sdk.host_dir, "faramesh.sock")}
-        assert sdk.agent_socket_path == spec.env["FARAMESH_SOCKET"]
+        assert spec.agent_env() == {"FARAMESH_SOCKET": os.path.join(sdk.host_dir, "faramesh.sock")}
+        assert sdk.agent_socket_path == spec.agent_env()["FARAMESH_SOCKET"]
     finally:
         sdk.close()
 

@@ -1,0 +1,298 @@
+/* launcher/_client: hands one command to a running `faramesh-sandbox serve` and exits with its
+ * status. Start-up cost is the point: no Python, libc only, one connect, one memfd, one sendmsg.
+ *
+ * Protocol (AF_UNIX SOCK_SEQPACKET):
+ *   client -> service  "faramesh-run-1\0" with SCM_RIGHTS [request memfd, stdin, stdout, stderr];
+ *                      the memfd, sealed and at offset 0, holds records: tag byte, LE u32 length,
+ *                      payload: 'c' cwd\0, 'a' arg\0 (each), 'e' NAME=value\0 (each), 'z' (end).
+ *   client -> service  "sig\0" + LE u32 signal number, for each forwarded signal.
+ *   service -> client  "exit" + LE u32 status (0..255); the client exits with it. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "records.h"
+
+#define EXIT_CLIENT 125
+#define MAGIC "faramesh-run-1"  /* sent with its NUL */
+#define USAGE "usage: %s [--socket PATH] [--] CMD [ARGS...]"
+
+/* Why the client gave up -> the hint its one line ends with. */
+enum failure { BAD_USAGE, NO_CWD, NO_SERVICE, NOT_YOURS, LONG_PATH, NO_STATUS, NOT_UNDERSTOOD, SYSTEM };
+static const char *const HINTS[] = {
+    [BAD_USAGE] = "the usage is [--socket PATH] [--] CMD [ARGS...]",
+    [NO_CWD] = "cd to a directory that exists",
+    [NO_SERVICE] = "start one with `faramesh-sandbox serve --policy FILE`",
+    [NOT_YOURS] = "pass --socket or set FARAMESH_SANDBOX_SOCKET to the socket of a service you started",
+    [LONG_PATH] = "set FARAMESH_SANDBOX_SOCKET (or FARAMESH_SANDBOX_RUNTIME_DIR) to a shorter path",
+    [NO_STATUS] = "see the service's output",
+    [NOT_UNDERSTOOD] = "see the service's output; the service and this client may be from different versions",
+    [SYSTEM] = "this is a problem of the machine, not of the command",
+};
+
+/* Forwarded to the service, which signals the command; SIGTSTP keeps its default (stops us). */
+static const int FORWARDED[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGWINCH};
+
+static __attribute__((noreturn, format(printf, 2, 3))) void fail(enum failure why, const char *fmt, ...)
+{
+    char line[8192];
+    int len = snprintf(line, sizeof(line), "faramesh-sandbox: ");
+    va_list args;
+    va_start(args, fmt);
+    len += vsnprintf(line + len, sizeof(line) - (size_t)len, fmt, args);
+    va_end(args);
+    if (len > (int)sizeof(line) - 1)
+        len = (int)sizeof(line) - 1;
+    len += snprintf(line + len, sizeof(line) - (size_t)len, " — hint: %s\n", HINTS[why]);
+    if (len > (int)sizeof(line) - 1) {  /* cut, but still one line */
+        len = (int)sizeof(line) - 1;
+        line[len - 1] = '\n';
+    }
+    write_all(2, line, (size_t)len);  /* a closed stderr leaves only the status to say it */
+    _exit(EXIT_CLIENT);
+}
+
+/* ---- command line and socket path ---------------------------------------------------------- */
+
+/* Returns the index of CMD in argv; sets *socket_path when --socket is given. */
+static int parse_args(int argc, char **argv, const char **socket_path)
+{
+    int i = 1;
+    while (i < argc) {
+        const char *arg = argv[i];
+        if (!strcmp(arg, "--")) {
+            if (i + 1 >= argc)
+                fail(BAD_USAGE, "no command after --");
+            return i + 1;
+        }
+        if (!strcmp(arg, "--help")) {
+            char text[512];
+            int len = snprintf(text, sizeof(text), USAGE "\nRuns CMD in the sandbox of a running "
+                               "`faramesh-sandbox serve` and exits with its status.\n", argv[0]);
+            write_all(1, text, len < (int)sizeof(text) ? (size_t)len : sizeof(text) - 1);
+            _exit(0);
+        }
+        if (!strcmp(arg, "--socket")) {
+            if (i + 1 >= argc)
+                fail(BAD_USAGE, "--socket needs a PATH");
+            *socket_path = argv[i + 1];
+            i += 2;
+            continue;
+        }
+        if (arg[0] == '-')
+            fail(BAD_USAGE, "unknown option %s (put -- before a command that starts with -)", arg);
+        return i;
+    }
+    fail(BAD_USAGE, "no command given");
+}
+
+static int owned_by_us(const char *path)
+{
+    struct stat info;
+    return stat(path, &info) == 0 && info.st_uid == geteuid();
+}
+
+/* The same choice as launcher/control.py runtime_dir(), then service/run.sock in it. */
+static void default_socket_path(char *out, size_t size)
+{
+    const char *socket_env = getenv("FARAMESH_SANDBOX_SOCKET");
+    const char *runtime = getenv("FARAMESH_SANDBOX_RUNTIME_DIR");
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (socket_env && *socket_env)
+        snprintf(out, size, "%s", socket_env);
+    else if (runtime && *runtime)
+        snprintf(out, size, "%s/service/run.sock", runtime);
+    else if (geteuid() == 0)
+        snprintf(out, size, "/run/faramesh-sandbox/service/run.sock");
+    else if (xdg && *xdg && owned_by_us(xdg))
+        snprintf(out, size, "%s/faramesh-sandbox/service/run.sock", xdg);
+    else
+        snprintf(out, size, "/tmp/faramesh-sandbox-%u/service/run.sock", (unsigned)geteuid());
+}
+
+/* ---- connecting ---------------------------------------------------------------------------- */
+
+static int connect_service(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    size_t len = strlen(path);
+    if (len >= sizeof(addr.sun_path))
+        fail(LONG_PATH, "the socket path %s is %zu bytes, longer than the %zu a unix socket allows", path, len,
+             sizeof(addr.sun_path) - 1);
+    memcpy(addr.sun_path, path, len + 1);
+    int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        fail(SYSTEM, "socket(AF_UNIX, SOCK_SEQPACKET): %s", strerror(errno));
+    int rc;
+    do
+        rc = connect(sock, (struct sockaddr *)&addr, sizeof(addr));
+    while (rc < 0 && errno == EINTR);
+    if (rc < 0 && (errno == ENOENT || errno == ECONNREFUSED))
+        fail(NO_SERVICE, "no service at %s (%s)", path, strerror(errno));
+    if (rc < 0)
+        fail(NO_SERVICE, "cannot connect to %s: %s", path, strerror(errno));
+    /* Our stdin/stdout/stderr go only to a service run by us or by root: anyone else could bind a
+     * socket where ours is expected (a shared /tmp) and read or write our terminal. */
+    struct ucred peer;
+    socklen_t peer_len = sizeof(peer);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0)
+        fail(SYSTEM, "getsockopt(SO_PEERCRED) on %s: %s", path, strerror(errno));
+    if (peer.uid != geteuid() && peer.uid != 0)
+        fail(NOT_YOURS, "the service at %s belongs to uid %u, not to you", path, (unsigned)peer.uid);
+    return sock;
+}
+
+/* ---- the request --------------------------------------------------------------------------- */
+
+static int write_request(char **args, int count)
+{
+    /* Sealed so the service may read (or map) it knowing it cannot change under it. */
+    int memfd = memfd_create("faramesh-run", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (memfd < 0)
+        fail(SYSTEM, "memfd_create: %s", strerror(errno));
+    struct records out = {.fd = memfd};
+    char *cwd = getcwd(NULL, 0);
+    if (!cwd)
+        fail(NO_CWD, "cannot read the current directory: %s", strerror(errno));
+    records_put(&out, 'c', cwd, strlen(cwd) + 1);
+    free(cwd);
+    for (int i = 0; i < count; i++)
+        records_put(&out, 'a', args[i], strlen(args[i]) + 1);
+    for (char **var = environ; *var; var++)
+        records_put(&out, 'e', *var, strlen(*var) + 1);
+    records_put(&out, 'z', "", 0);
+    if (records_flush(&out) < 0)
+        fail(SYSTEM, "writing the request to a memfd: %s", strerror(errno));
+    fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    lseek(memfd, 0, SEEK_SET);  /* the service shares this offset: it reads from the start */
+    return memfd;
+}
+
+/* A closed 0/1/2 becomes /dev/null before anything else takes its number (a socket as stdin). */
+static void fill_standard_fds(void)
+{
+    for (int fd = 0; fd <= 2; fd++)
+        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF && open("/dev/null", O_RDWR) != fd)
+            fail(SYSTEM, "cannot open /dev/null for the closed fd %d: %s", fd, strerror(errno));
+}
+
+static void send_request(int sock, int memfd, const char *path)
+{
+    int fds[4] = {memfd, 0, 1, 2};
+    union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(fds))]; } control;
+    struct iovec iov = {.iov_base = MAGIC, .iov_len = sizeof(MAGIC)};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                         .msg_controllen = sizeof(control.buf)};
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(fds));
+    memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
+    ssize_t n;
+    do
+        n = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+        fail(NO_STATUS, "the service at %s closed the connection before taking the run", path);
+    if (n < 0)
+        fail(SYSTEM, "sendmsg to %s: %s", path, strerror(errno));
+    close(memfd);
+}
+
+/* ---- waiting for the status ---------------------------------------------------------------- */
+
+static int block_forwarded_signals(void)
+{
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (size_t i = 0; i < sizeof(FORWARDED) / sizeof(FORWARDED[0]); i++)
+        sigaddset(&mask, FORWARDED[i]);
+    /* Blocked before the run starts, so a Ctrl-C from then on is forwarded, never lost or fatal. */
+    if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0)
+        fail(SYSTEM, "sigprocmask: %s", strerror(errno));
+    int sigfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sigfd < 0)
+        fail(SYSTEM, "signalfd: %s", strerror(errno));
+    return sigfd;
+}
+
+/* A send that fails (the service gone) is left to the socket's EOF to report. */
+static void forward_signals(int sigfd, int sock)
+{
+    struct signalfd_siginfo info[8];
+    ssize_t n;
+    do
+        n = read(sigfd, info, sizeof(info));
+    while (n < 0 && errno == EINTR);
+    for (ssize_t i = 0; i < n / (ssize_t)sizeof(info[0]); i++) {
+        unsigned char msg[8] = {'s', 'i', 'g', 0};
+        put_u32(msg + 4, info[i].ssi_signo);
+        while (send(sock, msg, sizeof(msg), MSG_NOSIGNAL) < 0 && errno == EINTR)
+            ;
+    }
+}
+
+/* Returns the status the service sent; any other end of the connection is a failure. */
+static int read_status(int sock)
+{
+    unsigned char msg[16];
+    ssize_t n;
+    do  /* MSG_TRUNC: n is the message's real size, so an oversized one is never mistaken */
+        n = recv(sock, msg, sizeof(msg), MSG_TRUNC);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != ECONNRESET)
+        fail(NO_STATUS, "the service ended the run without an exit status (%s)", strerror(errno));
+    if (n <= 0)
+        fail(NO_STATUS, "the service ended the run without an exit status");
+    uint32_t status = n == 8 ? get_u32(msg + 4) : 0;
+    if (n != 8 || memcmp(msg, "exit", 4) || status > 255)
+        fail(NOT_UNDERSTOOD, "the service sent a message this client does not understand");
+    return (int)status;
+}
+
+static int wait_for_status(int sock, int sigfd)
+{
+    struct pollfd watched[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
+    for (;;) {
+        if (poll(watched, 2, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            fail(SYSTEM, "poll: %s", strerror(errno));
+        }
+        if (watched[1].revents)
+            forward_signals(sigfd, sock);
+        if (watched[0].revents)  /* POLLIN, POLLHUP or POLLERR: recv says which */
+            return read_status(sock);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    fill_standard_fds();
+    signal(SIGPIPE, SIG_IGN);
+    const char *path = NULL;
+    char default_path[4096];
+    int command = parse_args(argc, argv, &path);
+    if (!path) {
+        default_socket_path(default_path, sizeof(default_path));
+        path = default_path;
+    }
+    int memfd = write_request(argv + command, argc - command);  /* first: a bad cwd never reaches the service */
+    int sock = connect_service(path);
+    int sigfd = block_forwarded_signals();
+    send_request(sock, memfd, path);
+    return wait_for_status(sock, sigfd);
+}

@@ -1,0 +1,308 @@
+"""``faramesh-sandbox serve``: a service that keeps a sandbox made ahead for the next command.
+
+`run` pays for Python's start, its imports and the sandbox's making before the agent's first
+instruction. The service pays them ahead: it reads the policies once, and keeps a spare, a forked
+runner that has already done everything `run` does before the command is known (the engine, the
+audit, the approval service, the DNS stub, the egress, the SDK socket, the filter, the cgroup and
+init waiting in its namespaces). The compiled client (launcher/_client) hands a command over
+(launcher/serve_request.py); the spare takes it, releases init with it, and is replaced. Each
+command still gets a sandbox, session and budgets of its own, as under `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+from launcher import control, run, serve_request
+from launcher.serve_request import Refused
+from sandbox.launch import EXIT_SETUP
+
+CLIENT = Path(__file__).with_name("_client")
+SOCKET_NAME = "run.sock"
+PER_RUN_OUTPUTS = ("report", "json", "fail_on_deny", "prompt_shared_terminal")  # options that need `run`
+BACKOFF = (0.5, 30.0)  # a spare that failed to set up: the first wait, the longest
+# A runner tells the service when a client took it and when its run ended. The next spare is made
+# when the run ends, or SPARE_DELAY after it began: making one takes both CPUs for tens of ms, and
+# a short command should not share them with it.
+TAKEN, DONE = b"t", b"d"
+SPARE_DELAY = 0.05
+_STOP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def default_socket() -> str:
+    """Inside the runtime directory, which every sandbox covers (launcher/run.py _start_approvals)."""
+    return os.path.join(control.runtime_dir(), "service", SOCKET_NAME)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--socket", metavar="PATH",
+                        help=f"where clients connect (default: {default_socket()}, or $FARAMESH_SANDBOX_SOCKET); "
+                             "its directory must hold nothing else")
+    run.add_arguments(parser)
+
+
+class ClientCommand:
+    """launch()'s ``late`` in a spare: waits for a client, then speaks for its run."""
+
+    def __init__(self, listener: socket.socket, taken: int):
+        self.listener, self.taken = listener, taken
+        self.hidden = [os.path.dirname(listener.getsockname())]  # run.main hides it from the agent
+        self.conn: socket.socket | None = None
+        self.pidfd: int | None = None
+        self.finished = threading.Event()
+        self.own_stdio: list[int] = []  # the service's stdio, back in place once the client has its status
+
+    def wait(self, init_pid: int):
+        while True:
+            conn, _ = self.listener.accept()
+            try:
+                serve_request.check_peer(conn)
+                command = serve_request.receive(conn)
+                break
+            except Refused as refused:
+                turn_away(conn, refused)
+        os.write(self.taken, TAKEN)
+        self.listener.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.own_stdio = [fcntl.fcntl(number, fcntl.F_DUPFD_CLOEXEC, 3) for number in range(3)]
+        for number, fd in enumerate(command.stdio):  # this run's own messages reach the client too
+            os.dup2(fd, number)
+            os.close(fd)
+        command.stdio = (0, 1, 2)
+        self.conn = conn
+        if init_pid:
+            self.pidfd = os.pidfd_open(init_pid)
+        threading.Thread(target=self._relay, name="faramesh-client", daemon=True).start()
+        return command
+
+    def _relay(self) -> None:
+        """The client's signals, passed on as the terminal's would be (launch() forwards them);
+        the client's end ends the run."""
+        while True:
+            try:
+                message = self.conn.recv(64)
+            except OSError:
+                message = b""
+            if self.finished.is_set():
+                return
+            if not message:
+                break
+            signum = serve_request.signal_of(message)
+            if signum is not None:
+                os.kill(os.getpid(), signum)
+        if self.pidfd is not None:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)  # init's death takes the sandbox along
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)  # no init yet: this runner's death ends it all
+
+    def ended(self, status: int) -> None:
+        """The status, to the client (once); the rest of the run is closed after it."""
+        if self.conn is None or self.finished.is_set():
+            return
+        self.finished.set()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for number, fd in enumerate(self.own_stdio):  # the client's pipes end with it, not with the clean-up
+            os.dup2(fd, number)
+            os.close(fd)
+        serve_request.send_exit(self.conn, status)
+        os.write(self.taken, DONE)
+        try:
+            self.conn.shutdown(socket.SHUT_RDWR)  # wakes the relay, which sees the run finished
+        except OSError:
+            pass
+
+
+def turn_away(conn: socket.socket, refused: Refused) -> None:
+    if refused.stderr is not None:
+        serve_request.tell(refused.stderr, refused.text, refused.hint)
+        os.close(refused.stderr)
+    serve_request.send_exit(conn, EXIT_SETUP)
+    conn.close()
+
+
+def _spare(args: argparse.Namespace, listener: socket.socket, taken: int, loaded) -> int:
+    """A runner's life: the run's set-up, a client's command, its status."""
+    late = ClientCommand(listener, taken)
+    status = EXIT_SETUP
+    try:
+        status = run.main(args, late=late, loaded=loaded)
+    finally:
+        late.ended(status)
+    return status
+
+
+def main(args: argparse.Namespace) -> int:
+    given = [name for name in PER_RUN_OUTPUTS if getattr(args, name)]
+    if given or args.command:
+        what = "a command" if args.command else "--" + given[0].replace("_", "-")
+        return run._fail(f"serve takes no {what}", "clients give commands: "
+                         f"{CLIENT} -- CMD; per-run reports need `faramesh-sandbox run`")
+    if not args.policy:
+        return run._fail("no policy given", "pass --policy FILE")
+    loaded = run.load_policies(args.policy)
+    if isinstance(loaded, int):
+        return loaded
+    args.no_prompt = True  # no terminal is the run's: waiting calls are answered with `approvals`
+    try:
+        path, listener = _listen(args.socket or os.environ.get("FARAMESH_SANDBOX_SOCKET") or default_socket())
+    except (OSError, control.ControlError, ValueError) as err:
+        return run._fail(f"cannot serve: {getattr(err, 'strerror', None) or err}",
+                         "give --socket a path in a directory of its own")
+    print(f"faramesh-sandbox: serving {', '.join(args.policy)} at {path}; run a command with: "
+          f"{CLIENT} --socket {path} -- CMD", file=sys.stderr, flush=True)
+    try:
+        return _Service(args, listener, loaded).loop()
+    finally:
+        listener.close()
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _listen(path: str) -> tuple[str, socket.socket]:
+    """A socket only our user can reach, in a directory that holds nothing else: every sandbox
+    hides that directory (an agent must not start sandboxes of its own)."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if path == default_socket():
+        control.private_dir(control.runtime_dir())
+    if path == default_socket() or not os.path.lexists(directory):
+        control.private_dir(directory)
+    others = [name for name in os.listdir(directory) if name != os.path.basename(path)]
+    if others or directory == "/":
+        raise ValueError(f"{directory} holds other files ({', '.join(sorted(others)[:3])})")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        probe.connect(path)
+        raise ValueError(f"a service already answers at {path}")
+    except (FileNotFoundError, ConnectionRefusedError):
+        pass
+    finally:
+        probe.close()
+    if os.path.lexists(path):
+        os.unlink(path)  # a socket a killed service left
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    old_mask = os.umask(0o177)
+    try:
+        listener.bind(path)
+    finally:
+        os.umask(old_mask)
+    listener.listen(64)
+    return path, listener
+
+
+class _Service:
+    """Keeps one spare runner; a client that comes while none can be made is told so."""
+
+    def __init__(self, args: argparse.Namespace, listener: socket.socket, loaded):
+        self.args, self.listener, self.loaded = args, listener, loaded
+        self.taken_read, self.taken_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.wake_read, self.wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.spare = 0  # its pid
+        self.make_at = 0.0  # when to make the next spare (monotonic), while there is none
+        self.failures = 0
+        self.stopping = False
+
+    def loop(self) -> int:
+        for signum in (*_STOP, signal.SIGCHLD):
+            signal.signal(signum, self._on_signal)
+        signal.set_wakeup_fd(self.wake_write)
+        while not self.stopping:
+            self._hear_runners()
+            if not self.spare and time.monotonic() >= self.make_at:
+                self.spare = self._fork_spare()
+            # no spare is coming soon (set-up failed): a client is told so rather than kept waiting
+            failing = not self.spare and self.failures > 0
+            watched = [self.taken_read, self.wake_read] + ([self.listener.fileno()] if failing else [])
+            timeout = None if self.spare else max(0.0, self.make_at - time.monotonic())
+            ready, _, _ = select.select(watched, [], [], timeout)
+            _drain(self.wake_read)
+            if self.listener.fileno() in ready:
+                self._turn_away_one()
+        if self.spare:  # blocked in accept(), its signals held for init: only SIGKILL ends it
+            os.kill(self.spare, signal.SIGKILL)  # init dies with it; its reaper removes what it left
+        return 0
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum in _STOP:
+            self.stopping = True
+
+    def _fork_spare(self) -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        status = EXIT_SETUP
+        try:
+            signal.set_wakeup_fd(-1)
+            os.setsid()  # the service's terminal signals are not its runs'
+            for signum in (*_STOP, signal.SIGCHLD):
+                signal.signal(signum, signal.SIG_DFL)
+            for fd in (self.taken_read, self.wake_read, self.wake_write):
+                os.close(fd)
+            status = _spare(self.args, self.listener, self.taken_write, self.loaded)
+        finally:
+            os._exit(status)  # a child never returns into the service's loop
+
+    def _hear_runners(self) -> None:
+        """Which runners ended, then what they said (taken, done): read after the reaping, so a
+        spare that ended taken has said so; one that ended untaken failed to set up."""
+        ended = set()
+        while True:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if not pid:
+                break
+            ended.add(pid)
+        said = _drain(self.taken_read)
+        now = time.monotonic()
+        if TAKEN in said:
+            self.spare, self.failures = 0, 0  # a client's run now, however it ends
+            self.make_at = now + SPARE_DELAY
+        if DONE in said:
+            self.make_at = min(self.make_at, now)
+        if self.spare in ended:
+            self.spare = 0
+            self.failures += 1
+            self.make_at = now + min(BACKOFF[1], BACKOFF[0] * 2 ** (self.failures - 1))
+
+    def _turn_away_one(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except OSError:
+            return
+        try:
+            serve_request.check_peer(conn)
+            command = serve_request.receive(conn)
+        except Refused as refused:
+            turn_away(conn, refused)
+            return
+        for fd in command.stdio[:2]:
+            os.close(fd)
+        turn_away(conn, Refused("the service cannot set a sandbox up now (its output says why)",
+                                "see the service's stderr; it retries on its own", command.stdio[2]))
+
+
+def _drain(fd: int) -> bytes:
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
