@@ -54,7 +54,6 @@ PYTHON_SET_UP = "launch(), namespaces + filter + supervisor, init and agent set 
 WARM_CLI = "faramesh-sandbox run -- /bin/true, imports done (this process forks, the child runs the CLI's main)"
 SERVED = "launcher/_client -- /bin/true, to `faramesh-sandbox serve` (a sandbox made ahead)"
 CLIENT = ROOT / "launcher" / "_client"
-SERVE_EXTRA = os.environ.get("SERVE_EXTRA", "").split()
 SPARE_SETTLE = 0.3  # s before and after each served run, untimed: no other row overlaps its set-up
 
 
@@ -181,7 +180,7 @@ def serving(policy_file: Path, socket_path: Path, env: dict):
     if not os.access(CLIENT, os.X_OK):
         raise SystemExit(f"{CLIENT} is not built: python3 setup.py build_ext --inplace")
     service = subprocess.Popen([sys.executable, "-m", "launcher", "serve", "--policy", str(policy_file),
-                                "--socket", str(socket_path), *SERVE_EXTRA], env=env, stdin=subprocess.DEVNULL,
+                                "--socket", str(socket_path)], env=env, stdin=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
