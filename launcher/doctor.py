@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+from pathlib import Path
 
 from launcher import term
 from sandbox import landlock, limits, probe
@@ -15,9 +16,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+def client_check() -> probe.Check:
+    """The compiled client of `serve` (docs/serve.md), built beside this module."""
+    client = Path(__file__).with_name("_client")
+    degrades = "`faramesh-sandbox serve` has no client: use `faramesh-sandbox run` (a third of a second per start)"
+    if os.access(client, os.X_OK):
+        return probe.Check("serve client", probe.OK, f"{client} is built", degrades)
+    return probe.Check("serve client", probe.MISSING, f"{client} was not built (reinstall with gcc present: "
+                       "python3 setup.py build_ext --inplace)", degrades)
+
+
 def main(args: argparse.Namespace) -> int:
     """0 when `run` can work here; 1 when an essential feature is missing."""
-    checks = probe.run_all()
+    checks = probe.run_all() + [client_check()]
     runnable = all(c.status == probe.OK for c in checks if c.essential)
     header = {
         "kernel": platform.release(),

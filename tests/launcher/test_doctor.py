@@ -21,7 +21,7 @@ NAMES = ["seccomp user notification", "seccomp ADDFD", "seccomp WAIT_KILLABLE_RE
          "Landlock", "cgroup v2", "cgroup v2 directory for the agent", "cgroup v1", "unprivileged user namespaces",
          "pid namespace", "mount namespace", "net namespace", "uts namespace", "ipc namespace",
          "io_uring_disabled sysctl", "YAMA ptrace_scope", "idle CPU wake-up", "compiled fast path",
-         "compiled start-up", "compiled init"]
+         "compiled start-up", "compiled init", "serve client"]
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
@@ -45,7 +45,7 @@ def test_json_report_as_root_on_this_kernel():
     assert checks["unprivileged user namespaces"]["detail"] == "unshare(CLONE_NEWUSER) as uid 65534 succeeded"
     assert [c["essential"] for c in report["checks"]] == [True, True, True, False, False, False, False, False,
                                                           False, True, True, True, True, True, False, False, False,
-                                                          False, False, False]
+                                                          False, False, False, False]
 
 
 def test_table_names_each_check_and_a_verdict():
