@@ -65,8 +65,7 @@ class ClientCommand:
         while True:
             conn, _ = self.listener.accept()
             try:
-                serve_request.check_peer(conn)
-                command = serve_request.receive(conn)
+                command = serve_request.take(conn)
                 break
             except Refused as refused:
                 turn_away(conn, refused)
@@ -285,8 +284,7 @@ class _Service:
         except OSError:
             return
         try:
-            serve_request.check_peer(conn)
-            command = serve_request.receive(conn)
+            command = serve_request.take(conn)
         except Refused as refused:
             turn_away(conn, refused)
             return

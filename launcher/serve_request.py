@@ -18,6 +18,7 @@ import struct
 from sandbox.launch import FORWARDED, LateCommand
 
 REQUEST_MAGIC = b"faramesh-run-1\0"
+SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5: a pidfd of the peer as it connected
 SIGNAL_TAG, EXIT_TAG = b"sig\0", b"exit"
 REQUEST_FDS = 4  # the request, stdin, stdout, stderr
 MAX_REQUEST = 16 << 20  # argv and environment together are at most a few MiB (ARG_MAX)
@@ -35,17 +36,47 @@ class Refused(Exception):
 
 def check_peer(conn: socket.socket) -> None:
     """Only the service's own user, and never from inside a sandbox (another pid namespace: an
-    agent reaching the socket would start a sandbox outside its own limits and session)."""
-    pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    agent reaching the socket would start a sandbox outside its own limits and session). The
+    peer is named by a pidfd taken at its connect (SO_PEERPIDFD), not by a pid that its exit
+    could hand to another process."""
+    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     if uid != os.geteuid():
         raise Refused(f"uid {uid} may not use this service", "each user runs a service of their own")
+    if not _in_our_pid_namespace(conn):
+        raise Refused("a client in another pid namespace (a sandbox), or one already gone, may not use this "
+                      "service", "run the client on the host")
+
+
+def _in_our_pid_namespace(conn: socket.socket) -> bool:
+    """The peer is alive and its pid has one level below ours: NSpid lists its pid in our pid
+    namespace and in each one nested under it."""
     try:
-        same = os.readlink(f"/proc/{pid}/ns/pid") == os.readlink("/proc/self/ns/pid")
+        pidfd = conn.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
     except OSError:
-        same = False
-    if not same:
-        raise Refused("a client in another pid namespace (a sandbox) may not use this service",
-                      "run the client on the host")
+        return False  # a kernel without it (before 6.5): refused, as an unknown case
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as info:
+            fields = dict(line.split(":", 1) for line in info if ":" in line)
+    except OSError:
+        return False
+    finally:
+        os.close(pidfd)
+    pids = fields.get("NSpid", "").split()
+    return fields.get("Pid", "").strip() not in ("", "-1", "0") and len(pids) == 1
+
+
+def take(conn: socket.socket) -> LateCommand:
+    """A client's command once its request is read and the client is let in (Refused says why
+    not, on its stderr: a client told nothing would only see the connection close)."""
+    command = receive(conn)
+    try:
+        check_peer(conn)
+    except Refused as refused:
+        refused.stderr = os.dup(command.stdio[2])
+        for fd in command.stdio:
+            os.close(fd)
+        raise
+    return command
 
 
 def receive(conn: socket.socket) -> LateCommand:
