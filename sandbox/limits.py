@@ -27,6 +27,10 @@ from sandbox.errors import SandboxError
 
 V2, V1, RLIMIT, NONE = "cgroup v2", "cgroup v1", "rlimit", "none"
 EXIT_TIMEOUT = 124  # as timeout(1)
+# Always set in the agent: no real-time scheduling and no nice value below the launcher's. CAP_SYS_NICE
+# is dropped (sandbox/capabilities.py), but a launcher whose hard limits allow either would pass it on,
+# and SCHED_FIFO spinners starve the host.
+SCHEDULING_FLOOR = {resource.RLIMIT_RTPRIO: 0, resource.RLIMIT_NICE: 0}
 
 
 @dataclass(frozen=True)
@@ -169,12 +173,12 @@ class Enforcer:
 
     def rlimit_list(self) -> list[tuple[int, int]]:
         """(resource, value) for each rlimit ``apply_rlimits`` sets, soft and hard alike."""
-        return sorted(self.rlimits.items())
+        return sorted({**SCHEDULING_FLOOR, **self.rlimits}.items())
 
     def apply_rlimits(self) -> None:
         """In the agent, just before exec: soft and hard limit alike, so it cannot raise them
         (unless it holds CAP_SYS_RESOURCE); its children inherit them."""
-        for which, value in self.rlimits.items():
+        for which, value in self.rlimit_list():
             resource.setrlimit(which, (value, value))
 
     def expired(self) -> bool:

@@ -143,6 +143,17 @@ def test_enforcer_without_limits_creates_nothing():
     assert [d for d in limits.cgroup_dirs("nolimits") if os.path.exists(d)] == []
 
 
+def test_the_agent_never_gets_real_time_scheduling_or_a_lower_nice_value():
+    """RLIMIT_RTPRIO and RLIMIT_NICE are 0 in every agent, whatever the launcher's hard limits allow
+    (this machine's are 0 already and its root cannot raise them: the list is what the agent gets)."""
+    enforcer = limits.Enforcer(None, "sched", None)
+    enforcer.prepare()
+    given = dict(enforcer.rlimit_list())
+    assert (given[resource.RLIMIT_RTPRIO], given[resource.RLIMIT_NICE]) == (0, 0)
+    enforcer.rlimits[resource.RLIMIT_NOFILE] = 64
+    assert dict(enforcer.rlimit_list()) == {resource.RLIMIT_RTPRIO: 0, resource.RLIMIT_NICE: 0, resource.RLIMIT_NOFILE: 64}
+
+
 def test_config_file_limits_apply_and_options_override_them(run, tmp_path):
     """[limits] in the config file reaches the agent; an option replaces it; `none` removes it."""
     (tmp_path / "config.toml").write_text("[limits]\nfiles = 100\n")
