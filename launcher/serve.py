@@ -144,7 +144,7 @@ def _spare(args: argparse.Namespace, listener: socket.socket, taken: int, loaded
 def main(args: argparse.Namespace) -> int:
     given = [name for name in PER_RUN_OUTPUTS if getattr(args, name)]
     if given or args.command:
-        what = "a command" if args.command else "--" + given[0].replace("_", "-")
+        what = "command" if args.command else "--" + given[0].replace("_", "-")
         return run._fail(f"serve takes no {what}", "clients give commands: "
                          f"{CLIENT} -- CMD; per-run reports need `faramesh-sandbox run`")
     if not args.policy:

@@ -89,9 +89,11 @@ def receive(conn: socket.socket) -> LateCommand:
     finally:
         conn.settimeout(None)
     if message != REQUEST_MAGIC or len(fds) != REQUEST_FDS or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+        # with its four descriptors, an older or newer client still hears why, on its stderr
+        stderr = os.dup(fds[-1]) if len(fds) == REQUEST_FDS else None
         for fd in fds:
             os.close(fd)
-        raise Refused("a request this service does not understand", "use the client of the same install")
+        raise Refused("a request this service does not understand", "use the client of the same install", stderr)
     request, *stdio = fds
     try:
         argv, env, cwd = parse(_read_request(request))

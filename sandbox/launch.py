@@ -450,7 +450,7 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None, la
     ``started()`` runs in the launcher once the sandbox exists (threads may start from then on).
     ``late``: the command is not known yet. The sandbox is made, then ``late.wait(init_pid)`` blocks
     until it is (a LateCommand: argv, env, cwd, stdio fds, which replace the spec's), and
-    ``late.ended(status)`` hears the agent's status before the sandbox is taken down. Only when
+    ``late.ended(status)`` hears the agent's status (once) before the sandbox is taken down. Only when
     late_release_supported(spec).
 
     Returns the agent's exit status (128+N for signal N, 126/127 when CMD cannot run);
@@ -487,10 +487,7 @@ def launch(spec: SandboxSpec, decide, audit=None, approve=None, started=None, la
                 print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
         if started is not None:
             started()
-        status = run.limits.exit_status(_supervise(run, decide, audit, approve))
-        if late is not None:
-            late.ended(status)  # before the tear-down: the caller waits for the status alone
-        return status
+        return run.limits.exit_status(_supervise(run, decide, audit, approve))
     finally:
         if run.role == "launcher":
             try:
@@ -523,7 +520,10 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
     if not run.spec.seccomp:  # namespaces only
         _release_late(run)
         _receive_listener(run)
-        return exit_code(_wait_init(run, None))
+        status = exit_code(_wait_init(run, None))
+        if run.late is not None:
+            run.late.ended(run.limits.exit_status(status))
+        return status
     reserved = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     before = set(threading.enumerate())  # the supervisor's threads, its constructor's included, are joined
     try:

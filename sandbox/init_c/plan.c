@@ -199,8 +199,12 @@ static const char *parse(unsigned char *buf, size_t size, struct init_plan *plan
     }
     if (!plan->complete)
         return "a plan cut short";
-    if (plan->late && !late_part)
-        return NULL;  /* the command is checked when it comes */
+    if (plan->late && !late_part) {  /* the command is checked when it comes, and only it may give one */
+        struct spawn_plan *agent = &plan->agent;
+        if (plan->argc || plan->envc || agent->cwd || plan->search || agent->skip_exec)
+            return "a command in a plan that waits for one";
+        return NULL;
+    }
     if ((!plan->argv && !(plan->argv = calloc(1, sizeof(char *)))) ||
         (!plan->envp && !(plan->envp = calloc(1, sizeof(char *)))))
         return "out of memory";
