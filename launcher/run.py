@@ -154,8 +154,6 @@ def main(args: argparse.Namespace, wrap_decide=None, late=None, loaded=None) -> 
         net=NetContext.for_host(),  # the DNS stub adds names= and dns_redirect= (docs/network.md)
         limits=limits,
     )
-    if late is not None:
-        spec.hidden.extend(late.hidden)
     audit = None
     if args.audit:
         try:
@@ -208,7 +206,7 @@ def main(args: argparse.Namespace, wrap_decide=None, late=None, loaded=None) -> 
         egress = start_egress(spec, decide, audit, approve, sources, args)
         hooks = [part.start for part in (dns, egress) if part is not None] + ([sdk.serve] if sdk is not None else [])
         hooks += [status_line.start] if status_line is not None else []
-        late = _late_or_now(spec, late)
+        late = _late_or_now(spec, late, hooks)
         status = launch(spec, decide, audit=audit, approve=approve, started=lambda: start_parts(hooks), late=late)
         if status_line is not None:
             status_line.stop()
@@ -247,13 +245,15 @@ def load_policies(paths: list[str]):
     return layers, sources
 
 
-def _late_or_now(spec: SandboxSpec, late):
+def _late_or_now(spec: SandboxSpec, late, hooks: list):
     """``late`` for launch() when init can take the command at its release; otherwise (init in
-    Python) the command is waited for here, before the sandbox is made, and None returned."""
+    Python) the command is waited for here, before the sandbox is made, and None returned: its
+    relay then starts with the run's other parts, once the sandbox exists."""
     if late is None or late_release_supported(spec):
         return late
     command = late.wait(0)
     spec.argv, spec.env, spec.cwd = command.argv, command.env, command.cwd
+    hooks.append(late.start_relay)
     return None
 
 

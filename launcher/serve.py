@@ -22,12 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-from launcher import control, run, serve_request
+from launcher import run, serve_request
 from launcher.serve_request import Refused
+from sandbox import _libc, _libc_ns
 from sandbox.launch import EXIT_SETUP
 
 CLIENT = Path(__file__).with_name("_client")
-SOCKET_NAME = "run.sock"
 PER_RUN_OUTPUTS = ("report", "json", "fail_on_deny", "prompt_shared_terminal")  # options that need `run`
 BACKOFF = (0.5, 30.0)  # a spare that failed to set up: the first wait, the longest
 # A runner tells the service when a client took it and when its run ended. The next spare is made
@@ -39,14 +39,14 @@ _STOP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def default_socket() -> str:
-    """Inside the runtime directory, which every sandbox covers (launcher/run.py _start_approvals)."""
-    return os.path.join(control.runtime_dir(), "service", SOCKET_NAME)
+    """The abstract name of this user's service (launcher/serve_request.py: why abstract)."""
+    return f"faramesh-sandbox-{os.geteuid()}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", metavar="PATH",
-                        help=f"where clients connect (default: {default_socket()}, or $FARAMESH_SANDBOX_SOCKET); "
-                             "its directory must hold nothing else")
+    parser.add_argument("--socket", metavar="NAME",
+                        help=f"the abstract socket name clients connect to (default: $FARAMESH_SANDBOX_SOCKET, "
+                             f"else {default_socket()} for this user)")
     run.add_arguments(parser)
 
 
@@ -55,13 +55,15 @@ class ClientCommand:
 
     def __init__(self, listener: socket.socket, taken: int):
         self.listener, self.taken = listener, taken
-        self.hidden = [os.path.dirname(listener.getsockname())]  # run.main hides it from the agent
         self.conn: socket.socket | None = None
         self.pidfd: int | None = None
         self.finished = threading.Event()
         self.own_stdio: list[int] = []  # the service's stdio, back in place once the client has its status
 
     def wait(self, init_pid: int):
+        """The next client's command. Inside launch() (``init_pid`` given) the relay starts here,
+        its signals blocked as launch() blocked them; before it, run.main starts it (start_relay)
+        once the sandbox exists: launch() refuses to clone with a second thread running."""
         while True:
             conn, _ = self.listener.accept()
             try:
@@ -69,7 +71,13 @@ class ClientCommand:
                 break
             except Refused as refused:
                 turn_away(conn, refused)
-        os.write(self.taken, TAKEN)
+            except Exception as err:  # noqa: BLE001 - one client's request never ends the spare
+                turn_away(conn, Refused(f"a request that failed: {type(err).__name__}", serve_request.CLIENT_HINT))
+        _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, 0)  # a client's run now: it ends with its client, not the service
+        try:
+            os.write(self.taken, TAKEN)
+        except OSError:
+            pass  # the service is gone: this run goes on without it
         self.listener.close()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -81,8 +89,11 @@ class ClientCommand:
         self.conn = conn
         if init_pid:
             self.pidfd = os.pidfd_open(init_pid)
-        threading.Thread(target=self._relay, name="faramesh-client", daemon=True).start()
+            self.start_relay()
         return command
+
+    def start_relay(self) -> None:
+        threading.Thread(target=self._relay, name="faramesh-client", daemon=True).start()
 
     def _relay(self) -> None:
         """The client's signals, passed on as the terminal's would be (launch() forwards them);
@@ -102,7 +113,7 @@ class ClientCommand:
         if self.pidfd is not None:
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)  # init's death takes the sandbox along
         else:
-            os.kill(os.getpid(), signal.SIGKILL)  # no init yet: this runner's death ends it all
+            os.kill(os.getpid(), signal.SIGKILL)  # init unknown here: this runner's death ends it all
 
     def ended(self, status: int) -> None:
         """The status, to the client (once); the rest of the run is closed after it."""
@@ -115,7 +126,10 @@ class ClientCommand:
             os.dup2(fd, number)
             os.close(fd)
         serve_request.send_exit(self.conn, status)
-        os.write(self.taken, DONE)
+        try:
+            os.write(self.taken, DONE)
+        except OSError:
+            pass
         try:
             self.conn.shutdown(socket.SHUT_RDWR)  # wakes the relay, which sees the run finished
         except OSError:
@@ -123,10 +137,9 @@ class ClientCommand:
 
 
 def turn_away(conn: socket.socket, refused: Refused) -> None:
-    if refused.stderr is not None:
-        serve_request.tell(refused.stderr, refused.text, refused.hint)
-        os.close(refused.stderr)
+    serve_request.tell(conn, refused.text, refused.hint)
     serve_request.send_exit(conn, EXIT_SETUP)
+    serve_request.discard_pending(conn)  # closed with a message unread, the client would get a reset first
     conn.close()
 
 
@@ -149,57 +162,54 @@ def main(args: argparse.Namespace) -> int:
                          f"{CLIENT} -- CMD; per-run reports need `faramesh-sandbox run`")
     if not args.policy:
         return run._fail("no policy given", "pass --policy FILE")
+    _fill_standard_fds()
     loaded = run.load_policies(args.policy)
     if isinstance(loaded, int):
         return loaded
     args.no_prompt = True  # no terminal is the run's: waiting calls are answered with `approvals`
+    name = args.socket or os.environ.get("FARAMESH_SANDBOX_SOCKET") or default_socket()
     try:
-        path, listener = _listen(args.socket or os.environ.get("FARAMESH_SANDBOX_SOCKET") or default_socket())
-    except (OSError, control.ControlError, ValueError) as err:
-        return run._fail(f"cannot serve: {getattr(err, 'strerror', None) or err}",
-                         "give --socket a path in a directory of its own")
-    print(f"faramesh-sandbox: serving {', '.join(args.policy)} at {path}; run a command with: "
-          f"{CLIENT} --socket {path} -- CMD", file=sys.stderr, flush=True)
+        listener = _listen(name)
+    except (OSError, ValueError) as err:
+        return run._fail(f"cannot serve at @{name}: {getattr(err, 'strerror', None) or err}",
+                         "stop the other service, or give --socket another name")
+    print(f"faramesh-sandbox: serving {', '.join(args.policy)} at @{name}; run a command with: "
+          f"{CLIENT} --socket {name} -- CMD", file=sys.stderr, flush=True)
     try:
         return _Service(args, listener, loaded).loop()
     finally:
         listener.close()
+
+
+def _fill_standard_fds() -> None:
+    """A closed stdin, stdout or stderr becomes /dev/null: the listener must not take fd 1 or 2,
+    which a runner hands over to its client."""
+    for number in range(3):
         try:
-            os.unlink(path)
+            os.fstat(number)
         except OSError:
-            pass
+            fd = os.open(os.devnull, os.O_RDWR)
+            if fd != number:
+                os.dup2(fd, number)
+                os.close(fd)
 
 
-def _listen(path: str) -> tuple[str, socket.socket]:
-    """A socket only our user can reach, in a directory that holds nothing else: every sandbox
-    hides that directory (an agent must not start sandboxes of its own)."""
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    if path == default_socket():
-        control.private_dir(control.runtime_dir())
-    if path == default_socket() or not os.path.lexists(directory):
-        control.private_dir(directory)
-    others = [name for name in os.listdir(directory) if name != os.path.basename(path)]
-    if others or directory == "/":
-        raise ValueError(f"{directory} holds other files ({', '.join(sorted(others)[:3])})")
+def _listen(name: str) -> socket.socket:
+    """The abstract socket ``name`` in this network namespace (a sandbox's agents have their own)."""
+    if not name or "/" in name or "\0" in name:
+        raise ValueError("the name must be non-empty, without '/' or NUL (an abstract socket name, not a path)")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        probe.connect(path)
-        raise ValueError(f"a service already answers at {path}")
-    except (FileNotFoundError, ConnectionRefusedError):
+        probe.connect(serve_request.address(name))
+        raise ValueError("a service already answers there")
+    except ConnectionRefusedError:
         pass
     finally:
         probe.close()
-    if os.path.lexists(path):
-        os.unlink(path)  # a socket a killed service left
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    old_mask = os.umask(0o177)
-    try:
-        listener.bind(path)
-    finally:
-        os.umask(old_mask)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    listener.bind(serve_request.address(name))
     listener.listen(64)
-    return path, listener
+    return listener
 
 
 class _Service:
@@ -213,6 +223,7 @@ class _Service:
         self.make_at = 0.0  # when to make the next spare (monotonic), while there is none
         self.failures = 0
         self.stopping = False
+        self.pid = os.getpid()
 
     def loop(self) -> int:
         for signum in (*_STOP, signal.SIGCHLD):
@@ -230,6 +241,7 @@ class _Service:
             _drain(self.wake_read)
             if self.listener.fileno() in ready:
                 self._turn_away_one()
+        self._hear_runners()  # a spare taken at the last moment is a client's run: it goes on
         if self.spare:  # blocked in accept(), its signals held for init: only SIGKILL ends it
             os.kill(self.spare, signal.SIGKILL)  # init dies with it; its reaper removes what it left
         return 0
@@ -246,6 +258,9 @@ class _Service:
         try:
             signal.set_wakeup_fd(-1)
             os.setsid()  # the service's terminal signals are not its runs'
+            _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, signal.SIGKILL)  # no spare outlives the service
+            if os.getppid() != self.pid:
+                return  # the service died before the line above
             for signum in (*_STOP, signal.SIGCHLD):
                 signal.signal(signum, signal.SIG_DFL)
             for fd in (self.taken_read, self.wake_read, self.wake_write):
@@ -288,10 +303,13 @@ class _Service:
         except Refused as refused:
             turn_away(conn, refused)
             return
-        for fd in command.stdio[:2]:
+        except Exception as err:  # noqa: BLE001 - one client's request never ends the service
+            turn_away(conn, Refused(f"a request that failed: {type(err).__name__}", serve_request.CLIENT_HINT))
+            return
+        for fd in command.stdio:
             os.close(fd)
         turn_away(conn, Refused("the service cannot set a sandbox up now (its output says why)",
-                                "see the service's stderr; it retries on its own", command.stdio[2]))
+                                "see the service's stderr; it retries on its own"))
 
 
 def _drain(fd: int) -> bytes:

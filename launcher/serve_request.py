@@ -1,12 +1,17 @@
 """One client of ``faramesh-sandbox serve``: who it is, the command it hands over, and the
 messages of the run (the protocol; the client is launcher/client_c/).
 
-A client connects (AF_UNIX, SOCK_SEQPACKET) and sends one message: REQUEST_MAGIC with four
-descriptors, a memfd holding the request's records (tag byte, little-endian u32 length, payload:
-'c' the working directory, 'a' each argument, 'e' each NAME=value, 'z' the end; strings end with
-their only NUL), then its stdin, stdout and stderr. While the command runs the client may send
-``sig\\0`` + u32 (a signal to pass on); the service ends with ``exit`` + u32 (the status). A client
-that goes away ends the run: its sandbox is killed.
+The service listens on an abstract unix socket (SOCK_SEQPACKET) of the host's network namespace.
+No agent can reach it or take its name: every sandbox has a network namespace of its own, and
+an agent's unix sockets, connected or bound by the supervisor on its behalf, stay in it. No path
+of the filesystem is involved, so none can be renamed or raced.
+
+A client connects and sends one message: REQUEST_MAGIC with four descriptors, a memfd holding
+the request's records (tag byte, little-endian u32 length, payload: 'c' the working directory,
+'a' each argument, 'e' each NAME=value, 'z' the end; strings end with their only NUL), then its
+stdin, stdout and stderr. While the command runs the client may send ``sig\\0`` + u32 (a signal to
+pass on). The service may send ``msg\\0`` + text (a line the client prints on its stderr) and
+ends with ``exit`` + u32 (the status). A client that goes away ends the run: its sandbox is killed.
 """
 
 from __future__ import annotations
@@ -19,24 +24,37 @@ from sandbox.launch import FORWARDED, LateCommand
 
 REQUEST_MAGIC = b"faramesh-run-1\0"
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5: a pidfd of the peer as it connected
-SIGNAL_TAG, EXIT_TAG = b"sig\0", b"exit"
+SIGNAL_TAG, EXIT_TAG, TEXT_TAG = b"sig\0", b"exit", b"msg\0"
 REQUEST_FDS = 4  # the request, stdin, stdout, stderr
 MAX_REQUEST = 16 << 20  # argv and environment together are at most a few MiB (ARG_MAX)
-REQUEST_SECONDS = 5.0  # a client that connects and sends nothing is not waited for longer
+MAX_TEXT = 4096
+REQUEST_SECONDS = 1.0  # the client sends its request as it connects: one that does not is dropped
 FORWARDABLE = frozenset(int(signum) for signum in FORWARDED)
+CLIENT_HINT = "use the client of the same install"
 
 
 class Refused(Exception):
-    """A client turned away: ``text`` is what it is told on its stderr (when it sent one)."""
+    """A client turned away: ``text`` and ``hint`` are what it is told."""
 
-    def __init__(self, text: str, hint: str, stderr: int | None = None):
+    def __init__(self, text: str, hint: str):
         super().__init__(text)
-        self.text, self.hint, self.stderr = text, hint, stderr
+        self.text, self.hint = text, hint
+
+
+def address(name: str) -> bytes:
+    """The abstract socket address of service ``name`` (no leading NUL in ``name``)."""
+    return b"\0" + os.fsencode(name)
+
+
+def take(conn: socket.socket) -> LateCommand:
+    """A client's command, once the client is let in and its request read; Refused says why not.
+    The peer is checked first: nobody else gets the service to read anything."""
+    check_peer(conn)
+    return receive(conn)
 
 
 def check_peer(conn: socket.socket) -> None:
-    """Only the service's own user, and never from inside a sandbox (another pid namespace: an
-    agent reaching the socket would start a sandbox outside its own limits and session). The
+    """Only the service's own user, alive and in our pid namespace (not inside a sandbox). The
     peer is named by a pidfd taken at its connect (SO_PEERPIDFD), not by a pid that its exit
     could hand to another process."""
     _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
@@ -65,59 +83,49 @@ def _in_our_pid_namespace(conn: socket.socket) -> bool:
     return fields.get("Pid", "").strip() not in ("", "-1", "0") and len(pids) == 1
 
 
-def take(conn: socket.socket) -> LateCommand:
-    """A client's command once its request is read and the client is let in (Refused says why
-    not, on its stderr: a client told nothing would only see the connection close)."""
-    command = receive(conn)
-    try:
-        check_peer(conn)
-    except Refused as refused:
-        refused.stderr = os.dup(command.stdio[2])
-        for fd in command.stdio:
-            os.close(fd)
-        raise
-    return command
-
-
 def receive(conn: socket.socket) -> LateCommand:
     """The client's command, its stdio at the LateCommand's fds (the caller owns them)."""
     conn.settimeout(REQUEST_SECONDS)
     try:
         message, fds, flags, _addr = socket.recv_fds(conn, len(REQUEST_MAGIC) + 1, REQUEST_FDS + 1)
     except OSError as err:
-        raise Refused(f"no request ({err})", "use the faramesh-sandbox client") from None
+        raise Refused(f"no request ({err})", CLIENT_HINT) from None
     finally:
         conn.settimeout(None)
     if message != REQUEST_MAGIC or len(fds) != REQUEST_FDS or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-        # with its four descriptors, an older or newer client still hears why, on its stderr
-        stderr = os.dup(fds[-1]) if len(fds) == REQUEST_FDS else None
-        for fd in fds:
-            os.close(fd)
-        raise Refused("a request this service does not understand", "use the client of the same install", stderr)
+        _close_all(fds)
+        raise Refused("a request this service does not understand", CLIENT_HINT)
     request, *stdio = fds
     try:
         argv, env, cwd = parse(_read_request(request))
-    except Refused as err:
-        err.stderr = os.dup(stdio[2])
-        for fd in stdio:
-            os.close(fd)
+    except Refused:
+        _close_all(stdio)
         raise
     finally:
         os.close(request)
     return LateCommand(argv=argv, env=env, cwd=cwd, stdio=tuple(stdio))
 
 
+def _close_all(fds) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
 def _read_request(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    if size > MAX_REQUEST:
-        raise Refused(f"a request of {size} bytes (at most {MAX_REQUEST})", "pass fewer or shorter arguments")
-    chunks, offset = [], 0
-    while offset < size:
-        chunk = os.pread(fd, size - offset, offset)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        offset += len(chunk)
+    """The memfd's bytes; any descriptor that is not a readable file is refused, never raised."""
+    try:
+        size = os.fstat(fd).st_size
+        if size > MAX_REQUEST:
+            raise Refused(f"a request of {size} bytes (at most {MAX_REQUEST})", "pass fewer or shorter arguments")
+        chunks, offset = [], 0
+        while offset < size:
+            chunk = os.pread(fd, size - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+    except OSError as err:
+        raise Refused(f"a request that cannot be read ({err.strerror})", CLIENT_HINT) from None
     return b"".join(chunks)
 
 
@@ -127,35 +135,48 @@ def parse(data: bytes) -> tuple[list[str], dict[str, str], str]:
     at, ended = 0, False
     while at < len(data):
         if ended or len(data) - at < 5:
-            raise Refused("a malformed request (records after the end, or cut short)", "use the client of the same install")
+            raise Refused("a malformed request (records after the end, or cut short)", CLIENT_HINT)
         tag, (length,) = data[at:at + 1], struct.unpack_from("<I", data, at + 1)
         payload, at = data[at + 5:at + 5 + length], at + 5 + length
         if len(payload) != length:
-            raise Refused("a malformed request (a record cut short)", "use the client of the same install")
+            raise Refused("a malformed request (a record cut short)", CLIENT_HINT)
         if tag == b"z" and not payload:
             ended = True
         elif tag in fields and payload.endswith(b"\0") and b"\0" not in payload[:-1]:
             fields[tag].append(os.fsdecode(payload[:-1]))
         else:
-            raise Refused(f"a malformed request (record {tag!r})", "use the client of the same install")
+            raise Refused(f"a malformed request (record {tag!r})", CLIENT_HINT)
     env = dict(variable.split("=", 1) for variable in fields[b"e"] if "=" in variable)
     if not ended or not fields[b"a"] or len(fields[b"c"]) != 1 or not fields[b"c"][0].startswith("/"):
-        raise Refused("a request without its end, its command or one absolute working directory",
-                      "use the client of the same install")
+        raise Refused("a request without its end, its command or one absolute working directory", CLIENT_HINT)
     return fields[b"a"], env, fields[b"c"][0]
 
 
-def tell(fd: int, text: str, hint: str) -> None:
-    """One line on a client's stderr, as the CLI writes its errors."""
+def tell(conn: socket.socket, text: str, hint: str) -> None:
+    """One line for the client to print on its stderr: sent over the connection, never written to
+    a descriptor the client passed (a full pipe there would block the service)."""
+    line = f"faramesh-sandbox: {text} — hint: {hint}".encode()[:MAX_TEXT]
     try:
-        os.write(fd, f"faramesh-sandbox: {text} — hint: {hint}\n".encode())
+        conn.send(TEXT_TAG + line, socket.MSG_DONTWAIT)
     except OSError:
-        pass  # its stderr is closed: the exit status still says it
+        pass  # the client is gone or not reading: the exit status still says it
+
+
+def discard_pending(conn: socket.socket) -> None:
+    """Drops what the client sent and was not read (a refused request), closing its descriptors."""
+    for _ in range(4):
+        try:
+            message, fds, _flags, _addr = socket.recv_fds(conn, 64, REQUEST_FDS + 1, socket.MSG_DONTWAIT)
+        except OSError:
+            return
+        _close_all(fds)
+        if not message and not fds:
+            return
 
 
 def send_exit(conn: socket.socket, status: int) -> None:
     try:
-        conn.send(EXIT_TAG + struct.pack("<I", status & 0xFF))
+        conn.send(EXIT_TAG + struct.pack("<I", status & 0xFF), socket.MSG_DONTWAIT)
     except OSError:
         pass  # the client is gone
 

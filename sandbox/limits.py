@@ -216,7 +216,10 @@ class Enforcer:
             return
         self.reported = True
         for line in self.fired():
-            print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
+            try:
+                print(f"faramesh-sandbox: {line}", file=sys.stderr, flush=True)
+            except OSError:
+                pass  # stderr is full or gone: the exit status still says it
 
     def close(self) -> None:
         """Report what fired, then remove the v1 cgroups (init is dead: its tasks are dying)."""

@@ -1,11 +1,13 @@
 /* launcher/_client: hands one command to a running `faramesh-sandbox serve` and exits with its
  * status. Start-up cost is the point: no Python, libc only, one connect, one memfd, one sendmsg.
  *
- * Protocol (AF_UNIX SOCK_SEQPACKET):
+ * Protocol (AF_UNIX SOCK_SEQPACKET, an abstract name of the host's network namespace, which no
+ * sandbox's agent can reach or bind: launcher/serve_request.py):
  *   client -> service  "faramesh-run-1\0" with SCM_RIGHTS [request memfd, stdin, stdout, stderr];
  *                      the memfd, sealed and at offset 0, holds records: tag byte, LE u32 length,
  *                      payload: 'c' cwd\0, 'a' arg\0 (each), 'e' NAME=value\0 (each), 'z' (end).
  *   client -> service  "sig\0" + LE u32 signal number, for each forwarded signal.
+ *   service -> client  "msg\0" + a line, printed on our stderr (why the service refused, ...);
  *   service -> client  "exit" + LE u32 status (0..255); the client exits with it. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -13,6 +15,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,16 +31,17 @@
 
 #define EXIT_CLIENT 125
 #define MAGIC "faramesh-run-1"  /* sent with its NUL */
-#define USAGE "usage: %s [--socket PATH] [--] CMD [ARGS...]"
+#define USAGE "usage: %s [--socket NAME] [--] CMD [ARGS...]"
+#define TEXT_MAX 4096
 
 /* Why the client gave up -> the hint its one line ends with. */
 enum failure { BAD_USAGE, NO_CWD, NO_SERVICE, NOT_YOURS, LONG_PATH, NO_STATUS, NOT_UNDERSTOOD, SYSTEM };
 static const char *const HINTS[] = {
-    [BAD_USAGE] = "the usage is [--socket PATH] [--] CMD [ARGS...]",
+    [BAD_USAGE] = "the usage is [--socket NAME] [--] CMD [ARGS...]",
     [NO_CWD] = "cd to a directory that exists",
     [NO_SERVICE] = "start one with `faramesh-sandbox serve --policy FILE`",
-    [NOT_YOURS] = "pass --socket or set FARAMESH_SANDBOX_SOCKET to the socket of a service you started",
-    [LONG_PATH] = "set FARAMESH_SANDBOX_SOCKET (or FARAMESH_SANDBOX_RUNTIME_DIR) to a shorter path",
+    [NOT_YOURS] = "pass --socket or set FARAMESH_SANDBOX_SOCKET to the name of a service you started",
+    [LONG_PATH] = "give --socket or FARAMESH_SANDBOX_SOCKET a shorter name",
     [NO_STATUS] = "see the service's output",
     [NOT_UNDERSTOOD] = "see the service's output; the service and this client may be from different versions",
     [SYSTEM] = "this is a problem of the machine, not of the command",
@@ -65,10 +69,10 @@ static __attribute__((noreturn, format(printf, 2, 3))) void fail(enum failure wh
     _exit(EXIT_CLIENT);
 }
 
-/* ---- command line and socket path ---------------------------------------------------------- */
+/* ---- command line and socket name ---------------------------------------------------------- */
 
-/* Returns the index of CMD in argv; sets *socket_path when --socket is given. */
-static int parse_args(int argc, char **argv, const char **socket_path)
+/* Returns the index of CMD in argv; sets *socket_name when --socket is given. */
+static int parse_args(int argc, char **argv, const char **socket_name)
 {
     int i = 1;
     while (i < argc) {
@@ -87,8 +91,8 @@ static int parse_args(int argc, char **argv, const char **socket_path)
         }
         if (!strcmp(arg, "--socket")) {
             if (i + 1 >= argc)
-                fail(BAD_USAGE, "--socket needs a PATH");
-            *socket_path = argv[i + 1];
+                fail(BAD_USAGE, "--socket needs a NAME");
+            *socket_name = argv[i + 1];
             i += 2;
             continue;
         }
@@ -99,59 +103,46 @@ static int parse_args(int argc, char **argv, const char **socket_path)
     fail(BAD_USAGE, "no command given");
 }
 
-static int owned_by_us(const char *path)
-{
-    struct stat info;
-    return stat(path, &info) == 0 && info.st_uid == geteuid();
-}
-
-/* The same choice as launcher/control.py runtime_dir(), then service/run.sock in it. */
-static void default_socket_path(char *out, size_t size)
+/* $FARAMESH_SANDBOX_SOCKET, else the name launcher/serve.py default_socket() gives this user. */
+static void default_socket_name(char *out, size_t size)
 {
     const char *socket_env = getenv("FARAMESH_SANDBOX_SOCKET");
-    const char *runtime = getenv("FARAMESH_SANDBOX_RUNTIME_DIR");
-    const char *xdg = getenv("XDG_RUNTIME_DIR");
     if (socket_env && *socket_env)
         snprintf(out, size, "%s", socket_env);
-    else if (runtime && *runtime)
-        snprintf(out, size, "%s/service/run.sock", runtime);
-    else if (geteuid() == 0)
-        snprintf(out, size, "/run/faramesh-sandbox/service/run.sock");
-    else if (xdg && *xdg && owned_by_us(xdg))
-        snprintf(out, size, "%s/faramesh-sandbox/service/run.sock", xdg);
     else
-        snprintf(out, size, "/tmp/faramesh-sandbox-%u/service/run.sock", (unsigned)geteuid());
+        snprintf(out, size, "faramesh-sandbox-%u", (unsigned)geteuid());
 }
 
 /* ---- connecting ---------------------------------------------------------------------------- */
 
-static int connect_service(const char *path)
+static int connect_service(const char *name)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    size_t len = strlen(path);
-    if (len >= sizeof(addr.sun_path))
-        fail(LONG_PATH, "the socket path %s is %zu bytes, longer than the %zu a unix socket allows", path, len,
+    size_t len = strlen(name);
+    if (len == 0 || len >= sizeof(addr.sun_path) || memchr(name, '/', len))
+        fail(LONG_PATH, "the socket name \"%s\" is not an abstract name of 1 to %zu bytes without '/'", name,
              sizeof(addr.sun_path) - 1);
-    memcpy(addr.sun_path, path, len + 1);
+    memcpy(addr.sun_path + 1, name, len);  /* sun_path[0] stays NUL: the abstract namespace */
+    socklen_t addr_len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + len);
     int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
     if (sock < 0)
         fail(SYSTEM, "socket(AF_UNIX, SOCK_SEQPACKET): %s", strerror(errno));
     int rc;
     do
-        rc = connect(sock, (struct sockaddr *)&addr, sizeof(addr));
+        rc = connect(sock, (struct sockaddr *)&addr, addr_len);
     while (rc < 0 && errno == EINTR);
     if (rc < 0 && (errno == ENOENT || errno == ECONNREFUSED))
-        fail(NO_SERVICE, "no service at %s (%s)", path, strerror(errno));
+        fail(NO_SERVICE, "no service at @%s (%s)", name, strerror(errno));
     if (rc < 0)
-        fail(NO_SERVICE, "cannot connect to %s: %s", path, strerror(errno));
-    /* Our stdin/stdout/stderr go only to a service run by us or by root: anyone else could bind a
-     * socket where ours is expected (a shared /tmp) and read or write our terminal. */
+        fail(NO_SERVICE, "cannot connect to @%s: %s", name, strerror(errno));
+    /* Abstract names have no permissions: anyone could have bound ours first. Our stdin, stdout,
+     * stderr and environment go only to a service of our own uid. */
     struct ucred peer;
     socklen_t peer_len = sizeof(peer);
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0)
-        fail(SYSTEM, "getsockopt(SO_PEERCRED) on %s: %s", path, strerror(errno));
-    if (peer.uid != geteuid() && peer.uid != 0)
-        fail(NOT_YOURS, "the service at %s belongs to uid %u, not to you", path, (unsigned)peer.uid);
+        fail(SYSTEM, "getsockopt(SO_PEERCRED) on @%s: %s", name, strerror(errno));
+    if (peer.uid != geteuid())
+        fail(NOT_YOURS, "the service at @%s belongs to uid %u, not to you", name, (unsigned)peer.uid);
     return sock;
 }
 
@@ -189,7 +180,7 @@ static void fill_standard_fds(void)
             fail(SYSTEM, "cannot open /dev/null for the closed fd %d: %s", fd, strerror(errno));
 }
 
-static void send_request(int sock, int memfd, const char *path)
+static void send_request(int sock, int memfd, const char *name)
 {
     int fds[4] = {memfd, 0, 1, 2};
     union { struct cmsghdr align; char buf[CMSG_SPACE(sizeof(fds))]; } control;
@@ -206,9 +197,9 @@ static void send_request(int sock, int memfd, const char *path)
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
     if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
-        fail(NO_STATUS, "the service at %s closed the connection before taking the run", path);
+        return;  /* refused before our request came: its line and status may still wait to be read */
     if (n < 0)
-        fail(SYSTEM, "sendmsg to %s: %s", path, strerror(errno));
+        fail(SYSTEM, "sendmsg to @%s: %s", name, strerror(errno));
     close(memfd);
 }
 
@@ -245,10 +236,11 @@ static void forward_signals(int sigfd, int sock)
     }
 }
 
-/* Returns the status the service sent; any other end of the connection is a failure. */
-static int read_status(int sock)
+/* The status the service sent, or -1 after a line it sent was printed; any other end of the
+ * connection is a failure. */
+static int read_message(int sock)
 {
-    unsigned char msg[16];
+    unsigned char msg[4 + TEXT_MAX];
     ssize_t n;
     do  /* MSG_TRUNC: n is the message's real size, so an oversized one is never mistaken */
         n = recv(sock, msg, sizeof(msg), MSG_TRUNC);
@@ -257,6 +249,12 @@ static int read_status(int sock)
         fail(NO_STATUS, "the service ended the run without an exit status (%s)", strerror(errno));
     if (n <= 0)
         fail(NO_STATUS, "the service ended the run without an exit status");
+    if (n > 4 && !memcmp(msg, "msg", 4)) {  /* "msg\0" and a line: longer ones arrive cut */
+        size_t len = (size_t)(n < (ssize_t)sizeof(msg) ? n : (ssize_t)sizeof(msg)) - 4;
+        write_all(2, msg + 4, len);
+        write_all(2, "\n", 1);
+        return -1;
+    }
     uint32_t status = n == 8 ? get_u32(msg + 4) : 0;
     if (n != 8 || memcmp(msg, "exit", 4) || status > 255)
         fail(NOT_UNDERSTOOD, "the service sent a message this client does not understand");
@@ -274,8 +272,11 @@ static int wait_for_status(int sock, int sigfd)
         }
         if (watched[1].revents)
             forward_signals(sigfd, sock);
-        if (watched[0].revents)  /* POLLIN, POLLHUP or POLLERR: recv says which */
-            return read_status(sock);
+        if (watched[0].revents) {  /* POLLIN, POLLHUP or POLLERR: recv says which */
+            int status = read_message(sock);
+            if (status >= 0)
+                return status;
+        }
     }
 }
 
@@ -283,16 +284,16 @@ int main(int argc, char **argv)
 {
     fill_standard_fds();
     signal(SIGPIPE, SIG_IGN);
-    const char *path = NULL;
-    char default_path[4096];
-    int command = parse_args(argc, argv, &path);
-    if (!path) {
-        default_socket_path(default_path, sizeof(default_path));
-        path = default_path;
+    const char *name = NULL;
+    char default_name[256];
+    int command = parse_args(argc, argv, &name);
+    if (!name) {
+        default_socket_name(default_name, sizeof(default_name));
+        name = default_name;
     }
     int memfd = write_request(argv + command, argc - command);  /* first: a bad cwd never reaches the service */
-    int sock = connect_service(path);
+    int sock = connect_service(name);
     int sigfd = block_forwarded_signals();
-    send_request(sock, memfd, path);
+    send_request(sock, memfd, name);
     return wait_for_status(sock, sigfd);
 }
