@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import io
 import os
 import select
 import signal
@@ -59,6 +60,7 @@ class ClientCommand:
         self.pidfd: int | None = None
         self.finished = threading.Event()
         self.own_stdio: list[int] = []  # the service's stdio, back in place once the client has its status
+        self.set_up_lines: _SetUpLines | None = None
 
     def wait(self, init_pid: int):
         """The next client's command. Inside launch() (``init_pid`` given) the relay starts here,
@@ -86,6 +88,10 @@ class ClientCommand:
             os.dup2(fd, number)
             os.close(fd)
         command.stdio = (0, 1, 2)
+        if self.set_up_lines is not None:  # from here on stderr is the client's: it reads them too
+            sys.stderr = self.set_up_lines.through
+            sys.stderr.write("".join(self.set_up_lines.kept))
+            sys.stderr.flush()
         self.conn = conn
         if init_pid:
             self.pidfd = os.pidfd_open(init_pid)
@@ -143,9 +149,26 @@ def turn_away(conn: socket.socket, refused: Refused) -> None:
     conn.close()
 
 
+class _SetUpLines(io.TextIOBase):
+    """The spare's stderr while it sets up: written through to the service's, and kept, so the
+    client whose run they concern reads them too (an audit store the agent can reach, a secret
+    that is missing)."""
+
+    def __init__(self, through):
+        self.through, self.kept = through, []
+
+    def write(self, text: str) -> int:
+        self.kept.append(text)
+        return self.through.write(text)
+
+    def flush(self) -> None:
+        self.through.flush()
+
+
 def _spare(args: argparse.Namespace, listener: socket.socket, taken: int, loaded) -> int:
     """A runner's life: the run's set-up, a client's command, its status."""
     late = ClientCommand(listener, taken)
+    late.set_up_lines = sys.stderr = _SetUpLines(sys.stderr)
     status = EXIT_SETUP
     try:
         status = run.main(args, late=late, loaded=loaded)
