@@ -19,7 +19,12 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"pro
                         b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"})
 NOT_FORWARDED = HOP_BY_HOP | {b"content-length", b"expect"}  # the body is re-framed by length
 KEPT_IN_RESPONSE = {b"transfer-encoding"}  # h11 frames the relayed body the way upstream did
-HOST_VALUE = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::[0-9]{1,5})?")  # host[:port], [v6][:port]
+HOST_VALUE = re.compile(r"(?:\[([0-9a-f:.]+)\]|([a-z0-9._-]+))(?::([0-9]{1,5}))?")  # host[:port], [v6][:port]
+# Headers some servers and frameworks act on instead of the request line: the method or path the
+# policy decided would not be the one performed. No API client needs them through the egress.
+OVERRIDE_HEADERS = frozenset({"x-http-method-override", "x-http-method", "x-method-override", "x-original-method",
+                              "x-original-url", "x-rewrite-url", "x-forwarded-host", "x-forwarded-prefix",
+                              "x-forwarded-path"})
 
 
 def _next(conn: h11.Connection, sock: socket.socket):
@@ -38,10 +43,14 @@ def _host_of(value: str) -> str:
     """``name[:port]`` or ``[v6][:port]`` -> the host, lower case, no root dot. The Host header is
     forwarded as sent, so anything else (``host:1@evil``, ``[host]evil``, ``host/x``) is refused:
     a server could read another host in it."""
+    return _host_and_port(value)[0]
+
+
+def _host_and_port(value: str) -> tuple[str, int | None]:
     found = HOST_VALUE.fullmatch(value.lower())
     if found is None:
         raise BodyError(f"the Host header {value[:80]!r} is not host[:port] or [IPv6][:port]")
-    return (found[1] or found[2]).rstrip(".")
+    return (found[1] or found[2]).rstrip("."), None if found[3] is None else int(found[3])
 
 
 def read_request(sock: socket.socket, conn: h11.Connection, destination, scheme: str,
@@ -58,10 +67,18 @@ def read_request(sock: socket.socket, conn: h11.Connection, destination, scheme:
         lower = {k.lower() for k, _ in headers}
         if method == "CONNECT" or "upgrade" in lower:
             raise BodyError(f"{method} with a protocol switch cannot be inspected")
-        hosts = {_host_of(v) for k, v in headers if k.lower() == "host"}
+        named = {_host_and_port(v) for k, v in headers if k.lower() == "host"}
+        hosts = {host for host, _port in named}
         if hosts != {destination.host.lower().rstrip(".")}:
             raise BodyError(f"the Host header {sorted(hosts)} is not {destination.host!r}, "
                             "the name the connection was made to")
+        if any(port not in (None, destination.port) for _host, port in named):  # virtual hosts by port
+            raise BodyError(f"the Host header names a port other than {destination.port}, the one the connection "
+                            "was made to")
+        overriding = sorted(lower & OVERRIDE_HEADERS)
+        if overriding:
+            raise BodyError(f"header {overriding[0]} would make a server act on another method, path or host "
+                            "than the one decided")
         for k, v in headers:
             if k.lower() == "content-length" and v.strip().isdigit() and int(v) > max_body:
                 raise BodyError(f"request body of {int(v)} bytes is over the {max_body}-byte inspection limit")

@@ -36,6 +36,8 @@ PATH_REFUSALS = (
     (re.compile(r"\\|%2F|%5C"), "has an encoded slash or a backslash"),
     (re.compile(r"%(?:[01][0-9A-F]|7F)"), "has an encoded control character (%00 ends a path in C servers)"),
     (re.compile(r"(?:^|/)\.\.?(?:/|$)"), "has a . or .. segment"),
+    (re.compile(r"%25[0-9A-Fa-f]{2}"), "has an encoded % before two hex digits (a server that decodes twice "
+                                        "reads another path)"),
 )
 
 

@@ -162,12 +162,17 @@ def test_sni_for_another_host_is_refused(rig):
     ({"Host": f"{HOST}:1@evil.test"}, None, "EGRESS_UNREADABLE"),  # a server may read evil.test
     ({"Host": f"[{HOST}]evil.test"}, None, "EGRESS_UNREADABLE"),
     ({"Host": f"{HOST}:443/x"}, None, "EGRESS_UNREADABLE"),
+    ({"Host": f"{HOST}:8443"}, None, "EGRESS_UNREADABLE"),  # another virtual host than the connection's
+    ({"X-HTTP-Method-Override": "DELETE"}, None, "EGRESS_UNREADABLE"),  # POST decided, DELETE performed
+    ({"X-Original-URL": "/admin"}, None, "EGRESS_UNREADABLE"),
+    ({"X-Forwarded-Host": "evil.test"}, None, "EGRESS_UNREADABLE"),
     ({"Content-Type": "application/json"}, b"{broken", "EGRESS_UNREADABLE"),
     ({"Content-Type": "application/json", "Content-Length": str(2 << 20)}, None, "EGRESS_UNREADABLE"),
 ])
 def test_requests_that_cannot_be_read_exactly_are_refused(rig, headers, body, code):
-    """A foreign Host header (or one that is not host[:port]), an unparseable body or an over-size
-    body get a 403; upstream sees nothing."""
+    """A foreign Host header (or one that is not host[:port], or names another port), a header that
+    overrides the method, path or host, an unparseable body or an over-size body get a 403;
+    upstream sees nothing."""
     sock = connect(rig)
     conn = http.client.HTTPConnection(HOST)
     conn.sock = sock

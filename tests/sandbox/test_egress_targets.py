@@ -60,6 +60,8 @@ def test_targets_are_normalised_before_the_decision(target, normal):
     ("/a\x7f", "a space, a control or a non-ASCII character"),
     ("/caf\xe9", "a space, a control or a non-ASCII character"),
     ("*", "is not a path"),
+    ("/%2561dmin", "an encoded % before two hex digits"),  # decoded twice: /admin
+    ("/a/%252e%252e/admin", "an encoded % before two hex digits"),
 ])
 def test_targets_a_server_could_route_elsewhere_are_refused(target, message):
     """Whatever a server could read as another path than the one decided is refused, with why."""
