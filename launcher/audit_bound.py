@@ -7,6 +7,7 @@ arguments; only what is kept is shortened. Format: docs/audit.md, "How large a r
 from __future__ import annotations
 
 import hashlib
+import threading
 from itertools import islice
 
 from launcher.audit import normalize
@@ -23,17 +24,45 @@ DICT_CUT = "…[truncated: {count} more keys]"
 FIELD_CUT = "…[truncated]"  # last resort: a field still too large at the last level
 
 
-class Bounded:
-    """The audit callable of a run: ``audit`` (the sinks) given each record bounded."""
+DEFAULT_BUDGET = 1 << 30  # bytes of records a run may write (--audit-max-bytes); each sink keeps about that
 
-    def __init__(self, audit):
-        self.audit = audit
+
+class BudgetSpent(OSError):
+    """The run's audit budget is spent: a writer treats it as any failed write (a permit it cannot
+    record is denied), so a runaway agent cannot fill the disk with records."""
+
+
+class Bounded:
+    """The audit callable of a run: ``audit`` (the sinks) given each record bounded, and at most
+    ``budget`` bytes of them in all (None: no budget). ``spent(budget)`` is told once, when the
+    budget runs out."""
+
+    def __init__(self, audit, budget: int | None = DEFAULT_BUDGET, spent=lambda budget: None):
+        self.audit, self.budget, self.on_spent = audit, budget, spent
+        self.used = 0
+        self.lock = threading.Lock()
 
     def __call__(self, record: dict) -> None:
-        self.audit(bound(record))
+        kept, size = bound_sized(record)
+        self._charge(size)
+        self.audit(kept)
 
     def many(self, records: list[dict]) -> None:
-        audit_sink.write_all(self.audit, [bound(record) for record in records])
+        sized = [bound_sized(record) for record in records]
+        self._charge(sum(size for _kept, size in sized))
+        audit_sink.write_all(self.audit, [kept for kept, _size in sized])
+
+    def _charge(self, size: int) -> None:
+        if self.budget is None:
+            return
+        with self.lock:
+            first = self.used <= self.budget < self.used + size
+            self.used += size
+            over = self.used > self.budget
+        if first:
+            self.on_spent(self.budget)
+        if over:
+            raise BudgetSpent(f"the run's audit budget of {self.budget} bytes is spent")
 
     def close(self) -> None:
         close = getattr(self.audit, "close", None)
@@ -43,18 +72,29 @@ class Bounded:
 
 def bound(record: dict) -> dict:
     """The record as every sink keeps it: normalized, at most MAX_RECORD bytes of canonical JSON."""
-    return shorten(record, MAX_RECORD, normalize)
+    return bound_sized(record)[0]
+
+
+def bound_sized(record: dict) -> tuple[dict, int]:
+    """bound(record), and the size of its canonical JSON (what the budget counts)."""
+    return shorten_sized(record, MAX_RECORD, normalize)
 
 
 def shorten(value: dict, limit: int, finish=lambda value: value) -> dict:
     """``finish(value)`` with its strings, lists and dicts cut (as little as LEVELS allows) so
     that its canonical JSON takes at most ``limit`` bytes. ``value`` itself is left as it is."""
+    return shorten_sized(value, limit, finish)[0]
+
+
+def shorten_sized(value: dict, limit: int, finish=lambda value: value) -> tuple[dict, int]:
     markers: dict[int, str] = {}  # id(a string cut) -> its marker: hashed once, whatever the level
     for chars, items in LEVELS:
         out = finish(_cut(value, chars, items, markers))
-        if len(canonical(out)) <= limit:
-            return out
-    return _last_resort(out, limit)
+        size = len(canonical(out))
+        if size <= limit:
+            return out, size
+    out = _last_resort(out, limit)
+    return out, len(canonical(out))
 
 
 def _cut(value, chars: int, items: int, markers: dict):

@@ -26,9 +26,9 @@ from decimal import Decimal
 from launcher import notify
 from sandbox.limits import Limits
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DURATION_UNITS = {"ms": 0.001, "s": 1, None: 1, "m": 60, "h": 3600}
 MIN_MEMORY = 8 << 20  # below this even a shell cannot start
 MIN_FILES = 16  # init and the agent need a few descriptors of their own before exec
@@ -47,10 +47,10 @@ def parse_size(text) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
     else:
-        match = _SIZE.match(str(text)) if isinstance(text, str) else None
+        match = SIZE.match(str(text)) if isinstance(text, str) else None
         if match is None:
             raise LimitError(f"memory {text!r} is not a size — write e.g. 512M, 2G or a number of bytes")
-        value = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).upper()]  # exact, and never inf
+        value = Decimal(match.group(1)) * SIZE_UNITS[match.group(2).upper()]  # exact, and never inf
     if value > MAX_MEMORY:
         raise LimitError(f"memory {text!r} is above the maximum of {MAX_MEMORY >> 40}T — write e.g. 512M")
     if value < MIN_MEMORY:

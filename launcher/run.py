@@ -15,7 +15,7 @@ import sys
 import policy
 from launcher import approvals, cleanup, control, limits_cfg, notify, term
 from launcher.audit import AuditLog, AuditTrail
-from launcher.audit_bound import Bounded
+from launcher.audit_bound import DEFAULT_BUDGET, MAX_RECORD, Bounded
 from launcher.audit_store import AuditStore, AuditStoreError, default_path
 from launcher.report import EXIT_VIOLATIONS, RunReport
 from launcher.run_dns import parse_upstream, start_dns
@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help=f"the hash-chained audit store (default: $FARAMESH_AUDIT_DB, else {default_path()})")
     store.add_argument("--no-audit-db", action="store_true",
                        help="keep no audit store (docs/audit.md says when that makes sense)")
+    parser.add_argument("--audit-max-bytes", type=audit_budget, default=DEFAULT_BUDGET, metavar="SIZE",
+                        help="bytes of audit records the run may write (default 1G; `none`); once spent, every call "
+                             "that needs a record is denied (docs/audit.md)")
     parser.add_argument("--approve-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="deny a deferred call nobody approved after this long (default 300)")
     parser.add_argument("--max-pending", type=int, default=approvals.DEFAULT_MAX_PENDING, metavar="N",
@@ -185,8 +188,8 @@ def main(args: argparse.Namespace, wrap_decide=None, late=None, loaded=None) -> 
         counter = term.DecisionCounter()
         audit = counter.tee(audit)
         status_line = term.StatusLine(counter, sys.stderr.fileno())
-    if audit is not None:  # the one place records are shortened: every writer and sink is behind it
-        audit = Bounded(audit)
+    if audit is not None:  # the one place records are shortened and counted: every writer and sink is behind it
+        audit = Bounded(audit, args.audit_max_bytes, _audit_budget_spent)
     try:  # forks the reaper: before any thread exists; it removes what the run leaves (docs/run.md)
         record = cleanup.record_run(session_id, control.private_dir(control.runtime_dir()))
     except (cleanup.CleanupError, control.ControlError) as err:
@@ -255,6 +258,23 @@ def _late_or_now(spec: SandboxSpec, late, hooks: list):
     spec.argv, spec.env, spec.cwd = command.argv, command.env, command.cwd
     hooks.append(late.start_relay)
     return None
+
+
+def _audit_budget_spent(budget: int) -> None:
+    print(f"faramesh-sandbox: warning: the run's audit budget of {budget} bytes is spent: from now on every "
+          "call that needs a record is denied (AUDIT_WRITE_FAILED) — hint: raise it with --audit-max-bytes",
+          file=sys.stderr, flush=True)
+
+
+def audit_budget(text: str) -> int | None:
+    """--audit-max-bytes: a size (512M, 2G, bytes) or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    found = limits_cfg.SIZE.match(text)
+    value = int(float(found.group(1)) * limits_cfg.SIZE_UNITS[found.group(2).upper()]) if found else 0
+    if value < MAX_RECORD:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size of at least 64K: write e.g. 512M, 2G, or none")
+    return value
 
 
 def _close_each(parts: list) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from launcher import audit_store
 from launcher.audit import AuditLog, AuditTrail, normalize
-from launcher.audit_bound import MAX_RECORD, Bounded, bound, shorten
+from launcher.audit_bound import MAX_RECORD, Bounded, BudgetSpent, bound, shorten
 from launcher.audit_store import AuditStore, canonical
 from launcher.report import RunReport
 from policy.decision import Effect
@@ -157,3 +157,38 @@ def test_a_run_decides_on_the_whole_argv_and_keeps_bounded_records(tmp_path):
     assert cut(execs[1]["args"]["argv"][2])[1:] == (100_006, hashlib.sha256(b"\xff" * 100_000 + b"NEEDLE").hexdigest())
     assert max(len(line) for line in jsonl.read_bytes().splitlines()) <= MAX_RECORD + 100
     assert len(report.read_bytes()) < MAX_RECORD
+
+
+def test_a_budget_lets_records_through_until_spent_then_refuses_each(tmp_path):
+    """Records within the budget reach the sinks; the one that would pass it raises BudgetSpent (a
+    writer denies what it cannot record), the spent callback hears it once, the sinks get no more."""
+    kept, told = [], []
+    record = {"time": 1.0, "session": "s", "tool": "fs/read", "args": {"path": "/x" * 100}, "effect": Effect.PERMIT}
+    size = len(canonical(bound(record)))
+    audit = Bounded(kept.append, budget=3 * size, spent=told.append)
+    for _ in range(3):
+        audit(record)
+    for attempt in (lambda: audit(record), lambda: audit.many([record, record])):
+        with pytest.raises(BudgetSpent, match=f"audit budget of {3 * size} bytes is spent"):
+            attempt()
+    assert (len(kept), told) == (3, [3 * size])
+    unbounded = Bounded(kept.append, budget=None)
+    for _ in range(10):
+        unbounded(record)
+    assert len(kept) == 13
+
+
+def test_a_run_past_its_audit_budget_denies_what_it_cannot_record(tmp_path):
+    """An agent making calls past --audit-max-bytes: the later calls are denied (the file stays at
+    the budget), the warning says so once, and the agent keeps running to its end."""
+    jsonl, policy = tmp_path / "audit.jsonl", tmp_path / "p.fpl"
+    policy.write_text("agent a {\n  default permit\n}\n")
+    agent = "for i in $(seq 400); do cat /etc/hostname >/dev/null 2>&1 || echo denied; done; echo end"
+    done = subprocess.run([sys.executable, "-m", "launcher", "run", "--policy", str(policy), "--no-audit-db",
+                           "--audit", str(jsonl), "--audit-all", "--audit-max-bytes", "64K", "--no-prompt", "--",
+                           "sh", "-c", agent], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = done.stdout.splitlines()
+    assert (done.returncode, lines[-1]) == (0, "end"), done.stderr
+    assert "denied" in lines and done.stderr.count("audit budget of 65536 bytes is spent") == 1
+    assert 60_000 < jsonl.stat().st_size <= 65536 + MAX_RECORD
