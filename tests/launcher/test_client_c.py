@@ -1,21 +1,27 @@
-"""launcher/_client, the compiled client of `faramesh-sandbox serve`, against a fake service: the
-request it sends, the fds it hands over, the status and signals it relays and the errors it prints."""
+"""launcher/_client, the compiled client of `faramesh-sandbox serve`, against a fake service at an
+abstract socket name: the request it sends, the fds it hands over, the lines and status it relays,
+the signals it forwards and the errors it prints."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import select
 import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
+import time
+import uuid
 from pathlib import Path
 
+import pyseccomp
 import pytest
+
+from launcher.serve_request import address
+from sandbox import _libc, notify, seccomp
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "launcher" / "_client"
@@ -26,6 +32,10 @@ NO_STATUS = ("faramesh-sandbox: the service ended the run without an exit status
 NOT_UNDERSTOOD = ("faramesh-sandbox: the service sent a message this client does not understand — hint: see the "
                   "service's output; the service and this client may be from different versions\n")
 NO_SERVICE_HINT = " — hint: start one with `faramesh-sandbox serve --policy FILE`\n"
+NOT_YOURS_HINT = (" — hint: pass --socket or set FARAMESH_SANDBOX_SOCKET to the name of a service you "
+                  "started\n")
+BAD_NAME = ("faramesh-sandbox: the socket name \"{name}\" is not an abstract name of 1 to 107 bytes without "
+            "'/' — hint: give --socket or FARAMESH_SANDBOX_SOCKET a shorter name\n")
 TIMEOUT = 10
 
 
@@ -37,6 +47,12 @@ def client() -> str:
         subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT, check=True,
                        capture_output=True)
     return str(CLIENT)
+
+
+@pytest.fixture
+def name() -> str:
+    """An abstract socket name no other test or service uses."""
+    return f"client-c-test-{uuid.uuid4().hex}"
 
 
 def read_records(memfd: int) -> list[tuple[str, bytes]]:
@@ -55,9 +71,9 @@ def read_records(memfd: int) -> list[tuple[str, bytes]]:
 class FakeService:
     """One connection of a fake `serve`: keeps the request (magic, fds, records), then `reply(conn, fds)`."""
 
-    def __init__(self, path: Path, reply):
+    def __init__(self, name: str, reply):
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.listener.bind(str(path))
+        self.listener.bind(address(name))
         self.listener.listen(1)
         self.listener.settimeout(TIMEOUT)
         self.reply, self.received, self.failure = reply, threading.Event(), None
@@ -91,14 +107,24 @@ def exits(status: int):
     return lambda conn, fds: conn.send(b"exit" + struct.pack("<I", status))
 
 
+def says(*lines: bytes, status: int):
+    """A reply of one msg\\0 message per line, 0.1 s apart, then the exit status."""
+    def reply(conn, fds):
+        for line in lines:
+            conn.send(b"msg\0" + line)
+            time.sleep(0.1)
+        exits(status)(conn, fds)
+    return reply
+
+
 def run(client: str, args: list[str], env: dict | None = None, **popen):
     return subprocess.run([client, *args], capture_output=True, timeout=TIMEOUT, env=env or {}, **popen)
 
 
 def test_request_holds_magic_cwd_args_and_environment(client, tmp_path):
     """One message, the magic with 4 fds; the memfd holds cwd, each argument and variable as given, then 'z'."""
-    service = FakeService(tmp_path / "run.sock", exits(0))
-    env = {"FOO": "bar baz", "EMPTY": "", "FARAMESH_SANDBOX_SOCKET": str(tmp_path / "run.sock")}
+    service = FakeService(name, exits(0))
+    env = {"FOO": "bar baz", "EMPTY": "", "FARAMESH_SANDBOX_SOCKET": name}
     done = run(client, ["--", "printf", "a b", "", "-x"], env=env, cwd=tmp_path)
     service.join()
     assert (done.returncode, done.stderr, service.magic, len(service.fds), service.flags) == (0, b"", MAGIC, 4, 0)
@@ -110,9 +136,9 @@ def test_request_holds_magic_cwd_args_and_environment(client, tmp_path):
 
 def test_request_carries_megabytes_of_arguments(client, tmp_path):
     """A megabyte of arguments, some bigger than the client's 64 KiB buffer, arrives whole and in order."""
-    service = FakeService(tmp_path / "run.sock", exits(0))
+    service = FakeService(name, exits(0))
     args = [letter * size for letter in "abcdefghij" for size in (100_000, 3)]
-    done = run(client, ["--socket", str(tmp_path / "run.sock"), *args])
+    done = run(client, ["--socket", name, *args])
     service.join()
     assert done.returncode == 0
     assert [payload for tag, payload in service.records if tag == "a"] == [arg.encode() + b"\0" for arg in args]
@@ -128,8 +154,8 @@ def use_standard_fds(conn, fds):
 
 def test_fds_are_the_clients_stdin_stdout_stderr(client, tmp_path):
     """What the service reads from fd 1 and writes to fds 2 and 3 is the client's own stdin, stdout and stderr."""
-    service = FakeService(tmp_path / "run.sock", use_standard_fds)
-    done = run(client, ["--socket", str(tmp_path / "run.sock"), "cat"], input=b"hello")
+    service = FakeService(name, use_standard_fds)
+    done = run(client, ["--socket", name, "cat"], input=b"hello")
     service.join()
     assert (done.returncode, done.stdout, done.stderr) == (0, b"out:hello", b"err:hello")
 
@@ -137,8 +163,8 @@ def test_fds_are_the_clients_stdin_stdout_stderr(client, tmp_path):
 @pytest.mark.parametrize("status", [0, 3, 255])
 def test_exit_status_is_relayed(client, tmp_path, status):
     """The client exits with the status in the service's exit message."""
-    service = FakeService(tmp_path / "run.sock", exits(status))
-    done = run(client, ["--socket", str(tmp_path / "run.sock"), "true"])
+    service = FakeService(name, exits(status))
+    done = run(client, ["--socket", name, "true"])
     service.join()
     assert (done.returncode, done.stderr) == (status, b"")
 
@@ -147,8 +173,8 @@ def test_exit_status_is_relayed(client, tmp_path, status):
 def test_signal_is_forwarded(client, tmp_path, signum):
     """A signal to the client reaches the service as sig\\0 + its number; the client lives on to relay the status."""
     got = []
-    service = FakeService(tmp_path / "run.sock", lambda conn, fds: (got.append(conn.recv(64)), exits(7)(conn, fds)))
-    proc = subprocess.Popen([client, "--socket", str(tmp_path / "run.sock"), "sleep", "9"], stderr=subprocess.PIPE)
+    service = FakeService(name, lambda conn, fds: (got.append(conn.recv(64)), exits(7)(conn, fds)))
+    proc = subprocess.Popen([client, "--socket", name, "sleep", "9"], stderr=subprocess.PIPE)
     assert service.received.wait(TIMEOUT)
     proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=TIMEOUT)
@@ -169,8 +195,8 @@ ENDINGS = {
 def test_run_ended_without_a_status_is_125(client, tmp_path, ending):
     """A service that closes, or sends anything but an exit message, makes the client exit 125 with one line."""
     reply, message = ENDINGS[ending]
-    service = FakeService(tmp_path / "run.sock", reply)
-    done = run(client, ["--socket", str(tmp_path / "run.sock"), "true"])
+    service = FakeService(name, reply)
+    done = run(client, ["--socket", name, "true"])
     service.join()
     assert (done.returncode, done.stdout, done.stderr.decode()) == (125, b"", message)
 
@@ -239,8 +265,8 @@ def test_help_prints_usage(client):
 
 def test_reset_connection_is_125(client, tmp_path):
     """A service that closes with the client's signal message unread (ECONNRESET) is a run without a status."""
-    service = FakeService(tmp_path / "run.sock", lambda conn, fds: conn.recv(64, socket.MSG_PEEK))
-    proc = subprocess.Popen([client, "--socket", str(tmp_path / "run.sock"), "true"], stderr=subprocess.PIPE)
+    service = FakeService(name, lambda conn, fds: conn.recv(64, socket.MSG_PEEK))
+    proc = subprocess.Popen([client, "--socket", name, "true"], stderr=subprocess.PIPE)
     assert service.received.wait(TIMEOUT)
     proc.send_signal(signal.SIGWINCH)
     _, stderr = proc.communicate(timeout=TIMEOUT)
@@ -296,9 +322,9 @@ def test_service_of_another_user_is_refused(client):
 def test_closed_standard_fd_is_sent_as_dev_null(client, tmp_path, closed):
     """A closed stdin, stdout or stderr reaches the service as /dev/null; the others stay what they were."""
     kinds = []
-    service = FakeService(tmp_path / "run.sock", lambda conn, fds: (
+    service = FakeService(name, lambda conn, fds: (
         kinds.extend(os.fstat(fd) for fd in fds[1:]), exits(0)(conn, fds)))
-    done = run("sh", ["-c", f'exec "$@" {closed}>&-', "sh", client, "--socket", str(tmp_path / "run.sock"), "true"],
+    done = run("sh", ["-c", f'exec "$@" {closed}>&-', "sh", client, "--socket", name, "true"],
                stdin=subprocess.PIPE)
     service.join()
     null = os.stat("/dev/null")
