@@ -100,6 +100,7 @@ def _listen(name: str) -> socket.socket:
     finally:
         probe.close()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    serve_request.refuse_descriptors(listener)  # inherited by each connection until it is let in
     listener.bind(serve_request.address(name))
     listener.listen(64)
     return listener

@@ -6,7 +6,8 @@ No agent can reach it or take its name: every sandbox has a network namespace of
 an agent's unix sockets, connected or bound by the supervisor on its behalf, stay in it. No path
 of the filesystem is involved, so none can be renamed or raced.
 
-A client connects and sends one message: REQUEST_MAGIC with four descriptors, a memfd holding
+A client connects, waits for ``ready`` (sent once it is let in: until then the kernel refuses
+any descriptor it sends), and sends one message: REQUEST_MAGIC with four descriptors, a memfd holding
 the request's records (tag byte, little-endian u32 length, payload: 'c' the working directory,
 'a' each argument, 'e' each NAME=value, 'z' the end; strings end with their only NUL), then its
 stdin, stdout and stderr. While the command runs the client may send ``sig\\0`` + u32 (a signal to
@@ -24,7 +25,8 @@ from sandbox.launch import FORWARDED, LateCommand
 
 REQUEST_MAGIC = b"faramesh-run-1\0"
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5: a pidfd of the peer as it connected
-SIGNAL_TAG, EXIT_TAG, TEXT_TAG = b"sig\0", b"exit", b"msg\0"
+SIGNAL_TAG, EXIT_TAG, TEXT_TAG, READY_TAG = b"sig\0", b"exit", b"msg\0", b"ready"
+SO_PASSRIGHTS = getattr(socket, "SO_PASSRIGHTS", 83)  # Linux 6.16: 0 refuses descriptors sent to a socket
 REQUEST_FDS = 4  # the request, stdin, stdout, stderr
 MAX_REQUEST = 16 << 20  # argv and environment together are at most a few MiB (ARG_MAX)
 MAX_TEXT = 4096
@@ -46,10 +48,27 @@ def address(name: str) -> bytes:
     return b"\0" + os.fsencode(name)
 
 
+def refuse_descriptors(sock: socket.socket, refused: bool = True) -> None:
+    """Descriptors sent to ``sock`` (and to each connection it accepts) are refused by the
+    kernel: a peer not yet let in cannot queue one. Closing a descriptor can block (a TCP socket
+    lingering on unsent data), and this process would be the one to close it. Kernels before
+    6.16 lack the option: there, a local user can stall the service (docs/serve.md)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_PASSRIGHTS, 0 if refused else 1)
+    except OSError:
+        pass
+
+
 def take(conn: socket.socket) -> LateCommand:
     """A client's command, once the client is let in and its request read; Refused says why not.
-    The peer is checked first: nobody else gets the service to read anything."""
+    The peer is checked first: until it is let in (READY_TAG), it can send no descriptor and the
+    service reads nothing of it."""
     check_peer(conn)
+    refuse_descriptors(conn, False)
+    try:
+        conn.send(READY_TAG, socket.MSG_DONTWAIT)
+    except OSError as err:
+        raise Refused(f"the client went away ({err.strerror})", CLIENT_HINT) from None
     return receive(conn)
 
 

@@ -88,7 +88,10 @@ class ClientCommand:
             if signum is not None:
                 os.kill(os.getpid(), signum)
         if self.pidfd is not None:
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)  # init's death takes the sandbox along
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)  # init's death takes the sandbox along
+            except ProcessLookupError:
+                pass  # init ended on its own meanwhile
         else:
             os.kill(os.getpid(), signal.SIGKILL)  # init unknown here: this runner's death ends it all
 

@@ -186,7 +186,7 @@ def _release_init(run: _Run) -> None:
         pass  # init already failed: its message waits on the socket (_receive_listener)
 
 
-def _release_late(run: _Run) -> None:
+def _release_late(run: _Run, sup=None) -> None:
     """A prepared sandbox (launcher/serve.py): init waits, made and in its cgroup, and the
     supervisor is built, until a command comes; init gets the command's plan and the agent's
     stdin, stdout and stderr with its release."""
@@ -197,6 +197,8 @@ def _release_late(run: _Run) -> None:
                            "check late_release_supported() before passing late=")
     command = run.late.wait(run.init_pid)
     run.spec.argv, run.spec.env, run.spec.cwd = command.argv, command.env, command.cwd
+    if sup is not None and run.spec.net is not None:  # the host may have new addresses since set-up
+        run.spec.net = sup.net = run.spec.net.with_host_addresses_now()
     run.limits.start_clock()  # --timeout counts from the command, not from the preparation
     memfd = os.memfd_create("faramesh-late-plan", os.MFD_CLOEXEC)
     try:
@@ -235,11 +237,16 @@ def _new_session(run: _Run) -> None:
     kill(0, sig) (not scoped by Landlock below ABI 6) then reaches only the sandbox, never the
     launcher, its helpers or the user's pipeline. No sandbox process has a controlling terminal:
     init leads the session and opens none, the agent is no session leader (no TIOCSPGRP, no
-    /dev/tty). The terminal's signals reach the launcher alone, which forwards them (FORWARDED)."""
+    /dev/tty). The terminal's signals reach the launcher alone, which forwards them (FORWARDED).
+    It also leaves any real-time scheduling policy the launcher had."""
     try:
         os.setsid()
     except OSError as err:
         raise OSError(err.errno, f"setsid(): {os.strerror(err.errno)}") from None
+    # The default policy whatever real-time one the launcher had: SCHED_FIFO inherited would let
+    # the agent starve the host (RLIMIT_RTPRIO 0 only stops it raising one).
+    if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     while signal.sigtimedwait(FORWARDED, 0) is not None:
         pass  # the terminal's, sent to the launcher's group before: the launcher forwards its own copy
 
@@ -536,7 +543,7 @@ def _supervise(run: _Run, decide, audit, approve) -> int:
                                     decision_keys=run.decision_keys, fast_repeats=run.spec.fast_repeats,
                                     credentials_watched=run.watch_credentials, agent_dropped=run.cap_drop)
         try:
-            _release_late(run)
+            _release_late(run, sup)
             listener = _receive_listener(run)
         except BaseException:
             # Set-up failed: any thread the constructor started must end before this process may

@@ -19,6 +19,7 @@ from __future__ import annotations
 import _socket
 import dataclasses
 import errno
+import fcntl
 import os
 import socket
 import time
@@ -45,6 +46,13 @@ PROTOCOLS = {socket.SOCK_STREAM: {0: "tcp", socket.IPPROTO_TCP: "tcp"},
              socket.SOCK_DGRAM: {0: "udp", socket.IPPROTO_UDP: "udp"}}
 UNIX_KINDS = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
 FAMILY_NAMES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_UNIX: "unix"}
+
+
+def host_addresses_now() -> frozenset[str]:
+    """This host's interface addresses, spelled as the decoder spells them."""
+    return frozenset(socket.inet_ntop(entry.family, socket.inet_pton(entry.family, entry.address.split("%", 1)[0]))
+                     for entries in psutil.net_if_addrs().values() for entry in entries
+                     if entry.family in (socket.AF_INET, socket.AF_INET6))
 
 
 @dataclass(frozen=True)
@@ -83,10 +91,12 @@ class NetContext:
     def for_host(cls, names: Callable[[str], str | None] | None = None,
                  dns_redirect: Mapping[str, tuple[str, int]] | None = None) -> "NetContext":
         """A context guarding the addresses this host's interfaces have right now."""
-        found = {socket.inet_ntop(entry.family, socket.inet_pton(entry.family, entry.address.split("%", 1)[0]))
-                 for entries in psutil.net_if_addrs().values() for entry in entries
-                 if entry.family in (socket.AF_INET, socket.AF_INET6)}  # spelled as the decoder spells them
-        return cls(names or no_names, dict(dns_redirect or {}), frozenset(found))
+        return cls(names or no_names, dict(dns_redirect or {}), host_addresses_now())
+
+    def with_host_addresses_now(self) -> "NetContext":
+        """The same context guarding the addresses the host has now (a sandbox made ahead of its
+        command: launcher/serve.py)."""
+        return dataclasses.replace(self, host_addresses=host_addresses_now())
 
     def trusting(self, *agent_paths: str) -> "NetContext":
         """This context with ``agent_paths`` added to the trusted unix sockets."""
@@ -198,6 +208,26 @@ def _duplicate(ctx: NetContext, pid: int, number: int) -> _Socket:
     return _Socket(fd, family, kind, name or str(proto), proto)
 
 
+SIOCGSKNS = 0x894C  # ioctl: a descriptor of the network namespace a socket was made in
+
+
+def _same_network_namespace(sock_fd: int, pid: int) -> None:
+    """An abstract name is looked up in the namespace of the socket, not of the task: a host
+    socket the agent was handed (an unconnected one as its stdin) would reach the host's abstract
+    sockets (`faramesh-sandbox serve`'s among them). Refused unless it is the agent's own."""
+    try:
+        namespace = fcntl.ioctl(sock_fd, SIOCGSKNS)
+        try:
+            theirs = os.fstat(namespace)
+        finally:
+            os.close(namespace)
+        agents = os.stat(f"/proc/{pid}/ns/net")
+    except OSError as err:
+        raise OSError(errno.EACCES, f"the socket's network namespace cannot be read ({err.strerror})") from None
+    if (theirs.st_dev, theirs.st_ino) != (agents.st_dev, agents.st_ino):
+        raise OSError(errno.EACCES, "an abstract unix address on a socket from outside the sandbox's network namespace")
+
+
 class _Builder:
     """Turns one decoded call on one socket into (tool, args, action, guarded)."""
 
@@ -228,6 +258,7 @@ class _Builder:
         """(tool, args, address to use) for a unix address: pathnames are resolved in the
         agent's view and decided; abstract names stay in the agent's network namespace."""
         if target.abstract is not None:
+            _same_network_namespace(self.sock.fd, self.pid)
             return None, {}, target.sockaddr()
         resolved = UnixPath.resolve(self.pid, target.path, create=call == "bind")
         self.fds.extend(resolved.fds)

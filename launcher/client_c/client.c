@@ -3,6 +3,7 @@
  *
  * Protocol (AF_UNIX SOCK_SEQPACKET, an abstract name of the host's network namespace, which no
  * sandbox's agent can reach or bind: launcher/serve_request.py):
+ *   service -> client  "ready" once we are let in (until then the kernel refuses our descriptors);
  *   client -> service  "faramesh-run-1\0" with SCM_RIGHTS [request memfd, stdin, stdout, stderr];
  *                      the memfd, sealed and at offset 0, holds records: tag byte, LE u32 length,
  *                      payload: 'c' cwd\0, 'a' arg\0 (each), 'e' NAME=value\0 (each), 'z' (end).
@@ -33,6 +34,8 @@
 #define MAGIC "faramesh-run-1"  /* sent with its NUL */
 #define USAGE "usage: %s [--socket NAME] [--] CMD [ARGS...]"
 #define TEXT_MAX 4096
+#define SO_PEERPIDFD_OPT 77  /* SO_PEERPIDFD, Linux 6.5 (older headers lack the name) */
+#define READY (-2)  /* read_message: the service let us in */
 
 /* Why the client gave up -> the hint its one line ends with. */
 enum failure { BAD_USAGE, NO_CWD, NO_SERVICE, NOT_YOURS, LONG_PATH, NO_STATUS, NOT_UNDERSTOOD, SYSTEM };
@@ -115,6 +118,33 @@ static void default_socket_name(char *out, size_t size)
 
 /* ---- connecting ---------------------------------------------------------------------------- */
 
+/* The peer is alive and in our pid namespace: its pidfd's NSpid names one pid (ours for it). A
+ * process of our uid in a container sharing our network could otherwise take the name. */
+static int peer_in_our_pid_namespace(int sock)
+{
+    int pidfd;
+    socklen_t len = sizeof(pidfd);
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERPIDFD_OPT, &pidfd, &len) < 0)
+        return 0;  /* a kernel without it (before 6.5): an unknown case is refused */
+    char path[64], info[1024];
+    snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, info, sizeof(info) - 1);
+    if (fd >= 0)
+        close(fd);
+    close(pidfd);
+    if (n <= 0)
+        return 0;
+    info[n] = 0;
+    const char *pid = strstr(info, "\nPid:"), *nspid = strstr(info, "\nNSpid:");
+    if (!pid || !nspid || atol(pid + 5) <= 0)
+        return 0;
+    int fields = 0;
+    for (const char *at = nspid + 7; *at && *at != '\n'; at++)
+        fields += (*at != ' ' && *at != '\t') && (at[-1] == ' ' || at[-1] == '\t' || at[-1] == ':');
+    return fields == 1;
+}
+
 static int connect_service(const char *name)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -143,6 +173,8 @@ static int connect_service(const char *name)
         fail(SYSTEM, "getsockopt(SO_PEERCRED) on @%s: %s", name, strerror(errno));
     if (peer.uid != geteuid())
         fail(NOT_YOURS, "the service at @%s belongs to uid %u, not to you", name, (unsigned)peer.uid);
+    if (!peer_in_our_pid_namespace(sock))
+        fail(NOT_YOURS, "the process at @%s is in another pid namespace (a container), or gone", name);
     return sock;
 }
 
@@ -196,8 +228,10 @@ static void send_request(int sock, int memfd, const char *name)
     do
         n = sendmsg(sock, &msg, MSG_NOSIGNAL);
     while (n < 0 && errno == EINTR);
-    if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+    if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+        close(memfd);
         return;  /* refused before our request came: its line and status may still wait to be read */
+    }
     if (n < 0)
         fail(SYSTEM, "sendmsg to @%s: %s", name, strerror(errno));
     close(memfd);
@@ -236,8 +270,8 @@ static void forward_signals(int sigfd, int sock)
     }
 }
 
-/* The status the service sent, or -1 after a line it sent was printed; any other end of the
- * connection is a failure. */
+/* The status the service sent, -1 after a line it sent was printed, or READY; any other end of
+ * the connection is a failure. */
 static int read_message(int sock)
 {
     unsigned char msg[4 + TEXT_MAX];
@@ -255,27 +289,35 @@ static int read_message(int sock)
         write_all(2, "\n", 1);
         return -1;
     }
+    if (n == 5 && !memcmp(msg, "ready", 5))
+        return READY;
     uint32_t status = n == 8 ? get_u32(msg + 4) : 0;
     if (n != 8 || memcmp(msg, "exit", 4) || status > 255)
         fail(NOT_UNDERSTOOD, "the service sent a message this client does not understand");
     return (int)status;
 }
 
-static int wait_for_status(int sock, int sigfd)
+/* Returns once ``until`` (READY, or a status: >= 0) comes; a status always ends the client.
+ * ``sigfd`` < 0: no signals are forwarded yet (a client still queued dies of Ctrl-C as usual). */
+static int wait_for(int sock, int sigfd, int until)
 {
     struct pollfd watched[2] = {{.fd = sock, .events = POLLIN}, {.fd = sigfd, .events = POLLIN}};
     for (;;) {
-        if (poll(watched, 2, -1) < 0) {
+        if (poll(watched, sigfd < 0 ? 1 : 2, -1) < 0) {
             if (errno == EINTR)
                 continue;
             fail(SYSTEM, "poll: %s", strerror(errno));
         }
-        if (watched[1].revents)
+        if (sigfd >= 0 && watched[1].revents)
             forward_signals(sigfd, sock);
         if (watched[0].revents) {  /* POLLIN, POLLHUP or POLLERR: recv says which */
-            int status = read_message(sock);
-            if (status >= 0)
-                return status;
+            int got = read_message(sock);
+            if (got >= 0)
+                _exit(got);
+            if (got == READY && until == READY)
+                return READY;
+            if (got == READY)
+                fail(NOT_UNDERSTOOD, "the service sent a message this client does not understand");
         }
     }
 }
@@ -293,7 +335,8 @@ int main(int argc, char **argv)
     }
     int memfd = write_request(argv + command, argc - command);  /* first: a bad cwd never reaches the service */
     int sock = connect_service(name);
+    wait_for(sock, -1, READY);
     int sigfd = block_forwarded_signals();
     send_request(sock, memfd, name);
-    return wait_for_status(sock, sigfd);
+    return wait_for(sock, sigfd, 0);
 }

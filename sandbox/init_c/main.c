@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -164,6 +165,11 @@ static void forwarded_signals(sigset_t *set)
 static int new_session(void)
 {
     if (setsid() < 0)
+        return errno;
+    /* The agent runs under the default policy whatever real-time one the launcher had: with
+     * SCHED_FIFO inherited it could starve the host (RLIMIT_RTPRIO 0 only stops raising it). */
+    struct sched_param normal = {0};
+    if (sched_getscheduler(0) != SCHED_OTHER && sched_setscheduler(0, SCHED_OTHER, &normal) < 0)
         return errno;
     sigset_t forwarded;
     forwarded_signals(&forwarded);

@@ -20,8 +20,9 @@ from pathlib import Path
 import pyseccomp
 import pytest
 
+from launcher.serve import default_socket
 from launcher.serve_request import address
-from sandbox import _libc, notify, seccomp
+from sandbox import _libc, notify
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "launcher" / "_client"
@@ -121,7 +122,7 @@ def run(client: str, args: list[str], env: dict | None = None, **popen):
     return subprocess.run([client, *args], capture_output=True, timeout=TIMEOUT, env=env or {}, **popen)
 
 
-def test_request_holds_magic_cwd_args_and_environment(client, tmp_path):
+def test_request_holds_magic_cwd_args_and_environment(client, name, tmp_path):
     """One message, the magic with 4 fds; the memfd holds cwd, each argument and variable as given, then 'z'."""
     service = FakeService(name, exits(0))
     env = {"FOO": "bar baz", "EMPTY": "", "FARAMESH_SANDBOX_SOCKET": name}
@@ -134,7 +135,7 @@ def test_request_holds_magic_cwd_args_and_environment(client, tmp_path):
                                ("z", b"")]
 
 
-def test_request_carries_megabytes_of_arguments(client, tmp_path):
+def test_request_carries_megabytes_of_arguments(client, name):
     """A megabyte of arguments, some bigger than the client's 64 KiB buffer, arrives whole and in order."""
     service = FakeService(name, exits(0))
     args = [letter * size for letter in "abcdefghij" for size in (100_000, 3)]
@@ -152,7 +153,7 @@ def use_standard_fds(conn, fds):
     exits(0)(conn, fds)
 
 
-def test_fds_are_the_clients_stdin_stdout_stderr(client, tmp_path):
+def test_fds_are_the_clients_stdin_stdout_stderr(client, name):
     """What the service reads from fd 1 and writes to fds 2 and 3 is the client's own stdin, stdout and stderr."""
     service = FakeService(name, use_standard_fds)
     done = run(client, ["--socket", name, "cat"], input=b"hello")
@@ -161,7 +162,7 @@ def test_fds_are_the_clients_stdin_stdout_stderr(client, tmp_path):
 
 
 @pytest.mark.parametrize("status", [0, 3, 255])
-def test_exit_status_is_relayed(client, tmp_path, status):
+def test_exit_status_is_relayed(client, name, status):
     """The client exits with the status in the service's exit message."""
     service = FakeService(name, exits(status))
     done = run(client, ["--socket", name, "true"])
@@ -170,7 +171,7 @@ def test_exit_status_is_relayed(client, tmp_path, status):
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGWINCH])
-def test_signal_is_forwarded(client, tmp_path, signum):
+def test_signal_is_forwarded(client, name, signum):
     """A signal to the client reaches the service as sig\\0 + its number; the client lives on to relay the status."""
     got = []
     service = FakeService(name, lambda conn, fds: (got.append(conn.recv(64)), exits(7)(conn, fds)))
@@ -192,7 +193,7 @@ ENDINGS = {
 
 
 @pytest.mark.parametrize("ending", ENDINGS)
-def test_run_ended_without_a_status_is_125(client, tmp_path, ending):
+def test_run_ended_without_a_status_is_125(client, name, ending):
     """A service that closes, or sends anything but an exit message, makes the client exit 125 with one line."""
     reply, message = ENDINGS[ending]
     service = FakeService(name, reply)
@@ -201,56 +202,90 @@ def test_run_ended_without_a_status_is_125(client, tmp_path, ending):
     assert (done.returncode, done.stdout, done.stderr.decode()) == (125, b"", message)
 
 
-# How the client finds the socket: (environment, arguments, the path it tries) with {tmp} for tmp_path.
-SOCKET_PATHS = [
-    ({}, ["--socket", "{tmp}/given.sock"], "{tmp}/given.sock"),
-    ({"FARAMESH_SANDBOX_SOCKET": "{tmp}/env.sock"}, [], "{tmp}/env.sock"),
-    ({"FARAMESH_SANDBOX_SOCKET": "", "FARAMESH_SANDBOX_RUNTIME_DIR": "{tmp}/rt"}, [], "{tmp}/rt/service/run.sock"),
-    ({"FARAMESH_SANDBOX_SOCKET": "{tmp}/env.sock"}, ["--socket", "{tmp}/given.sock"], "{tmp}/given.sock"),
+# How the client picks the name: (environment, arguments, the name it tries); the default is the
+# one launcher/serve.py default_socket() gives this user.
+SOCKET_NAMES = [
+    ({}, ["--socket", "given"], "given"),
+    ({"FARAMESH_SANDBOX_SOCKET": "from-env"}, [], "from-env"),
+    ({"FARAMESH_SANDBOX_SOCKET": "from-env"}, ["--socket", "given"], "given"),
+    ({}, [], f"faramesh-sandbox-{os.geteuid()}"),
+    ({"FARAMESH_SANDBOX_SOCKET": ""}, [], f"faramesh-sandbox-{os.geteuid()}"),
 ]
 
 
-@pytest.mark.parametrize("env, args, path", SOCKET_PATHS)
-def test_no_service_is_125_with_the_path_and_hint(client, tmp_path, env, args, path):
-    """With nothing listening, the client names the socket it tried and how to start a service."""
-    env = {name: value.format(tmp=tmp_path) for name, value in env.items()}
-    done = run(client, [arg.format(tmp=tmp_path) for arg in args] + ["true"], env=env)
-    expected = f"faramesh-sandbox: no service at {path.format(tmp=tmp_path)} (No such file or directory)"
+@pytest.mark.kernel
+@pytest.mark.parametrize("env, args, tried", SOCKET_NAMES)
+def test_no_service_is_125_with_the_name_and_hint(client, env, args, tried):
+    """With nothing listening (a network namespace of its own, where no service can be), the client
+    names the abstract socket it tried and how to start a service."""
+    done = run("unshare", ["--net", client, *args, "true"], env=env)
+    expected = f"faramesh-sandbox: no service at @{tried} (Connection refused)"
     assert (done.returncode, done.stderr.decode()) == (125, expected + NO_SERVICE_HINT)
 
 
-def test_refused_connection_is_no_service(client, tmp_path):
-    """A socket file nobody listens on is 'no service' too (ECONNREFUSED)."""
+def test_default_name_is_the_services():
+    """The client's default name (SOCKET_NAMES) is the one `serve` listens at by default."""
+    assert default_socket() == f"faramesh-sandbox-{os.geteuid()}"
+
+
+def test_a_name_bound_but_not_listening_is_no_service(client, name):
+    """An abstract name bound by a socket that does not listen is 'no service' too (ECONNREFUSED)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as bound_only:
-        bound_only.bind(str(tmp_path / "dead.sock"))
-        done = run(client, ["--socket", str(tmp_path / "dead.sock"), "true"])
-    expected = f"faramesh-sandbox: no service at {tmp_path}/dead.sock (Connection refused)"
+        bound_only.bind(address(name))
+        done = run(client, ["--socket", name, "true"])
+    expected = f"faramesh-sandbox: no service at @{name} (Connection refused)"
     assert (done.returncode, done.stderr.decode()) == (125, expected + NO_SERVICE_HINT)
 
 
 USAGE_ERRORS = [
     (["--bogus", "true"], "unknown option --bogus"),
     (["-x"], "unknown option -x"),
-    (["--socket"], "--socket needs a PATH"),
+    (["--socket"], "--socket needs a NAME"),
     ([], "no command given"),
     (["--"], "no command after --"),
-    (["--socket", "/tmp/" + "x" * 200, "true"], "longer than the 107 a unix socket allows"),
 ]
 
 
 @pytest.mark.parametrize("args, message", USAGE_ERRORS)
 def test_bad_command_line_is_125_with_one_line(client, args, message):
-    """A wrong option, a missing command or an impossible socket path is one line with a hint, status 125."""
+    """A wrong option or a missing command is one line with a hint, status 125."""
     done = run(client, args)
     lines = done.stderr.decode().splitlines()
     assert (done.returncode, len(lines), message in lines[0], " — hint: " in lines[0]) == (125, 1, True, True), lines
     assert lines[0].startswith("faramesh-sandbox: ")
 
 
-def test_removed_cwd_is_125_with_hint(client, tmp_path):
+# (environment, arguments, the name refused): a path (an old --socket PATH), a '/' anywhere, no
+# name at all, one byte over what sun_path holds after the abstract NUL.
+BAD_NAMES = [
+    ({}, ["--socket", "/run/faramesh-sandbox/service/run.sock"], "/run/faramesh-sandbox/service/run.sock"),
+    ({}, ["--socket", "a/b"], "a/b"),
+    ({"FARAMESH_SANDBOX_SOCKET": "/tmp/run.sock"}, [], "/tmp/run.sock"),
+    ({}, ["--socket", ""], ""),
+    ({}, ["--socket", "x" * 108], "x" * 108),
+]
+
+
+@pytest.mark.parametrize("env, args, refused", BAD_NAMES)
+def test_a_name_that_is_not_abstract_is_125_before_connecting(client, env, args, refused):
+    """A socket name that is empty, holds a '/' or is 108 bytes or more is refused with one line, 125."""
+    done = run(client, [*args, "true"], env=env)
+    assert (done.returncode, done.stdout, done.stderr.decode()) == (125, b"", BAD_NAME.format(name=refused))
+
+
+@pytest.mark.kernel
+def test_a_name_of_107_bytes_is_tried(client):
+    """107 bytes, the most an abstract name holds, is a name the client connects to."""
+    longest = "y" * 107
+    done = run("unshare", ["--net", client, "--socket", longest, "true"])
+    expected = f"faramesh-sandbox: no service at @{longest} (Connection refused)"
+    assert (done.returncode, done.stderr.decode()) == (125, expected + NO_SERVICE_HINT)
+
+
+def test_removed_cwd_is_125_with_hint(client, name, tmp_path):
     """A current directory that no longer exists is refused before connecting, with the hint to cd elsewhere."""
     script = 'mkdir gone && cd gone && rmdir ../gone && exec "$@"'
-    done = run("sh", ["-c", script, "sh", client, "--socket", str(tmp_path / "none.sock"), "true"], cwd=tmp_path)
+    done = run("sh", ["-c", script, "sh", client, "--socket", name, "true"], cwd=tmp_path)
     assert (done.returncode, done.stderr.decode()) == (
         125, "faramesh-sandbox: cannot read the current directory: No such file or directory — hint: cd to a "
              "directory that exists\n")
@@ -260,10 +295,10 @@ def test_help_prints_usage(client):
     """--help prints the usage on stdout and exits 0."""
     done = run(client, ["--help"])
     assert (done.returncode, done.stdout.decode().splitlines()[0], done.stderr) == (
-        0, f"usage: {client} [--socket PATH] [--] CMD [ARGS...]", b"")
+        0, f"usage: {client} [--socket NAME] [--] CMD [ARGS...]", b"")
 
 
-def test_reset_connection_is_125(client, tmp_path):
+def test_reset_connection_is_125(client, name):
     """A service that closes with the client's signal message unread (ECONNRESET) is a run without a status."""
     service = FakeService(name, lambda conn, fds: conn.recv(64, socket.MSG_PEEK))
     proc = subprocess.Popen([client, "--socket", name, "true"], stderr=subprocess.PIPE)
@@ -274,14 +309,15 @@ def test_reset_connection_is_125(client, tmp_path):
     assert (proc.returncode, stderr.decode()) == (125, NO_STATUS)
 
 
-def serve_as_nobody(path: str, report: int):
-    """In a forked child: become uid 65534, listen at path, write 'ready', then what one connection sent."""
+def serve_as_nobody(name: str, report: int):
+    """In a forked child: become uid 65534, listen at the abstract ``name``, write 'ready', then what
+    one connection sent."""
     try:
         os.setgroups([])
         os.setgid(65534)
         os.setuid(65534)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        server.bind(path)
+        server.bind(address(name))  # abstract names have no owner or mode: any uid may take any free one
         server.listen(1)
         server.settimeout(TIMEOUT)
         os.write(report, b"ready")
@@ -294,32 +330,137 @@ def serve_as_nobody(path: str, report: int):
 
 
 @pytest.mark.kernel
-def test_service_of_another_user_is_refused(client):
-    """A service run by uid 65534 is refused, and it receives neither the request nor a single fd."""
-    directory = tempfile.mkdtemp(prefix="client-c-")  # in /tmp: the other user can reach it
-    path = os.path.join(directory, "run.sock")
+def test_service_of_another_user_is_refused(client, name):
+    """A service run by uid 65534 at the client's name is refused, and it receives neither the request
+    nor a single fd."""
     read_end, write_end = os.pipe()
     try:
-        os.chmod(directory, 0o777)
         pid = os.fork()
         if pid == 0:
-            serve_as_nobody(path, write_end)
+            serve_as_nobody(name, write_end)
         os.close(write_end)
         assert os.read(read_end, 5) == b"ready"
-        done = run(client, ["--socket", path, "true"])
+        done = run(client, ["--socket", name, "true"])
         os.waitpid(pid, 0)
         received = os.read(read_end, 100)
     finally:
         os.close(read_end)
-        shutil.rmtree(directory)
     assert (done.returncode, done.stderr.decode()) == (
-        125, f"faramesh-sandbox: the service at {path} belongs to uid 65534, not to you — hint: pass --socket or "
-             "set FARAMESH_SANDBOX_SOCKET to the socket of a service you started\n")
+        125, f"faramesh-sandbox: the service at @{name} belongs to uid 65534, not to you" + NOT_YOURS_HINT)
     assert received == b" uid=65534 bytes=0 fds=0"
 
 
+@pytest.mark.kernel
+def test_a_root_service_is_refused_by_a_client_of_another_user(client, name):
+    """A client run as uid 65534 refuses a service of root's at its name: only its own uid is trusted."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as server:
+        server.bind(address(name))
+        server.listen(1)
+        done = run("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", client, "--socket", name, "true"],
+                   cwd="/")
+        server.settimeout(TIMEOUT)
+        conn, _ = server.accept()  # the client's connection, queued; what it sent, if anything
+        with conn:
+            conn.settimeout(TIMEOUT)
+            message, fds, _, _ = socket.recv_fds(conn, 64, 8)
+    assert (done.returncode, done.stderr.decode(), message, fds) == (
+        125, f"faramesh-sandbox: the service at @{name} belongs to uid 0, not to you" + NOT_YOURS_HINT, b"", [])
+
+
+# ---- lines from the service ---------------------------------------------------------------------------
+
+def test_service_lines_are_printed_in_order_before_the_status(client, name):
+    """Each msg\\0 message is one line on the client's stderr, in the order sent; the client waits on
+    to the exit message and exits with its status."""
+    service = FakeService(name, says(b"faramesh-sandbox: first", "faramesh-sandbox: second — é".encode(), status=4))
+    done = run(client, ["--socket", name, "true"])
+    service.join()
+    assert (done.returncode, done.stdout, done.stderr) == (
+        4, b"", "faramesh-sandbox: first\nfaramesh-sandbox: second — é\n".encode())
+
+
+def test_a_line_after_the_status_is_not_printed(client, name):
+    """The exit message ends the client: a message after it is never printed."""
+    service = FakeService(name, lambda conn, fds: (says(b"before", status=0)(conn, fds), conn.send(b"msg\0after")))
+    done = run(client, ["--socket", name, "true"])
+    service.join()
+    assert (done.returncode, done.stderr) == (0, b"before\n")
+
+
+@pytest.mark.parametrize(("size", "printed"), [(4096, 4096), (5000, 4096)])
+def test_a_line_is_printed_up_to_4096_bytes(client, name, size, printed):
+    """A line of 4096 bytes, the most the service sends, is printed whole; a longer one is cut there."""
+    service = FakeService(name, says(b"L" * size, status=0))
+    done = run(client, ["--socket", name, "true"])
+    service.join()
+    assert (done.returncode, done.stderr) == (0, b"L" * printed + b"\n")
+
+
+HOLD_SENDMSG = r"""
+import os, sys
+from sandbox import _libc, seccomp
+program, report, go = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+_libc.set_no_new_privs()
+listener = seccomp.install(program)
+os.write(report, b"%d" % listener)
+os.read(go, 1)  # the test has taken the listener: it goes with this process's exec (CLOEXEC)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+def _sendmsg_notifies() -> bytes:
+    """A seccomp filter that holds every sendmsg for a listener to answer, and allows the rest."""
+    program = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    program.add_rule(pyseccomp.NOTIFY, "sendmsg")
+    with open(os.memfd_create("sendmsg-held", os.MFD_CLOEXEC), "w+b") as sink:
+        program.export_bpf(sink)
+        sink.seek(0)
+        return sink.read()
+
+
+@pytest.mark.kernel
+def test_refused_before_its_request_the_client_prints_the_line_and_status(client, name):
+    """A service that sends its line and status and closes before the client's request is sent (its
+    sendmsg held by a seccomp listener until then, so it fails with EPIPE) still has the client print
+    the line and exit with the status."""
+    line = "faramesh-sandbox: uid 1 may not use this service — hint: each user runs a service of their own".encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as server:
+        server.bind(address(name))
+        server.listen(1)
+        server.settimeout(TIMEOUT)
+        report_read, report_write = os.pipe()
+        go_read, go_write = os.pipe()
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_SENDMSG, _sendmsg_notifies().hex(), str(report_write),
+                                 str(go_read), client, "--socket", name, "true"], pass_fds=(report_write, go_read),
+                                env={"PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.close(report_write)
+        os.close(go_read)
+        listener = pidfd = None
+        try:
+            number = int(os.read(report_read, 16))
+            pidfd = os.pidfd_open(proc.pid)
+            listener = _libc.pidfd_getfd(pidfd, number)
+            os.write(go_write, b"g")
+            conn, _ = server.accept()
+            conn.send(b"msg\0" + line)
+            conn.send(b"exit" + struct.pack("<I", 125))
+            conn.close()  # nothing read, nothing unread: the request is still held in the client
+            assert select.select([listener], [], [], TIMEOUT)[0], "the client never called sendmsg"
+            held = notify.recv(listener)
+            notify.send_continue(listener, held.id)  # the kernel runs it now, on a closed connection
+            out, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait()
+            for fd in (report_read, go_write, pidfd, listener):
+                if fd is not None:
+                    os.close(fd)
+    assert held.nr == _libc.syscall_number("sendmsg")
+    assert (proc.returncode, out, err) == (125, b"", line + b"\n")
+
+
 @pytest.mark.parametrize("closed", [0, 1, 2])
-def test_closed_standard_fd_is_sent_as_dev_null(client, tmp_path, closed):
+def test_closed_standard_fd_is_sent_as_dev_null(client, name, closed):
     """A closed stdin, stdout or stderr reaches the service as /dev/null; the others stay what they were."""
     kinds = []
     service = FakeService(name, lambda conn, fds: (

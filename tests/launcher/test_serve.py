@@ -1,5 +1,6 @@
 """`faramesh-sandbox serve` as a real service with launcher/_client: output, statuses, signals and
-pipes as native, a fresh sandbox and session per command, the policy, refusals and clean-up."""
+pipes as native, a fresh sandbox and session per command, the policy, who may connect (its abstract
+socket is out of every sandbox's reach), refusals sent over the connection, and clean-up."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import psutil
 import pytest
 
 import launcher.cli
+from launcher.serve_request import address
 
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +32,7 @@ HINT = " — hint: clients give commands: {client} -- CMD; per-run reports need 
 SANDBOX_SDK_SOCKET = "/run/faramesh/faramesh.sock"
 PARSER = launcher.cli.build_parser()
 TIMEOUT = 20
+EXIT_125 = b"exit" + struct.pack("<I", 125)
 
 
 @pytest.fixture(scope="module")
@@ -48,27 +52,42 @@ def _cmdline(process: psutil.Process) -> str:
         return ""
 
 
-class Service:
-    """`python3 -m launcher serve` with its socket, runtime directory and policy inside ``root``."""
+def _listening(name: str) -> bool:
+    """Whether a socket of this network namespace listens at the abstract ``name`` (/proc/net/unix:
+    Num RefCount Protocol Flags Type St Inode Path; Flags 0x10000 is __SO_ACCEPTCON)."""
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+        rows = [line.split() for line in table]
+    return any(len(row) == 8 and row[7] == "@" + name and int(row[3], 16) & 0x10000 for row in rows[1:])
 
-    def __init__(self, root: Path, policy_text: str, *options: str):
+
+def _unique_name(label: str) -> str:
+    return f"serve-test-{label}-{uuid.uuid4().hex[:12]}"
+
+
+class Service:
+    """`python3 -m launcher serve` at an abstract name of its own, with its runtime directory and
+    policy inside ``root``; started with the standard fds ``closed`` (some of 0, 1, 2) closed."""
+
+    def __init__(self, root: Path, policy_text: str, *options: str, closed: tuple[int, ...] = ()):
         self.root = root
         root.mkdir(parents=True)
         (root / "policy.fpl").write_text(policy_text)
-        self.socket = str(root / "svc" / "run.sock")
+        self.socket = _unique_name(root.name)
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), "FARAMESH_SANDBOX_RUNTIME_DIR": str(root / "rt"),
                     "FARAMESH_SANDBOX_CONFIG": "/nonexistent/faramesh-sandbox/config.toml"}
         self.env.pop("FARAMESH_SANDBOX_SOCKET", None)
         self.stderr = root / "service.err"
+        argv = [sys.executable, "-m", "launcher", "serve", "--policy", str(root / "policy.fpl"), "--socket",
+                self.socket, "--no-audit-db", *options]
+        if closed:
+            argv = ["sh", "-c", 'exec "$@" ' + " ".join(f"{fd}>&-" for fd in closed), "sh", *argv]
         with open(self.stderr, "wb") as stderr:
-            self.proc = subprocess.Popen([sys.executable, "-m", "launcher", "serve", "--policy",
-                                          str(root / "policy.fpl"), "--socket", self.socket, "--no-audit-db", *options],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
                                          cwd=ROOT, env=self.env)
         deadline = time.monotonic() + TIMEOUT
-        while not os.path.exists(self.socket):
+        while not _listening(self.socket):
             assert self.proc.poll() is None, f"the service ended: {self.stderr.read_text()}"
-            assert time.monotonic() < deadline, "the service never made its socket"
+            assert time.monotonic() < deadline, "the service never listened at its name"
             time.sleep(0.02)
 
     def command(self, client: str, *argv: str) -> list[str]:
@@ -83,30 +102,42 @@ class Service:
         service = psutil.Process(self.proc.pid)
         return [service, *service.children(recursive=True)]
 
+    def wait_for_spare(self) -> None:
+        """Until the spare's init waits in its namespaces."""
+        deadline = time.monotonic() + 5
+        while not any(_cmdline(process) == "faramesh-sandbox-init" for process in self.tree()):
+            assert time.monotonic() < deadline, "no spare made"
+            time.sleep(0.02)
+
     def leftovers(self) -> list[str]:
         """Processes whose command line names this service's directory (its forks all do)."""
         return [f"{process.pid} {_cmdline(process)}" for process in psutil.process_iter()
                 if str(self.root) in _cmdline(process)]
 
-    def stop(self) -> tuple[int | None, list[str]]:
-        """SIGTERM; its status, and what of its tree (captured just before) or its forks is still alive
-        5 s later (killed then, so nothing outlives the test)."""
+    def stop(self, signum: int = signal.SIGTERM) -> tuple[int | None, list[str]]:
+        """``signum`` (SIGTERM); its status, and what of its tree (captured just before) or its forks
+        is still alive 5 s later (killed then, so nothing outlives the test)."""
         tree = self.tree() if self.proc.poll() is None else []
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(signum)
         try:
             status = self.proc.wait(TIMEOUT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             status = None
-        _gone, alive = psutil.wait_procs(tree, timeout=5)
-        left = sorted({f"{process.pid} {_cmdline(process)}" for process in alive if _alive(process.pid)}
-                      | set(self.leftovers()))
-        for process in alive:
-            try:
-                process.kill()
-            except psutil.Error:
-                pass
-        return status, left
+        return status, _left_of(tree, self.leftovers)
+
+
+def _left_of(tree: list[psutil.Process], leftovers) -> list[str]:
+    """What of ``tree`` (and ``leftovers()``) is alive 5 s from now; killed then."""
+    _gone, alive = psutil.wait_procs(tree, timeout=5)
+    left = sorted({f"{process.pid} {_cmdline(process)}" for process in alive if _alive(process.pid)}
+                  | set(leftovers()))
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    return left
 
 
 @pytest.fixture(scope="module")
@@ -329,15 +360,78 @@ def test_the_clients_pipes_end_with_its_command(service, client, script):
 
 # ---- who may use the service ------------------------------------------------------------------------
 
-def test_an_agent_cannot_reach_the_service(service, client):
-    """Inside a sandbox the socket's directory is an empty one: neither a connect nor the client reaches it."""
-    connect = ("import socket\ntry:\n socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET).connect(%r)\n"
-               "except OSError as err:\n print(type(err).__name__)\nelse:\n print('connected')\n" % service.socket)
-    assert _outcome(service.run(client, sys.executable, "-c", connect)) == (0, b"FileNotFoundError\n", b"")
-    nested = service.run(client, client, "--socket", service.socket, "--", "true")
-    assert _outcome(nested) == (125, b"", (
-        f"faramesh-sandbox: no service at {service.socket} (No such file or directory) — hint: start one with "
+def test_the_service_says_where_it_serves(service):
+    """The service's first line names its policy, its abstract name and the client's command line."""
+    assert service.stderr.read_text().splitlines()[0] == (
+        f"faramesh-sandbox: serving {service.root / 'policy.fpl'} at @{service.socket}; run a command with: "
+        f"{CLIENT} --socket {service.socket} -- CMD")
+
+
+def _in_sandbox(how: str, service: Service, client: str, *argv: str, **popen) -> subprocess.Popen:
+    """``argv`` as an agent: a command of ``service`` ("served"), or of `faramesh-sandbox run` with the
+    same policy ("run"); stdout and stderr piped."""
+    if how == "served":
+        argv = service.command(client, *argv)
+    else:
+        argv = [sys.executable, "-m", "launcher", "run", "--policy", str(service.root / "policy.fpl"), "--no-audit-db",
+                "--", *argv]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=service.env, cwd=ROOT, **popen)
+
+
+CONNECT = """
+import socket, sys
+probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+try:
+    probe.connect(b"\\0" + sys.argv[1].encode())
+except OSError as err:
+    print(type(err).__name__)
+else:
+    print("connected")
+"""
+
+
+@pytest.mark.parametrize("how", ["served", "run"])
+def test_an_agent_cannot_reach_the_service(service, client, how):
+    """Inside a sandbox (a served command's, or `run`'s) the service's abstract name is unbound: the
+    network namespace is the sandbox's own. A connect is refused, and so is the client."""
+    script = f'{sys.executable} -c "$0" "$1"; {client} --socket "$1" -- true; echo "client status $?"'
+    agent = _in_sandbox(how, service, client, "sh", "-c", script, CONNECT, service.socket)
+    out, err = agent.communicate(timeout=TIMEOUT)
+    assert (agent.returncode, out, err) == (0, b"ConnectionRefusedError\nclient status 125\n", (
+        f"faramesh-sandbox: no service at @{service.socket} (Connection refused) — hint: start one with "
         "`faramesh-sandbox serve --policy FILE`\n").encode())
+
+
+IMPERSONATE = """
+import socket, sys
+fake = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+fake.bind(b"\\0" + sys.argv[1].encode())
+fake.listen(8)
+print("bound", flush=True)
+sys.stdin.readline()
+fake.setblocking(False)
+try:
+    fake.accept()
+    print("a client came")
+except BlockingIOError:
+    print("nobody came")
+"""
+
+
+@pytest.mark.parametrize("how", ["served", "run"])
+def test_an_agent_cannot_take_the_services_name(service, client, how):
+    """An agent may bind the service's abstract name inside its sandbox, but only in the sandbox's
+    network namespace: a client on the host still reaches the real service, and none reaches the agent."""
+    agent = _in_sandbox(how, service, client, sys.executable, "-c", IMPERSONATE, service.socket, stdin=subprocess.PIPE)
+    try:
+        bound = agent.stdout.readline()
+        host = service.run(client, "sh", "-c", "echo from the real service")
+        out, err = agent.communicate(b"\n", timeout=TIMEOUT)
+    finally:
+        agent.kill()
+        agent.wait()
+    assert (bound, _outcome(host)) == (b"bound\n", (0, b"from the real service\n", b""))
+    assert (agent.returncode, out, err) == (0, b"nobody came\n", b"")
 
 
 def test_a_client_in_another_pid_namespace_is_refused(service, client):
@@ -352,6 +446,72 @@ def test_a_client_in_another_pid_namespace_is_refused(service, client):
         (0, b"", b""))
 
 
+def _replies(conn: socket.socket) -> list[bytes]:
+    """The service's messages up to and with its exit message (or the connection's end)."""
+    replies = []
+    while not replies or not replies[-1].startswith(b"exit"):
+        message = conn.recv(8192)
+        if not message:
+            break
+        replies.append(message)
+    return replies
+
+
+def _served(service: Service, client: str) -> tuple[int, bytes, bytes] | str:
+    """A good client's outcome, or "timed out" when the service did not serve it within 5 s."""
+    try:
+        return _outcome(subprocess.run(service.command(client, "sh", "-c", "echo served"), capture_output=True,
+                                       timeout=5))
+    except subprocess.TimeoutExpired:
+        return "timed out"
+
+
+def _refusal(text: str, hint: str = "use the client of the same install") -> list[bytes]:
+    """What a refused client is sent: its line, then exit 125."""
+    return [f"msg\0faramesh-sandbox: {text} — hint: {hint}".encode(), EXIT_125]
+
+
+def _other_uid_client(name: str, report: int) -> None:
+    """In a forked child: as uid 65534, connect to the abstract ``name`` and send nothing; write (JSON)
+    the replies and how long they took, then, once the connection ends or 3 s pass, whether it ended."""
+    try:
+        os.setgroups([])
+        os.setgid(65534)
+        os.setuid(65534)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+            conn.settimeout(3)
+            started = time.monotonic()
+            conn.connect(address(name))
+            replies = _replies(conn)
+            os.write(report, json.dumps([[r.decode() for r in replies], time.monotonic() - started]).encode() + b"\n")
+            try:
+                ended = conn.recv(64) == b""
+            except TimeoutError:
+                ended = False
+            os.write(report, b"dropped" if ended else b"kept open")
+    finally:
+        os._exit(0)
+
+
+def test_a_client_of_another_uid_is_refused_before_anything_is_read(service, client):
+    """A client of uid 65534 that sends nothing is told at once (its peer checked before any read,
+    not after the 1 s a request may take) that its uid may not, and dropped; the service serves on."""
+    service.wait_for_spare()  # its wait is the service's answer, not a spare's making
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        _other_uid_client(service.socket, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as report:
+        replies, took = json.loads(report.readline())
+        served = _served(service, client)
+        ended = report.read()
+    os.waitpid(pid, 0)
+    assert [reply.encode() for reply in replies] == _refusal("uid 65534 may not use this service",
+                                                             "each user runs a service of their own")
+    assert (took < 0.5, ended, served) == (True, b"dropped", (0, b"served\n", b""))
+
+
 def _record(tag: bytes, payload: bytes = b"") -> bytes:
     return tag + struct.pack("<I", len(payload)) + payload
 
@@ -359,60 +519,112 @@ def _record(tag: bytes, payload: bytes = b"") -> bytes:
 GOOD = _record(b"c", b"/\0") + _record(b"a", b"true\0") + _record(b"z")
 MALFORMED = "a malformed request (records after the end, or cut short)"
 INCOMPLETE = "a request without its end, its command or one absolute working directory"
-# name -> (magic, records, descriptors sent of [request, stdin, stdout, stderr], what stderr is told)
+NOT_UNDERSTOOD = "a request this service does not understand"
+# name -> (magic, the request: records in a memfd, or "directory" / "O_PATH" for a descriptor of that
+# kind holding GOOD; descriptors sent of [request, stdin, stdout, stderr]; the line the client is sent)
 BAD_REQUESTS = {
-    "wrong magic": (b"faramesh-run-0\0", GOOD, 4, "a request this service does not understand"),
-    "three fds": (MAGIC, GOOD, 3, None),
-    "no fds": (MAGIC, GOOD, 0, None),
+    "wrong magic": (b"faramesh-run-0\0", GOOD, 4, NOT_UNDERSTOOD),
+    "three fds": (MAGIC, GOOD, 3, NOT_UNDERSTOOD),
+    "no fds": (MAGIC, GOOD, 0, NOT_UNDERSTOOD),
     "records after z": (MAGIC, GOOD + _record(b"a", b"x\0"), 4, MALFORMED),
     "cut short": (MAGIC, GOOD + b"a\0", 4, MALFORMED),
     "unknown record": (MAGIC, _record(b"q", b"x\0") + GOOD, 4, "a malformed request (record b'q')"),
     "no argument": (MAGIC, _record(b"c", b"/\0") + _record(b"z"), 4, INCOMPLETE),
     "relative cwd": (MAGIC, _record(b"c", b"tmp\0") + _record(b"a", b"true\0") + _record(b"z"), 4, INCOMPLETE),
     "no z": (MAGIC, GOOD[:-5], 4, INCOMPLETE),
+    "a directory as the request": (MAGIC, "directory", 4, "a request that cannot be read (Is a directory)"),
+    "an O_PATH fd as the request": (MAGIC, "O_PATH", 4, "a request that cannot be read (Bad file descriptor)"),
 }
 
 
-def _raw_request(path: str, magic: bytes, records: bytes, sent: int) -> tuple[bytes, bytes, bytes]:
-    """One request as a client other than launcher/_client sends it: the service's reply, and all that
-    reached the stdout and stderr pipes sent (read to their end: the service must close them)."""
+def _request_fd(request: bytes | str) -> int:
+    if request == "directory":
+        assert os.stat(ROOT).st_size > 0  # a size the service tries to read
+        return os.open(ROOT, os.O_RDONLY | os.O_DIRECTORY)
+    if request == "O_PATH":
+        memfd = os.memfd_create("request")
+        os.write(memfd, GOOD)
+        try:
+            return os.open(f"/proc/self/fd/{memfd}", os.O_PATH)
+        finally:
+            os.close(memfd)
     memfd = os.memfd_create("request")
-    os.write(memfd, records)
+    os.write(memfd, request)
+    return memfd
+
+
+def _raw_request(name: str, magic: bytes, request: bytes | str, sent: int) -> tuple[list[bytes], bytes, bytes]:
+    """One request as a client other than launcher/_client sends it: the service's replies, and all
+    that reached the stdout and stderr pipes sent (read to their end: the service must close them)."""
+    request_fd = _request_fd(request)
     stdin, feed = os.pipe()
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         conn.settimeout(TIMEOUT)
-        conn.connect(path)
-        socket.send_fds(conn, [magic], [memfd, stdin, out_write, err_write][:sent])
-        for fd in (memfd, stdin, out_write, err_write):
+        conn.connect(address(name))
+        socket.send_fds(conn, [magic], [request_fd, stdin, out_write, err_write][:sent])
+        for fd in (request_fd, stdin, out_write, err_write):
             os.close(fd)
-        reply = conn.recv(64)
+        replies = _replies(conn)
     written = []
     for fd in (out_read, err_read):
         with os.fdopen(fd, "rb") as pipe:
             written.append(pipe.read())
     os.close(feed)
-    return reply, *written
+    return replies, *written
 
 
 @pytest.mark.parametrize("name", BAD_REQUESTS)
-def test_a_bad_request_is_125_with_one_line(service, name):
-    """A request the service cannot read gets exit 125; when its four descriptors came with it, one line on
-    the stderr it sent (the last of four, even with another magic). Descriptors of a wrong count are closed
-    unwritten."""
-    magic, records, sent, told = BAD_REQUESTS[name]
-    hint = " — hint: use the client of the same install\n"
-    message = b"" if told is None else f"faramesh-sandbox: {told}{hint}".encode()
-    assert _raw_request(service.socket, magic, records, sent) == (b"exit" + struct.pack("<I", 125), b"", message)
+def test_a_bad_request_is_125_with_its_line_sent_over_the_connection(service, name):
+    """A request the service cannot read gets its line (msg\\0) and exit 125 over the connection;
+    nothing is written to the stdout or stderr it sent, whose descriptors are closed."""
+    magic, request, sent, told = BAD_REQUESTS[name]
+    assert _raw_request(service.socket, magic, request, sent) == (_refusal(told), b"", b"")
 
 
 def test_the_service_serves_on_after_bad_requests(service, client):
     """After every kind of bad request, a good client's command runs."""
-    for magic, records, sent, _told in BAD_REQUESTS.values():
-        _raw_request(service.socket, magic, records, sent)
-    assert _raw_request(service.socket, MAGIC, GOOD, 4) == (b"exit" + struct.pack("<I", 0), b"", b"")
+    for magic, request, sent, _told in BAD_REQUESTS.values():
+        _raw_request(service.socket, magic, request, sent)
+    assert _raw_request(service.socket, MAGIC, GOOD, 4) == ([b"exit" + struct.pack("<I", 0)], b"", b"")
     assert _outcome(service.run(client, "sh", "-c", "echo served")) == (0, b"served\n", b"")
+
+
+def test_a_refused_connection_is_closed_by_the_service(service):
+    """Once a bad request has its line and status, the service closes the connection: the client
+    sees its end without closing first."""
+    memfd = os.memfd_create("request")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.settimeout(3)
+        conn.connect(address(service.socket))
+        socket.send_fds(conn, [b"faramesh-run-0\0"], [memfd, 0, 1, 2])
+        os.close(memfd)
+        replies = _replies(conn)
+        try:
+            end = conn.recv(64)
+        except TimeoutError:
+            end = "still open after 3 s"
+    assert (replies, end) == (_refusal(NOT_UNDERSTOOD), b"")
+
+
+def test_an_idle_connection_is_dropped_after_a_second(service, client):
+    """A client that connects and sends nothing is told so and dropped after about 1 s, even while it
+    keeps its end open; a good client is served meanwhile."""
+    service.wait_for_spare()  # its wait is the service's answer, not a spare's making
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as idle:
+        idle.settimeout(3)
+        started = time.monotonic()
+        idle.connect(address(service.socket))
+        replies = _replies(idle)
+        waited = time.monotonic() - started
+        try:
+            end = idle.recv(64)
+        except TimeoutError:
+            end = "still open after 3 s"
+        served = _served(service, client)
+    assert (replies, 0.9 < waited < 3, end, served) == (
+        _refusal("no request (timed out)"), True, b"", (0, b"served\n", b""))
 
 
 # ---- the service's own refusals and failures -----------------------------------------------------------
@@ -443,36 +655,94 @@ def test_a_service_that_cannot_set_up_says_so_promptly(tmp_path, client):
     (["--prompt-shared-terminal"], "--prompt-shared-terminal"),
     (["--", "true"], "command"),
 ])
-def test_serve_refuses_per_run_options_and_a_command(tmp_path, capsys, option, named):
-    """serve takes no per-run output option and no command: 125, one line naming it, with a hint."""
-    parsed = PARSER.parse_args(["serve", "--policy", "/no/such.fpl", "--socket", str(tmp_path / "svc" / "run.sock"),
-                                *option])
+def test_serve_refuses_per_run_options_and_a_command(capsys, option, named):
+    """serve takes no per-run output option and no command: 125, one line naming it, with a hint; it
+    binds nothing."""
+    name = _unique_name("refused")
+    parsed = PARSER.parse_args(["serve", "--policy", "/no/such.fpl", "--socket", name, *option])
     assert parsed._runner(parsed) == 125
     assert capsys.readouterr().err == f"faramesh-sandbox: serve takes no {named}" + HINT.format(client=CLIENT)
-    assert not (tmp_path / "svc").exists()
+    assert not _listening(name)
 
 
-def test_a_second_service_on_the_same_socket_is_refused(service, client):
-    """A second service at a socket a service answers at exits 125 and leaves the first one serving."""
+@pytest.mark.parametrize("name", ["/run/faramesh-sandbox/service/run.sock", "a/b"])
+def test_serve_refuses_a_socket_name_with_a_slash(tmp_path, capsys, name):
+    """--socket takes an abstract name, not a path: one with a '/' is refused (125) with a hint."""
+    (tmp_path / "policy.fpl").write_text(PERMIT)
+    parsed = PARSER.parse_args(["serve", "--policy", str(tmp_path / "policy.fpl"), "--socket", name, "--no-audit-db"])
+    assert parsed._runner(parsed) == 125
+    assert capsys.readouterr().err == (
+        f"faramesh-sandbox: cannot serve at @{name}: the name must be non-empty, without '/' or NUL (an abstract "
+        "socket name, not a path) — hint: stop the other service, or give --socket another name\n")
+
+
+def test_a_second_service_on_the_same_name_is_refused(service, client):
+    """A second service at a name a service answers at exits 125 and leaves the first one serving."""
     done = subprocess.run([sys.executable, "-m", "launcher", "serve", "--policy", str(service.root / "policy.fpl"),
                            "--socket", service.socket, "--no-audit-db"], capture_output=True, text=True,
                           timeout=TIMEOUT, env=service.env, cwd=ROOT)
     assert (done.returncode, done.stderr) == (
-        125, f"faramesh-sandbox: cannot serve: a service already answers at {service.socket} — hint: give --socket "
-             "a path in a directory of its own\n")
+        125, f"faramesh-sandbox: cannot serve at @{service.socket}: a service already answers there — hint: stop "
+             "the other service, or give --socket another name\n")
     assert _outcome(service.run(client, "true")) == (0, b"", b"")
 
 
+# ---- stopping ---------------------------------------------------------------------------------------
+
 def test_stopping_the_service_leaves_nothing(tmp_path, client):
     """SIGTERM ends the service with 0; its spare, the spare's init and helpers, and a finished run's
-    runner are all gone, and the socket is removed."""
+    runner are all gone, and its name is free."""
     started = Service(tmp_path / "stopping", PERMIT)
     try:
         assert _outcome(started.run(client, "true")) == (0, b"", b"")
-        deadline = time.monotonic() + 5
-        while not any(_cmdline(process) == "faramesh-sandbox-init" for process in started.tree()):
-            assert time.monotonic() < deadline, "no spare made after the run"
-            time.sleep(0.02)
+        started.wait_for_spare()
     finally:
         status, left = started.stop()
-    assert (status, left, os.path.exists(started.socket)) == (0, [], False)
+    assert (status, left, _listening(started.socket)) == (0, [], False)
+
+
+def test_a_service_killed_with_sigkill_takes_its_spare_along(tmp_path, client):
+    """SIGKILL to the service, which cannot clean up: its spare (PR_SET_PDEATHSIG), the spare's init and
+    helpers are all gone within 5 s, and its name is free."""
+    started = Service(tmp_path / "killed", PERMIT)
+    started.wait_for_spare()
+    spare = [process.pid for process in psutil.Process(started.proc.pid).children()]
+    status, left = started.stop(signal.SIGKILL)
+    assert (len(spare), status, left, _listening(started.socket)) == (1, -signal.SIGKILL, [], False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_run_in_progress_outlives_the_service(tmp_path, client, signum):
+    """A command running when the service is stopped (SIGTERM) or killed (SIGKILL) goes on to its end
+    and its client gets its output and status; its runner then leaves nothing behind."""
+    started = Service(tmp_path / f"outlived-{signum.name}", PERMIT)
+    script = "echo started; sleep 1.5; echo finished; exit 5"
+    proc = subprocess.Popen(started.command(client, "sh", "-c", script), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.readline()
+        tree = started.tree()
+        started.proc.send_signal(signum)
+        status = started.proc.wait(TIMEOUT)
+        running = proc.poll() is None  # the service ended before the command did
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+        proc.wait()
+        started.proc.kill()
+    expected_status = 0 if signum == signal.SIGTERM else -signal.SIGKILL
+    assert (first, status, running) == (b"started\n", expected_status, True)
+    assert (proc.returncode, out, err) == (5, b"finished\n", b"")
+    assert _left_of(tree, started.leftovers) == []
+
+
+@pytest.mark.parametrize("closed", [(0,), (1,), (2,), (0, 1, 2)], ids=["stdin", "stdout", "stderr", "all"])
+def test_a_service_started_with_stdio_closed_serves(tmp_path, client, closed):
+    """A service started with its stdin, stdout or stderr closed (each becomes /dev/null) serves: a
+    command's output and status reach its client, and the service stops cleanly."""
+    started = Service(tmp_path / "closed", PERMIT, closed=closed)
+    try:
+        done = started.run(client, "sh", "-c", "echo out; echo err >&2; exit 3")
+    finally:
+        status, left = started.stop()
+    assert (_outcome(done), status, left) == ((3, b"out\n", b"err\n"), 0, [])

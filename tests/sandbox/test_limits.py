@@ -176,3 +176,19 @@ def test_a_run_without_limit_options_still_bounds_a_fork_bomb(run):
     started = int(out.split()[-1])
     assert (status, limit_lines(err)) == (2, ["faramesh-sandbox: pids limit 1024 reached (fork refused 1 time)"])
     assert started == 1022  # init and sh are the other two of the 1024
+
+
+def test_the_agent_leaves_a_real_time_policy_the_launcher_had(tmp_path):
+    """A launcher started under SCHED_FIFO: the agent runs SCHED_OTHER, and cannot take SCHED_FIFO
+    back (RLIMIT_RTPRIO 0, no CAP_SYS_NICE)."""
+    policy = tmp_path / "permit.fpl"
+    policy.write_text(PERMIT)
+    agent = "import os\nprint(os.sched_getscheduler(0))\ntry:\n    os.sched_setscheduler(0, os.SCHED_FIFO, " \
+            "os.sched_param(1))\n    print('fifo')\nexcept OSError as err:\n    print(err.errno)\n"
+    done = subprocess.run(["chrt", "-f", "10", sys.executable, "-m", "launcher", "run", "--policy", str(policy),
+                           "--no-audit-db", "--no-prompt", "--", sys.executable, "-c", agent],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    native = subprocess.run(["chrt", "-f", "10", sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                            capture_output=True, text=True, timeout=30)
+    assert native.stdout.split() == [str(os.SCHED_FIFO)]  # the launcher really had it
+    assert done.stdout.split() == [str(os.SCHED_OTHER), "1"], done.stderr

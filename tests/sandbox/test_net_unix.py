@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 from sandbox import netops
 from tests.sandbox.test_net_connect import Greeter, net_records, run_python
+
+ROOT = Path(__file__).resolve().parents[2]
 
 UNIX_RULES = ('deny net/connect when args.path endsWith "docker.sock"\n'
               ' permit net/connect when args.family == "unix"\n'
@@ -116,3 +122,35 @@ def test_trusted_sandbox_socket_connects_without_a_decision(tmp_path, monkeypatc
                      monkeypatch=monkeypatch)
     assert run.stdout == b"sdk.sock hello\n", run.explain()
     assert run.audit == []
+
+
+HANDED = """
+import socket
+s = socket.socket(fileno=0)  # a host socket the launcher was started with, not connected
+try:
+    s.connect(b"\\0faramesh-test-host-only")
+    print("reached the host")
+except OSError as err:
+    print("refused", err.errno)
+"""
+
+
+def test_a_host_socket_handed_to_the_agent_reaches_no_host_abstract_name(tmp_path):
+    """An abstract name is looked up in the socket's network namespace: through an unconnected unix
+    socket of the host's (its stdin here) the agent would reach the host's abstract sockets.
+    Refused with EACCES: only the agent's own sockets take abstract addresses."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(b"\0faramesh-test-host-only")
+    listener.listen(1)
+    handed = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    policy = tmp_path / "permit.fpl"
+    policy.write_text("agent a {\n  default permit\n}\n")
+    try:
+        done = subprocess.run([sys.executable, "-m", "launcher", "run", "--policy", str(policy), "--no-audit-db",
+                               "--no-prompt", "--", sys.executable, "-c", HANDED], stdin=handed.fileno(),
+                              capture_output=True, text=True, timeout=60, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        handed.close()
+        listener.close()
+    assert done.stdout.split() == ["refused", str(errno.EACCES)], done.stderr
