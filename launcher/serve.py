@@ -22,7 +22,7 @@ from pathlib import Path
 
 from launcher import run, serve_request
 from launcher.serve_request import Refused
-from launcher.serve_spare import DONE, TAKEN, spare, turn_away
+from launcher.serve_spare import DONE, RETIRED, SPARE_MAX_AGE, TAKEN, spare, turn_away
 from sandbox import _libc, _libc_ns
 from sandbox.launch import EXIT_SETUP
 
@@ -44,7 +44,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--socket", metavar="NAME",
                         help=f"the abstract socket name clients connect to (default: $FARAMESH_SANDBOX_SOCKET, "
                              f"else {default_socket()} for this user)")
+    parser.add_argument("--spare-max-age", type=_seconds, default=SPARE_MAX_AGE, metavar="SECONDS",
+                        help=f"replace a sandbox made ahead that waited this long (default {SPARE_MAX_AGE:.0f}): "
+                             "what it was made with (resolver, egress CA) is never older")
     run.add_arguments(parser)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
 
 
 def main(args: argparse.Namespace) -> int:
@@ -182,6 +195,8 @@ class _Service:
             self.make_at = now + SPARE_DELAY
         if DONE in said:
             self.make_at = min(self.make_at, now)
+        if RETIRED in said:  # old, not failed: replaced at once (it no longer accepts)
+            self.spare, self.make_at = 0, now
         if self.spare in ended:
             self.spare = 0
             self.failures += 1

@@ -8,25 +8,46 @@ import argparse
 import fcntl
 import io
 import os
+import select
 import signal
 import socket
 import sys
 import threading
+import time
 
 from launcher import run, serve_request
 from launcher.serve_request import Refused
 from sandbox import _libc, _libc_ns
 from sandbox.launch import EXIT_SETUP
 
-# What a runner tells the service: a client took it, and its run ended (launcher/serve.py).
-TAKEN, DONE = b"t", b"d"
+# What a runner tells the service: a client took it, its run ended, or it retired untaken
+# (launcher/serve.py).
+TAKEN, DONE, RETIRED = b"t", b"d", b"r"
+# A spare waits this long at most (serve --spare-max-age): what it was made with (the host's
+# resolver, the egress's CA, notification settings) is never older than that when a command gets it.
+SPARE_MAX_AGE = 600.0
+
+
+class Retired(Exception):
+    """A spare that waited SPARE_MAX_AGE for a client: it ends, and the service makes a fresh one."""
+
+
+def _readable(listener: socket.socket, timeout: float) -> bool:
+    return bool(select.select([listener], [], [], max(0.0, timeout))[0])
+
+
+def _tell(taken: int, what: bytes) -> None:
+    try:
+        os.write(taken, what)
+    except OSError:
+        pass  # the service is gone: a run goes on without it
 
 
 class ClientCommand:
     """launch()'s ``late`` in a spare: waits for a client, then speaks for its run."""
 
-    def __init__(self, listener: socket.socket, taken: int):
-        self.listener, self.taken = listener, taken
+    def __init__(self, listener: socket.socket, taken: int, max_age: float = SPARE_MAX_AGE):
+        self.listener, self.taken, self.max_age = listener, taken, max_age
         self.conn: socket.socket | None = None
         self.pidfd: int | None = None
         self.finished = threading.Event()
@@ -37,7 +58,11 @@ class ClientCommand:
         """The next client's command. Inside launch() (``init_pid`` given) the relay starts here,
         its signals blocked as launch() blocked them; before it, run.main starts it (start_relay)
         once the sandbox exists: launch() refuses to clone with a second thread running."""
+        retire_at = time.monotonic() + self.max_age
         while True:
+            if not _readable(self.listener, retire_at - time.monotonic()):
+                _tell(self.taken, RETIRED)
+                raise Retired()
             conn, _ = self.listener.accept()
             try:
                 command = serve_request.take(conn)
@@ -47,10 +72,7 @@ class ClientCommand:
             except Exception as err:  # noqa: BLE001 - one client's request never ends the spare
                 turn_away(conn, Refused(f"a request that failed: {type(err).__name__}", serve_request.CLIENT_HINT))
         _libc.prctl(_libc_ns.PR_SET_PDEATHSIG, 0)  # a client's run now: it ends with its client, not the service
-        try:
-            os.write(self.taken, TAKEN)
-        except OSError:
-            pass  # the service is gone: this run goes on without it
+        _tell(self.taken, TAKEN)
         self.listener.close()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -106,10 +128,7 @@ class ClientCommand:
             os.dup2(fd, number)
             os.close(fd)
         serve_request.send_exit(self.conn, status)
-        try:
-            os.write(self.taken, DONE)
-        except OSError:
-            pass
+        _tell(self.taken, DONE)
         try:
             self.conn.shutdown(socket.SHUT_RDWR)  # wakes the relay, which sees the run finished
         except OSError:
@@ -141,11 +160,13 @@ class _SetUpLines(io.TextIOBase):
 
 def spare(args: argparse.Namespace, listener: socket.socket, taken: int, loaded) -> int:
     """A runner's life: the run's set-up, a client's command, its status."""
-    late = ClientCommand(listener, taken)
+    late = ClientCommand(listener, taken, args.spare_max_age)
     late.set_up_lines = sys.stderr = _SetUpLines(sys.stderr)
     status = EXIT_SETUP
     try:
         status = run.main(args, late=late, loaded=loaded)
+    except Retired:
+        return 0  # launch() took its sandbox down on the way out
     finally:
         late.ended(status)
     return status
