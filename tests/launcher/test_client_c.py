@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "launcher" / "_client"
 SOURCES = ROOT / "launcher" / "client_c"
 MAGIC = b"faramesh-run-1\x00"
+READY = b"ready"
 NO_STATUS = ("faramesh-sandbox: the service ended the run without an exit status — hint: see the service's "
              "output\n")
 NOT_UNDERSTOOD = ("faramesh-sandbox: the service sent a message this client does not understand — hint: see the "
@@ -70,7 +71,8 @@ def read_records(memfd: int) -> list[tuple[str, bytes]]:
 
 
 class FakeService:
-    """One connection of a fake `serve`: keeps the request (magic, fds, records), then `reply(conn, fds)`."""
+    """One connection of a fake `serve`: lets the client in (``ready``), keeps the request (magic, fds,
+    records), then `reply(conn, fds)`."""
 
     def __init__(self, name: str, reply):
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -86,6 +88,7 @@ class FakeService:
             conn, _ = self.listener.accept()
             with conn:
                 conn.settimeout(TIMEOUT)
+                conn.send(READY)
                 self.magic, self.fds, self.flags, _ = socket.recv_fds(conn, 64, 8)
                 self.records = read_records(self.fds[0])
                 self.received.set()
@@ -189,6 +192,7 @@ ENDINGS = {
     "long": (lambda conn, fds: conn.send(b"exit" + struct.pack("<II", 0, 0)), NOT_UNDERSTOOD),
     "wrong tag": (lambda conn, fds: conn.send(b"quit" + struct.pack("<I", 0)), NOT_UNDERSTOOD),
     "status over 255": (lambda conn, fds: conn.send(b"exit" + struct.pack("<I", 256)), NOT_UNDERSTOOD),
+    "ready again": (lambda conn, fds: conn.send(READY), NOT_UNDERSTOOD),
 }
 
 
@@ -418,12 +422,59 @@ def _sendmsg_notifies() -> bytes:
         return sink.read()
 
 
+REFUSAL = "faramesh-sandbox: uid 1 may not use this service — hint: each user runs a service of their own".encode()
+
+
+def test_refused_before_it_is_let_in_the_client_prints_the_line_and_status(client, name):
+    """A service that sends its line and status without ``ready`` and closes, reading nothing, has
+    the client print the line and exit with the status; the client never sends its request."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as server:
+        server.bind(address(name))
+        server.listen(1)
+        server.settimeout(TIMEOUT)
+        proc = subprocess.Popen([client, "--socket", name, "true"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            conn, _ = server.accept()
+            with conn:
+                conn.send(b"msg\0" + REFUSAL)
+                conn.send(b"exit" + struct.pack("<I", 125))
+                conn.shutdown(socket.SHUT_WR)
+                conn.settimeout(TIMEOUT)
+                sent = conn.recv(64)  # what the client sends before it ends: nothing
+            out, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err, sent) == (125, b"", REFUSAL + b"\n", b"")
+
+
+HOLD_SENDMSG = r"""
+import os, sys
+from sandbox import _libc, seccomp
+program, report, go = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+_libc.set_no_new_privs()
+listener = seccomp.install(program)
+os.write(report, b"%d" % listener)
+os.read(go, 1)  # the test has taken the listener: it goes with this process's exec (CLOEXEC)
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+def _sendmsg_notifies() -> bytes:
+    """A seccomp filter that holds every sendmsg for a listener to answer, and allows the rest."""
+    program = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    program.add_rule(pyseccomp.NOTIFY, "sendmsg")
+    with open(os.memfd_create("sendmsg-held", os.MFD_CLOEXEC), "w+b") as sink:
+        program.export_bpf(sink)
+        sink.seek(0)
+        return sink.read()
+
+
 @pytest.mark.kernel
-def test_refused_before_its_request_the_client_prints_the_line_and_status(client, name):
-    """A service that sends its line and status and closes before the client's request is sent (its
-    sendmsg held by a seccomp listener until then, so it fails with EPIPE) still has the client print
-    the line and exit with the status."""
-    line = "faramesh-sandbox: uid 1 may not use this service — hint: each user runs a service of their own".encode()
+def test_refused_before_its_request_came_the_client_prints_the_line_and_status(client, name):
+    """A service that lets the client in, then sends its line and status and closes before the
+    request is sent (the client's sendmsg held by a seccomp listener until then, so it fails with
+    EPIPE), still has the client print the line and exit with the status."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as server:
         server.bind(address(name))
         server.listen(1)
@@ -442,11 +493,12 @@ def test_refused_before_its_request_the_client_prints_the_line_and_status(client
             listener = _libc.pidfd_getfd(pidfd, number)
             os.write(go_write, b"g")
             conn, _ = server.accept()
-            conn.send(b"msg\0" + line)
-            conn.send(b"exit" + struct.pack("<I", 125))
-            conn.close()  # nothing read, nothing unread: the request is still held in the client
-            assert select.select([listener], [], [], TIMEOUT)[0], "the client never called sendmsg"
-            held = notify.recv(listener)
+            with conn:
+                conn.send(READY)
+                assert select.select([listener], [], [], TIMEOUT)[0], "the client never called sendmsg"
+                held = notify.recv(listener)  # the request, not sent yet
+                conn.send(b"msg\0" + REFUSAL)
+                conn.send(b"exit" + struct.pack("<I", 125))
             notify.send_continue(listener, held.id)  # the kernel runs it now, on a closed connection
             out, err = proc.communicate(timeout=TIMEOUT)
         finally:
@@ -456,7 +508,39 @@ def test_refused_before_its_request_the_client_prints_the_line_and_status(client
                 if fd is not None:
                     os.close(fd)
     assert held.nr == _libc.syscall_number("sendmsg")
-    assert (proc.returncode, out, err) == (125, b"", line + b"\n")
+    assert (proc.returncode, out, err) == (125, b"", REFUSAL + b"\n")
+
+
+SERVE_IN_A_PID_NAMESPACE = r"""
+import socket, sys
+server = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+server.bind(b"\0" + sys.argv[1].encode())
+server.listen(1)
+server.settimeout(10)
+print("ready", flush=True)
+conn, _ = server.accept()
+conn.settimeout(10)
+message, fds, _, _ = socket.recv_fds(conn, 64, 8)
+print(f"bytes={len(message)} fds={len(fds)}", flush=True)
+"""
+
+
+@pytest.mark.kernel
+def test_a_service_in_another_pid_namespace_is_refused(client, name):
+    """A process of our uid at the client's name but in a pid namespace of its own (a container
+    sharing the network) is refused, and it receives neither the request nor a single fd."""
+    fake = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-c",
+                             SERVE_IN_A_PID_NAMESPACE, name], stdout=subprocess.PIPE)
+    try:
+        assert fake.stdout.readline() == b"ready\n"
+        done = run(client, ["--socket", name, "true"])
+        received = fake.communicate(timeout=TIMEOUT)[0]
+    finally:
+        fake.kill()
+        fake.wait()
+    assert (done.returncode, done.stderr.decode(), received) == (
+        125, f"faramesh-sandbox: the process at @{name} is in another pid namespace (a container), or gone"
+             + NOT_YOURS_HINT, b"bytes=0 fds=0\n")
 
 
 @pytest.mark.parametrize("closed", [0, 1, 2])

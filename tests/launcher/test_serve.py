@@ -4,6 +4,7 @@ socket is out of every sandbox's reach), refusals sent over the connection, and 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ SANDBOX_SDK_SOCKET = "/run/faramesh/faramesh.sock"
 PARSER = launcher.cli.build_parser()
 TIMEOUT = 20
 EXIT_125 = b"exit" + struct.pack("<I", 125)
+READY = b"ready"
 
 
 @pytest.fixture(scope="module")
@@ -435,8 +437,8 @@ def test_an_agent_cannot_take_the_services_name(service, client, how):
 
 
 def test_a_client_in_another_pid_namespace_is_refused(service, client):
-    """A client in a pid namespace of its own gets 125 and a line naming the pid namespace; the
-    service serves the next client."""
+    """A client in a pid namespace of its own (its /proc still the host's, so it sees the service in
+    its own) gets 125 and the service's line naming the pid namespace; the service serves the next client."""
     refused = subprocess.run(["unshare", "--pid", "--fork", *service.command(client, "true")], capture_output=True,
                              timeout=TIMEOUT)
     after = service.run(client, "true")
@@ -444,6 +446,37 @@ def test_a_client_in_another_pid_namespace_is_refused(service, client):
         (125, b"", "faramesh-sandbox: a client in another pid namespace (a sandbox), or one already gone, may not "
                    "use this service — hint: run the client on the host\n".encode()),
         (0, b"", b""))
+
+
+RAW_CLIENT = """
+import json, socket, sys
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+conn.settimeout(5)
+conn.connect(b"\\0" + sys.argv[1].encode())
+replies = []
+while not replies or not replies[-1].startswith(b"exit"):
+    replies.append(conn.recv(8192))
+print(json.dumps([reply.decode() for reply in replies]))
+"""
+
+
+def test_a_client_in_another_pid_namespace_is_never_let_in(service):
+    """The service tells a client in another pid namespace why, and never sends it ``ready``."""
+    done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", RAW_CLIENT, service.socket],
+                          capture_output=True, timeout=TIMEOUT)
+    assert (done.returncode, [reply.encode() for reply in json.loads(done.stdout)], done.stderr) == (
+        0, _refusal("a client in another pid namespace (a sandbox), or one already gone, may not use this service",
+                    "run the client on the host"), b"")
+
+
+def test_a_client_with_a_proc_of_its_own_refuses_the_service(service, client):
+    """A client whose /proc is its own pid namespace's sees the service in another one, and refuses it
+    before sending anything."""
+    done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", *service.command(client, "true")],
+                          capture_output=True, timeout=TIMEOUT)
+    assert _outcome(done) == (125, b"", (
+        f"faramesh-sandbox: the process at @{service.socket} is in another pid namespace (a container), or gone — "
+        "hint: pass --socket or set FARAMESH_SANDBOX_SOCKET to the name of a service you started\n").encode())
 
 
 def _replies(conn: socket.socket) -> list[bytes]:
@@ -472,8 +505,9 @@ def _refusal(text: str, hint: str = "use the client of the same install") -> lis
 
 
 def _other_uid_client(name: str, report: int) -> None:
-    """In a forked child: as uid 65534, connect to the abstract ``name`` and send nothing; write (JSON)
-    the replies and how long they took, then, once the connection ends or 3 s pass, whether it ended."""
+    """In a forked child: as uid 65534, connect to the abstract ``name`` and try to send a request with
+    a descriptor at once; write (JSON) how that send ended, the replies and how long they took, then,
+    once the connection ends or 3 s pass, whether it ended."""
     try:
         os.setgroups([])
         os.setgid(65534)
@@ -482,8 +516,14 @@ def _other_uid_client(name: str, report: int) -> None:
             conn.settimeout(3)
             started = time.monotonic()
             conn.connect(address(name))
+            try:
+                socket.send_fds(conn, [MAGIC], [0])
+                sent = "sent"
+            except OSError as err:
+                sent = errno.errorcode[err.errno]
             replies = _replies(conn)
-            os.write(report, json.dumps([[r.decode() for r in replies], time.monotonic() - started]).encode() + b"\n")
+            os.write(report, json.dumps([sent, [r.decode() for r in replies], time.monotonic() - started]).encode()
+                     + b"\n")
             try:
                 ended = conn.recv(64) == b""
             except TimeoutError:
@@ -494,8 +534,9 @@ def _other_uid_client(name: str, report: int) -> None:
 
 
 def test_a_client_of_another_uid_is_refused_before_anything_is_read(service, client):
-    """A client of uid 65534 that sends nothing is told at once (its peer checked before any read,
-    not after the 1 s a request may take) that its uid may not, and dropped; the service serves on."""
+    """A client of uid 65534 cannot send a descriptor (the kernel refuses it: EPERM) before it is let
+    in, which it never is: it is told at once (its peer checked before any read, not after the 1 s a
+    request may take) that its uid may not, without ``ready``, and dropped; the service serves on."""
     service.wait_for_spare()  # its wait is the service's answer, not a spare's making
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -503,12 +544,12 @@ def test_a_client_of_another_uid_is_refused_before_anything_is_read(service, cli
         _other_uid_client(service.socket, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as report:
-        replies, took = json.loads(report.readline())
+        sent, replies, took = json.loads(report.readline())
         served = _served(service, client)
         ended = report.read()
     os.waitpid(pid, 0)
-    assert [reply.encode() for reply in replies] == _refusal("uid 65534 may not use this service",
-                                                             "each user runs a service of their own")
+    assert (sent, [reply.encode() for reply in replies]) == ("EPERM", _refusal(
+        "uid 65534 may not use this service", "each user runs a service of their own"))
     assert (took < 0.5, ended, served) == (True, b"dropped", (0, b"served\n", b""))
 
 
@@ -554,8 +595,9 @@ def _request_fd(request: bytes | str) -> int:
 
 
 def _raw_request(name: str, magic: bytes, request: bytes | str, sent: int) -> tuple[list[bytes], bytes, bytes]:
-    """One request as a client other than launcher/_client sends it: the service's replies, and all
-    that reached the stdout and stderr pipes sent (read to their end: the service must close them)."""
+    """One request as a client other than launcher/_client sends it once let in: the service's replies
+    after ``ready``, and all that reached the stdout and stderr pipes sent (read to their end: the
+    service must close them)."""
     request_fd = _request_fd(request)
     stdin, feed = os.pipe()
     out_read, out_write = os.pipe()
@@ -563,6 +605,7 @@ def _raw_request(name: str, magic: bytes, request: bytes | str, sent: int) -> tu
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         conn.settimeout(TIMEOUT)
         conn.connect(address(name))
+        assert conn.recv(64) == READY
         socket.send_fds(conn, [magic], [request_fd, stdin, out_write, err_write][:sent])
         for fd in (request_fd, stdin, out_write, err_write):
             os.close(fd)
@@ -598,6 +641,7 @@ def test_a_refused_connection_is_closed_by_the_service(service):
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         conn.settimeout(3)
         conn.connect(address(service.socket))
+        assert conn.recv(64) == READY
         socket.send_fds(conn, [b"faramesh-run-0\0"], [memfd, 0, 1, 2])
         os.close(memfd)
         replies = _replies(conn)
@@ -609,8 +653,8 @@ def test_a_refused_connection_is_closed_by_the_service(service):
 
 
 def test_an_idle_connection_is_dropped_after_a_second(service, client):
-    """A client that connects and sends nothing is told so and dropped after about 1 s, even while it
-    keeps its end open; a good client is served meanwhile."""
+    """A client let in (``ready``) that sends nothing is told so and dropped after about 1 s, even while
+    it keeps its end open; a good client is served meanwhile."""
     service.wait_for_spare()  # its wait is the service's answer, not a spare's making
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as idle:
         idle.settimeout(3)
@@ -624,7 +668,7 @@ def test_an_idle_connection_is_dropped_after_a_second(service, client):
             end = "still open after 3 s"
         served = _served(service, client)
     assert (replies, 0.9 < waited < 3, end, served) == (
-        _refusal("no request (timed out)"), True, b"", (0, b"served\n", b""))
+        [READY, *_refusal("no request (timed out)")], True, b"", (0, b"served\n", b""))
 
 
 # ---- the service's own refusals and failures -----------------------------------------------------------
@@ -716,23 +760,23 @@ def test_a_run_in_progress_outlives_the_service(tmp_path, client, signum):
     """A command running when the service is stopped (SIGTERM) or killed (SIGKILL) goes on to its end
     and its client gets its output and status; its runner then leaves nothing behind."""
     started = Service(tmp_path / f"outlived-{signum.name}", PERMIT)
-    script = "echo started; sleep 1.5; echo finished; exit 5"
-    proc = subprocess.Popen(started.command(client, "sh", "-c", script), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+    script = 'echo started; read line; echo "finished after $line"; exit 5'
+    proc = subprocess.Popen(started.command(client, "sh", "-c", script), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = proc.stdout.readline()
         tree = started.tree()
         started.proc.send_signal(signum)
         status = started.proc.wait(TIMEOUT)
-        running = proc.poll() is None  # the service ended before the command did
-        out, err = proc.communicate(timeout=TIMEOUT)
+        running = proc.poll() is None  # the command waits for its line: the service ended first
+        out, err = proc.communicate(b"the service\n", timeout=TIMEOUT)
     finally:
         proc.kill()
         proc.wait()
         started.proc.kill()
     expected_status = 0 if signum == signal.SIGTERM else -signal.SIGKILL
     assert (first, status, running) == (b"started\n", expected_status, True)
-    assert (proc.returncode, out, err) == (5, b"finished\n", b"")
+    assert (proc.returncode, out, err) == (5, b"finished after the service\n", b"")
     assert _left_of(tree, started.leftovers) == []
 
 
