@@ -115,8 +115,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _open_standard_streams() -> None:
+    """A closed stdin, stdout or stderr becomes /dev/null, before anything else takes the number
+    (a held descriptor of the sandbox's, which a service's runner would later replace with its
+    client's). ``run`` leaves them as they are: the agent gets what its caller gave."""
+    for number, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(number)
+        except OSError:
+            fd = os.open(os.devnull, os.O_RDWR)
+            if fd != number:
+                os.dup2(fd, number)
+                os.close(fd)
+        if getattr(sys, name) is None:  # Python found it closed at start
+            setattr(sys, name, open(number, mode, closefd=False, encoding="utf-8", errors="replace"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if _selected(COMMANDS, argv)[:1] == ["serve"]:
+        _open_standard_streams()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     from launcher import term

@@ -68,7 +68,6 @@ def main(args: argparse.Namespace) -> int:
                          f"{CLIENT} -- CMD; per-run reports need `faramesh-sandbox run`")
     if not args.policy:
         return run._fail("no policy given", "pass --policy FILE")
-    _fill_standard_fds()
     loaded = run.load_policies(args.policy)
     if isinstance(loaded, int):
         return loaded
@@ -85,19 +84,6 @@ def main(args: argparse.Namespace) -> int:
         return _Service(args, listener, loaded).loop()
     finally:
         listener.close()
-
-
-def _fill_standard_fds() -> None:
-    """A closed stdin, stdout or stderr becomes /dev/null: the listener must not take fd 1 or 2,
-    which a runner hands over to its client."""
-    for number in range(3):
-        try:
-            os.fstat(number)
-        except OSError:
-            fd = os.open(os.devnull, os.O_RDWR)
-            if fd != number:
-                os.dup2(fd, number)
-                os.close(fd)
 
 
 def _listen(name: str) -> socket.socket:

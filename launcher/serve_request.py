@@ -182,14 +182,24 @@ def tell(conn: socket.socket, text: str, hint: str) -> None:
 
 
 def discard_pending(conn: socket.socket) -> None:
-    """Drops what the client sent and was not read (a refused request), closing its descriptors."""
-    for _ in range(4):
+    """Drops what a refused client sent and was not read, closing any descriptors, and takes no
+    more: closed with a message unread, the client would get a reset before our reply. Never
+    waits (a client holding its end open must not hold the service)."""
+    try:
+        conn.shutdown(socket.SHUT_RD)  # a later send of the client's fails (EPIPE) instead of queueing
+    except OSError:
+        return
+    conn.setblocking(False)
+    space = socket.CMSG_SPACE((REQUEST_FDS + 1) * 4)
+    for _ in range(16):
         try:
-            message, fds, _flags, _addr = socket.recv_fds(conn, 64, REQUEST_FDS + 1, socket.MSG_DONTWAIT)
+            message, ancillary, _flags, _addr = conn.recvmsg(4096, space)
         except OSError:
             return
-        _close_all(fds)
-        if not message and not fds:
+        for level, kind, data in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                _close_all(struct.unpack(f"{len(data) // 4}i", data[:len(data) // 4 * 4]))
+        if not message and not ancillary:
             return
 
 

@@ -26,7 +26,6 @@ from sandbox import _libc, notify
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "launcher" / "_client"
-SOURCES = ROOT / "launcher" / "client_c"
 MAGIC = b"faramesh-run-1\x00"
 READY = b"ready"
 NO_STATUS = ("faramesh-sandbox: the service ended the run without an exit status — hint: see the service's "
@@ -39,16 +38,6 @@ NOT_YOURS_HINT = (" — hint: pass --socket or set FARAMESH_SANDBOX_SOCKET to th
 BAD_NAME = ("faramesh-sandbox: the socket name \"{name}\" is not an abstract name of 1 to 107 bytes without "
             "'/' — hint: give --socket or FARAMESH_SANDBOX_SOCKET a shorter name\n")
 TIMEOUT = 10
-
-
-@pytest.fixture(scope="session")
-def client() -> str:
-    """launcher/_client, built once (as setup.py builds it) when missing or older than its sources."""
-    newest_source = max(path.stat().st_mtime for path in SOURCES.iterdir())
-    if not CLIENT.exists() or CLIENT.stat().st_mtime < newest_source:
-        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT, check=True,
-                       capture_output=True)
-    return str(CLIENT)
 
 
 @pytest.fixture
@@ -398,28 +387,6 @@ def test_a_line_is_printed_up_to_4096_bytes(client, name, size, printed):
     done = run(client, ["--socket", name, "true"])
     service.join()
     assert (done.returncode, done.stderr) == (0, b"L" * printed + b"\n")
-
-
-HOLD_SENDMSG = r"""
-import os, sys
-from sandbox import _libc, seccomp
-program, report, go = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-_libc.set_no_new_privs()
-listener = seccomp.install(program)
-os.write(report, b"%d" % listener)
-os.read(go, 1)  # the test has taken the listener: it goes with this process's exec (CLOEXEC)
-os.execv(sys.argv[4], sys.argv[4:])
-"""
-
-
-def _sendmsg_notifies() -> bytes:
-    """A seccomp filter that holds every sendmsg for a listener to answer, and allows the rest."""
-    program = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
-    program.add_rule(pyseccomp.NOTIFY, "sendmsg")
-    with open(os.memfd_create("sendmsg-held", os.MFD_CLOEXEC), "w+b") as sink:
-        program.export_bpf(sink)
-        sink.seek(0)
-        return sink.read()
 
 
 REFUSAL = "faramesh-sandbox: uid 1 may not use this service — hint: each user runs a service of their own".encode()

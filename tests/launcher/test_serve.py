@@ -25,7 +25,6 @@ from launcher.serve_request import address
 pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "launcher" / "_client"
-SOURCES = ROOT / "launcher" / "client_c"
 PERMIT = "agent a {\n  default permit\n}\n"
 DENY_WRITE = 'agent a {\n  default permit\n  deny fs/write when args.path endsWith "/denied.txt" reason: "kept"\n}\n'
 MAGIC = b"faramesh-run-1\0"
@@ -35,16 +34,6 @@ PARSER = launcher.cli.build_parser()
 TIMEOUT = 20
 EXIT_125 = b"exit" + struct.pack("<I", 125)
 READY = b"ready"
-
-
-@pytest.fixture(scope="module")
-def client() -> str:
-    """launcher/_client, built (as setup.py builds it) when missing or older than its sources."""
-    newest_source = max(path.stat().st_mtime for path in SOURCES.iterdir())
-    if not CLIENT.exists() or CLIENT.stat().st_mtime < newest_source:
-        subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=ROOT, check=True,
-                       capture_output=True)
-    return str(CLIENT)
 
 
 def _cmdline(process: psutil.Process) -> str:
