@@ -145,7 +145,7 @@ def startup(rounds: int, policy_file: Path, pycache: Path) -> dict[str, tuple[fl
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPYCACHEPREFIX": str(pycache)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     cli = [sys.executable, "-m", "launcher", "run", "--policy", str(policy_file), "--", "/bin/true"]
-    served = [str(CLIENT), "--socket", str(pycache / "service" / "run.sock"), "--", "/bin/true"]
+    served = [str(CLIENT), "--socket", f"bench-run-{os.getpid()}", "--", "/bin/true"]
     configs = {
         "native: subprocess.run(/bin/true)": lambda: shell(["/bin/true"]),
         "launch(), namespaces only": lambda: in_process(["/bin/true"], seccomp=False),
@@ -160,7 +160,7 @@ def startup(rounds: int, policy_file: Path, pycache: Path) -> dict[str, tuple[fl
     }
     preload(cli[3:])  # the forked-child row starts with everything a run imports already loaded
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
-    with serving(policy_file, Path(served[2]), env):  # the same policy and options as the CLI row
+    with serving(policy_file, served[2], env):  # the same policy and options as the CLI row
         for action in configs.values():  # untimed: writes the bytecode, builds the filter once
             action()
         for _ in range(rounds):
@@ -175,16 +175,15 @@ def startup(rounds: int, policy_file: Path, pycache: Path) -> dict[str, tuple[fl
 
 
 @contextlib.contextmanager
-def serving(policy_file: Path, socket_path: Path, env: dict):
-    """`faramesh-sandbox serve` for the SERVED row, until the block ends."""
+def serving(policy_file: Path, name: str, env: dict):
+    """`faramesh-sandbox serve` at the abstract name ``name`` for the SERVED row, until the block ends."""
     if not os.access(CLIENT, os.X_OK):
         raise SystemExit(f"{CLIENT} is not built: python3 setup.py build_ext --inplace")
     service = subprocess.Popen([sys.executable, "-m", "launcher", "serve", "--policy", str(policy_file),
-                                "--socket", str(socket_path)], env=env, stdin=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                                "--socket", name], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not socket_path.exists():
+        while f"@{name}\n" not in Path("/proc/net/unix").read_text():  # listening: no connect needed to tell
             if service.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"faramesh-sandbox serve did not start (status {service.poll()})")
             time.sleep(0.05)
