@@ -21,10 +21,10 @@ def test_docs_cli_md_is_what_the_generator_prints():
 def test_every_command_of_the_table_has_a_section():
     """Each command and nested command gets its own heading, in table order."""
     headings = [line for line in (ROOT / "docs" / "cli.md").read_text().splitlines() if line.startswith("## `")]
-    assert headings[:4] == ["## `faramesh-sandbox`", "## `faramesh-sandbox run`", "## `faramesh-sandbox doctor`",
-                            "## `faramesh-sandbox learn`"]
+    assert headings[:5] == ["## `faramesh-sandbox`", "## `faramesh-sandbox run`", "## `faramesh-sandbox serve`",
+                            "## `faramesh-sandbox doctor`", "## `faramesh-sandbox learn`"]
     assert "## `faramesh-sandbox approvals watch`" in headings and "## `faramesh-sandbox completion`" in headings
-    assert len(headings) == 1 + 6 + 3 + 3 + 3 + 5
+    assert len(headings) == 1 + 7 + 3 + 3 + 3 + 5
 
 
 def test_a_section_lists_usage_and_each_argument():

@@ -40,7 +40,7 @@ def test_bash_script_is_valid_bash(bash_file):
 
 def test_bash_completes_every_top_level_command(bash_file):
     """An empty word offers each command of the table, then the global options."""
-    assert complete(bash_file, "") == ["run", "doctor", "learn", "init", "policy", "audit", "approvals", "ui",
+    assert complete(bash_file, "") == ["run", "serve", "doctor", "learn", "init", "policy", "audit", "approvals", "ui",
                                        "completion", "-h", "--help", "--version", "--color", "--quiet"]
 
 
