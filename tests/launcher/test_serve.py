@@ -55,11 +55,18 @@ def _unique_name(label: str) -> str:
     return f"serve-test-{label}-{uuid.uuid4().hex[:12]}"
 
 
+# The service with the compiled start-up switched off: init and the agent are set up by the Python
+# stages, and a spare waits for its command before it makes the sandbox (launcher/run.py _late_or_now).
+PYTHON_INIT = ("import sys\nfrom sandbox import agent_spawn\nagent_spawn._spawn = None\n"
+               "from launcher.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+
+
 class Service:
     """`python3 -m launcher serve` at an abstract name of its own, with its runtime directory and
     policy inside ``root``; started with the standard fds ``closed`` (some of 0, 1, 2) closed."""
 
-    def __init__(self, root: Path, policy_text: str, *options: str, closed: tuple[int, ...] = ()):
+    def __init__(self, root: Path, policy_text: str, *options: str, closed: tuple[int, ...] = (),
+                 python_init: bool = False):
         self.root = root
         root.mkdir(parents=True)
         (root / "policy.fpl").write_text(policy_text)
@@ -68,8 +75,9 @@ class Service:
                     "FARAMESH_SANDBOX_CONFIG": "/nonexistent/faramesh-sandbox/config.toml"}
         self.env.pop("FARAMESH_SANDBOX_SOCKET", None)
         self.stderr = root / "service.err"
-        argv = [sys.executable, "-m", "launcher", "serve", "--policy", str(root / "policy.fpl"), "--socket",
-                self.socket, "--no-audit-db", *options]
+        start = [sys.executable, "-c", PYTHON_INIT] if python_init else [sys.executable, "-m", "launcher"]
+        argv = [*start, "serve", "--policy", str(root / "policy.fpl"), "--socket", self.socket, "--no-audit-db",
+                *options]
         if closed:
             argv = ["sh", "-c", 'exec "$@" ' + " ".join(f"{fd}>&-" for fd in closed), "sh", *argv]
         with open(self.stderr, "wb") as stderr:
@@ -779,3 +787,44 @@ def test_a_service_started_with_stdio_closed_serves(tmp_path, client, closed):
     finally:
         status, left = started.stop()
     assert (_outcome(done), status, left) == ((3, b"out\n", b"err\n"), 0, [])
+
+
+@pytest.fixture(scope="module")
+def python_init_service(tmp_path_factory):
+    started = Service(tmp_path_factory.mktemp("python-init") / "svc", PERMIT, python_init=True)
+    yield started
+    started.stop()
+
+
+def test_with_init_in_python_a_command_runs_and_its_signals_and_end_reach_it(python_init_service, client):
+    """Without the compiled init the spare takes the command before it makes the sandbox: the command
+    still runs as pid 2 with the client's stdio and status, SIGTERM reaches it, and the client's
+    death by SIGKILL ends it."""
+    done = python_init_service.run(client, "sh", "-c", "echo $$; echo err >&2; exit 3")
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"2\n", b"err\n")
+    script = 'trap "echo got; exit 4" TERM; echo ready; while :; do sleep 0.1; done'
+    proc = subprocess.Popen(python_init_service.command(client, "sh", "-c", script), stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (4, b"got\n")
+    argv = ["sleep", f"1001.{os.getpid()}"]
+    proc = subprocess.Popen(python_init_service.command(client, "sh", "-c", f'echo ready; exec {" ".join(argv)}'),
+                            stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + 5
+        while not (agents := _processes_with_cmdline(argv)):
+            assert time.monotonic() < deadline, "the agent's sleep never appeared"
+            time.sleep(0.02)
+        proc.kill()
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in agents):
+            assert time.monotonic() < deadline, "the agent outlived its client"
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
