@@ -262,8 +262,8 @@ def test_two_clients_at_once_are_both_served(service, client):
     assert time.monotonic() - started < 5
 
 
-def test_sigterm_to_the_client_reaches_the_agent(service, client):
-    """SIGTERM sent to the client is passed on to the agent, whose trap decides the status."""
+def _sigterm_outcome(service, client: str) -> tuple[int, bytes]:
+    """(status, stdout) of an agent that traps TERM, after SIGTERM was sent to its client."""
     script = 'trap "echo got; exit 3" TERM; echo ready; while :; do sleep 0.1; done'
     proc = subprocess.Popen(service.command(client, "sh", "-c", script), stdout=subprocess.PIPE)
     try:
@@ -272,7 +272,12 @@ def test_sigterm_to_the_client_reaches_the_agent(service, client):
         out, _ = proc.communicate(timeout=TIMEOUT)
     finally:
         proc.kill()
-    assert (proc.returncode, out) == (3, b"got\n")
+    return proc.returncode, out
+
+
+def test_sigterm_to_the_client_reaches_the_agent(service, client):
+    """SIGTERM sent to the client is passed on to the agent, whose trap decides the status."""
+    assert _sigterm_outcome(service, client) == (3, b"got\n")
 
 
 def _processes_with_cmdline(argv: list[str]) -> list[int]:
@@ -294,9 +299,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_a_client_killed_with_sigkill_kills_the_agent(service, client):
-    """The client's death, even by SIGKILL, ends its command: the agent is gone within 5 s."""
-    argv = ["sleep", f"1000.{os.getpid()}"]  # a command line no other process has
+def _agents_left_after_sigkill_of_the_client(service, client: str, tag: str) -> list[int]:
+    """The agent's processes still alive 5 s after its client was killed with SIGKILL."""
+    argv = ["sleep", f"{tag}.{os.getpid()}"]  # a command line no other process has
     proc = subprocess.Popen(service.command(client, "sh", "-c", f'echo ready; exec {" ".join(argv)}'),
                             stdout=subprocess.PIPE)
     try:
@@ -310,12 +315,17 @@ def test_a_client_killed_with_sigkill_kills_the_agent(service, client):
         deadline = time.monotonic() + 5
         while any(_alive(pid) for pid in agents) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert [pid for pid in agents if _alive(pid)] == []
+        return [pid for pid in agents if _alive(pid)]
     finally:
         proc.kill()
         proc.wait()
         for pid in _processes_with_cmdline(argv):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_client_killed_with_sigkill_kills_the_agent(service, client):
+    """The client's death, even by SIGKILL, ends its command: the agent is gone within 5 s."""
+    assert _agents_left_after_sigkill_of_the_client(service, client, "1000") == []
 
 
 def _holders(pipe: int) -> list[str]:
@@ -800,31 +810,7 @@ def test_with_init_in_python_a_command_runs_and_its_signals_and_end_reach_it(pyt
     """Without the compiled init the spare takes the command before it makes the sandbox: the command
     still runs as pid 2 with the client's stdio and status, SIGTERM reaches it, and the client's
     death by SIGKILL ends it."""
-    done = python_init_service.run(client, "sh", "-c", "echo $$; echo err >&2; exit 3")
-    assert (done.returncode, done.stdout, done.stderr) == (3, b"2\n", b"err\n")
-    script = 'trap "echo got; exit 4" TERM; echo ready; while :; do sleep 0.1; done'
-    proc = subprocess.Popen(python_init_service.command(client, "sh", "-c", script), stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline() == b"ready\n"
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    finally:
-        proc.kill()
-    assert (proc.returncode, out) == (4, b"got\n")
-    argv = ["sleep", f"1001.{os.getpid()}"]
-    proc = subprocess.Popen(python_init_service.command(client, "sh", "-c", f'echo ready; exec {" ".join(argv)}'),
-                            stdout=subprocess.PIPE)
-    try:
-        assert proc.stdout.readline() == b"ready\n"
-        deadline = time.monotonic() + 5
-        while not (agents := _processes_with_cmdline(argv)):
-            assert time.monotonic() < deadline, "the agent's sleep never appeared"
-            time.sleep(0.02)
-        proc.kill()
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in agents):
-            assert time.monotonic() < deadline, "the agent outlived its client"
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
+    done = python_init_service.run(client, "sh", "-c", "echo $$; echo err >&2; exit 5")
+    assert (done.returncode, done.stdout, done.stderr) == (5, b"2\n", b"err\n")
+    assert _sigterm_outcome(python_init_service, client) == (3, b"got\n")
+    assert _agents_left_after_sigkill_of_the_client(python_init_service, client, "1001") == []
